@@ -1,0 +1,3 @@
+"""Gateway: the composition root (CLI now; the HTTP gateway is issue 8)."""
+
+__all__: list[str] = []

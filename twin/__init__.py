@@ -1,0 +1,61 @@
+"""Digital twin of a vLLM multi-LoRA worker (pure: no network, no files but explicit loads)."""
+
+from twin.catalog import GPUS, MODELS, get_gpu, get_model
+from twin.engine import EngineCore
+from twin.errors import ConfigError, InsufficientMemoryError, TwinError
+from twin.events import EngineEvent, EngineStats, EventKind, StepLog, StepRecord
+from twin.memory import MemoryOverheads, MemoryPlan, capacity_log_line, plan_memory
+from twin.profile import CalibrationProfile, LoadTimes, bundled_profiles, load_profile
+from twin.request import FinishReason, Request, RequestStatus
+from twin.results import SimulationResult
+from twin.scenario import Scenario, load_scenario, parse_scenario
+from twin.simulate import build_engine, simulate
+from twin.specs import AdapterSpec, EngineConfig, GpuSpec, ModelSpec, default_engine_for
+from twin.step_time import LinearStepTime, RooflineStepTime, StepTimeModel
+from twin.workload import AdapterLoad, Arrival, ArrivalSpec, LengthDist, Workload
+
+__all__ = [
+    "GPUS",
+    "MODELS",
+    "AdapterLoad",
+    "AdapterSpec",
+    "Arrival",
+    "ArrivalSpec",
+    "CalibrationProfile",
+    "ConfigError",
+    "EngineConfig",
+    "EngineCore",
+    "EngineEvent",
+    "EngineStats",
+    "EventKind",
+    "FinishReason",
+    "GpuSpec",
+    "InsufficientMemoryError",
+    "LengthDist",
+    "LinearStepTime",
+    "LoadTimes",
+    "MemoryOverheads",
+    "MemoryPlan",
+    "ModelSpec",
+    "Request",
+    "RequestStatus",
+    "RooflineStepTime",
+    "Scenario",
+    "SimulationResult",
+    "StepLog",
+    "StepRecord",
+    "StepTimeModel",
+    "TwinError",
+    "Workload",
+    "build_engine",
+    "bundled_profiles",
+    "capacity_log_line",
+    "default_engine_for",
+    "get_gpu",
+    "get_model",
+    "load_profile",
+    "load_scenario",
+    "parse_scenario",
+    "plan_memory",
+    "simulate",
+]

@@ -1,0 +1,495 @@
+"""The engine core of one vLLM worker: scheduler, KV blocks, LoRA caches and step times.
+
+One engine, driven two ways: offline by the SimPy driver (``twin.simulate``) and live by the
+emulated worker's asyncio driver. Both call ``add_request``/``abort_request`` and advance time
+with ``step_run``/``advance_until``, which return the events that happened.
+
+The scheduling rules are vLLM 0.32's ``v1/core/sched/scheduler.py`` ``schedule()``:
+
+- running requests first, in order, each taking ``min(remaining, budget)`` tokens; if its KV
+  blocks do not fit, the *last* running request is preempted (recompute: blocks freed, computed
+  tokens reset, put at the front of ``waiting``) until they fit or the request itself is the
+  victim, which ends the running pass;
+- no waiting request is admitted in a step that preempted;
+- waiting requests are admitted FCFS while budget and ``max_num_seqs`` allow; one whose LoRA
+  would be one too many (``max_loras``) is skipped and the scan goes on (``WaitingQueue``);
+  the full prompt must fit in the free blocks (``scheduler_reserve_full_isl``, default on) or
+  the scan stops; without chunked prefill a prompt larger than the budget stops it too.
+
+Requests in decode are kept in aggregate (``DecodeSet``). At most one running request is in
+prefill, and it is the last in ``running``: a partial chunk exhausts the budget, so nothing is
+admitted after it until its prompt is done. Between events that can change the batch, runs of
+identical decode steps are advanced at once with numpy (``fast_path``); the result is the same
+as stepping one step at a time, to the nanosecond (tests/twin/test_fast_path.py).
+
+Prefix caching is not modelled: synthetic prompts share no prefix, and a preempted request
+recomputes in full.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from twin.decode_set import DecodeSet
+from twin.events import EngineEvent, EngineStats, EventKind, StepLog, StepRecord
+from twin.lora_cache import LoRACache
+from twin.request import FinishReason, Request, RequestStatus
+from twin.specs import EngineConfig
+from twin.step_time import StepTimeModel
+from twin.waiting import WaitingQueue
+
+__all__ = ["EngineCore"]
+
+_MAX_RUN = 1 << 16
+
+
+class EngineCore:
+    """One worker's engine on an integer nanosecond clock.
+
+    Parameters
+    ----------
+    engine
+        vLLM's engine options.
+    step_model
+        Step time in seconds for a batch.
+    num_blocks
+        KV blocks from the memory model (one is vLLM's null block).
+    lora_load_ns
+        ``(lora_int_id, tier) -> ns``: disk->CPU (``"cpu"``) or CPU->GPU (``"gpu"``) load time.
+    """
+
+    def __init__(self, engine: EngineConfig, step_model: StepTimeModel, num_blocks: int, *,
+                 lora_load_ns: Callable[[int, str], int] | None = None,
+                 fast_path: bool = True, record_steps: bool = False,
+                 track_deferred: bool = False) -> None:
+        if num_blocks < 2:
+            raise ValueError(f"num_blocks must be >= 2, got {num_blocks}")
+        self.config = engine
+        self.step_model = step_model
+        self.num_blocks = num_blocks
+        self.free_blocks = num_blocks - 1  # the null block
+        self.fast_path = fast_path
+        self.track_deferred = track_deferred
+        load = lora_load_ns or (lambda _id, _tier: 0)
+        self.lora_cache = LoRACache(engine.max_loras, engine.cpu_loras,
+                                    disk_load_ns=lambda i: load(i, "cpu"),
+                                    activate_ns=lambda i: load(i, "gpu"))
+        self.waiting = WaitingQueue()
+        self.running: dict[Request, None] = {}
+        self.decoding = DecodeSet(engine.block_size)
+        self.prefilling: Request | None = None
+        self.requests: dict[str, Request] = {}
+        self.now_ns = 0
+        self.g = 0  # steps run so far
+        self.steps = StepLog() if record_steps else None
+        self.itl_ns: list[np.ndarray] = []  # per step: ITL value, with weight in itl_weight
+        self.itl_weight: list[np.ndarray] = []
+        self.admission_open = True
+        self._pending_stall_ns = 0
+        self._events: list[EngineEvent] = []
+        self._lora_ids: dict[str, int] = {}
+        self._lora_names: dict[int, str] = {}
+        self._next_lora_id = itertools.count(1)
+        self.num_preemptions = 0
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.num_finished = 0
+        self.num_aborted = 0
+
+    # -- requests and adapters -------------------------------------------------------------
+
+    def lora_id(self, name: str | None) -> int:
+        """The engine's id for adapter ``name`` (new names get the next id; None is 0)."""
+        if name is None:
+            return 0
+        lid = self._lora_ids.get(name)
+        if lid is None:
+            lid = self._lora_ids[name] = next(self._next_lora_id)
+            self._lora_names[lid] = name
+        return lid
+
+    def lora_name(self, lora_int_id: int) -> str:
+        return self._lora_names[lora_int_id]
+
+    def add_lora(self, name: str, now_ns: int | None = None) -> int:
+        """The API's load: a new id for ``name``, loaded into both cache tiers. The load runs
+        between steps, so it delays the next step. Returns its duration."""
+        lid = next(self._next_lora_id)
+        self._lora_ids[name] = lid
+        self._lora_names[lid] = name
+        record = self.lora_cache.add_adapter(lid)
+        duration = record.duration_ns if record else 0
+        self._pending_stall_ns += duration
+        self._events.append(EngineEvent(EventKind.LORA_LOADED, now_ns or self.now_ns, None, lid))
+        return duration
+
+    def add_request(self, request: Request) -> None:
+        """Queue ``request`` (its ``arrival_ns`` is kept). ``max_tokens`` is capped so that
+        prompt plus output fit in ``max_model_len``, as vLLM stops at that length."""
+        limit = self.config.max_model_len
+        if request.prompt_tokens >= limit:
+            raise ValueError(f"prompt of {request.prompt_tokens} tokens does not fit "
+                             f"max_model_len {limit}")
+        if request.request_id in self.requests:
+            raise ValueError(f"duplicate request id {request.request_id!r}")
+        request.max_tokens = min(request.max_tokens, limit - request.prompt_tokens)
+        request.lora_int_id = self.lora_id(request.adapter)
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def abort_request(self, request_id: str, now_ns: int | None = None) -> bool:
+        request = self.requests.get(request_id)
+        if request is None or request.is_finished:
+            return False
+        if request.status is RequestStatus.RUNNING:
+            self._leave_running(request)
+        else:
+            self.waiting.remove(request)
+        self._finish(request, now_ns if now_ns is not None else self.now_ns, aborted=True)
+        return True
+
+    @property
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running) or bool(self.waiting)
+
+    def computed_tokens(self, request: Request) -> int:
+        if request in self.decoding:
+            return DecodeSet.computed(request, self.g)
+        return request.num_computed_tokens
+
+    # -- time ------------------------------------------------------------------------------
+
+    def advance_until(self, until_ns: int) -> list[EngineEvent]:
+        """Run every step that starts before ``until_ns``; return the events."""
+        while self.has_unfinished_requests and self.now_ns < until_ns:
+            self.step_run(until_ns)
+        return self.take_events()
+
+    def take_events(self) -> list[EngineEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def step_run(self, until_ns: float, arrival_ns: float = math.inf) -> None:
+        """One step, then (with ``fast_path``) the run of identical decode steps after it.
+
+        No step starts at or after ``until_ns``; while a new arrival could be admitted
+        (``admission_open``), none starts at or after ``arrival_ns`` either.
+        """
+        if not self.has_unfinished_requests or self.now_ns >= until_ns:
+            return
+        pure_decode = self._step()
+        if not (self.fast_path and pure_decode and self.decoding):
+            return
+        bound = min(until_ns, arrival_ns) if self.admission_open else until_ns
+        self._decode_run(bound)
+
+    # -- one step --------------------------------------------------------------------------
+
+    def _step(self) -> bool:
+        """Schedule, time and apply one step. True if it was a pure decode step with no
+        admission, preemption, completion or adapter load."""
+        cfg = self.config
+        bs = cfg.block_size
+        g = self.g
+        budget = cfg.max_num_batched_tokens
+        preempted = False
+        n_dec = len(self.decoding)
+        need = self.decoding.blocks_needed(g)
+        if need <= self.free_blocks:
+            self.free_blocks -= need
+            scheduled_decodes = n_dec
+            budget -= n_dec
+        else:
+            scheduled_decodes, budget = self._schedule_with_preemption(budget)
+            preempted = True
+        del scheduled_decodes  # every request left in self.decoding is scheduled
+        context = self.decoding.context_tokens(g)
+        loras = set(self.decoding.lora_counts)
+        prefills: list[tuple[Request, int]] = []
+        p = self.prefilling
+        if p is not None and not preempted and budget > 0:
+            chunk = self._chunk(p, budget)
+            blocks = math.ceil((p.num_computed_tokens + chunk) / bs) - p.num_blocks
+            if blocks <= self.free_blocks:
+                self.free_blocks -= blocks
+                p.num_blocks += blocks
+                prefills.append((p, chunk))
+                budget -= chunk
+                if p.lora_int_id:
+                    loras.add(p.lora_int_id)
+            else:  # vLLM preempts the last running request: the prefill itself
+                self._preempt(p)
+                preempted = True
+        if not preempted:
+            self._admit(budget, loras, prefills)
+        loads = self.lora_cache.prepare_step(loras) if loras else []
+        load_ns = sum(r.duration_ns for r in loads)
+        prefill_tokens = sum(c for _, c in prefills)
+        context += sum(r.num_computed_tokens + c for r, c in prefills)
+        n_sched = len(self.decoding)
+        if n_sched == 0 and not prefills:
+            if not self.running and self.waiting and not preempted:
+                head = self.waiting.first()
+                assert head is not None
+                raise ValueError(f"request {head.request_id!r} can never be admitted: "
+                                 f"{head.num_tokens} tokens need more KV blocks than the "
+                                 f"{self.num_blocks - 1} usable")
+            return False  # everything runnable was preempted; the next step re-admits
+        seconds = self.step_model.predict(float(prefill_tokens), float(n_sched),
+                                          float(context), float(len(loras)))
+        duration = round(seconds * 1e9) + load_ns + self._pending_stall_ns
+        self._pending_stall_ns = 0
+        start = self.now_ns
+        end = start + duration
+        for record in loads:
+            self._events.append(EngineEvent(EventKind.LORA_LOADED, start, None,
+                                            record.lora_int_id))
+        if self.steps is not None:
+            self.steps.append(StepRecord(
+                start_ns=start, duration_ns=duration, prefill_tokens=prefill_tokens,
+                decode_seqs=n_sched, context_tokens=context, distinct_adapters=len(loras),
+                lora_load_ns=load_ns, num_running=len(self.running),
+                num_waiting=len(self.waiting)))
+        self.now_ns = end
+        finished = self._finish_decodes(g, n_sched, duration, end)
+        self.g = g + 1
+        self._finish_prefills(prefills, end)
+        return not (preempted or prefills or loads or finished)
+
+    def _chunk(self, request: Request, budget: int) -> int:
+        remaining = request.num_tokens - request.num_computed_tokens
+        threshold = self.config.long_prefill_token_threshold
+        if 0 < threshold < remaining and len(self.running) + len(self.waiting) > 1:
+            remaining = threshold
+        return min(remaining, budget)
+
+    def _admit(self, budget: int, loras: set[int], prefills: list[tuple[Request, int]]) -> None:
+        """The waiting pass of ``schedule()``; sets ``admission_open``."""
+        cfg = self.config
+        bs = cfg.block_size
+        waiting = self.waiting
+        self.admission_open = False
+        stop_seq: float = math.inf
+        while budget > 0:
+            if len(self.running) >= cfg.max_num_seqs:
+                break
+            full = len(loras) >= cfg.max_loras
+            request = waiting.first_among(loras) if full else waiting.first()
+            if request is None:
+                self.admission_open = True  # an arrival could be admitted
+                break
+            num_new = request.num_tokens
+            threshold = cfg.long_prefill_token_threshold
+            if 0 < threshold < num_new and len(self.running) + len(waiting) > 1:
+                num_new = threshold
+            if not cfg.enable_chunked_prefill and num_new > budget:
+                stop_seq = request.queue_seq
+                break
+            num_new = min(num_new, budget)
+            # scheduler_reserve_full_isl: the whole sequence must fit before admission.
+            if math.ceil(min(request.num_tokens, cfg.max_model_len) / bs) > self.free_blocks:
+                stop_seq = request.queue_seq
+                break
+            blocks = math.ceil(num_new / bs)
+            self.free_blocks -= blocks
+            request.num_blocks = blocks
+            request.num_computed_tokens = 0
+            waiting.pop(request)
+            self.running[request] = None
+            request.status = RequestStatus.RUNNING
+            if request.first_scheduled_ns is None:
+                request.first_scheduled_ns = self.now_ns
+                self._events.append(EngineEvent(EventKind.SCHEDULED, self.now_ns,
+                                                request.request_id))
+            if request.lora_int_id:
+                loras.add(request.lora_int_id)
+            prefills.append((request, num_new))
+            budget -= num_new
+        if self.track_deferred and len(loras) >= cfg.max_loras and waiting:
+            waiting.mark_skipped(int(min(stop_seq, 1 << 62)), frozenset(loras))
+        if not waiting:
+            self.admission_open = True
+
+    def _schedule_with_preemption(self, budget: int) -> tuple[int, int]:
+        """The running pass when decodes do not all fit: vLLM's loop, request by request."""
+        bs = self.config.block_size
+        g = self.g
+        scheduled = 0
+        for request in list(self.running):
+            if request not in self.running:
+                break  # preempted from the tail: the pass has reached the victims
+            if request is self.prefilling:
+                break  # handled by the caller (it is the last running request)
+            need = 1 if DecodeSet.computed(request, g) % bs == 0 else 0
+            while need > self.free_blocks:
+                victim = next(reversed(self.running))
+                self._preempt(victim)
+                if victim is request:
+                    break
+            if request not in self.running:
+                break
+            self.free_blocks -= need
+            scheduled += 1
+            budget -= 1
+        # Requests in decode after a preemption have been scheduled or preempted; the
+        # ones left in self.decoding were all scheduled.
+        return scheduled, budget
+
+    # -- step results ----------------------------------------------------------------------
+
+    def _finish_decodes(self, g: int, n: int, duration: int, end: int) -> bool:
+        if n:
+            self.generation_tokens += n
+            self.itl_ns.append(np.array([duration], dtype=np.int64))
+            self.itl_weight.append(np.array([n], dtype=np.int64))
+            for request in self.decoding.streaming:
+                self._events.append(EngineEvent(EventKind.TOKEN, end, request.request_id))
+        done = self.decoding.pop_finished(g)
+        for request in done:
+            self._settle_decode(request, g + 1)
+            del self.running[request]
+            self._finish(request, end, aborted=False)
+        return bool(done)
+
+    def _finish_prefills(self, prefills: list[tuple[Request, int]], end: int) -> None:
+        for request, chunk in prefills:
+            request.num_computed_tokens += chunk
+            if request.num_computed_tokens < request.num_tokens:
+                self.prefilling = request
+                continue
+            if self.prefilling is request:
+                self.prefilling = None
+            request.num_output_tokens += 1  # a completed prefill samples a token
+            self.generation_tokens += 1
+            if request.first_token_ns is None:
+                request.first_token_ns = end
+                self.prompt_tokens += request.prompt_tokens
+                self._events.append(EngineEvent(EventKind.FIRST_TOKEN, end, request.request_id))
+            elif request.stream:
+                self._events.append(EngineEvent(EventKind.TOKEN, end, request.request_id))
+            request.last_token_ns = end
+            if request.num_output_tokens >= request.max_tokens:
+                del self.running[request]
+                self._finish(request, end, aborted=False)
+            else:
+                self.decoding.add(request, request.num_computed_tokens, self.g)
+
+    def _finish(self, request: Request, now: int, *, aborted: bool) -> None:
+        self.free_blocks += request.num_blocks
+        request.num_blocks = 0
+        request.finish_ns = now
+        request.status = (RequestStatus.FINISHED_ABORTED if aborted
+                          else RequestStatus.FINISHED_LENGTH_CAPPED)
+        request.finish_reason = FinishReason.ABORT if aborted else FinishReason.LENGTH
+        if aborted:
+            self.num_aborted += 1
+        else:
+            self.num_finished += 1
+            request.last_token_ns = now
+        self._events.append(EngineEvent(EventKind.FINISHED, now, request.request_id,
+                                        1 if aborted else 0))
+
+    def _settle_decode(self, request: Request, g: int) -> None:
+        """Write back the lazily kept counts of a request leaving decode at step ``g``."""
+        computed = DecodeSet.computed(request, g)
+        request.num_computed_tokens = computed
+        request.num_blocks = math.ceil(computed / self.config.block_size)
+        request.num_output_tokens = computed - request.prompt_tokens + 1
+
+    def _leave_running(self, request: Request) -> None:
+        """Take ``request`` out of ``running``; its blocks stay counted in ``num_blocks``."""
+        if request in self.decoding:
+            self.decoding.remove(request)
+            self._settle_decode(request, self.g)
+        if self.prefilling is request:
+            self.prefilling = None
+        del self.running[request]
+
+    def _preempt(self, request: Request) -> None:
+        self._leave_running(request)
+        self.free_blocks += request.num_blocks
+        request.num_blocks = 0
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.prepend(request)
+        self._events.append(EngineEvent(EventKind.PREEMPTED, self.now_ns, request.request_id))
+
+    # -- runs of identical decode steps ------------------------------------------------------
+
+    def _decode_run(self, bound: float) -> None:
+        """Advance the steps after a pure decode step that repeat its batch exactly."""
+        dec = self.decoding
+        nxt = dec.next_finish_step()
+        limit = _MAX_RUN if nxt is None else min(_MAX_RUN, nxt - self.g + 1)
+        k = dec.max_steps_within(self.g, self.free_blocks, limit)
+        if k <= 0 or self.now_ns >= bound:
+            return
+        n = len(dec)
+        j = np.arange(k, dtype=np.int64)
+        context = (dec.context_tokens(self.g) + n * j).astype(np.float64)
+        zeros = np.zeros(k)
+        seconds = self.step_model.predict(zeros, zeros + n, context,
+                                          zeros + len(dec.lora_counts))
+        durations = np.rint(seconds * 1e9).astype(np.int64)
+        ends = self.now_ns + np.cumsum(durations)
+        starts = ends - durations
+        k = int(np.searchsorted(starts, bound, side="left"))
+        if k == 0:
+            return
+        durations, ends = durations[:k], ends[:k]
+        self.free_blocks -= dec.blocks_needed_over(self.g, k)
+        self.generation_tokens += n * k
+        self.itl_ns.append(durations)
+        self.itl_weight.append(np.full(k, n, dtype=np.int64))
+        if dec.streaming:
+            ids = [r.request_id for r in dec.streaming]
+            self._events.extend(EngineEvent(EventKind.TOKEN, int(t), rid)
+                                for t in ends for rid in ids)
+        if self.steps is not None:
+            self._log_run(starts[:k], durations, context[:k], n, len(dec.lora_counts))
+        last = self.g + k - 1
+        self.now_ns = int(ends[-1])
+        done = dec.pop_finished(last)
+        for request in done:
+            self._settle_decode(request, last + 1)
+            del self.running[request]
+            self._finish(request, self.now_ns, aborted=False)
+        self.g = last + 1
+
+    def _log_run(self, starts: np.ndarray, durations: np.ndarray, context: np.ndarray,
+                 n: int, adapters: int) -> None:
+        assert self.steps is not None
+        k = len(starts)
+        s = self.steps
+        s.start_ns.extend(starts.tolist())
+        s.duration_ns.extend(durations.tolist())
+        s.prefill_tokens.extend([0] * k)
+        s.decode_seqs.extend([n] * k)
+        s.context_tokens.extend(context.astype(np.int64).tolist())
+        s.distinct_adapters.extend([adapters] * k)
+        s.lora_load_ns.extend([0] * k)
+        s.num_running.extend([len(self.running)] * k)
+        s.num_waiting.extend([len(self.waiting)] * k)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        usable = self.num_blocks - 1
+        deferred = self.waiting.num_deferred() if self.track_deferred else 0
+        return EngineStats(
+            num_running=len(self.running), num_waiting=len(self.waiting),
+            num_waiting_deferred=deferred,
+            kv_cache_usage=1.0 - self.free_blocks / usable,
+            num_preemptions=self.num_preemptions, prompt_tokens=self.prompt_tokens,
+            generation_tokens=self.generation_tokens, num_finished=self.num_finished,
+            num_aborted=self.num_aborted, num_lora_loads=self.lora_cache.num_loads,
+            running_lora_ids=tuple(sorted({r.lora_int_id for r in self.running
+                                           if r.lora_int_id})),
+            waiting_lora_ids=tuple(sorted(i for i in self.waiting.adapters() if i)),
+        )

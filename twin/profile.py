@@ -1,0 +1,129 @@
+"""Calibration profiles: where a worker's timings come from, in one JSON file.
+
+A profile records its source (hardware, model, vLLM version, date, citations), the raw
+per-step samples it was fitted on, the fitted coefficients, a per-request overhead (HTTP,
+tokenising) and adapter load times by size, so it can be refitted without measuring again.
+Profiles ship as package data under ``twin/profiles/``; ``load_profile`` takes a bundled
+name or a path (an explicit load, the only file access of the twin).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from twin.errors import ConfigError
+from twin.memory import MemoryOverheads
+from twin.specs import EngineConfig, GpuSpec, ModelSpec
+from twin.step_time import (
+    LinearCoefficients,
+    LinearStepTime,
+    LoRACoefficients,
+    RooflineCoefficients,
+    RooflineStepTime,
+    StepTimeModel,
+)
+
+__all__ = ["CalibrationProfile", "LoadTimes", "bundled_profiles", "load_profile", "save_profile"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadTimes:
+    """Adapter load time: ``latency + bytes / rate`` for disk->CPU and for CPU->GPU."""
+
+    disk_latency_s: float = 0.02
+    disk_bytes_per_s: float = 1.0e9
+    cpu_to_gpu_latency_s: float = 0.005
+    cpu_to_gpu_bytes_per_s: float = 20.0e9
+
+    def disk_s(self, size_bytes: int) -> float:
+        return self.disk_latency_s + size_bytes / self.disk_bytes_per_s
+
+    def cpu_to_gpu_s(self, size_bytes: int) -> float:
+        return self.cpu_to_gpu_latency_s + size_bytes / self.cpu_to_gpu_bytes_per_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalibrationProfile:
+    """Everything that times a worker. ``kind`` is ``roofline`` or ``linear``."""
+
+    name: str
+    kind: str
+    source: dict[str, Any]
+    roofline: RooflineCoefficients | None = None
+    linear: LinearCoefficients | None = None
+    memory: MemoryOverheads = MemoryOverheads()
+    load: LoadTimes = LoadTimes()
+    request_overhead_s: float = 0.0
+    samples: list[dict[str, float]] = field(default_factory=list, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "roofline" and self.roofline is None:
+            raise ConfigError("roofline", "a roofline profile needs its coefficients")
+        if self.kind == "linear" and self.linear is None:
+            raise ConfigError("linear", "a linear profile needs its coefficients")
+        if self.kind not in ("roofline", "linear"):
+            raise ConfigError("kind", f"must be 'roofline' or 'linear', got {self.kind!r}")
+
+    def step_model(self, model: ModelSpec, gpu: GpuSpec, engine: EngineConfig) -> StepTimeModel:
+        if self.kind == "linear":
+            assert self.linear is not None
+            return LinearStepTime(self.linear, engine)
+        assert self.roofline is not None
+        return RooflineStepTime(model, gpu, engine, self.roofline)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CalibrationProfile:
+        try:
+            d = dict(data)
+            if d.get("roofline") is not None:
+                r = dict(d["roofline"])
+                r["lora"] = LoRACoefficients(**r.get("lora", {}))
+                d["roofline"] = RooflineCoefficients(**r)
+            if d.get("linear") is not None:
+                lin = dict(d["linear"])
+                lin["lora"] = LoRACoefficients(**lin.get("lora", {}))
+                d["linear"] = LinearCoefficients(**lin)
+            d["memory"] = MemoryOverheads(**d.get("memory", {}))
+            d["load"] = LoadTimes(**d.get("load", {}))
+            return cls(**d)
+        except TypeError as exc:  # unknown or missing keys
+            raise ConfigError("profile", str(exc)) from None
+
+
+def bundled_profiles() -> list[str]:
+    """Names of the profiles shipped with lorafleet."""
+    files = resources.files("twin") / "profiles"
+    return sorted(p.name.removesuffix(".json") for p in files.iterdir()
+                  if p.name.endswith(".json"))
+
+
+def load_profile(name_or_path: str | Path) -> CalibrationProfile:
+    """Load a bundled profile by name, or a profile JSON file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError("profile", f"cannot read {path}: {exc.strerror}") from None
+    else:
+        res = resources.files("twin") / "profiles" / f"{name_or_path}.json"
+        if not res.is_file():
+            raise ConfigError("profile", f"unknown profile {str(name_or_path)!r}; bundled: "
+                              f"{bundled_profiles()}")
+        text = res.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("profile", f"invalid JSON: {exc}") from None
+    return CalibrationProfile.from_dict(data)
+
+
+def save_profile(profile: CalibrationProfile, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
