@@ -66,8 +66,10 @@ class EngineCore:
                  lora_load_ns: Callable[[int, str], int] | None = None,
                  fast_path: bool = True, record_steps: bool = False,
                  track_deferred: bool = False) -> None:
-        if num_blocks < 2:
-            raise ValueError(f"num_blocks must be >= 2, got {num_blocks}")
+        if num_blocks - 1 < math.ceil(engine.max_model_len / engine.block_size):
+            # vLLM refuses to start then (see twin.memory), so no request can be stranded.
+            raise ValueError(f"{num_blocks} KV blocks cannot hold one max_model_len "
+                             f"({engine.max_model_len}) sequence")
         self.config = engine
         self.step_model = step_model
         self.num_blocks = num_blocks
@@ -85,6 +87,7 @@ class EngineCore:
         self.requests: dict[str, Request] = {}
         self.now_ns = 0
         self.g = 0  # steps run so far
+        self.fast_steps = 0  # of which advanced inside decode runs
         self.steps = StepLog() if record_steps else None
         self.itl_ns: list[np.ndarray] = []  # per step: ITL value, with weight in itl_weight
         self.itl_weight: list[np.ndarray] = []
@@ -443,6 +446,7 @@ class EngineCore:
         if k == 0:
             return
         durations, ends = durations[:k], ends[:k]
+        self.fast_steps += k
         self.free_blocks -= dec.blocks_needed_over(self.g, k)
         self.generation_tokens += n * k
         self.itl_ns.append(durations)

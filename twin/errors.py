@@ -46,4 +46,6 @@ class InsufficientMemoryError(TwinError):
     def __init__(self, message: str, *, needed_bytes: int, available_bytes: int) -> None:
         self.needed_bytes = needed_bytes
         self.available_bytes = available_bytes
-        super().__init__(f"memory error: {message}")
+        gib = 1 << 30
+        super().__init__(f"memory error: {message} [KV cache needed: {needed_bytes / gib:.2f} "
+                         f"GiB, available: {available_bytes / gib:.2f} GiB]")
