@@ -16,7 +16,7 @@ from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
 from twin.profile import CalibrationProfile, load_profile
 from twin.specs import GIB, EngineConfig, GpuSpec, ModelSpec, default_engine_for
-from twin.workload import AdapterLoad, ArrivalSpec, LengthDist, Workload, load_trace
+from twin.workload import AdapterLoad, Arrival, ArrivalSpec, LengthDist, Workload, load_trace
 
 __all__ = ["Scenario", "load_scenario", "parse_scenario"]
 
@@ -140,7 +140,7 @@ def parse_scenario(data: Any, *, base_dir: Path | None = None) -> Scenario:
     except ConfigError as exc:
         raise exc.nested("engine") from None
     arrivals = dict(_mapping(data.get("arrivals", {}), "arrivals"))
-    trace = ()
+    trace: tuple[Arrival, ...] = ()
     if "trace" in arrivals:
         path = Path(arrivals.pop("trace"))
         trace = load_trace(path if path.is_absolute() or base_dir is None else base_dir / path)

@@ -98,8 +98,8 @@ class ModelSpec:
     def lora_slot_bytes(self, rank: int) -> int:
         """GPU bytes of one LoRA slot at ``rank``: every wrapped linear layer plus the embedding
         and LM head, ``L*r*(7h + 2q + 2kv + 3I)`` per decoder layer and ``2*L*r*(V + h)``
-        (``vllm/lora/layers/base_linear.py``, ``vocab_parallel_embedding.py``, ``logits_processor.py``
-        ``create_lora_weights``; buffers are in the model dtype)."""
+        (``create_lora_weights`` in ``vllm/lora/layers/base_linear.py``,
+        ``vocab_parallel_embedding.py`` and ``logits_processor.py``; in the model dtype)."""
         per_layer = sum(m.lora_elements_per_rank for m in self.lora_modules)
         vocab = 2 * (self.vocab_size + self.hidden_size)
         return (per_layer * self.num_layers + vocab) * rank * self.dtype_bytes

@@ -95,8 +95,9 @@ class LinearStepTime:
     def predict(self, prefill_tokens: Num, decode_seqs: Num, context_tokens: Num,
                 distinct_adapters: Num) -> Num:
         tokens = prefill_tokens + decode_seqs
-        return (self._base + self._per_token * tokens + self._per_seq * decode_seqs
-                + self._per_ctx * context_tokens + self._per_adapter * distinct_adapters)
+        t = (self._base + self._per_token * tokens + self._per_seq * decode_seqs
+             + self._per_ctx * context_tokens + self._per_adapter * distinct_adapters)
+        return t  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,7 +144,8 @@ class RooflineStepTime:
         tokens = prefill_tokens + decode_seqs
         compute = self._s_per_token * tokens
         memory = self._weights_s + self._s_per_ctx * context_tokens
-        hi = np.maximum(compute, memory) if isinstance(compute, np.ndarray) else max(compute, memory)
+        vector = isinstance(compute, np.ndarray)
+        hi = np.maximum(compute, memory) if vector else max(compute, memory)
         lo = (compute + memory) - hi
-        return (self._base + hi + self._overlap * lo + self._slot_tok * tokens
-                + self._per_adapter * distinct_adapters)
+        return (self._base + hi + self._overlap * lo  # type: ignore[no-any-return]
+                + self._slot_tok * tokens + self._per_adapter * distinct_adapters)

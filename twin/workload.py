@@ -65,7 +65,8 @@ class LengthDist:
             x = rng.lognormal(np.log(self.mean) - sigma2 / 2, np.sqrt(sigma2), size=n)
         else:
             x = rng.choice(np.asarray(self.values, dtype=float), size=n)
-        return np.maximum(np.rint(x), 1).astype(np.int64)
+        out: np.ndarray = np.maximum(np.rint(x), 1).astype(np.int64)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,7 +198,7 @@ def load_trace(path: str | Path) -> tuple[Arrival, ...]:
             continue
         try:
             row = json.loads(line)
-            rows.append(Arrival(int(round(float(row["timestamp"]) * 1e9)), row.get("adapter"),
+            rows.append(Arrival(round(float(row["timestamp"]) * 1e9), row.get("adapter"),
                                 int(row["input_tokens"]), int(row["output_tokens"])))
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError("arrivals.trace", f"{path}:{n}: bad row ({exc})") from None
