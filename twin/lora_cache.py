@@ -11,8 +11,9 @@ Copied from ``vllm/lora/worker_manager.py`` (``LRUCacheWorkerLoRAManager.add_ada
 - the API's unload forgets the name only: the engine's caches keep the adapter until LRU
   eviction, and a reload gets a new ``lora_int_id``, i.e. a new cache entry.
 
-vLLM iterates a step's LoRAs in set order (hash order, not reproducible); the twin touches the
-hits first, then loads the misses, which never evicts a LoRA the same step needs.
+vLLM iterates a step's LoRAs in set order (hash order, not reproducible); the twin touches
+what is resident first, then loads the misses, which never evicts a LoRA the same step needs
+(``max_loras <= max_cpu_loras`` and a step holds at most ``max_loras`` LoRAs).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class LoRACache:
             duration += self._activate_ns(lora_int_id)
             tier = tier or "gpu"
         self._last_step = frozenset()
-        if not duration:
+        if not tier:
             return None
         self.num_loads += 1
         return LoadRecord(lora_int_id, tier, duration)
@@ -119,9 +120,10 @@ class LoRACache:
         ordered = sorted(step)
         misses = [i for i in ordered if i not in self._gpu]
         loads: list[LoadRecord] = []
-        for i in ordered:
-            if i in self._gpu:
+        for i in ordered:  # touch what is resident first, so no miss evicts it
+            if i in self._cpu:
                 self._cpu.move_to_end(i)
+            if i in self._gpu:
                 self._gpu.move_to_end(i)
         for i in misses:
             record = self.add_adapter(i)

@@ -36,7 +36,7 @@ def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> fl
     order = np.argsort(values, kind="stable")
     v, w = values[order], weights[order]
     cum = np.cumsum(w)
-    rank = q / 100.0 * (cum[-1] - 1)
+    rank = int(q / 100.0 * (cum[-1] - 1))  # numpy's "lower" method on the repeated values
     return float(v[np.searchsorted(cum, rank + 1, side="left")])
 
 

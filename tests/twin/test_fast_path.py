@@ -8,7 +8,7 @@ from twin.scenario import parse_scenario
 from twin.simulate import simulate
 
 
-def scenario(**over: object):  # noqa: ANN201
+def scenario(**over: object):
     data: dict[str, object] = {
         "model": "llama-3.1-8b", "gpu": "a100-80gb", "profile": "roofline-default",
         "engine": {"max_num_seqs": 64, "max_num_batched_tokens": 1024, "max_loras": 4,
@@ -22,7 +22,7 @@ def scenario(**over: object):  # noqa: ANN201
     return parse_scenario(data)
 
 
-def timeline(engine):  # noqa: ANN001, ANN201
+def timeline(engine):
     return sorted((r.request_id, r.first_scheduled_ns, r.first_token_ns, r.finish_ns,
                    r.num_output_tokens, r.num_preemptions) for r in engine.requests.values())
 

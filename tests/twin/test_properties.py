@@ -55,7 +55,7 @@ def test_every_request_finishes_or_is_queued_and_no_limit_breaks(
     assert engine.free_blocks == engine.num_blocks - 1
 
 
-def _blocks(engine, r) -> int:  # noqa: ANN001
+def _blocks(engine, r) -> int:
     bs = engine.config.block_size
     if r in engine.decoding:
         return -(-engine.computed_tokens(r) // bs)

@@ -9,7 +9,7 @@ from twin.events import EventKind
 from twin.request import RequestStatus
 
 
-def first_step(engine):  # noqa: ANN001, ANN201
+def first_step(engine):
     engine._step()
     return engine.steps.record(len(engine.steps) - 1)
 
