@@ -200,7 +200,7 @@ def load_trace(path: str | Path) -> tuple[Arrival, ...]:
             row = json.loads(line)
             rows.append(Arrival(round(float(row["timestamp"]) * 1e9), row.get("adapter"),
                                 int(row["input_tokens"]), int(row["output_tokens"])))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise ConfigError("arrivals.trace", f"{path}:{n}: bad row ({exc})") from None
         if rows[-1].prompt_tokens < 1 or rows[-1].max_tokens < 1 or rows[-1].time_ns < 0:
             raise ConfigError("arrivals.trace", f"{path}:{n}: tokens must be >= 1, time >= 0")

@@ -134,7 +134,7 @@ def test_empty_step_loads_nothing() -> None:
     assert cache.gpu_ids == [] and cache.num_loads == 0
 
 
-# -- add_adapter and num_loads -----------------------------------------------------------------------
+# -- add_adapter and num_loads ---------------------------------------------------------------
 
 def test_add_adapter_of_a_resident_id_returns_none() -> None:
     cache = make_cache(max_loras=2, max_cpu_loras=2)

@@ -14,6 +14,7 @@ vLLM code the expectations come from:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -198,13 +199,13 @@ def _a100_blocks(max_loras: int, rank: int) -> int:
 @pytest.mark.parametrize("rank", [8, 16, 64])
 def test_more_lora_slots_leave_fewer_blocks(rank: int) -> None:
     blocks = [_a100_blocks(n, rank) for n in (1, 2, 8, 32, 64)]
-    assert all(a > b for a, b in zip(blocks, blocks[1:], strict=False)), blocks
+    assert all(a > b for a, b in itertools.pairwise(blocks)), blocks
 
 
 @pytest.mark.parametrize("max_loras", [1, 8, 32])
 def test_larger_lora_rank_leaves_fewer_blocks(max_loras: int) -> None:
     blocks = [_a100_blocks(max_loras, r) for r in (8, 16, 32, 64, 128)]
-    assert all(a > b for a, b in zip(blocks, blocks[1:], strict=False)), blocks
+    assert all(a > b for a, b in itertools.pairwise(blocks)), blocks
 
 
 # -- against the H100 reference's measured KV capacity ----------------------------------------

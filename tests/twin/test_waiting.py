@@ -58,7 +58,7 @@ def test_popping_heads_yields_arrival_order() -> None:
 
 
 def test_prepend_puts_a_request_at_the_very_front() -> None:
-    q, reqs = queue_of(1, 2, 3)
+    q, _reqs = queue_of(1, 2, 3)
     early, late = req(3, "early"), req(2, "late")
     q.prepend(early)
     q.prepend(late)  # a later prepend goes before an earlier one
