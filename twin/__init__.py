@@ -1,6 +1,7 @@
 """Digital twin of a vLLM multi-LoRA worker (pure: no network, no files but explicit loads)."""
 
 from twin.catalog import GPUS, MODELS, get_gpu, get_model
+from twin.cluster import ClusterResult, simulate_cluster
 from twin.engine import EngineCore
 from twin.errors import ConfigError, InsufficientMemoryError, TwinError
 from twin.events import EngineEvent, EngineStats, EventKind, StepLog, StepRecord
@@ -8,6 +9,7 @@ from twin.memory import MemoryOverheads, MemoryPlan, capacity_log_line, plan_mem
 from twin.profile import CalibrationProfile, LoadTimes, bundled_profiles, load_profile
 from twin.request import FinishReason, Request, RequestStatus
 from twin.results import SimulationResult
+from twin.routing import BASE_MODEL, Placement, Router, RoutingPolicy, WorkerPlacement
 from twin.scenario import Scenario, load_scenario, parse_scenario
 from twin.simulate import build_engine, simulate
 from twin.specs import AdapterSpec, EngineConfig, GpuSpec, ModelSpec, default_engine_for
@@ -15,6 +17,7 @@ from twin.step_time import LinearStepTime, RooflineStepTime, StepTimeModel
 from twin.workload import AdapterLoad, Arrival, ArrivalSpec, LengthDist, Workload
 
 __all__ = [
+    "BASE_MODEL",
     "GPUS",
     "MODELS",
     "AdapterLoad",
@@ -22,6 +25,7 @@ __all__ = [
     "Arrival",
     "ArrivalSpec",
     "CalibrationProfile",
+    "ClusterResult",
     "ConfigError",
     "EngineConfig",
     "EngineCore",
@@ -37,15 +41,19 @@ __all__ = [
     "MemoryOverheads",
     "MemoryPlan",
     "ModelSpec",
+    "Placement",
     "Request",
     "RequestStatus",
     "RooflineStepTime",
+    "Router",
+    "RoutingPolicy",
     "Scenario",
     "SimulationResult",
     "StepLog",
     "StepRecord",
     "StepTimeModel",
     "TwinError",
+    "WorkerPlacement",
     "Workload",
     "build_engine",
     "bundled_profiles",
@@ -58,4 +66,5 @@ __all__ = [
     "parse_scenario",
     "plan_memory",
     "simulate",
+    "simulate_cluster",
 ]

@@ -82,7 +82,7 @@ class ArrivalSource:
 class Worker:
     """A SimPy process around one ``EngineCore``."""
 
-    def __init__(self, env: simpy.Environment, engine: EngineCore, *,
+    def __init__(self, env: simpy.Environment, *, engine: EngineCore,
                  next_arrival_ns: Callable[[], float], end_ns: int) -> None:
         self.env = env
         self.engine = engine
@@ -130,7 +130,7 @@ def simulate(scenario: Scenario, *, fast_path: bool = True,
         worker.submit(request)
 
     source = ArrivalSource(env, arrivals, dispatch)
-    worker = Worker(env, engine, next_arrival_ns=source.peek_ns, end_ns=end_ns)
+    worker = Worker(env, engine=engine, next_arrival_ns=source.peek_ns, end_ns=end_ns)
     env.process(source.run())
     env.process(worker.run())
     env.run(until=end_ns)

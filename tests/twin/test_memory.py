@@ -8,7 +8,7 @@ vLLM code the expectations come from:
 - ``v1/core/kv_cache_utils.py`` ``get_kv_cache_configs`` holds one block back (the block pool's
   null block) before ``_check_enough_kv_cache_memory`` compares against
   cdiv(max_model_len, block_size) blocks;
-- ``vllm/lora/layers/base_linear.py`` (and the embedding / logits processor) ``create_lora_weights``:
+- ``vllm/lora/layers/base_linear.py`` (and embedding / logits processor) ``create_lora_weights``:
   one slot is lora_a + lora_b of every wrapped linear layer, in the model dtype.
 """
 
@@ -47,18 +47,14 @@ def test_llama_bytes_per_block_is_two_mib() -> None:
     assert LLAMA.kv_bytes_per_token * 16 == LLAMA_BYTES_PER_BLOCK
 
 
-@pytest.mark.parametrize("rank", [8, 16, 32])
-def test_lora_slot_bytes_matches_vllm_buffer_formula(rank: int) -> None:
+@pytest.mark.parametrize(("rank", "literal"),
+                         [(8, 46_178_304), (16, 92_356_608), (32, 184_713_216)])
+def test_lora_slot_bytes_matches_vllm_buffer_formula(rank: int, literal: int) -> None:
     h, q, kv, inter, vocab = 4096, 32 * 128, 8 * 128, 14336, 128256
     per_layer = rank * (7 * h + 2 * q + 2 * kv + 3 * inter)  # qkv, o, gate_up, down
     embed_and_head = 2 * rank * (vocab + h)
     expected = (per_layer * 32 + embed_and_head) * 2  # bf16
-    assert LLAMA.lora_slot_bytes(rank) == expected
-
-
-def test_lora_slot_bytes_literal_for_rank_16() -> None:
-    # 2,886,144 elements per unit of rank, * 16 * 2 bytes (about 88 MiB).
-    assert LLAMA.lora_slot_bytes(16) == 92_356_608
+    assert LLAMA.lora_slot_bytes(rank) == expected == literal  # 2,886,144 elements per rank
 
 
 # -- EngineConfig ---------------------------------------------------------------------------
@@ -81,11 +77,8 @@ def test_lora_rank_outside_vllms_literal_is_rejected(rank: int) -> None:
     with pytest.raises(ConfigError) as info:
         EngineConfig(max_lora_rank=rank)
     assert info.value.field == "max_lora_rank"
-
-
-@pytest.mark.parametrize("rank", [1, 8, 16, 32, 64, 128, 256, 320, 512])
-def test_every_allowed_lora_rank_is_accepted(rank: int) -> None:
-    assert EngineConfig(max_lora_rank=rank).max_lora_rank == rank
+    for allowed in (1, 8, 16, 32, 64, 128, 256, 320, 512):
+        assert EngineConfig(max_lora_rank=allowed).max_lora_rank == allowed
 
 
 # -- plan_memory arithmetic -------------------------------------------------------------------
@@ -196,16 +189,12 @@ def _a100_blocks(max_loras: int, rank: int) -> int:
     return plan_memory(LLAMA, get_gpu("a100-80gb"), engine).num_blocks
 
 
-@pytest.mark.parametrize("rank", [8, 16, 64])
-def test_more_lora_slots_leave_fewer_blocks(rank: int) -> None:
-    blocks = [_a100_blocks(n, rank) for n in (1, 2, 8, 32, 64)]
-    assert all(a > b for a, b in itertools.pairwise(blocks)), blocks
-
-
-@pytest.mark.parametrize("max_loras", [1, 8, 32])
-def test_larger_lora_rank_leaves_fewer_blocks(max_loras: int) -> None:
-    blocks = [_a100_blocks(max_loras, r) for r in (8, 16, 32, 64, 128)]
-    assert all(a > b for a, b in itertools.pairwise(blocks)), blocks
+def test_more_lora_slots_or_a_larger_rank_leave_fewer_blocks() -> None:
+    grid = [[_a100_blocks(n, r) for r in (8, 16, 32, 64, 128)] for n in (1, 2, 8, 32, 64)]
+    for row in grid:  # one max_loras, growing rank
+        assert all(a > b for a, b in itertools.pairwise(row)), row
+    for col in zip(*grid, strict=True):  # one rank, growing max_loras
+        assert all(a > b for a, b in itertools.pairwise(col)), col
 
 
 # -- against the H100 reference's measured KV capacity ----------------------------------------

@@ -95,13 +95,13 @@ def test_zero_rate_adapter_has_no_arrivals() -> None:
     assert arrivals and all(a.adapter == "a" for a in arrivals)
 
 
-# -- lengths -----------------------------------------------------------------------------------------
+# -- lengths -------------------------------------------------------------------------------------
 
 def test_lengths_are_clipped_to_max_model_len_and_counted() -> None:
-    lengths = dict(input=LengthDist(dist="uniform", low=1, high=3000),
-                   output=LengthDist(dist="uniform", low=1, high=2000))
-    raw, none_clipped = workload(A, seed=4, **lengths).generate(BIG)
-    clipped, count = workload(A, seed=4, **lengths).generate(2048)
+    w = workload(A, seed=4, input=LengthDist(dist="uniform", low=1, high=3000),
+                 output=LengthDist(dist="uniform", low=1, high=2000))
+    raw, none_clipped = w.generate(BIG)
+    clipped, count = w.generate(2048)
     assert none_clipped == 0
     over = [a.prompt_tokens > 2047 or a.prompt_tokens + a.max_tokens > 2048 for a in raw]
     assert 0 < count == sum(over) < len(raw)
@@ -145,7 +145,7 @@ def test_per_adapter_length_overrides_the_workload_default() -> None:
     assert {a.prompt_tokens for a in arrivals if a.adapter == "a"} == {512}
 
 
-# -- traces ------------------------------------------------------------------------------------------
+# -- traces --------------------------------------------------------------------------------------
 
 def write_lines(path: Path, *lines: str) -> Path:
     path.write_text("\n".join(lines) + "\n")
