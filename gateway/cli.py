@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from twin.errors import ConfigError, InsufficientMemoryError
@@ -32,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print the result as one JSON object")
     sim.add_argument("--no-fast-path", action="store_true",
                      help="step one engine step at a time (slow; for checking)")
+    sim.set_defaults(func=_simulate)
+    # Each further command family registers its own subparsers (and sets ``func``) here.
     return parser
 
 
@@ -71,7 +74,15 @@ def _print_summary(name: str, result: SimulationResult, console: Console) -> Non
 
 def _simulate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
-    result, _ = simulate(scenario, fast_path=not args.no_fast_path)
+    duration = scenario.workload.duration_s
+    # A progress bar on stderr for runs long enough to notice (not with --json on a pipe).
+    with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:.0f}/"
+                  "{task.total:.0f} simulated s"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True,
+                  disable=duration < 600) as progress:
+        task = progress.add_task("simulate", total=duration)
+        result, _ = simulate(scenario, fast_path=not args.no_fast_path,
+                             on_progress=lambda done: progress.update(task, completed=done))
     if args.json:
         data = result.to_dict()
         clean = {k: _finite(v) if isinstance(v, float) else v for k, v in data.items()}
@@ -84,8 +95,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "simulate":
-            return _simulate(args)
+        return int(args.func(args))
     except InsufficientMemoryError as exc:
         print(f"lorafleet: {exc}", file=sys.stderr)
         return 2
@@ -94,7 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

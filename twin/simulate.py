@@ -83,8 +83,11 @@ class Worker:
     """A SimPy process around one ``EngineCore``."""
 
     def __init__(self, env: simpy.Environment, *, engine: EngineCore,
-                 next_arrival_ns: Callable[[], float], end_ns: int) -> None:
+                 next_arrival_ns: Callable[[], float], end_ns: int,
+                 on_progress: Callable[[float], None] | None = None) -> None:
         self.env = env
+        self._on_progress = on_progress
+        self._reported_ns = 0
         self.engine = engine
         self._next_arrival_ns = next_arrival_ns
         self.end_ns = end_ns
@@ -109,12 +112,17 @@ class Worker:
             engine.now_ns = max(engine.now_ns, int(self.env.now))
             engine.step_run(self.end_ns, self._next_arrival_ns())
             engine.take_events()
+            if self._on_progress is not None and engine.now_ns - self._reported_ns > 10**10:
+                self._reported_ns = engine.now_ns
+                self._on_progress(min(engine.now_ns, self.end_ns) / 1e9)
             yield self.env.timeout(max(0, engine.now_ns - self.env.now))
 
 
-def simulate(scenario: Scenario, *, fast_path: bool = True,
-             record_steps: bool = False) -> tuple[SimulationResult, EngineCore]:
-    """Run one worker under the scenario's workload for ``duration_s``."""
+def simulate(scenario: Scenario, *, fast_path: bool = True, record_steps: bool = False,
+             on_progress: Callable[[float], None] | None = None,
+             ) -> tuple[SimulationResult, EngineCore]:
+    """Run one worker under the scenario's workload for ``duration_s``; ``on_progress`` is
+    called with the simulated seconds done, every 10 simulated seconds."""
     started = time.perf_counter()
     ranks = {a.name: a.rank for a in scenario.workload.adapters}
     engine, plan = build_engine(scenario.model, scenario.gpu, scenario.engine,
@@ -130,7 +138,8 @@ def simulate(scenario: Scenario, *, fast_path: bool = True,
         worker.submit(request)
 
     source = ArrivalSource(env, arrivals, dispatch)
-    worker = Worker(env, engine=engine, next_arrival_ns=source.peek_ns, end_ns=end_ns)
+    worker = Worker(env, engine=engine, next_arrival_ns=source.peek_ns, end_ns=end_ns,
+                    on_progress=on_progress)
     env.process(source.run())
     env.process(worker.run())
     env.run(until=end_ns)

@@ -220,14 +220,17 @@ def default_engine_for(gpu: GpuSpec, **overrides: object) -> EngineConfig:
 
     ``vllm/engine/arg_utils.py`` (``_get_default_max_num_seqs_and_batched_tokens``): 1024 and
     8192 on >= 70 GiB GPUs that are not A100s, 128 and 2048 on the CPU build, 256 and 2048
-    otherwise.
+    otherwise; blocks of 16 tokens, 128 on the CPU build.
     """
+    block = 16
     if gpu.is_cpu:
-        seqs, tokens = 128, 2048
+        # vllm/platforms/cpu.py: the CPU backend's default block size is 128.
+        seqs, tokens, block = 128, 2048, 128
     elif gpu.memory_bytes >= 70 * GIB and "a100" not in gpu.name.lower():
         seqs, tokens = 1024, 8192
     else:
         seqs, tokens = 256, 2048
-    values: dict[str, object] = {"max_num_seqs": seqs, "max_num_batched_tokens": tokens}
+    values: dict[str, object] = {"max_num_seqs": seqs, "max_num_batched_tokens": tokens,
+                                 "block_size": block}
     values.update(overrides)
     return EngineConfig(**values)  # type: ignore[arg-type]
