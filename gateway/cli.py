@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gateway import plan_cli, planner_cli
 from twin.errors import ConfigError, InsufficientMemoryError
 from twin.results import SimulationResult
 from twin.scenario import load_scenario
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-fast-path", action="store_true",
                      help="step one engine step at a time (slow; for checking)")
     sim.set_defaults(func=_simulate)
+    planner_cli.register(sub)
+    planner_cli.register_models(sub)
+    plan_cli.register(sub)
     # Each further command family registers its own subparsers (and sets ``func``) here.
     return parser
 
@@ -100,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lorafleet: {exc}", file=sys.stderr)
         return 2
     except ConfigError as exc:
-        print(f"lorafleet: invalid scenario: {exc}", file=sys.stderr)
+        what = "invalid scenario" if args.command == "simulate" else "invalid input"
+        print(f"lorafleet: {what}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,129 @@
+"""CLI commands of the planner: ``dataset`` (and, as they land, ``train``, ``evaluate``,
+``plan``). The process pool and the progress bar live here, in the composition root, so
+``planner/`` stays pure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from planner.dataset import COLUMNS, run_sample, sample_specs
+from planner.evaluate import evaluate, split
+from planner.surrogate import CLASSIFIERS, REGRESSORS, Surrogate
+from planner.table import load_table, save_table
+from planner.training import DEFAULT_CLASSIFIER, DEFAULT_REGRESSOR, train
+from twin.catalog import get_gpu, get_model
+from twin.errors import ConfigError
+from twin.profile import load_profile
+
+__all__ = ["register", "register_models"]
+
+
+def register(sub: Any) -> None:
+    ds = sub.add_parser("dataset", help="run the twin on sampled workers; write a training table")
+    ds.add_argument("--scenarios", type=int, required=True, help="number of sampled workers")
+    ds.add_argument("--out", type=Path, required=True, help="output folder (writes data.csv)")
+    ds.add_argument("--workers", type=int, default=1, help="parallel processes")
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--model", default="llama-3.1-8b")
+    ds.add_argument("--gpu", default="a100-80gb")
+    ds.add_argument("--profile", default="roofline-default")
+    ds.set_defaults(func=_dataset)
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    if args.scenarios < 1:
+        raise ConfigError("--scenarios", f"must be >= 1, got {args.scenarios}")
+    if args.workers < 1:
+        raise ConfigError("--workers", f"must be >= 1, got {args.workers}")
+    model, gpu, profile = get_model(args.model), get_gpu(args.gpu), load_profile(args.profile)
+    specs = list(sample_specs(args.scenarios, args.seed, model, gpu, profile))
+    work = partial(run_sample, model=model, gpu=gpu, profile=profile)
+    started = time.perf_counter()
+    console = Console(stderr=True)
+    with Progress(TextColumn("twin runs"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("dataset", total=len(specs))
+        if args.workers == 1:
+            rows = []
+            for spec in specs:
+                rows.append(work(spec))
+                progress.advance(task)
+        else:
+            with ProcessPoolExecutor(args.workers) as pool:
+                rows = []
+                for row in pool.map(work, specs, chunksize=4):  # keeps the seed order
+                    rows.append(row)
+                    progress.advance(task)
+    out = args.out / "data.csv"
+    save_table(rows, COLUMNS, out)
+    starved = sum(r["starved"] for r in rows)
+    console.print(f"{len(rows)} samples ({starved:.0f} starved) in "
+                  f"{time.perf_counter() - started:.1f} s -> {out}")
+    return 0
+
+
+def register_models(sub: Any) -> None:
+    tr = sub.add_parser("train", help="train the surrogate on a dataset; save one file")
+    tr.add_argument("--data", type=Path, required=True, help="folder with data.csv")
+    tr.add_argument("--out", type=Path, required=True, help="model file to write")
+    tr.add_argument("--regressor", default=DEFAULT_REGRESSOR, choices=sorted(REGRESSORS))
+    tr.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=sorted(CLASSIFIERS))
+    tr.add_argument("--epochs", type=int, default=1)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(func=_train)
+    ev = sub.add_parser("evaluate", help="evaluate a surrogate on the held-out split")
+    ev.add_argument("--data", type=Path, required=True, help="folder with data.csv")
+    ev.add_argument("--model", type=Path, required=True, help="model file from `train`")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_evaluate)
+
+
+def _rows(folder: Path) -> list[dict[str, float]]:
+    path = folder / "data.csv" if folder.is_dir() else folder
+    if not path.is_file():
+        raise ConfigError("--data", f"no dataset at {path}")
+    try:
+        return load_table(path)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError("--data", str(exc)) from None
+
+
+def _train(args: argparse.Namespace) -> int:
+    train_rows, _ = split(_rows(args.data))
+    started = time.perf_counter()
+    surrogate = train(train_rows, regressor=args.regressor, classifier=args.classifier,
+                      seed=args.seed, epochs=args.epochs)
+    surrogate.save(args.out)
+    Console(stderr=True).print(f"trained on {len(train_rows)} rows in "
+                               f"{time.perf_counter() - started:.1f} s -> {args.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    _, test_rows = split(_rows(args.data))
+    try:
+        surrogate = Surrogate.load(args.model)
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise ConfigError("--model", str(exc)) from None
+    result = evaluate(surrogate, test_rows).to_dict()
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    table = Table(title=f"surrogate on {len(test_rows)} held-out samples")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    return 0

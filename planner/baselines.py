@@ -1,0 +1,111 @@
+"""What the placer is measured against: naive placements and a lower bound.
+
+Each baseline gives a plan; ``planner.validate`` confirms any plan in the cluster twin. GPU
+counts come from the same surrogate-backed feasibility check the placer uses, so the
+comparison isolates the packing, and the twin then confirms (or refutes) every count.
+
+- ``one_per_adapter``: each adapter alone, on as many GPUs as its load needs.
+- ``round_robin``: adapter i on GPU i mod N for the smallest N the check accepts.
+- ``first_fit``: memory only: fill each GPU to the largest ``max_loras`` that fits in memory,
+  ignoring load (what a slot-counting operator does).
+- ``lower_bound``: ``ceil(sum_i rate_i / cap_i)``, ``cap_i`` the rate one GPU serves of
+  adapter i alone at its best settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from planner.features import AdapterDemand
+from planner.placer import SLOT_CANDIDATES, GpuPlan, Plan, Predictor
+from twin.errors import InsufficientMemoryError
+from twin.memory import plan_memory
+
+__all__ = ["first_fit", "lower_bound", "one_per_adapter", "round_robin"]
+
+
+def _gpu(index: int, adapters: Sequence[AdapterDemand], predictor: Predictor,
+         max_loras: int | None = None) -> GpuPlan:
+    loras = max(1, sum(1 for a in adapters if a.rank > 0))
+    verdict = predictor.best(adapters) if max_loras is None else predictor.check(
+        adapters, predictor.engine_for(adapters, max_loras))
+    engine = verdict.engine or predictor.engine_for(adapters, min(loras, max_loras or loras))
+    return GpuPlan(index=index, engine=engine, rates={a.name: a.rate for a in adapters},
+                   predicted_tps=verdict.predicted_tps, offered_tps=verdict.offered_tps,
+                   starvation_proba=verdict.proba)
+
+
+def one_per_adapter(adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan:
+    gpus: list[GpuPlan] = []
+    for a in adapters:
+        cap = predictor.alone_capacity(a)
+        parts = max(1, math.ceil(a.rate / cap)) if cap > 0 else 1
+        for _ in range(parts):
+            part = AdapterDemand(name=a.name, rank=a.rank, rate=a.rate / parts,
+                                 input_tokens=a.input_tokens, output_tokens=a.output_tokens,
+                                 input_std=a.input_std, output_std=a.output_std, cv=a.cv)
+            gpus.append(_gpu(len(gpus), [part], predictor))
+    return Plan(gpus=gpus, adapters=list(adapters))
+
+
+def _round_robin_plan(adapters: Sequence[AdapterDemand], n: int,
+                      predictor: Predictor) -> tuple[Plan, bool]:
+    groups: list[list[AdapterDemand]] = [[] for _ in range(n)]
+    for i, a in enumerate(adapters):
+        groups[i % n].append(a)
+    gpus, ok = [], True
+    for i, g in enumerate(groups):
+        verdict = predictor.best(g) if g else None
+        ok = ok and (verdict is None or verdict.feasible)
+        gpus.append(_gpu(i, g, predictor) if g else GpuPlan(
+            index=i, engine=predictor.engine_for([], 1), rates={}, predicted_tps=0.0,
+            offered_tps=0.0, starvation_proba=0.0))
+    return Plan(gpus=gpus, adapters=list(adapters)), ok
+
+
+def round_robin(adapters: Sequence[AdapterDemand], predictor: Predictor,
+                start: int = 1) -> Plan:
+    """The smallest N (searched upwards by doubling, then bisection) that round-robin
+    assignment makes feasible."""
+    lo, hi = max(0, start - 1), max(1, start)
+    while not _round_robin_plan(adapters, hi, predictor)[1]:
+        if hi >= len(adapters):
+            return _round_robin_plan(adapters, len(adapters), predictor)[0]
+        lo, hi = hi, min(len(adapters), hi * 2)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _round_robin_plan(adapters, mid, predictor)[1]:
+            hi = mid
+        else:
+            lo = mid
+    return _round_robin_plan(adapters, hi, predictor)[0]
+
+
+def first_fit(adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan:
+    """Fill each GPU to the largest slot count memory allows at the adapters' top rank."""
+    ordered = sorted(adapters, key=lambda a: (-a.rank, a.name))
+    gpus: list[GpuPlan] = []
+    i = 0
+    while i < len(ordered):
+        head = ordered[i:i + 1]
+        slots = 1
+        for s in SLOT_CANDIDATES:
+            try:
+                plan_memory(predictor.model, predictor.gpu, predictor.engine_for(head, s),
+                            predictor.profile.memory)
+                slots = s
+            except InsufficientMemoryError:
+                break
+        group = ordered[i:i + slots]
+        gpus.append(_gpu(len(gpus), group, predictor, max_loras=min(slots, len(group))))
+        i += slots
+    return Plan(gpus=gpus, adapters=list(adapters))
+
+
+def lower_bound(adapters: Sequence[AdapterDemand], predictor: Predictor) -> int:
+    total = 0.0
+    for a in adapters:
+        cap = predictor.alone_capacity(a)
+        total += a.rate / cap if cap > 0 else 1.0
+    return max(1, math.ceil(total - 1e-9))

@@ -1,0 +1,136 @@
+"""Training data from the twin: sampled worker scenarios, their features and measured targets.
+
+Each sample is one worker: a set of adapters (count, rank mix, Zipf-skewed rates, lengths,
+burstiness, a base-model share) and engine options, run in the twin at an offered load that is
+a sampled multiple of the analytic capacity estimate. The multiples concentrate around 1 so
+both sides of the starvation boundary are dense: the placer lives there. Same seed, same table.
+Pure: ``run_sample`` is a function of its arguments; writing the table is the caller's job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.features import FEATURES, AdapterDemand, worker_features
+from twin.errors import InsufficientMemoryError
+from twin.profile import CalibrationProfile
+from twin.scenario import Scenario
+from twin.simulate import simulate
+from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, GpuSpec, ModelSpec
+from twin.workload import AdapterLoad, ArrivalSpec, LengthDist, Workload
+
+__all__ = ["COLUMNS", "TARGETS", "SampleSpec", "run_sample", "sample_specs"]
+
+TARGETS: tuple[str, ...] = ("throughput_tps", "ideal_tps", "starved", "any_adapter_starved",
+                            "ttft_p50_s", "itl_p50_s", "e2e_p50_s")
+COLUMNS: tuple[str, ...] = ("seed", *FEATURES, *TARGETS)
+SLOT_CHOICES = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SampleSpec:
+    """One sampled worker scenario (everything ``run_sample`` needs, picklable)."""
+
+    seed: int
+    adapters: tuple[AdapterDemand, ...]
+    engine: EngineConfig
+    cv: float
+    duration_s: float
+
+
+def _lognormal_lengths(mean: float, std: float) -> LengthDist:
+    return LengthDist(dist="lognormal", mean=mean, std=std)
+
+
+def sample_specs(n: int, seed: int, model: ModelSpec, gpu: GpuSpec,
+                 profile: CalibrationProfile, max_model_len: int = 8192) -> Iterator[SampleSpec]:
+    """``n`` feasible worker scenarios drawn from ``seed`` (memory-infeasible draws are redrawn)."""
+    rng = np.random.default_rng(seed)
+    made = 0
+    while made < n:
+        sub = int(rng.integers(0, 2**31))
+        spec = _draw(np.random.default_rng(sub), sub, model, gpu, profile, max_model_len)
+        if spec is not None:
+            made += 1
+            yield spec
+
+
+def _draw(rng: np.random.Generator, seed: int, model: ModelSpec, gpu: GpuSpec,
+          profile: CalibrationProfile, max_model_len: int) -> SampleSpec | None:
+    count = int(np.exp(rng.uniform(0, np.log(256))))
+    ranks = [int(r) for r in rng.choice([8, 16, 32], size=int(rng.integers(1, 4)), replace=False)]
+    skew = float(rng.uniform(0.0, 1.5))
+    weights = 1.0 / np.arange(1, count + 1) ** skew
+    weights /= weights.sum()
+    base_share = float(rng.choice([0.0, 0.0, rng.uniform(0.05, 0.4)]))
+    mean_in = float(np.exp(rng.uniform(np.log(64), np.log(2048))))
+    mean_out = float(np.exp(rng.uniform(np.log(16), np.log(512))))
+    cv = float(rng.choice([1.0, 1.0, 1.5, 3.0]))
+    max_rank = max(ranks)
+    slots = [s for s in SLOT_CHOICES if s <= max(count, 1)] or [1]
+    max_loras = int(rng.choice(slots))
+    engine = EngineConfig(max_num_seqs=256, max_num_batched_tokens=2048, max_loras=max_loras,
+                          max_cpu_loras=max(count, max_loras), max_lora_rank=max_rank,
+                          max_model_len=max_model_len)
+    assert max_rank in ALLOWED_LORA_RANKS
+    adapters = [AdapterDemand(name=f"a{i:03d}", rank=ranks[i % len(ranks)],
+                              rate=float(w) * (1 - base_share), input_tokens=mean_in,
+                              output_tokens=mean_out, input_std=mean_in / 2,
+                              output_std=mean_out / 2, cv=cv) for i, w in enumerate(weights)]
+    if base_share:
+        adapters.append(AdapterDemand(name="<base>", rank=0, rate=base_share,
+                                      input_tokens=mean_in, output_tokens=mean_out,
+                                      input_std=mean_in / 2, output_std=mean_out / 2, cv=cv))
+    step = profile.step_model(model, gpu, engine)
+    try:
+        f = worker_features(adapters, engine, model, gpu, step, profile.memory)
+    except InsufficientMemoryError:
+        return None
+    # Offered load as a multiple of the analytic capacity: dense around the boundary (which
+    # the twin puts at 0.7-1.0 of the estimate), with a log-uniform tail down to light loads,
+    # where the placer starts filling every GPU.
+    if rng.random() < 0.3:
+        factor = float(np.exp(rng.uniform(np.log(0.03), np.log(3.0))))
+    else:
+        factor = float(np.clip(np.exp(rng.normal(np.log(0.8), 0.35)), 0.1, 4.0))
+    total_rate = factor * f["est_capacity_tps"] / (mean_in + mean_out)
+    scaled = tuple(AdapterDemand(name=a.name, rank=a.rank, rate=a.rate * total_rate,
+                                 input_tokens=a.input_tokens, output_tokens=a.output_tokens,
+                                 input_std=a.input_std, output_std=a.output_std, cv=a.cv)
+                   for a in adapters)
+    duration = float(min(600.0, max(120.0, 1500.0 / total_rate)))
+    return SampleSpec(seed=seed, adapters=scaled, engine=engine, cv=cv, duration_s=duration)
+
+
+def run_sample(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
+               profile: CalibrationProfile) -> dict[str, float]:
+    """Features and twin-measured targets of one sample (one row of the table)."""
+    step = profile.step_model(model, gpu, spec.engine)
+    row: dict[str, float] = {"seed": float(spec.seed)}
+    row.update(worker_features(spec.adapters, spec.engine, model, gpu, step, profile.memory))
+    first = spec.adapters[0]
+    workload = Workload(
+        adapters=tuple(AdapterLoad(name=a.name, rank=a.rank, rate=a.rate)
+                       for a in spec.adapters),
+        duration_s=spec.duration_s, seed=spec.seed,
+        arrivals=ArrivalSpec(process="poisson" if spec.cv == 1.0 else "gamma", cv=spec.cv),
+        input=_lognormal_lengths(first.input_tokens, first.input_std),
+        output=_lognormal_lengths(first.output_tokens, first.output_std))
+    scenario = Scenario(name=f"sample-{spec.seed}", model=model, gpu=gpu, profile=profile,
+                        engine=spec.engine, workload=workload)
+    result, _ = simulate(scenario)
+    row.update({
+        "throughput_tps": result.throughput_tps, "ideal_tps": result.ideal_tps,
+        "starved": float(result.starved),
+        "any_adapter_starved": float(bool(result.starved_adapters)),
+        "ttft_p50_s": _finite(result.ttft_p50_s), "itl_p50_s": _finite(result.itl_p50_s),
+        "e2e_p50_s": _finite(result.e2e_p50_s)})
+    return row
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -1.0

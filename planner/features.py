@@ -1,0 +1,183 @@
+"""The feature schema, frozen: one definition shared by the dataset, the surrogate, the placer
+and the gateway's observer.
+
+Every feature describes one worker (GPU) over a window and is computable from live traffic:
+request rates per adapter and token counts from responses' ``usage``, the adapters' ranks from
+their ``adapter_config.json``, the engine options from the worker's start-up flags. Rates are
+requests per second over the window (the gateway uses 60 s), lengths are tokens per request.
+
+The paper's features (PAPER.md) come first; lorafleet adds length statistics, the configured
+``max_lora_rank``, burstiness, base-model load, KV capacity, and an analytic capacity estimate
+from the worker's step-time model (``est_capacity_tps``) with the offered load over it
+(``load_ratio``): the learned models correct that estimate instead of rediscovering physics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from twin.memory import MemoryOverheads, plan_memory
+from twin.specs import EngineConfig, GpuSpec, ModelSpec
+from twin.step_time import StepTimeModel
+
+__all__ = [
+    "FEATURES",
+    "AdapterDemand",
+    "capacity_estimate",
+    "expected_distinct",
+    "worker_features",
+]
+
+FEATURES: tuple[str, ...] = (
+    # The paper's (per instance).
+    "sum_rate", "std_rate", "max_size", "mean_size", "std_size", "served_adapters",
+    "adapter_slots",
+    # lorafleet's.
+    "max_lora_rank", "mean_input", "mean_output", "std_input", "std_output", "burstiness",
+    "base_rate", "offered_tps", "kv_tokens", "active_ratio", "expected_active",
+    "lora_pressure", "slot_coverage", "est_capacity_tps", "load_ratio",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdapterDemand:
+    """One adapter's load: rank (0 = base model), request rate, mean and std of its lengths,
+    and the coefficient of variation of its inter-arrival times (1 = Poisson)."""
+
+    name: str
+    rank: int
+    rate: float
+    input_tokens: float = 512.0
+    output_tokens: float = 128.0
+    input_std: float = 0.0
+    output_std: float = 0.0
+    cv: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("name: must be a non-empty string")
+        if self.rate < 0 or not math.isfinite(self.rate):
+            raise ValueError(f"rate: must be a finite number >= 0, got {self.rate!r}")
+        if self.rank < 0:
+            raise ValueError(f"rank: must be >= 0, got {self.rank!r}")
+        if self.input_tokens < 1 or self.output_tokens < 1:
+            raise ValueError("input_tokens/output_tokens: must be >= 1")
+
+
+def _weighted(values: Sequence[float], weights: Sequence[float]) -> tuple[float, float]:
+    total = sum(weights)
+    if total <= 0:
+        mean = sum(values) / len(values) if values else 0.0
+        return mean, 0.0
+    mean = sum(v * w for v, w in zip(values, weights, strict=True)) / total
+    var = sum(w * (v - mean) ** 2 for v, w in zip(values, weights, strict=True)) / total
+    return mean, math.sqrt(var)
+
+
+def _std(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def _batch(engine: EngineConfig, kv_tokens: int, mean_input: float, mean_output: float) -> float:
+    """Requests decoding together at saturation: ``max_num_seqs`` or what the KV cache holds."""
+    return max(1.0, min(float(engine.max_num_seqs), kv_tokens / (mean_input + mean_output)))
+
+
+def expected_distinct(weights: Sequence[float], batch: float) -> float:
+    """Expected distinct adapters among ``batch`` requests drawn by rate ``weights``:
+    ``sum_i 1 - (1 - w_i)^batch``. Above ``max_loras`` the LoRA rule defers requests and the
+    slots thrash."""
+    total = sum(weights)
+    if total <= 0:
+        return 0.0
+    return sum(1.0 - (1.0 - w / total) ** batch for w in weights)
+
+
+def slot_coverage(weights: Sequence[float], slots: int) -> float:
+    """Expected share of the load whose adapter is among ``slots`` adapters drawn by rate:
+    ``sum_i w_i (1 - (1 - w_i)^slots)``, 1 when every adapter fits in the slots. When the
+    slots thrash, only that share of the queued requests can join a batch."""
+    total = sum(weights)
+    if total <= 0 or len(weights) <= slots:
+        return 1.0
+    return sum((w / total) * (1.0 - (1.0 - w / total) ** slots) for w in weights)
+
+
+def capacity_estimate(step: StepTimeModel, engine: EngineConfig, kv_tokens: int,
+                      mean_input: float, mean_output: float, active_adapters: int,
+                      coverage: float = 1.0) -> float:
+    """Tokens/s one worker sustains, from its step-time model alone (no simulation).
+
+    With ``B`` requests decoding (``max_num_seqs``, or fewer if their KV does not fit), each
+    decode step serves ``B`` tokens; each request also needs its prompt prefilled. So a request
+    costs ``out * t_decode(B) / B + in * c_prefill`` seconds of engine time, where ``c_prefill``
+    is the marginal step time of a prefill token.
+    """
+    batch = max(1.0, _batch(engine, kv_tokens, mean_input, mean_output) * coverage)
+    distinct = float(min(active_adapters, engine.max_loras, batch)) if engine.enable_lora else 0.0
+    context = batch * (mean_input + mean_output / 2)
+    t_decode = step.predict(0.0, batch, context, distinct)
+    chunk = float(engine.max_num_batched_tokens)
+    c_prefill = (step.predict(chunk, 0.0, chunk, 1.0) - step.predict(0.0, 0.0, 0.0, 1.0)) / chunk
+    seconds = mean_output * t_decode / batch + mean_input * c_prefill
+    return (mean_input + mean_output) / seconds
+
+
+def worker_features(adapters: Sequence[AdapterDemand], engine: EngineConfig,
+                    model: ModelSpec, gpu: GpuSpec, step: StepTimeModel,
+                    memory: MemoryOverheads | None = None) -> dict[str, float]:
+    """The feature vector of one worker serving ``adapters`` with ``engine``.
+
+    Raises ``InsufficientMemoryError`` if vLLM would not start with ``engine``.
+    """
+    loras = [a for a in adapters if a.rank > 0]
+    rates = [a.rate for a in adapters]
+    ranks = [float(a.rank) for a in loras]
+    weights = [a.rate for a in adapters]
+    mean_in, std_in = _weighted([a.input_tokens for a in adapters], weights)
+    mean_out, std_out = _weighted([a.output_tokens for a in adapters], weights)
+    burst, _ = _weighted([a.cv for a in adapters], weights)
+    sum_rate = sum(rates)
+    kv = plan_memory(model, gpu, engine, memory).kv_cache_tokens
+    served = len(loras)
+    lora_rates = [a.rate for a in loras]
+    active = expected_distinct(lora_rates,
+                               _batch(engine, kv, max(mean_in, 1.0), max(mean_out, 1.0)))
+    coverage = 1.0
+    if engine.enable_lora and active > engine.max_loras:
+        base = sum(a.rate for a in adapters if a.rank == 0)
+        lora_share = sum(lora_rates) / max(sum_rate, 1e-12)
+        coverage = base / max(sum_rate, 1e-12) + lora_share * slot_coverage(
+            lora_rates, engine.max_loras)
+    capacity = capacity_estimate(step, engine, kv, max(mean_in, 1.0), max(mean_out, 1.0),
+                                 served, coverage)
+    offered = sum(a.rate * (a.input_tokens + a.output_tokens) for a in adapters)
+    return {
+        "sum_rate": sum_rate,
+        "std_rate": _std(rates),
+        "max_size": max(ranks, default=0.0),
+        "mean_size": sum(ranks) / len(ranks) if ranks else 0.0,
+        "std_size": _std(ranks),
+        "served_adapters": float(served),
+        "adapter_slots": float(engine.max_loras),
+        "max_lora_rank": float(engine.max_lora_rank),
+        "mean_input": mean_in,
+        "mean_output": mean_out,
+        "std_input": std_in,
+        "std_output": std_out,
+        "burstiness": burst or 1.0,
+        "base_rate": sum(a.rate for a in adapters if a.rank == 0),
+        "offered_tps": offered,
+        "kv_tokens": float(kv),
+        "active_ratio": served / engine.max_loras,
+        "expected_active": active,
+        "lora_pressure": active / engine.max_loras,
+        "slot_coverage": coverage,
+        "est_capacity_tps": capacity,
+        "load_ratio": offered / capacity,
+    }

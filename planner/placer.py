@@ -1,0 +1,238 @@
+"""The greedy min-GPU placer (the paper's, PAPER.md), extended with replicas of hot adapters.
+
+1. An adapter whose load exceeds what one GPU serves of it alone is split into replicas, its
+   rate shared among them (the gateway routes by those shares).
+2. Adapters are grouped by rank, highest first; inside a group ordered zig-zag by rate
+   (largest, smallest, next largest, ...).
+3. GPUs are filled one at a time. At test points (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, ...
+   adapters, and the last one) the candidate set is checked: some ``max_loras`` setting must
+   fit in memory (vLLM's start-up arithmetic, exact) and be predicted not to starve by the
+   surrogate; the best such setting by predicted throughput is kept. When a test point fails,
+   a bisection back to the last good one finds the largest feasible prefix; the rest goes back
+   to the queue and the next GPU is opened.
+
+Pure: adapters, specs and a surrogate in, a ``Plan`` out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from planner.features import AdapterDemand, worker_features
+from planner.surrogate import Surrogate
+from twin.errors import InsufficientMemoryError
+from twin.profile import CalibrationProfile
+from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, GpuSpec, ModelSpec
+
+__all__ = ["GpuPlan", "Plan", "PlannerConfig", "Predictor", "place"]
+
+SLOT_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 320, 384, 512)
+TEST_POINTS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlannerConfig:
+    """Engine options the placer does not choose, and its safety margins."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 8192
+    gpu_memory_utilization: float = 0.92
+    headroom: float = 0.9  # keep predicted throughput >= offered / headroom
+    starvation_threshold: float = 0.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuPlan:
+    """One GPU: its engine options and the rate (req/s) of each adapter it serves."""
+
+    index: int
+    engine: EngineConfig
+    rates: dict[str, float]
+    predicted_tps: float
+    offered_tps: float
+    starvation_proba: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    gpus: list[GpuPlan]
+    adapters: list[AdapterDemand] = field(default_factory=list)
+
+    @property
+    def num_gpus(self) -> int:
+        return len(self.gpus)
+
+    def shares(self) -> dict[str, dict[int, float]]:
+        """adapter -> {gpu index: fraction of its rate}."""
+        out: dict[str, dict[int, float]] = {}
+        for g in self.gpus:
+            for name, rate in g.rates.items():
+                out.setdefault(name, {})[g.index] = rate
+        for name, parts in out.items():
+            total = sum(parts.values()) or 1.0
+            out[name] = {i: r / total if total else 1.0 / len(parts) for i, r in parts.items()}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    feasible: bool
+    engine: EngineConfig | None
+    predicted_tps: float
+    offered_tps: float
+    proba: float
+
+
+class Predictor:
+    """The surrogate bound to one model, GPU and profile: is this worker feasible?"""
+
+    def __init__(self, surrogate: Surrogate, model: ModelSpec, gpu: GpuSpec,
+                 profile: CalibrationProfile, config: PlannerConfig) -> None:
+        self.surrogate = surrogate
+        self.model = model
+        self.gpu = gpu
+        self.profile = profile
+        self.config = config
+        self.calls = 0
+
+    def engine_for(self, adapters: Sequence[AdapterDemand], max_loras: int) -> EngineConfig:
+        ranks = [a.rank for a in adapters if a.rank > 0]
+        top = max(ranks, default=8)
+        rank = next(r for r in ALLOWED_LORA_RANKS if r >= top)
+        lora_count = max(1, len(ranks))
+        c = self.config
+        return EngineConfig(max_num_seqs=c.max_num_seqs,
+                            max_num_batched_tokens=c.max_num_batched_tokens,
+                            max_loras=max_loras, max_cpu_loras=max(max_loras, lora_count),
+                            max_lora_rank=rank, max_model_len=c.max_model_len,
+                            gpu_memory_utilization=c.gpu_memory_utilization)
+
+    def check(self, adapters: Sequence[AdapterDemand], engine: EngineConfig) -> Verdict:
+        """Feasible if vLLM starts and the worker is predicted not to starve at the offered
+        load divided by ``headroom`` (the margin for what the surrogate gets wrong)."""
+        self.calls += 1
+        step = self.profile.step_model(self.model, self.gpu, engine)
+        scale = 1.0 / self.config.headroom
+        try:
+            x = worker_features([_with_rate(a, a.rate * scale) for a in adapters], engine,
+                                self.model, self.gpu, step, self.profile.memory)
+        except InsufficientMemoryError:
+            return Verdict(False, None, 0.0, 0.0, 1.0)
+        proba = self.surrogate.starvation.predict_proba_one(x)
+        tps = self.surrogate.throughput.predict_one(x)
+        # The paper's starvation test on the predicted throughput, plus the classifier.
+        ok = proba < self.config.starvation_threshold and tps >= 0.9 * x["offered_tps"]
+        return Verdict(ok, engine, tps, x["offered_tps"] / scale, proba)
+
+    def best(self, adapters: Sequence[AdapterDemand]) -> Verdict:
+        """The feasible ``max_loras`` with the highest predicted throughput (or infeasible)."""
+        loras = sum(1 for a in adapters if a.rank > 0)
+        best: Verdict | None = None
+        for slots in SLOT_CANDIDATES:
+            if slots > max(loras, 1) and slots != SLOT_CANDIDATES[0]:
+                if best is not None or slots > 2 * max(loras, 1):
+                    break
+            v = self.check(adapters, self.engine_for(adapters, slots))
+            if v.engine is None:  # memory: larger slot counts only need more
+                break
+            if v.feasible and (best is None or v.predicted_tps > best.predicted_tps):
+                best = v
+        return best or Verdict(False, None, 0.0, 0.0, 1.0)
+
+    def alone_capacity(self, adapter: AdapterDemand) -> float:
+        """Requests/s one GPU serves of ``adapter`` alone (bisection on its rate)."""
+        lo, hi = 0.0, max(adapter.rate, 1.0)
+        while self.best([_with_rate(adapter, hi)]).feasible and hi < 1e6:
+            lo, hi = hi, hi * 2
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            if self.best([_with_rate(adapter, mid)]).feasible:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+
+def _with_rate(a: AdapterDemand, rate: float) -> AdapterDemand:
+    return AdapterDemand(name=a.name, rank=a.rank, rate=rate, input_tokens=a.input_tokens,
+                         output_tokens=a.output_tokens, input_std=a.input_std,
+                         output_std=a.output_std, cv=a.cv)
+
+
+def _zigzag(items: list[AdapterDemand]) -> list[AdapterDemand]:
+    ordered = sorted(items, key=lambda a: (-a.rate, a.name))
+    out: list[AdapterDemand] = []
+    lo, hi = 0, len(ordered) - 1
+    while lo <= hi:
+        out.append(ordered[lo])
+        if lo != hi:
+            out.append(ordered[hi])
+        lo, hi = lo + 1, hi - 1
+    return out
+
+
+def _replicate(adapters: Sequence[AdapterDemand], predictor: Predictor) -> list[AdapterDemand]:
+    """Split adapters that one GPU cannot carry into equal-rate replicas."""
+    out = []
+    for a in adapters:
+        cap = predictor.alone_capacity(a) if a.rate > 0 else math.inf
+        parts = 1 if cap == math.inf or a.rate <= cap else math.ceil(a.rate / cap)
+        out.extend([_with_rate(a, a.rate / parts)] * parts)
+    return out
+
+
+def place(adapters: Sequence[AdapterDemand], model: ModelSpec, gpu: GpuSpec,
+          profile: CalibrationProfile, surrogate: Surrogate,
+          config: PlannerConfig | None = None) -> Plan:
+    """Pack ``adapters`` onto the fewest GPUs the surrogate predicts will not starve."""
+    names = [a.name for a in adapters]
+    if len(set(names)) != len(names):
+        raise ValueError("adapters: names must be unique")
+    predictor = Predictor(surrogate, model, gpu, profile, config or PlannerConfig())
+    items = _replicate(adapters, predictor)
+    groups: dict[int, list[AdapterDemand]] = {}
+    for a in items:
+        groups.setdefault(a.rank, []).append(a)
+    queue = [a for rank in sorted(groups, reverse=True) for a in _zigzag(groups[rank])]
+    gpus: list[GpuPlan] = []
+    while queue:
+        take, verdict = _fill(queue, predictor)
+        assert verdict.engine is not None
+        rates: dict[str, float] = {}
+        for a in queue[:take]:
+            rates[a.name] = rates.get(a.name, 0.0) + a.rate
+        gpus.append(GpuPlan(index=len(gpus), engine=verdict.engine, rates=rates,
+                            predicted_tps=verdict.predicted_tps,
+                            offered_tps=verdict.offered_tps, starvation_proba=verdict.proba))
+        queue = queue[take:]
+    return Plan(gpus=gpus, adapters=list(adapters))
+
+
+def _fill(queue: list[AdapterDemand], predictor: Predictor) -> tuple[int, Verdict]:
+    """The longest feasible prefix of ``queue`` (at least one adapter) and its verdict."""
+    first = predictor.best(queue[:1])
+    if not first.feasible:  # cannot happen after replication, except at memory limits
+        engine = predictor.engine_for(queue[:1], 1)
+        return 1, Verdict(True, engine, 0.0, 0.0, 1.0)
+    good, good_verdict = 1, first
+    points = [p for p in TEST_POINTS if 1 < p < len(queue)] + [len(queue)]
+    for n in points:
+        if n <= good:
+            continue
+        v = predictor.best(queue[:n])
+        if v.feasible:
+            good, good_verdict = n, v
+            continue
+        lo, hi = good, n  # feasible at lo, not at hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            vm = predictor.best(queue[:mid])
+            if vm.feasible:
+                lo, good_verdict = mid, vm
+            else:
+                hi = mid
+        return lo, good_verdict
+    return good, good_verdict

@@ -1,0 +1,158 @@
+"""The surrogate: River models of one worker's throughput, starvation and latency.
+
+Each model speaks River (``learn_one(x, y)`` / ``predict_one(x)``) over the feature dicts of
+``planner.features``. The models learn corrections to the analytic capacity estimate rather
+than raw numbers: ``ThroughputModel`` learns ``throughput / est_capacity_tps``, the
+``LatencyModel`` learns log latencies. Which River estimator sits inside is a constructor
+parameter, chosen by measurement (``bench/surrogate.py``). Nothing is trained in a
+constructor; ``Surrogate.save``/``load`` are the only file access.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from river import forest, linear_model, optim, preprocessing, tree
+
+from planner.features import FEATURES
+
+__all__ = [
+    "CLASSIFIERS",
+    "REGRESSORS",
+    "LatencyModel",
+    "StarvationModel",
+    "Surrogate",
+    "ThroughputModel",
+    "transform",
+]
+
+_LOG = {"sum_rate", "std_rate", "mean_input", "mean_output", "std_input", "std_output",
+        "base_rate", "offered_tps", "kv_tokens", "est_capacity_tps", "served_adapters",
+        "adapter_slots", "expected_active"}
+
+
+def transform(x: Mapping[str, float]) -> dict[str, float]:
+    """Model inputs from a feature dict: logs of scale features, ratios as they are."""
+    out = {}
+    for name in FEATURES:
+        v = float(x[name])
+        out[name] = math.log1p(max(v, 0.0)) if name in _LOG else v
+    return out
+
+
+def _linear_regressor(seed: int) -> Any:
+    return preprocessing.StandardScaler() | linear_model.LinearRegression(
+        optimizer=optim.SGD(0.01), l2=1e-4)
+
+
+REGRESSORS: dict[str, Callable[[int], Any]] = {
+    "linear": _linear_regressor,
+    "hoeffding": lambda seed: preprocessing.StandardScaler()
+    | tree.HoeffdingAdaptiveTreeRegressor(grace_period=50, seed=seed),
+    "arf": lambda seed: forest.ARFRegressor(n_models=10, seed=seed),
+    "amf": lambda seed: forest.AMFRegressor(n_estimators=10, seed=seed),
+}
+
+CLASSIFIERS: dict[str, Callable[[int], Any]] = {
+    "logistic": lambda seed: preprocessing.StandardScaler() | linear_model.LogisticRegression(),
+    "hoeffding": lambda seed: preprocessing.StandardScaler()
+    | tree.HoeffdingAdaptiveTreeClassifier(grace_period=50, seed=seed),
+    "arf": lambda seed: forest.ARFClassifier(n_models=10, seed=seed),
+    "amf": lambda seed: forest.AMFClassifier(n_estimators=10, seed=seed),
+}
+
+
+class ThroughputModel:
+    """Tokens/s a worker serves, as a learned multiple of the analytic capacity estimate."""
+
+    def __init__(self, model: str = "arf", seed: int = 0) -> None:
+        self.model = model
+        self.seed = seed
+        self._est = REGRESSORS[model](seed)
+
+    def learn_one(self, x: Mapping[str, float], y: float) -> None:
+        self._est.learn_one(transform(x), y / x["est_capacity_tps"])
+
+    def predict_one(self, x: Mapping[str, float]) -> float:
+        ratio = float(self._est.predict_one(transform(x)))
+        return max(ratio, 0.0) * x["est_capacity_tps"]
+
+
+class StarvationModel:
+    """Whether a worker starves (the paper's verdict, or any adapter's)."""
+
+    def __init__(self, model: str = "arf", seed: int = 0, threshold: float = 0.5) -> None:
+        self.model = model
+        self.seed = seed
+        self.threshold = threshold
+        self._est = CLASSIFIERS[model](seed)
+
+    def learn_one(self, x: Mapping[str, float], y: bool) -> None:
+        self._est.learn_one(transform(x), bool(y))
+
+    def predict_proba_one(self, x: Mapping[str, float]) -> float:
+        proba = self._est.predict_proba_one(transform(x))
+        return float(proba.get(True, 0.0))
+
+    def predict_one(self, x: Mapping[str, float]) -> bool:
+        return self.predict_proba_one(x) >= self.threshold
+
+
+class LatencyModel:
+    """Median TTFT and ITL in seconds (log targets); observable online at any load."""
+
+    def __init__(self, model: str = "arf", seed: int = 0) -> None:
+        self.model = model
+        self.seed = seed
+        self._ttft = REGRESSORS[model](seed)
+        self._itl = REGRESSORS[model](seed + 1)
+
+    def learn_one(self, x: Mapping[str, float], y: Mapping[str, float]) -> None:
+        t = transform(x)
+        if y.get("ttft_p50_s", -1.0) > 0:
+            self._ttft.learn_one(t, math.log(y["ttft_p50_s"]))
+        if y.get("itl_p50_s", -1.0) > 0:
+            self._itl.learn_one(t, math.log(y["itl_p50_s"]))
+
+    def predict_one(self, x: Mapping[str, float]) -> dict[str, float]:
+        t = transform(x)
+        return {"ttft_p50_s": math.exp(float(self._ttft.predict_one(t))),
+                "itl_p50_s": math.exp(float(self._itl.predict_one(t)))}
+
+
+class Surrogate:
+    """The three models together, trained on dataset rows and saved as one file."""
+
+    def __init__(self, throughput: ThroughputModel, starvation: StarvationModel,
+                 latency: LatencyModel) -> None:
+        self.throughput = throughput
+        self.starvation = starvation
+        self.latency = latency
+        self.samples_seen = 0
+
+    @classmethod
+    def create(cls, regressor: str = "arf", classifier: str = "arf",
+               seed: int = 0) -> Surrogate:
+        return cls(ThroughputModel(regressor, seed), StarvationModel(classifier, seed),
+                   LatencyModel(regressor, seed))
+
+    def learn_row(self, row: Mapping[str, float]) -> None:
+        """Learn one dataset row (features plus the twin's targets)."""
+        self.throughput.learn_one(row, row["throughput_tps"])
+        self.starvation.learn_one(row, bool(row["starved"] or row["any_adapter_starved"]))
+        self.latency.learn_one(row, row)
+        self.samples_seen += 1
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @staticmethod
+    def load(path: str | Path) -> Surrogate:
+        obj = pickle.loads(Path(path).read_bytes())
+        if not isinstance(obj, Surrogate):
+            raise ValueError(f"{path}: not a lorafleet surrogate")
+        return obj

@@ -1,0 +1,113 @@
+"""Placer invariants for any input, replicas of hot adapters, inputs and the plan CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.cli import main
+from planner.features import AdapterDemand
+from planner.inputs import parse_adapters
+from planner.placer import PlannerConfig, Predictor, place
+from twin import ConfigError, plan_memory
+
+demand_st = st.builds(
+    AdapterDemand, name=st.just("x"), rank=st.sampled_from([0, 8, 16, 32]),
+    rate=st.floats(0.0, 8.0), input_tokens=st.floats(32, 2048),
+    output_tokens=st.floats(8, 512))
+
+
+def named(items: list[AdapterDemand]) -> list[AdapterDemand]:
+    return [AdapterDemand(name=f"a{i}", rank=a.rank, rate=a.rate, input_tokens=a.input_tokens,
+                          output_tokens=a.output_tokens) for i, a in enumerate(items)]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(demand_st, min_size=1, max_size=30))
+def test_every_adapter_placed_rates_conserved_memory_respected(
+        items: list[AdapterDemand], surrogate, specs) -> None:  # noqa: ANN001
+    model, gpu, profile = specs
+    adapters = named(items)
+    plan = place(adapters, model, gpu, profile, surrogate)
+    again = place(adapters, model, gpu, profile, surrogate)
+    assert [g.rates for g in plan.gpus] == [g.rates for g in again.gpus]  # deterministic
+    placed: dict[str, float] = {}
+    for g in plan.gpus:
+        plan_memory(model, gpu, g.engine, profile.memory)  # raises if vLLM would refuse
+        assert g.rates
+        assert len([n for n in g.rates if next(a for a in adapters if a.name == n).rank]) \
+            <= g.engine.cpu_loras
+        for name, rate in g.rates.items():
+            placed[name] = placed.get(name, 0.0) + rate
+    assert set(placed) == {a.name for a in adapters}
+    for a in adapters:
+        assert placed[a.name] == pytest.approx(a.rate, rel=1e-9, abs=1e-12)
+    predictor = Predictor(surrogate, model, gpu, profile, PlannerConfig())
+    for g in plan.gpus:  # no GPU predicted starving, unless a lone adapter cannot be helped
+        demands = [a for a in adapters if a.name in g.rates]
+        if len(g.rates) > 1:
+            assert predictor.check(
+                [AdapterDemand(name=a.name, rank=a.rank, rate=g.rates[a.name],
+                               input_tokens=a.input_tokens, output_tokens=a.output_tokens)
+                 for a in demands], g.engine).feasible
+
+
+def test_hot_adapter_is_replicated_with_its_rate_split(surrogate, specs) -> None:  # noqa: ANN001
+    model, gpu, profile = specs
+    hot = AdapterDemand(name="hot", rank=16, rate=60.0, input_tokens=1024, output_tokens=256)
+    plan = place([hot], model, gpu, profile, surrogate)
+    assert plan.num_gpus >= 2
+    assert all(set(g.rates) == {"hot"} for g in plan.gpus)
+    assert sum(g.rates["hot"] for g in plan.gpus) == pytest.approx(60.0)
+    shares = plan.shares()["hot"]
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_light_adapters_share_a_gpu(surrogate, specs) -> None:  # noqa: ANN001
+    model, gpu, profile = specs
+    light = [AdapterDemand(name=f"a{i}", rank=8, rate=0.05) for i in range(8)]
+    assert place(light, model, gpu, profile, surrogate).num_gpus < 4
+
+
+@pytest.mark.parametrize(("data", "field"), [
+    ({}, "adapters"),
+    ({"adapters": []}, "adapters"),
+    ({"adapters": [{"name": "a", "rank": 8, "rate": -1}]}, "adapters[0].rate"),
+    ({"adapters": [{"name": "a", "rank": 12, "rate": 1}]}, "adapters[0].rank"),
+    ({"adapters": [{"name": "a", "rank": 8}]}, "adapters[0].rate"),
+    ({"adapters": [{"name": "a", "rank": 8, "rate": 1, "colour": 1}]}, "adapters[0].colour"),
+    ({"adapters": [{"name": "a", "rank": 8, "rate": 1}, {"name": "a", "rank": 8, "rate": 1}]},
+     "adapters[1].name"),
+])
+def test_bad_input_names_the_field(data: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_adapters(data)
+    assert info.value.field == field
+
+
+def test_plan_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], surrogate) -> None:  # noqa: ANN001
+    model_file = tmp_path / "s.pkl"
+    surrogate.save(model_file)
+    adapters = tmp_path / "a.yaml"
+    adapters.write_text("adapters:\n" + "".join(
+        f"  - {{name: a{i}, rank: 8, rate: 0.2, input_tokens: 300, output_tokens: 100}}\n"
+        for i in range(6)))
+    assert main(["plan", str(adapters), "--surrogate", str(model_file), "--json",
+                 "--duration", "60"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["gpus"] == len(out["placement"]) >= 1
+    assert {"one_per_adapter", "round_robin", "first_fit"} <= set(out["baselines"])
+    assert out["validated"] in (True, False) and out["lower_bound"] >= 1
+    names = sorted(n for row in out["placement"] for n in row["adapters"])
+    assert names == sorted(f"a{i}" for i in range(6))
+
+
+def test_plan_cli_unknown_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    adapters = tmp_path / "a.yaml"
+    adapters.write_text("adapters: [{name: a, rank: 8, rate: 1}]\n")
+    assert main(["plan", str(adapters), "--gpu", "tpu"]) == 2
+    assert "gpu" in capsys.readouterr().err
