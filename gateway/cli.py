@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gateway import plan_cli, planner_cli
+from gateway.emulator import cli as emulator_cli
 from twin.errors import ConfigError, InsufficientMemoryError
 from twin.results import SimulationResult
 from twin.scenario import load_scenario
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     planner_cli.register(sub)
     planner_cli.register_models(sub)
     plan_cli.register(sub)
+    emulator_cli.register(sub)
     # Each further command family registers its own subparsers (and sets ``func``) here.
     return parser
 

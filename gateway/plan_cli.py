@@ -51,7 +51,7 @@ def default_surrogate() -> Surrogate:
     if path.is_file():
         try:
             return Surrogate.load(path)
-        except Exception:  # noqa: BLE001 - a stale or foreign cache file: retrain
+        except Exception:
             path.unlink(missing_ok=True)
     surrogate = train(bundled_rows())
     cache.mkdir(parents=True, exist_ok=True)

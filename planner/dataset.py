@@ -77,10 +77,17 @@ def _draw(rng: np.random.Generator, seed: int, model: ModelSpec, gpu: GpuSpec,
                           max_cpu_loras=max(count, max_loras), max_lora_rank=max_rank,
                           max_model_len=max_model_len)
     assert max_rank in ALLOWED_LORA_RANKS
+    # Adapters differ in their lengths (real ones do): each scales the scenario's means.
+    spread = float(rng.uniform(0.0, 0.8))
+    scale_in = np.exp(rng.normal(0.0, spread, size=count))
+    scale_out = np.exp(rng.normal(0.0, spread, size=count))
     adapters = [AdapterDemand(name=f"a{i:03d}", rank=ranks[i % len(ranks)],
-                              rate=float(w) * (1 - base_share), input_tokens=mean_in,
-                              output_tokens=mean_out, input_std=mean_in / 2,
-                              output_std=mean_out / 2, cv=cv) for i, w in enumerate(weights)]
+                              rate=float(w) * (1 - base_share),
+                              input_tokens=float(np.clip(mean_in * scale_in[i], 8, 4096)),
+                              output_tokens=float(np.clip(mean_out * scale_out[i], 4, 2048)),
+                              input_std=float(np.clip(mean_in * scale_in[i], 8, 4096)) / 2,
+                              output_std=float(np.clip(mean_out * scale_out[i], 4, 2048)) / 2,
+                              cv=cv) for i, w in enumerate(weights)]
     if base_share:
         adapters.append(AdapterDemand(name="<base>", rank=0, rate=base_share,
                                       input_tokens=mean_in, output_tokens=mean_out,
@@ -97,12 +104,12 @@ def _draw(rng: np.random.Generator, seed: int, model: ModelSpec, gpu: GpuSpec,
         factor = float(np.exp(rng.uniform(np.log(0.03), np.log(3.0))))
     else:
         factor = float(np.clip(np.exp(rng.normal(np.log(0.8), 0.35)), 0.1, 4.0))
-    total_rate = factor * f["est_capacity_tps"] / (mean_in + mean_out)
+    total_rate = factor * f["est_capacity_tps"] / (f["mean_input"] + f["mean_output"])
     scaled = tuple(AdapterDemand(name=a.name, rank=a.rank, rate=a.rate * total_rate,
                                  input_tokens=a.input_tokens, output_tokens=a.output_tokens,
                                  input_std=a.input_std, output_std=a.output_std, cv=a.cv)
                    for a in adapters)
-    duration = float(min(600.0, max(120.0, 1500.0 / total_rate)))
+    duration = float(min(600.0, max(180.0, 2000.0 / total_rate)))
     return SampleSpec(seed=seed, adapters=scaled, engine=engine, cv=cv, duration_s=duration)
 
 
@@ -112,14 +119,13 @@ def run_sample(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
     step = profile.step_model(model, gpu, spec.engine)
     row: dict[str, float] = {"seed": float(spec.seed)}
     row.update(worker_features(spec.adapters, spec.engine, model, gpu, step, profile.memory))
-    first = spec.adapters[0]
     workload = Workload(
-        adapters=tuple(AdapterLoad(name=a.name, rank=a.rank, rate=a.rate)
+        adapters=tuple(AdapterLoad(name=a.name, rank=a.rank, rate=a.rate,
+                                   input=_lognormal_lengths(a.input_tokens, a.input_std),
+                                   output=_lognormal_lengths(a.output_tokens, a.output_std))
                        for a in spec.adapters),
         duration_s=spec.duration_s, seed=spec.seed,
-        arrivals=ArrivalSpec(process="poisson" if spec.cv == 1.0 else "gamma", cv=spec.cv),
-        input=_lognormal_lengths(first.input_tokens, first.input_std),
-        output=_lognormal_lengths(first.output_tokens, first.output_std))
+        arrivals=ArrivalSpec(process="poisson" if spec.cv == 1.0 else "gamma", cv=spec.cv))
     scenario = Scenario(name=f"sample-{spec.seed}", model=model, gpu=gpu, profile=profile,
                         engine=spec.engine, workload=workload)
     result, _ = simulate(scenario)

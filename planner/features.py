@@ -76,6 +76,19 @@ def _weighted(values: Sequence[float], weights: Sequence[float]) -> tuple[float,
     return mean, math.sqrt(var)
 
 
+def _mixture(parts: Sequence[tuple[float, float]], weights: Sequence[float],
+             ) -> tuple[float, float]:
+    """Mean and std of a length drawn from the adapters' (mean, std) pairs by rate: the
+    within-adapter spread plus the spread of the adapters' means."""
+    mean, between = _weighted([m for m, _ in parts], weights)
+    total = sum(weights)
+    if total <= 0:
+        within = sum(sd**2 for _, sd in parts) / len(parts) if parts else 0.0
+    else:
+        within = sum(w * sd**2 for (_, sd), w in zip(parts, weights, strict=True)) / total
+    return mean, math.sqrt(between**2 + within)
+
+
 def _std(values: Sequence[float]) -> float:
     if len(values) < 2:
         return 0.0
@@ -95,7 +108,7 @@ def expected_distinct(weights: Sequence[float], batch: float) -> float:
     total = sum(weights)
     if total <= 0:
         return 0.0
-    return sum(1.0 - (1.0 - w / total) ** batch for w in weights)
+    return sum(1.0 - float((1.0 - w / total) ** batch) for w in weights)
 
 
 def slot_coverage(weights: Sequence[float], slots: int) -> float:
@@ -105,7 +118,7 @@ def slot_coverage(weights: Sequence[float], slots: int) -> float:
     total = sum(weights)
     if total <= 0 or len(weights) <= slots:
         return 1.0
-    return sum((w / total) * (1.0 - (1.0 - w / total) ** slots) for w in weights)
+    return sum((w / total) * (1.0 - float((1.0 - w / total) ** slots)) for w in weights)
 
 
 def capacity_estimate(step: StepTimeModel, engine: EngineConfig, kv_tokens: int,
@@ -139,8 +152,8 @@ def worker_features(adapters: Sequence[AdapterDemand], engine: EngineConfig,
     rates = [a.rate for a in adapters]
     ranks = [float(a.rank) for a in loras]
     weights = [a.rate for a in adapters]
-    mean_in, std_in = _weighted([a.input_tokens for a in adapters], weights)
-    mean_out, std_out = _weighted([a.output_tokens for a in adapters], weights)
+    mean_in, std_in = _mixture([(a.input_tokens, a.input_std) for a in adapters], weights)
+    mean_out, std_out = _mixture([(a.output_tokens, a.output_std) for a in adapters], weights)
     burst, _ = _weighted([a.cv for a in adapters], weights)
     sum_rate = sum(rates)
     kv = plan_memory(model, gpu, engine, memory).kv_cache_tokens

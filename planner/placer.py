@@ -129,12 +129,12 @@ class Predictor:
 
     def best(self, adapters: Sequence[AdapterDemand]) -> Verdict:
         """The feasible ``max_loras`` with the highest predicted throughput (or infeasible)."""
-        loras = sum(1 for a in adapters if a.rank > 0)
+        loras = max(1, sum(1 for a in adapters if a.rank > 0))
+        # Slot counts up to the number of LoRAs, and the next one above when it is not one.
+        above = [s for s in SLOT_CANDIDATES if s >= loras][:1]
+        candidates = sorted({*(s for s in SLOT_CANDIDATES if s <= loras), *above})
         best: Verdict | None = None
-        for slots in SLOT_CANDIDATES:
-            if slots > max(loras, 1) and slots != SLOT_CANDIDATES[0]:
-                if best is not None or slots > 2 * max(loras, 1):
-                    break
+        for slots in candidates:
             v = self.check(adapters, self.engine_for(adapters, slots))
             if v.engine is None:  # memory: larger slot counts only need more
                 break

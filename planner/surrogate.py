@@ -1,11 +1,11 @@
 """The surrogate: River models of one worker's throughput, starvation and latency.
 
 Each model speaks River (``learn_one(x, y)`` / ``predict_one(x)``) over the feature dicts of
-``planner.features``. The models learn corrections to the analytic capacity estimate rather
-than raw numbers: ``ThroughputModel`` learns ``throughput / est_capacity_tps``, the
-``LatencyModel`` learns log latencies. Which River estimator sits inside is a constructor
-parameter, chosen by measurement (``bench/surrogate.py``). Nothing is trained in a
-constructor; ``Surrogate.save``/``load`` are the only file access.
+``planner.features``. The models learn dimensionless targets rather than raw numbers:
+``ThroughputModel`` the share of the offered tokens served, ``LatencyModel`` log latencies;
+the analytic capacity estimate is among their features. Which River estimator sits inside is
+a constructor parameter, chosen by measurement (``bench/surrogate.py``). Nothing is trained
+in a constructor; ``Surrogate.save``/``load`` are the only file access.
 """
 
 from __future__ import annotations
@@ -67,19 +67,23 @@ CLASSIFIERS: dict[str, Callable[[int], Any]] = {
 
 
 class ThroughputModel:
-    """Tokens/s a worker serves, as a learned multiple of the analytic capacity estimate."""
+    """Tokens/s a worker serves, learned as the share of the offered tokens it serves: 1
+    below saturation, capacity over offered load above it. (``learn_one`` takes the served
+    tokens/s and, in ``offered``, the tokens/s that arrived in that window.)"""
 
     def __init__(self, model: str = "arf", seed: int = 0) -> None:
         self.model = model
         self.seed = seed
         self._est = REGRESSORS[model](seed)
 
-    def learn_one(self, x: Mapping[str, float], y: float) -> None:
-        self._est.learn_one(transform(x), y / x["est_capacity_tps"])
+    def learn_one(self, x: Mapping[str, float], y: float, offered: float | None = None) -> None:
+        total = offered if offered is not None else x["offered_tps"]
+        if total > 0:
+            self._est.learn_one(transform(x), min(y / total, 1.5))
 
     def predict_one(self, x: Mapping[str, float]) -> float:
-        ratio = float(self._est.predict_one(transform(x)))
-        return max(ratio, 0.0) * x["est_capacity_tps"]
+        share = float(self._est.predict_one(transform(x)))
+        return min(max(share, 0.0), 1.0) * x["offered_tps"]
 
 
 class StarvationModel:
@@ -142,7 +146,7 @@ class Surrogate:
 
     def learn_row(self, row: Mapping[str, float]) -> None:
         """Learn one dataset row (features plus the twin's targets)."""
-        self.throughput.learn_one(row, row["throughput_tps"])
+        self.throughput.learn_one(row, row["throughput_tps"], row["ideal_tps"])
         self.starvation.learn_one(row, bool(row["starved"] or row["any_adapter_starved"]))
         self.latency.learn_one(row, row)
         self.samples_seen += 1

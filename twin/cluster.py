@@ -98,7 +98,7 @@ def simulate_cluster(model: ModelSpec, gpu: GpuSpec, profile: CalibrationProfile
             router.done(heapq.heappop(releases)[1])
         workers[router.route(request.adapter)].submit(request)
 
-    source = ArrivalSource(env, arrivals, dispatch)
+    source = ArrivalSource(env, arrivals, dispatch, round(profile.request_overhead_s * 1e9))
     plans = []
     for i, cfg in enumerate(engines):
         engine, plan = build_engine(model, gpu, cfg, profile, ranks)
@@ -113,6 +113,7 @@ def simulate_cluster(model: ModelSpec, gpu: GpuSpec, profile: CalibrationProfile
     results = []
     for w, plan in zip(workers, plans, strict=True):
         e = w.engine
+        e.settle()  # requests still decoding count the tokens they have produced
         itl = np.concatenate(e.itl_ns) if e.itl_ns else np.zeros(0, dtype=np.int64)
         weight = np.concatenate(e.itl_weight) if e.itl_weight else np.zeros(0, dtype=np.int64)
         results.append(summarize(

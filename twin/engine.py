@@ -159,6 +159,14 @@ class EngineCore:
     def has_unfinished_requests(self) -> bool:
         return bool(self.running) or bool(self.waiting)
 
+    def settle(self) -> None:
+        """Write the lazily kept token counts back into every request in decode (for a
+        summary of a run that ends with requests in flight)."""
+        for request in self.decoding.members:
+            computed = DecodeSet.computed(request, self.g)
+            request.num_computed_tokens = computed
+            request.num_output_tokens = computed - request.prompt_tokens + 1
+
     def computed_tokens(self, request: Request) -> int:
         if request in self.decoding:
             return DecodeSet.computed(request, self.g)

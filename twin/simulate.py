@@ -54,26 +54,30 @@ def build_engine(model: ModelSpec, gpu: GpuSpec, engine: EngineConfig,
 
 
 class ArrivalSource:
-    """Arrivals in time order, handed to ``dispatch`` at their times."""
+    """Arrivals in time order, handed to ``dispatch`` at their times plus ``delay_ns``: the
+    profile's per-request overhead (HTTP, tokenising) before a request reaches the engine.
+    Requests keep their arrival time, so latencies include the overhead."""
 
     def __init__(self, env: simpy.Environment, arrivals: Sequence[Arrival],
-                 dispatch: Callable[[Request], None]) -> None:
+                 dispatch: Callable[[Request], None], delay_ns: int = 0) -> None:
         self.env = env
         self._arrivals = arrivals
         self._dispatch = dispatch
+        self._delay_ns = delay_ns
         self._next = 0
         self._ids: Iterator[int] = iter(range(1 << 62))
 
     def peek_ns(self) -> float:
         """Time of the next undelivered arrival (inf when none is left)."""
         if self._next < len(self._arrivals):
-            return self._arrivals[self._next].time_ns
+            return self._arrivals[self._next].time_ns + self._delay_ns
         return math.inf
 
     def run(self) -> Generator[simpy.Event, Any, None]:
         for a in self._arrivals:
-            if a.time_ns > self.env.now:
-                yield self.env.timeout(a.time_ns - self.env.now)
+            at = a.time_ns + self._delay_ns
+            if at > self.env.now:
+                yield self.env.timeout(at - self.env.now)
             self._next += 1
             self._dispatch(Request(f"r{next(self._ids)}", a.adapter, a.prompt_tokens,
                                    a.max_tokens, a.time_ns))
@@ -137,12 +141,14 @@ def simulate(scenario: Scenario, *, fast_path: bool = True, record_steps: bool =
         assert worker is not None
         worker.submit(request)
 
-    source = ArrivalSource(env, arrivals, dispatch)
+    source = ArrivalSource(env, arrivals, dispatch,
+                           round(scenario.profile.request_overhead_s * 1e9))
     worker = Worker(env, engine=engine, next_arrival_ns=source.peek_ns, end_ns=end_ns,
                     on_progress=on_progress)
     env.process(source.run())
     env.process(worker.run())
     env.run(until=end_ns)
+    engine.settle()  # requests still decoding count the tokens they have produced
     itl = np.concatenate(engine.itl_ns) if engine.itl_ns else np.zeros(0, dtype=np.int64)
     weights = (np.concatenate(engine.itl_weight) if engine.itl_weight
                else np.zeros(0, dtype=np.int64))

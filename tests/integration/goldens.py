@@ -26,6 +26,7 @@ __all__ = [
     "ERRORS_FILE",
     "METRICS_FILE",
     "TMP_MARK",
+    "expand_golden",
     "format_metric_families",
     "mask_paths",
     "metric_families",
@@ -69,6 +70,34 @@ def mask_paths(value: Any, masks: Mapping[Path, str]) -> Any:
         return {k: mask_paths(v, masks) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_paths(v, masks) for v in value]
+    return value
+
+
+# vllm/entrypoints/serve/exception_handling/utils.py sanitize_message: paths under these roots,
+# and paths ending in a file name with an extension, leave the server as "<path>".
+_SYS_PATH = re.compile(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+")
+_FILE_PATH = re.compile(r"(?:/[\w\-]+)+/[\w\-]+\.\w+")
+
+
+def expand_golden(value: Any, marks: Mapping[str, Path], *, vllm_masks: bool = True) -> Any:
+    """A golden case as this checkout's server sends it: marks replaced by the real paths,
+    then masked by vLLM's own rule (the cache folder is masked when it lies under /tmp...).
+
+    Examples
+    --------
+    >>> expand_golden({"m": "for {CACHE}/a"}, {"{CACHE}": Path("/tmp/c")})
+    {'m': 'for <path>'}
+    >>> expand_golden({"m": "for {CACHE}/a"}, {"{CACHE}": Path("/work/c")})
+    {'m': 'for /work/c/a'}
+    """
+    if isinstance(value, str):
+        for mark, path in marks.items():
+            value = value.replace(mark, str(path))
+        return _FILE_PATH.sub("<path>", _SYS_PATH.sub("<path>", value)) if vllm_masks else value
+    if isinstance(value, dict):
+        return {k: expand_golden(v, marks, vllm_masks=vllm_masks) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_golden(v, marks, vllm_masks=vllm_masks) for v in value]
     return value
 
 

@@ -14,5 +14,5 @@ def surrogate() -> Surrogate:
 
 
 @pytest.fixture(scope="session")
-def specs():  # noqa: ANN201
+def specs():
     return get_model("llama-3.1-8b"), get_gpu("a100-80gb"), load_profile("roofline-default")

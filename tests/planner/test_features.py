@@ -20,10 +20,10 @@ def test_schema_is_the_papers_features_then_ours() -> None:
     assert len(set(FEATURES)) == len(FEATURES)
 
 
-def test_features_are_complete_and_finite(specs) -> None:  # noqa: ANN001
+def test_features_are_complete_and_finite(specs) -> None:
     model, gpu, profile = specs
     engine = EngineConfig(max_loras=4, max_cpu_loras=8, max_lora_rank=16, max_model_len=8192)
-    x = worker_features(demand(8) + [AdapterDemand(name="base", rank=0, rate=2.0)], engine,
+    x = worker_features([*demand(8), AdapterDemand(name="base", rank=0, rate=2.0)], engine,
                         model, gpu, profile.step_model(model, gpu, engine), profile.memory)
     assert set(x) == set(FEATURES)
     assert all(math.isfinite(v) for v in x.values())
@@ -32,7 +32,7 @@ def test_features_are_complete_and_finite(specs) -> None:  # noqa: ANN001
     assert x["load_ratio"] == pytest.approx(x["offered_tps"] / x["est_capacity_tps"])
 
 
-def test_capacity_falls_when_slots_thrash(specs) -> None:  # noqa: ANN001
+def test_capacity_falls_when_slots_thrash(specs) -> None:
     model, gpu, profile = specs
 
     def capacity(n: int, slots: int) -> float:
@@ -46,7 +46,7 @@ def test_capacity_falls_when_slots_thrash(specs) -> None:  # noqa: ANN001
     assert capacity(8, 8) == pytest.approx(capacity(8, 8))
 
 
-def test_memory_infeasible_config_raises(specs) -> None:  # noqa: ANN001
+def test_memory_infeasible_config_raises(specs) -> None:
     model, gpu, profile = specs
     engine = EngineConfig(max_loras=512, max_lora_rank=64, max_model_len=8192)
     with pytest.raises(InsufficientMemoryError):

@@ -26,10 +26,11 @@ def named(items: list[AdapterDemand]) -> list[AdapterDemand]:
                           output_tokens=a.output_tokens) for i, a in enumerate(items)]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(items=st.lists(demand_st, min_size=1, max_size=30))
 def test_every_adapter_placed_rates_conserved_memory_respected(
-        items: list[AdapterDemand], surrogate, specs) -> None:  # noqa: ANN001
+        items: list[AdapterDemand], surrogate, specs) -> None:
     model, gpu, profile = specs
     adapters = named(items)
     plan = place(adapters, model, gpu, profile, surrogate)
@@ -56,7 +57,7 @@ def test_every_adapter_placed_rates_conserved_memory_respected(
                  for a in demands], g.engine).feasible
 
 
-def test_hot_adapter_is_replicated_with_its_rate_split(surrogate, specs) -> None:  # noqa: ANN001
+def test_hot_adapter_is_replicated_with_its_rate_split(surrogate, specs) -> None:
     model, gpu, profile = specs
     hot = AdapterDemand(name="hot", rank=16, rate=60.0, input_tokens=1024, output_tokens=256)
     plan = place([hot], model, gpu, profile, surrogate)
@@ -67,7 +68,7 @@ def test_hot_adapter_is_replicated_with_its_rate_split(surrogate, specs) -> None
     assert sum(shares.values()) == pytest.approx(1.0)
 
 
-def test_light_adapters_share_a_gpu(surrogate, specs) -> None:  # noqa: ANN001
+def test_light_adapters_share_a_gpu(surrogate, specs) -> None:
     model, gpu, profile = specs
     light = [AdapterDemand(name=f"a{i}", rank=8, rate=0.05) for i in range(8)]
     assert place(light, model, gpu, profile, surrogate).num_gpus < 4
@@ -89,7 +90,7 @@ def test_bad_input_names_the_field(data: dict[str, object], field: str) -> None:
     assert info.value.field == field
 
 
-def test_plan_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], surrogate) -> None:  # noqa: ANN001
+def test_plan_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], surrogate) -> None:
     model_file = tmp_path / "s.pkl"
     surrogate.save(model_file)
     adapters = tmp_path / "a.yaml"

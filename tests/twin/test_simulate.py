@@ -64,3 +64,16 @@ def test_more_busy_adapters_than_max_loras_costs_throughput() -> None:
     many = run(64, count=64, max_loras=4)
     assert many["throughput_tps"] < 0.9 * few["throughput_tps"]
     assert many["lora_loads"] > few["lora_loads"]
+
+
+def test_requests_in_flight_count_the_tokens_they_produced() -> None:
+    # Long outputs: many requests are still decoding when the run ends.
+    sc = parse_scenario({
+        "model": "llama-3.1-8b", "gpu": "a100-80gb",
+        "engine": {"max_num_seqs": 256, "max_loras": 4, "max_model_len": 8192},
+        "adapters": {"count": 4, "ranks": [8], "rate_total": 4.0},
+        "lengths": {"input": {"dist": "fixed", "value": 256},
+                    "output": {"dist": "fixed", "value": 2000}},
+        "duration_s": 30, "seed": 1})
+    result, engine = simulate(sc)
+    assert result.output_tps * result.sim_seconds == engine.generation_tokens

@@ -1,0 +1,93 @@
+"""Placer quality and speed: GPUs used vs the baselines, the lower bound and the exact optimum.
+
+For 8 (exact optimum by subset DP), 50, 200 and 1000 adapters with Zipf-skewed rates on
+A100-80GB + Llama-3.1-8B: GPUs from the placer, from each baseline, the lower bound; whether
+the cluster twin confirms no starvation; plan and validation times. Prints a table and writes
+``bench/results/planner.json``. Run: ``.venv/bin/python bench/planner.py [--sizes 8 50 200]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from gateway.plan_cli import default_surrogate
+from planner.baselines import first_fit, lower_bound, one_per_adapter, round_robin
+from planner.features import AdapterDemand
+from planner.optimum import exact_min_gpus
+from planner.placer import PlannerConfig, Predictor, place
+from planner.validate import repair, validate
+from twin import get_gpu, get_model, load_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def adapters(n: int, total_rate: float, seed: int = 0) -> list[AdapterDemand]:
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, n + 1) ** 1.0
+    rates = weights / weights.sum() * total_rate
+    return [AdapterDemand(name=f"a{i:04d}", rank=int(rng.choice([8, 16, 32])),
+                          rate=float(r), input_tokens=float(rng.integers(128, 1536)),
+                          output_tokens=float(rng.integers(32, 384)))
+            for i, r in enumerate(rates)]
+
+
+def run(n: int, validate_plan: bool) -> dict[str, object]:
+    model, gpu, profile = get_model("llama-3.1-8b"), get_gpu("a100-80gb"), \
+        load_profile("roofline-default")
+    surrogate = default_surrogate()
+    predictor = Predictor(surrogate, model, gpu, profile, PlannerConfig())
+    demand = adapters(n, total_rate=0.6 * n if n > 8 else 4.0)
+    started = time.perf_counter()
+    plan = place(demand, model, gpu, profile, surrogate)
+    plan_s = time.perf_counter() - started
+    row: dict[str, object] = {"adapters": n, "placer": plan.num_gpus, "plan_s": plan_s,
+                              "total_rate": sum(a.rate for a in demand)}
+    row["lower_bound"] = lower_bound(demand, predictor)
+    row["one_per_adapter"] = one_per_adapter(demand, predictor).num_gpus
+    row["round_robin"] = round_robin(demand, predictor, start=int(row["lower_bound"])).num_gpus
+    row["first_fit_memory_only"] = first_fit(demand, predictor).num_gpus
+    row["exact"] = exact_min_gpus(demand, predictor) if n <= 10 else None
+    if validate_plan:
+        started = time.perf_counter()
+        v = validate(plan, predictor, duration_s=180)
+        row["twin_ok_first"] = v.ok
+        repaired, v = repair(plan, predictor, v, duration_s=180)
+        row["validate_s"] = time.perf_counter() - started
+        row["twin_ok"] = v.ok
+        row["placer_after_repair"] = repaired.num_gpus
+        pred, meas = np.array(v.predicted_tps), np.array(v.measured_tps)
+        row["predicted_vs_measured_tps_mape"] = float(np.mean(np.abs(pred - meas)
+                                                              / np.maximum(meas, 1)))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="*", default=[8, 50, 200, 1000])
+    parser.add_argument("--no-validate", action="store_true")
+    args = parser.parse_args()
+    rows = [run(n, not args.no_validate) for n in args.sizes]
+    table = Table(title="placer vs baselines (A100-80GB, Llama-3.1-8B, Zipf rates)")
+    cols = ["adapters", "total_rate", "placer", "placer_after_repair", "exact", "lower_bound",
+            "one_per_adapter", "round_robin", "first_fit_memory_only", "twin_ok_first",
+            "twin_ok", "plan_s", "validate_s"]
+    for c in cols:
+        table.add_column(c.replace("_", " "), justify="right")
+    for r in rows:
+        table.add_row(*[f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, "-"))
+                        for c in cols])
+    Console(width=200).print(table)
+    out = ROOT / "bench/results"
+    out.mkdir(exist_ok=True)
+    (out / "planner.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
