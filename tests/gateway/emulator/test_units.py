@@ -80,7 +80,9 @@ async def test_abort_finishes_a_running_request() -> None:
         request = await asyncio.wait_for(handle.finished(), 5)
         assert str(request.finish_reason) == "abort"
         assert worker.driver.stats().num_running == 0
-        assert worker.metrics.success["abort"] == 1
+        # vLLM 0.32 counts no finished-request stats for a client's abort (checked against
+        # a live server by tests/contract/test_metrics.py through tests/integration).
+        assert worker.metrics.success.get("abort", 0) == 0
     finally:
         await worker.stop()
 
