@@ -56,7 +56,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/twin_speed.py
-	$(BIN)/python bench/planner.py --sizes 8 50 200
+	$(BIN)/python bench/placement.py --sizes 8 50 200
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -8,18 +8,25 @@ import hashlib
 import json
 import os
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from planner.baselines import first_fit, lower_bound, one_per_adapter, round_robin
+from planner.baselines import lower_bound
 from planner.inputs import load_adapters
 from planner.placer import Plan, PlannerConfig, Predictor, place
 from planner.surrogate import Surrogate
-from planner.training import DEFAULT_CLASSIFIER, DEFAULT_REGRESSOR, bundled_rows, train
-from planner.validate import repair, validate
+from planner.training import (
+    DEFAULT_CLASSIFIER,
+    DEFAULT_LATENCY,
+    DEFAULT_REGRESSOR,
+    bundled_rows,
+    train,
+)
+from planner.validate import baselines_in_twin, repair, validate
 from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
 from twin.profile import load_profile
@@ -45,7 +52,9 @@ def register(sub: Any) -> None:
 
 def default_surrogate() -> Surrogate:
     """The surrogate trained on the bundled table, cached under ``$XDG_CACHE_HOME``."""
-    key = hashlib.sha256(f"{DEFAULT_REGRESSOR}-{DEFAULT_CLASSIFIER}-v1".encode()).hexdigest()
+    table = resources.files("planner") / "data" / "a100-80gb-llama-3.1-8b.csv"
+    key = hashlib.sha256(f"{DEFAULT_REGRESSOR}-{DEFAULT_CLASSIFIER}-{DEFAULT_LATENCY}".encode()
+                         + table.read_bytes()).hexdigest()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lorafleet"
     path = cache / f"surrogate-{key[:12]}.pkl"
     if path.is_file():
@@ -93,13 +102,14 @@ def _plan(args: argparse.Namespace) -> int:
         validated, measured = v.ok, v.measured_tps
         validate_seconds = time.perf_counter() - started
     baselines: dict[str, int] = {}
+    confirmed: dict[str, bool] = {}
     bound = None
     if not args.no_baselines:
-        baselines = {"one_per_adapter": one_per_adapter(adapters, predictor).num_gpus,
-                     "round_robin": round_robin(adapters, predictor).num_gpus,
-                     "first_fit": first_fit(adapters, predictor).num_gpus}
+        baselines, confirmed = baselines_in_twin(adapters, predictor, args.duration,
+                                                 twin=not args.no_validate)
         bound = lower_bound(adapters, predictor)
     out = {"gpus": plan.num_gpus, "placement": _plan_rows(plan), "baselines": baselines,
+           "baselines_confirmed": confirmed,
            "lower_bound": bound, "validated": validated, "measured_tps": measured,
            "plan_seconds": plan_seconds, "validate_seconds": validate_seconds}
     if args.json:
@@ -124,7 +134,11 @@ def _print(out: dict[str, Any]) -> None:
                       f"{row['predicted_tps']:,.0f}", "-" if m is None else f"{m:,.0f}")
     console.print(table)
     if out["baselines"]:
-        console.print("baselines: " + ", ".join(f"{k} {v}" for k, v in out["baselines"].items())
+        confirmed = out["baselines_confirmed"]
+        console.print("baselines (GPUs" + (", confirmed in the twin" if confirmed else "")
+                      + "): " + ", ".join(
+                          f"{k} {v}" + ("" if confirmed.get(k, True) else " (not accepted)")
+                          for k, v in out["baselines"].items())
                       + f"; lower bound {out['lower_bound']}")
     console.print(f"planned in {out['plan_seconds']:.2f} s, validated in "
                   f"{out['validate_seconds']:.2f} s")

@@ -15,14 +15,21 @@ comparison isolates the packing, and the twin then confirms (or refutes) every c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from planner.features import AdapterDemand
 from planner.placer import SLOT_CANDIDATES, GpuPlan, Plan, Predictor
 from twin.errors import InsufficientMemoryError
 from twin.memory import plan_memory
 
-__all__ = ["first_fit", "lower_bound", "one_per_adapter", "round_robin"]
+__all__ = [
+    "confirm",
+    "first_fit",
+    "lower_bound",
+    "one_per_adapter",
+    "round_robin",
+    "round_robin_plan",
+]
 
 
 def _gpu(index: int, adapters: Sequence[AdapterDemand], predictor: Predictor,
@@ -64,6 +71,12 @@ def _round_robin_plan(adapters: Sequence[AdapterDemand], n: int,
     return Plan(gpus=gpus, adapters=list(adapters)), ok
 
 
+def round_robin_plan(adapters: Sequence[AdapterDemand], predictor: Predictor,
+                     gpus: int) -> Plan:
+    """Adapter i on GPU i mod ``gpus``."""
+    return _round_robin_plan(adapters, gpus, predictor)[0]
+
+
 def round_robin(adapters: Sequence[AdapterDemand], predictor: Predictor,
                 start: int = 1) -> Plan:
     """The smallest N (searched upwards by doubling, then bisection) that round-robin
@@ -82,25 +95,59 @@ def round_robin(adapters: Sequence[AdapterDemand], predictor: Predictor,
     return _round_robin_plan(adapters, hi, predictor)[0]
 
 
-def first_fit(adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan:
-    """Fill each GPU to the largest slot count memory allows at the adapters' top rank."""
+def first_fit(adapters: Sequence[AdapterDemand], predictor: Predictor,
+              gpus: int | None = None) -> Plan:
+    """Fill each GPU to the largest slot count memory allows at the adapters' top rank; with
+    ``gpus`` given, spread the same order evenly over that many GPUs instead (the way to add
+    GPUs until the twin accepts)."""
     ordered = sorted(adapters, key=lambda a: (-a.rank, a.name))
-    gpus: list[GpuPlan] = []
+    if gpus is not None:
+        size = -(-len(ordered) // max(1, gpus))
+        groups = [ordered[i:i + size] for i in range(0, len(ordered), size)]
+        return Plan(gpus=[_gpu(i, g, predictor, max_loras=_memory_slots(g[:1], predictor,
+                                                                        len(g)))
+                          for i, g in enumerate(groups)], adapters=list(adapters))
+    plan: list[GpuPlan] = []
     i = 0
     while i < len(ordered):
-        head = ordered[i:i + 1]
-        slots = 1
-        for s in SLOT_CANDIDATES:
-            try:
-                plan_memory(predictor.model, predictor.gpu, predictor.engine_for(head, s),
-                            predictor.profile.memory)
-                slots = s
-            except InsufficientMemoryError:
-                break
+        slots = _memory_slots(ordered[i:i + 1], predictor, len(ordered) - i)
         group = ordered[i:i + slots]
-        gpus.append(_gpu(len(gpus), group, predictor, max_loras=min(slots, len(group))))
+        plan.append(_gpu(len(plan), group, predictor, max_loras=min(slots, len(group))))
         i += slots
-    return Plan(gpus=gpus, adapters=list(adapters))
+    return Plan(gpus=plan, adapters=list(adapters))
+
+
+def _memory_slots(head: Sequence[AdapterDemand], predictor: Predictor, cap: int) -> int:
+    """The largest slot count (at most ``cap``) vLLM starts with at ``head``'s rank."""
+    slots = 1
+    for s in SLOT_CANDIDATES:
+        try:
+            plan_memory(predictor.model, predictor.gpu, predictor.engine_for(head, s),
+                        predictor.profile.memory)
+        except InsufficientMemoryError:
+            break
+        slots = s
+        if s >= cap:
+            break
+    return min(slots, max(cap, 1))
+
+
+def confirm(build: Callable[[int], Plan], start: int, accepts: Callable[[Plan], bool],
+            limit: int) -> tuple[Plan, bool]:
+    """The plan ``build(n)`` for the smallest ``n >= start`` that ``accepts`` (the twin), by
+    doubling then bisection; ``(build(limit), False)`` if none up to ``limit`` does."""
+    lo, hi = start - 1, start
+    while hi <= limit and not accepts(build(hi)):
+        lo, hi = hi, min(limit + 1, max(hi + 1, hi * 2))
+    if hi > limit:
+        return build(limit), False
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if accepts(build(mid)):
+            hi = mid
+        else:
+            lo = mid
+    return build(hi), True
 
 
 def lower_bound(adapters: Sequence[AdapterDemand], predictor: Predictor) -> int:

@@ -125,22 +125,25 @@ class Predictor:
         tps = self.surrogate.throughput.predict_one(x)
         # The paper's starvation test on the predicted throughput, plus the classifier.
         ok = proba < self.config.starvation_threshold and tps >= 0.9 * x["offered_tps"]
-        return Verdict(ok, engine, tps, x["offered_tps"] / scale, proba)
+        offered = x["offered_tps"] / scale
+        # What the surrogate predicts the worker serves of its real (unscaled) load.
+        return Verdict(ok, engine, min(tps, offered), offered, proba)
 
     def best(self, adapters: Sequence[AdapterDemand]) -> Verdict:
         """The feasible ``max_loras`` with the highest predicted throughput (or infeasible)."""
         loras = max(1, sum(1 for a in adapters if a.rank > 0))
-        # Slot counts up to the number of LoRAs, and the next one above when it is not one.
-        above = [s for s in SLOT_CANDIDATES if s >= loras][:1]
-        candidates = sorted({*(s for s in SLOT_CANDIDATES if s <= loras), *above})
-        best: Verdict | None = None
-        for slots in candidates:
+        # A slot for every LoRA on the GPU when memory allows: with fewer slots than LoRAs,
+        # vLLM's skip rule defers a rare adapter for as long as busier ones hold every slot,
+        # which under steady load is forever (the twin shows it; the paper's global 90% test
+        # cannot). Fewer slots only when memory forbids enough, the largest that fits first.
+        enough = next((s for s in SLOT_CANDIDATES if s >= loras), SLOT_CANDIDATES[-1])
+        for slots in [enough, *(s for s in reversed(SLOT_CANDIDATES) if s < enough)]:
             v = self.check(adapters, self.engine_for(adapters, slots))
-            if v.engine is None:  # memory: larger slot counts only need more
-                break
-            if v.feasible and (best is None or v.predicted_tps > best.predicted_tps):
-                best = v
-        return best or Verdict(False, None, 0.0, 0.0, 1.0)
+            if v.engine is None:  # memory: try fewer slots
+                continue
+            return v if v.feasible else Verdict(False, v.engine, v.predicted_tps,
+                                                 v.offered_tps, v.proba)
+        return Verdict(False, None, 0.0, 0.0, 1.0)
 
     def alone_capacity(self, adapter: AdapterDemand) -> float:
         """Requests/s one GPU serves of ``adapter`` alone (bisection on its rate)."""

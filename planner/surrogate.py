@@ -139,10 +139,10 @@ class Surrogate:
         self.samples_seen = 0
 
     @classmethod
-    def create(cls, regressor: str = "arf", classifier: str = "arf",
-               seed: int = 0) -> Surrogate:
+    def create(cls, regressor: str = "arf", classifier: str = "arf", seed: int = 0,
+               latency: str | None = None) -> Surrogate:
         return cls(ThroughputModel(regressor, seed), StarvationModel(classifier, seed),
-                   LatencyModel(regressor, seed))
+                   LatencyModel(latency or regressor, seed))
 
     def learn_row(self, row: Mapping[str, float]) -> None:
         """Learn one dataset row (features plus the twin's targets)."""

@@ -1,23 +1,30 @@
 """Check a plan in the cluster twin, and repair what the twin rejects.
 
 The twin routes the plan's rate shares with the gateway's own router, so a plan is validated
-as it will be served. ``repair`` moves adapters off the GPUs the twin finds starving (the
-smallest loads first, onto the GPU with the most predicted headroom that stays feasible, else
-a new GPU) until the twin accepts or the round budget runs out.
+as it will be served. ``repair`` keeps the GPUs the twin accepts and re-places the load of the
+others with a stricter margin, until the twin accepts or the round budget runs out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from planner.baselines import (
+    confirm,
+    first_fit,
+    one_per_adapter,
+    round_robin,
+    round_robin_plan,
+)
 from planner.features import AdapterDemand
-from planner.placer import GpuPlan, Plan, Predictor
+from planner.placer import Plan, Predictor, place
 from twin.cluster import ClusterResult, simulate_cluster
 from twin.routing import Placement, RoutingPolicy, WorkerPlacement
 from twin.workload import AdapterLoad, LengthDist, Workload
 
-__all__ = ["Validation", "repair", "validate"]
+__all__ = ["Validation", "baselines_in_twin", "repair", "validate"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,48 +67,53 @@ def validate(plan: Plan, predictor: Predictor, *, duration_s: float = 180.0,
                       predicted_tps=[g.predicted_tps for g in plan.gpus])
 
 
-def _demands(gpu: GpuPlan, by_name: dict[str, AdapterDemand]) -> list[AdapterDemand]:
-    out = []
-    for name, rate in gpu.rates.items():
-        a = by_name[name]
-        out.append(AdapterDemand(name=name, rank=a.rank, rate=rate, input_tokens=a.input_tokens,
-                                 output_tokens=a.output_tokens, input_std=a.input_std,
-                                 output_std=a.output_std, cv=a.cv))
-    return out
-
-
-def _regpu(index: int, demands: list[AdapterDemand], predictor: Predictor) -> GpuPlan | None:
-    v = predictor.best(demands)
-    if not v.feasible or v.engine is None:
-        return None
-    return GpuPlan(index=index, engine=v.engine, rates={a.name: a.rate for a in demands},
-                   predicted_tps=v.predicted_tps, offered_tps=v.offered_tps,
-                   starvation_proba=v.proba)
-
-
 def repair(plan: Plan, predictor: Predictor, validation: Validation, *,
-           duration_s: float = 180.0, seed: int = 0,
-           rounds: int = 4) -> tuple[Plan, Validation]:
-    """Move load off starving GPUs until the twin accepts (at most ``rounds`` twin runs)."""
+           duration_s: float = 180.0, seed: int = 0, rounds: int = 4,
+           tighten: float = 0.85) -> tuple[Plan, Validation]:
+    """Re-place the load of the GPUs the twin finds starving, with a stricter margin each
+    round (``headroom`` times ``tighten``), keeping the GPUs it accepted; at most ``rounds``
+    more twin runs."""
     by_name = {a.name: a for a in plan.adapters}
+    config = predictor.config
     for _ in range(rounds):
         if validation.ok:
             break
-        gpus = list(plan.gpus)
-        for i in validation.starved_gpus:
-            demands = sorted(_demands(gpus[i], by_name), key=lambda a: a.rate)
-            if len(demands) <= 1:
-                continue  # a lone adapter's GPU: its replicas are the placer's business
-            # Take a quarter of the adapters (the smallest loads) off this GPU.
-            moved, kept = demands[:max(1, len(demands) // 4)], demands[max(1, len(demands) // 4):]
-            fixed = _regpu(i, kept, predictor)
-            gpus[i] = fixed or GpuPlan(index=i, engine=gpus[i].engine,
-                                       rates={a.name: a.rate for a in kept},
-                                       predicted_tps=0.0, offered_tps=0.0, starvation_proba=1.0)
-            extra = _regpu(len(gpus), moved, predictor)
-            gpus.append(extra or GpuPlan(index=len(gpus), engine=predictor.engine_for(
-                moved, min(len(moved), 8)), rates={a.name: a.rate for a in moved},
-                predicted_tps=0.0, offered_tps=0.0, starvation_proba=1.0))
+        bad = set(validation.starved_gpus)
+        keep = [g for i, g in enumerate(plan.gpus) if i not in bad]
+        rates: dict[str, float] = {}
+        for i in sorted(bad):
+            for name, rate in plan.gpus[i].rates.items():
+                rates[name] = rates.get(name, 0.0) + rate
+        moved = [dataclasses.replace(by_name[name], rate=rate) for name, rate in rates.items()]
+        config = dataclasses.replace(config, headroom=config.headroom * tighten)
+        fresh = place(moved, predictor.model, predictor.gpu, predictor.profile,
+                      predictor.surrogate, config)
+        gpus = [dataclasses.replace(g, index=i) for i, g in enumerate([*keep, *fresh.gpus])]
         plan = Plan(gpus=gpus, adapters=plan.adapters)
         validation = validate(plan, predictor, duration_s=duration_s, seed=seed)
     return plan, validation
+
+
+def baselines_in_twin(adapters: Sequence[AdapterDemand], predictor: Predictor,
+                      duration: float, *, twin: bool) -> tuple[dict[str, int], dict[str, bool]]:
+    """GPU counts of the baselines; with ``twin``, each confirmed in the cluster twin (GPUs
+    added until it accepts, as the issue defines them)."""
+    per_adapter = one_per_adapter(adapters, predictor)
+    rr = round_robin(adapters, predictor)
+    ff = first_fit(adapters, predictor)
+    counts = {"one_per_adapter": per_adapter.num_gpus, "round_robin": rr.num_gpus,
+              "first_fit": ff.num_gpus}
+    if not twin:
+        return counts, {}
+
+    def accepts(plan: Plan) -> bool:
+        return validate(plan, predictor, duration_s=duration).ok
+
+    limit = len(adapters)
+    rr_plan, rr_ok = confirm(lambda n: round_robin_plan(adapters, predictor, n), rr.num_gpus,
+                             accepts, limit)
+    ff_plan, ff_ok = confirm(lambda n: first_fit(adapters, predictor, gpus=n), ff.num_gpus,
+                             accepts, limit)
+    counts.update(round_robin=rr_plan.num_gpus, first_fit=ff_plan.num_gpus)
+    return counts, {"one_per_adapter": accepts(per_adapter), "round_robin": rr_ok,
+                    "first_fit": ff_ok}
