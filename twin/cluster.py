@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import simpy
 
-from twin.events import EventKind
+from twin.events import EngineEvent, EventKind
 from twin.profile import CalibrationProfile
 from twin.request import Request
 from twin.results import SimulationResult, summarize
@@ -60,21 +60,10 @@ class _ClusterWorker(Worker):
         self.index = index
         self._releases = releases
 
-    def run(self) -> Generator[simpy.Event, Any, None]:
-        engine = self.engine
-        while engine.now_ns < self.end_ns:
-            if not engine.has_unfinished_requests:
-                self._wake = self.env.event()
-                yield self._wake | self.env.timeout(max(0, self.end_ns - self.env.now))
-                self._wake = None
-                engine.now_ns = max(engine.now_ns, int(self.env.now))
-                continue
-            engine.now_ns = max(engine.now_ns, int(self.env.now))
-            engine.step_run(self.end_ns, self._next_arrival_ns())
-            for event in engine.take_events():
-                if event.kind is EventKind.FINISHED:
-                    heapq.heappush(self._releases, (event.time_ns, self.index, 0))
-            yield self.env.timeout(max(0, engine.now_ns - self.env.now))
+    def handle_events(self, events: list[EngineEvent]) -> None:
+        for event in events:
+            if event.kind is EventKind.FINISHED:
+                heapq.heappush(self._releases, (event.time_ns, self.index, 0))
 
 
 def simulate_cluster(model: ModelSpec, gpu: GpuSpec, profile: CalibrationProfile,

@@ -18,6 +18,7 @@ import numpy as np
 import simpy
 
 from twin.engine import EngineCore
+from twin.events import EngineEvent
 from twin.memory import MemoryPlan, plan_memory
 from twin.profile import CalibrationProfile
 from twin.request import Request
@@ -104,6 +105,9 @@ class Worker:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
+    def handle_events(self, events: list[EngineEvent]) -> None:
+        """What the engine reported in one step or run (a subclass's hook; nothing here)."""
+
     def run(self) -> Generator[simpy.Event, Any, None]:
         engine = self.engine
         while engine.now_ns < self.end_ns:
@@ -115,7 +119,7 @@ class Worker:
                 continue
             engine.now_ns = max(engine.now_ns, int(self.env.now))
             engine.step_run(self.end_ns, self._next_arrival_ns())
-            engine.take_events()
+            self.handle_events(engine.take_events())
             if self._on_progress is not None and engine.now_ns - self._reported_ns > 10**10:
                 self._reported_ns = engine.now_ns
                 self._on_progress(min(engine.now_ns, self.end_ns) / 1e9)
