@@ -88,14 +88,17 @@ class EngineDriver:
     """
 
     def __init__(self, engine: EngineCore, *, time_scale: float = 1.0,
-                 metrics: MetricsSink | None = None) -> None:
+                 metrics: MetricsSink | None = None, request_overhead_ns: int = 0) -> None:
         self.engine = engine
+        # The profile's per-request overhead (HTTP, tokenising) before vLLM's engine sees a
+        # request, as the offline twin applies it (twin.simulate.ArrivalSource).
+        self.request_overhead_ns = request_overhead_ns
         self.time_scale = time_scale
         self._ns_per_s = 1e9 * time_scale
         self._metrics = metrics or MetricsSink()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
-        self._pending: deque[Request] = deque()
+        self._pending: deque[tuple[int, Request]] = deque()  # (reaches the engine, request)
         self._handles: dict[str, RequestHandle] = {}
         self._due: list[tuple[int, int, EngineEvent]] = []
         self._seq = itertools.count()
@@ -142,16 +145,17 @@ class EngineDriver:
         request = Request(rid, adapter, prompt_tokens, max_tokens, self.now_ns(), stream=stream)
         handle = RequestHandle(request)
         self._handles[rid] = handle
-        self._pending.append(request)
+        self._pending.append((request.arrival_ns + self.request_overhead_ns, request))
         self._kick()
         return handle
 
     def abort(self, request_id: str) -> None:
         """Abort a request (a client went away); its FINISHED event follows."""
         now = self.now_ns()
-        for request in self._pending:
+        for item in self._pending:
+            request = item[1]
             if request.request_id == request_id:
-                self._pending.remove(request)
+                self._pending.remove(item)
                 # Never reached the engine: finish it here as the engine would.
                 self.engine.add_request(request)
                 break
@@ -211,16 +215,16 @@ class EngineDriver:
         pending = self._pending
         while True:
             if not engine.has_unfinished_requests:
-                if not pending or pending[0].arrival_ns > now:
+                if not pending or pending[0][0] > now:
                     break
-                engine.now_ns = max(engine.now_ns, pending[0].arrival_ns)
+                engine.now_ns = max(engine.now_ns, pending[0][0])
             start = engine.now_ns
-            while pending and pending[0].arrival_ns <= start:
-                engine.add_request(pending.popleft())
+            while pending and pending[0][0] <= start:
+                engine.add_request(pending.popleft()[1])
             if start >= now:
                 break
             if engine.has_unfinished_requests:
-                engine.step_run(now, pending[0].arrival_ns if pending else math.inf)
+                engine.step_run(now, pending[0][0] if pending else math.inf)
         self._collect()
 
     def _collect(self) -> None:
@@ -287,7 +291,7 @@ class EngineDriver:
         if self.engine.has_unfinished_requests:
             step = self.engine.now_ns + 1  # the next step starts then: run it just after
         elif self._pending:
-            step = self._pending[0].arrival_ns + 1
+            step = self._pending[0][0] + 1
         if step is not None:
             wake = step if wake is None else min(wake, step)
         return wake

@@ -53,7 +53,9 @@ class EmulatedWorker:
                                      engine_index=cfg.engine_index,
                                      max_loras=cfg.engine.max_loras, stats=self._stats)
         self.registry.register(self.metrics)
-        self.driver = EngineDriver(self.engine, time_scale=cfg.time_scale, metrics=self.metrics)
+        self.driver = EngineDriver(
+            self.engine, time_scale=cfg.time_scale, metrics=self.metrics,
+            request_overhead_ns=round(cfg.profile.request_overhead_s * 1e9))
         self.adapters = AdapterRegistry(base_model=cfg.served_model_name,
                                         max_lora_rank=cfg.engine.max_lora_rank,
                                         engine_load=self.driver.load_lora, ranks=self.ranks)
