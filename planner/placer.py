@@ -181,8 +181,11 @@ def _replicate(adapters: Sequence[AdapterDemand], predictor: Predictor) -> list[
     """Split adapters that one GPU cannot carry into equal-rate replicas."""
     out = []
     for a in adapters:
-        cap = predictor.alone_capacity(a) if a.rate > 0 else math.inf
-        parts = 1 if cap == math.inf or a.rate <= cap else math.ceil(a.rate / cap)
+        if a.rate <= 0 or predictor.best([a]).feasible:  # fits one GPU: no bisection needed
+            out.append(a)
+            continue
+        cap = predictor.alone_capacity(a)
+        parts = math.ceil(a.rate / cap) if cap > 0 else 1
         out.extend([_with_rate(a, a.rate / parts)] * parts)
     return out
 
