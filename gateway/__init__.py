@@ -1,3 +1,4 @@
-"""Gateway: the composition root (CLI now; the HTTP gateway is issue 8)."""
+"""Gateway: the composition root: the ``lorafleet`` CLI, the OpenAI-compatible gateway
+(``gateway.server``) and the emulated vLLM worker (``gateway.emulator``)."""
 
 __all__: list[str] = []

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from gateway import plan_cli, planner_cli
 from gateway.emulator import cli as emulator_cli
+from gateway.server import cli as server_cli
 from twin.errors import ConfigError, InsufficientMemoryError
 from twin.results import SimulationResult
 from twin.scenario import load_scenario
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     planner_cli.register_models(sub)
     plan_cli.register(sub)
     emulator_cli.register(sub)
+    server_cli.register(sub)
     # Each further command family registers its own subparsers (and sets ``func``) here.
     return parser
 

@@ -1,11 +1,29 @@
-"""Typed application state keys (``web.AppKey``), declared once for the whole gateway."""
+"""Typed application state keys (``web.AppKey``), declared once for the whole gateway.
+
+The state types are imported for type checking only: the modules that hold them import
+this one (a cycle otherwise), and an ``AppKey`` needs its type only for checking.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+from typing import TYPE_CHECKING
 
-from gateway.emulator.service import EmulatedWorker
+from aiohttp import ClientSession, web
 
-__all__ = ["EMULATED_WORKER"]
+if TYPE_CHECKING:
+    from gateway.emulator.service import EmulatedWorker
+    from gateway.server.config import GatewayConfig
+    from gateway.server.metrics import GatewayMetrics
+    from gateway.server.registry import Fleet
 
-EMULATED_WORKER = web.AppKey("emulated_worker", EmulatedWorker)
+__all__ = ["CLIENT_SESSION", "EMULATED_WORKER", "FLEET", "GATEWAY_CONFIG", "GATEWAY_METRICS",
+           "REQUEST_ID"]
+
+EMULATED_WORKER: web.AppKey[EmulatedWorker] = web.AppKey("emulated_worker")
+
+# The gateway (gateway/server/).
+GATEWAY_CONFIG: web.AppKey[GatewayConfig] = web.AppKey("gateway_config")
+CLIENT_SESSION = web.AppKey("gateway_client_session", ClientSession)
+FLEET: web.AppKey[Fleet] = web.AppKey("gateway_fleet")
+GATEWAY_METRICS: web.AppKey[GatewayMetrics] = web.AppKey("gateway_metrics")
+REQUEST_ID = web.RequestKey("gateway_request_id", str)

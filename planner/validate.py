@@ -21,7 +21,7 @@ from planner.baselines import (
 from planner.features import AdapterDemand
 from planner.placer import Plan, Predictor, place
 from twin.cluster import ClusterResult, simulate_cluster
-from twin.routing import Placement, RoutingPolicy, WorkerPlacement
+from twin.routing import BASE_MODEL, Placement, RoutingPolicy, WorkerPlacement
 from twin.workload import AdapterLoad, LengthDist, Workload
 
 __all__ = ["Validation", "baselines_in_twin", "repair", "validate"]
@@ -50,13 +50,21 @@ def workload_for(adapters: Sequence[AdapterDemand], duration_s: float, seed: int
     return Workload(adapters=loads, duration_s=duration_s, seed=seed)
 
 
+def _keyed(shares: dict[str, float], base: set[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, share in shares.items():
+        key = BASE_MODEL if name in base else name
+        out[key] = out.get(key, 0.0) + share
+    return out
+
+
 def validate(plan: Plan, predictor: Predictor, *, duration_s: float = 180.0,
              seed: int = 0) -> Validation:
     shares = plan.shares()
-    workers = tuple(WorkerPlacement(name=f"gpu-{g.index}",
-                                    shares={n: shares[n][g.index] for n in g.rates})
-                    for g in plan.gpus)
-    # Base-model requests route by key "<base>"; the plan names them by their adapter name.
+    base = {a.name for a in plan.adapters if a.rank == 0}
+    # Base-model requests route by BASE_MODEL, as the gateway routes them (twin.routing).
+    workers = tuple(WorkerPlacement(name=f"gpu-{g.index}", shares=_keyed(
+        {n: shares[n][g.index] for n in g.rates}, base)) for g in plan.gpus)
     result = simulate_cluster(predictor.model, predictor.gpu, predictor.profile,
                               [g.engine for g in plan.gpus], Placement(workers),
                               workload_for(plan.adapters, duration_s, seed),

@@ -112,3 +112,22 @@ def test_plan_cli_unknown_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     adapters.write_text("adapters: [{name: a, rank: 8, rate: 1}]\n")
     assert main(["plan", str(adapters), "--gpu", "tpu"]) == 2
     assert "gpu" in capsys.readouterr().err
+
+
+def test_validation_routes_base_model_load_as_the_gateway_does(surrogate, specs) -> None:  # noqa: ANN001
+    from planner.placer import GpuPlan, Plan
+    from planner.validate import validate
+    from twin import EngineConfig
+
+    model, gpu, profile = specs
+    base = AdapterDemand(name="base", rank=0, rate=1.0)
+    lora = AdapterDemand(name="sql", rank=8, rate=1.0)
+    engine = EngineConfig(max_loras=1, max_lora_rank=8, max_model_len=8192)
+    plan = Plan(gpus=[GpuPlan(index=0, engine=engine, rates={"base": 1.0}, predicted_tps=0,
+                              offered_tps=0, starvation_proba=0),
+                      GpuPlan(index=1, engine=engine, rates={"sql": 1.0}, predicted_tps=0,
+                              offered_tps=0, starvation_proba=0)], adapters=[base, lora])
+    v = validate(plan, Predictor(surrogate, model, gpu, profile, PlannerConfig()),
+                 duration_s=60)
+    by_worker = [{a.name for a in w.adapters} for w in v.result.workers]
+    assert by_worker == [{"<base>"}, {"sql"}]

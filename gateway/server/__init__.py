@@ -1,0 +1,36 @@
+"""The HTTP gateway (``lorafleet serve``): an OpenAI-compatible router in front of vLLM
+workers, routing by the planner's placement with ``twin.routing.Router``."""
+
+from gateway.server.app import create_app, serve
+from gateway.server.config import (
+    AdapterEntry,
+    GatewayConfig,
+    PlacementMode,
+    WorkerEndpoint,
+    load_config,
+    parse_config,
+)
+from gateway.server.errors import ApiError, GatewayError
+from gateway.server.metrics import GatewayMetrics
+from gateway.server.planning import InitialPlan, from_planner, round_robin
+from gateway.server.registry import Fleet, WorkerState, WorkerStatus
+
+__all__ = [
+    "AdapterEntry",
+    "ApiError",
+    "Fleet",
+    "GatewayConfig",
+    "GatewayError",
+    "GatewayMetrics",
+    "InitialPlan",
+    "PlacementMode",
+    "WorkerEndpoint",
+    "WorkerState",
+    "WorkerStatus",
+    "create_app",
+    "from_planner",
+    "load_config",
+    "parse_config",
+    "round_robin",
+    "serve",
+]

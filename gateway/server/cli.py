@@ -1,0 +1,175 @@
+"""``lorafleet serve``: the gateway, with static workers or an emulated fleet.
+
+    lorafleet serve --config gateway.yaml [--host H] [--port P]
+    lorafleet serve --emulate N --adapters ADAPTERS.yaml [--port P] [--gpu a100-80gb]
+                    [--time-scale k] [--placement planner|round-robin]
+
+The gateway prints its URL on stdout once it is ready (a placement installed, its adapters
+loaded). Invalid input ends with one line on stderr naming the field and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.emulator.errors import StartupError
+from gateway.keys import FLEET
+from gateway.server.app import create_app, serve
+from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint, load_config
+from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
+from gateway.server.lifecycle import make_plan
+from gateway.server.planning import InitialPlan
+from planner.inputs import load_adapters
+from twin.errors import ConfigError
+from twin.routing import RoutingPolicy
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 120.0
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
+    return value
+
+
+def register(sub: Any) -> None:
+    """Add ``serve`` to the ``lorafleet`` subcommands."""
+    p = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", type=Path, help="gateway.yaml with static worker URLs")
+    src.add_argument("--emulate", type=int, metavar="N", help="run N emulated workers in-process")
+    p.add_argument("--adapters", type=Path, help="with --emulate: the planner's adapters YAML")
+    p.add_argument("--host", default=None, help="default 127.0.0.1 (or the config's)")
+    p.add_argument("--port", type=_port, default=None, help="default 8080 (0: a free port)")
+    p.add_argument("--gpu", default="a100-80gb")
+    p.add_argument("--model", default="llama-3.1-8b", help="bundled model spec")
+    p.add_argument("--profile", default="roofline-default")
+    p.add_argument("--served-model-name", default=None, help="default: the model spec's name")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="emulated workers run this many times faster than real time")
+    p.add_argument("--placement", choices=[m.value for m in PlacementMode],
+                   default=PlacementMode.PLANNER.value)
+    p.add_argument("--routing", choices=[r.value for r in RoutingPolicy],
+                   default=RoutingPolicy.PLACEMENT.value)
+    p.add_argument("--adapter-dir", type=Path, default=None,
+                   help="where emulated adapters are scaffolded (default: a temporary folder)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=_serve)
+
+
+def _emulated_config(args: argparse.Namespace,
+                     folder: Path) -> tuple[GatewayConfig, InitialPlan]:
+    """The gateway config (worker URLs are placeholders until the workers listen) and the
+    plan for ``--emulate``; adapter folders are scaffolded under ``folder``."""
+    if args.emulate < 1:
+        raise ConfigError("--emulate", f"must be >= 1, got {args.emulate}")
+    if args.adapters is None:
+        raise ConfigError("--adapters", "is required with --emulate")
+    demands = load_adapters(args.adapters)
+    workers = tuple(WorkerEndpoint(f"w{i}", "http://127.0.0.1:1") for i in range(args.emulate))
+    cfg = GatewayConfig(base_model=args.served_model_name or args.model, workers=workers,
+                        adapters=scaffold_entries(demands, folder, base_model=args.model),
+                        placement=PlacementMode(args.placement),
+                        routing=RoutingPolicy(args.routing), gpu=args.gpu, model=args.model,
+                        profile=args.profile, host=args.host or "127.0.0.1",
+                        port=8080 if args.port is None else args.port)
+    return cfg, make_plan(cfg)
+
+
+def _static_config(args: argparse.Namespace) -> GatewayConfig:
+    if args.adapters is not None:
+        raise ConfigError("--adapters", "goes with --emulate; list adapters in the config")
+    cfg = load_config(args.config)
+    if args.host is not None:
+        cfg = replace(cfg, host=args.host)
+    if args.port is not None:
+        cfg = replace(cfg, port=args.port)
+    return cfg
+
+
+async def _wait_ready(app: web.Application) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT_S
+    while not app[FLEET].ready:
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _main(args: argparse.Namespace, cfg: GatewayConfig, plan: InitialPlan | None) -> None:
+    emulated = None
+    runner = None
+    try:
+        if args.emulate is not None:
+            assert plan is not None
+            emulated = await start_emulated(worker_configs(
+                plan, served_model_name=cfg.base_model, model=cfg.model, gpu=cfg.gpu,
+                profile=cfg.profile, time_scale=args.time_scale))
+            cfg = replace(cfg, workers=tuple(WorkerEndpoint(w.name, url) for w, url in zip(
+                cfg.workers, emulated.urls, strict=True)))
+        app = create_app(cfg, plan=plan)
+        runner = await serve(app, cfg.host, cfg.port)
+        port = runner.addresses[0][1]
+        if not await _wait_ready(app):
+            logger.warning("not ready after %.0f s; serving anyway", READY_TIMEOUT_S)
+        print(f"http://{cfg.host}:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if emulated is not None:
+            await emulated.stop()
+
+
+def _run(args: argparse.Namespace, cfg: GatewayConfig, plan: InitialPlan | None) -> int:
+    try:
+        import uvloop
+        loop_runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        loop_runner = asyncio.Runner()
+    with loop_runner, contextlib.suppress(KeyboardInterrupt):
+        try:
+            loop_runner.run(_main(args, cfg, plan))
+        except StartupError as exc:  # an emulated worker vLLM would refuse to start
+            print(f"lorafleet: serve: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.ExitStack() as stack:
+        try:
+            if args.emulate is not None:
+                folder = args.adapter_dir or Path(stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="lorafleet-adapters-")))
+                cfg, plan = _emulated_config(args, folder)
+            else:
+                cfg, plan = _static_config(args), None
+        except (ConfigError, StartupError) as exc:
+            print(f"lorafleet: serve: {exc}", file=sys.stderr)
+            return 2
+        return _run(args, cfg, plan)
+    return 0  # pragma: no cover - ExitStack does not swallow

@@ -1,0 +1,238 @@
+"""The gateway's configuration: one frozen dataclass tree, loaded from ``gateway.yaml``.
+
+Every invalid value raises ``twin.errors.ConfigError`` naming its dotted field (the CLI prints
+it on one line and exits with status 2). The file::
+
+    base_model: llama-3.1-8b          # the name the workers serve the base model under
+    workers:                          # static worker URLs
+      - {url: "http://10.0.0.1:8000", name: w0}
+    adapters:                         # the planner's format, plus the path workers load from
+      - {name: sql, rank: 8, rate: 2.0, input_tokens: 512, output_tokens: 128, path: /ad/sql}
+    placement: planner                # or round-robin
+    routing: placement                # twin.routing.RoutingPolicy
+    gpu: a100-80gb                    # what the planner assumes the workers run on
+    model: llama-3.1-8b
+    profile: roofline-default
+    host: 127.0.0.1
+    port: 8080
+    max_model_len: 8192               # the body limit is derived from it
+    max_body_bytes: null              # or an explicit limit
+    connect_timeout_s: 5
+    read_timeout_s: 600
+    load_timeout_s: 60
+    health_interval_s: 2
+    retry_after_s: 1
+
+Examples
+--------
+>>> cfg = parse_config({"base_model": "b", "workers": [{"url": "http://127.0.0.1:8001"}],
+...                     "adapters": [{"name": "sql", "rank": 8, "rate": 1, "path": "/a"}]})
+>>> cfg.workers[0].name, cfg.adapters[0].demand.rank, cfg.body_limit
+('w0', 8, 524288)
+>>> parse_config({"base_model": "b", "workers": [{"url": "ftp://x"}], "adapters": []})
+Traceback (most recent call last):
+...
+twin.errors.ConfigError: workers[0].url: must be an http:// or https:// URL, got 'ftp://x'
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from planner.features import AdapterDemand
+from planner.inputs import parse_adapters
+from twin.errors import ConfigError
+from twin.routing import RoutingPolicy
+
+__all__ = ["AdapterEntry", "GatewayConfig", "PlacementMode", "WorkerEndpoint", "load_config",
+           "parse_config"]
+
+BYTES_PER_TOKEN = 64  # JSON-escaped text runs to a few bytes a token; 16x margin over ~4
+
+
+class PlacementMode(enum.StrEnum):
+    """How the initial placement is made."""
+
+    PLANNER = "planner"
+    ROUND_ROBIN = "round-robin"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEndpoint:
+    """A vLLM worker the gateway routes to."""
+
+    name: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterEntry:
+    """A registered adapter: its expected load (for the planner) and the path workers load it
+    from (``None`` only for the base model's rank-0 entry)."""
+
+    demand: AdapterDemand
+    path: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    """Everything ``create_app`` needs."""
+
+    base_model: str
+    workers: tuple[WorkerEndpoint, ...]
+    adapters: tuple[AdapterEntry, ...]
+    placement: PlacementMode = PlacementMode.PLANNER
+    routing: RoutingPolicy = RoutingPolicy.PLACEMENT
+    gpu: str = "a100-80gb"
+    model: str = "llama-3.1-8b"
+    profile: str = "roofline-default"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_model_len: int = 8192
+    max_body_bytes: int | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 600.0
+    load_timeout_s: float = 60.0
+    health_interval_s: float = 2.0
+    retry_after_s: int = 1
+    max_connections: int = 1024
+
+    def __post_init__(self) -> None:
+        if not self.base_model:
+            raise ConfigError("base_model", "must be a non-empty string")
+        if not self.workers:
+            raise ConfigError("workers", "must be a non-empty list")
+        names = [w.name for w in self.workers]
+        if len(set(names)) != len(names):
+            raise ConfigError("workers", f"names must be unique, got {names}")
+        seen: set[str] = set()
+        for i, a in enumerate(self.adapters):
+            if a.demand.name in seen:
+                raise ConfigError(f"adapters[{i}].name", f"duplicate {a.demand.name!r}")
+            if a.demand.name == self.base_model and a.demand.rank > 0:
+                raise ConfigError(f"adapters[{i}].name", "conflicts with base_model")
+            seen.add(a.demand.name)
+            if a.demand.rank > 0 and not a.path:
+                raise ConfigError(f"adapters[{i}].path", "is required for a LoRA adapter")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("port", f"must be in 0..65535, got {self.port}")
+        for name in ("max_model_len", "connect_timeout_s", "read_timeout_s", "load_timeout_s",
+                     "health_interval_s", "retry_after_s", "max_connections"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(name, f"must be > 0, got {value!r}")
+        if self.max_body_bytes is not None and self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes", f"must be >= 1024, got {self.max_body_bytes}")
+
+    @property
+    def body_limit(self) -> int:
+        """Largest request body accepted (413 past it): from ``max_model_len`` unless set."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return max(64 * 1024, self.max_model_len * BYTES_PER_TOKEN)
+
+
+_SCALARS = {f.name for f in fields(GatewayConfig)} - {"workers", "adapters"}
+
+
+def _worker(item: Any, i: int) -> WorkerEndpoint:
+    field = f"workers[{i}]"
+    if isinstance(item, str):
+        item = {"url": item}
+    if not isinstance(item, dict):
+        raise ConfigError(field, "must be a URL or a mapping {url, name?}")
+    unknown = sorted(set(item) - {"url", "name"})
+    if unknown:
+        raise ConfigError(f"{field}.{unknown[0]}", "unknown field; expected url, name")
+    url = item.get("url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if (not isinstance(url, str) or parts is None or parts.scheme not in ("http", "https")
+            or not parts.netloc):
+        raise ConfigError(f"{field}.url", f"must be an http:// or https:// URL, got {url!r}")
+    name = item.get("name", f"w{i}")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{field}.name", "must be a non-empty string")
+    return WorkerEndpoint(name, url.rstrip("/"))
+
+
+def _adapters(items: Any) -> tuple[AdapterEntry, ...]:
+    if not isinstance(items, list):
+        raise ConfigError("adapters", "must be a list of {name, rank, rate, path, ...}")
+    if not items:
+        return ()
+    paths: list[str | None] = []
+    plain: list[Any] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"adapters[{i}]", "must be a mapping")
+        path = item.get("path")
+        if path is not None and (not isinstance(path, str) or not path):
+            raise ConfigError(f"adapters[{i}].path", "must be a non-empty string")
+        paths.append(path)
+        plain.append({k: v for k, v in item.items() if k != "path"})
+    demands = parse_adapters({"adapters": plain})
+    return tuple(AdapterEntry(d, p) for d, p in zip(demands, paths, strict=True))
+
+
+_STRINGS = frozenset({"base_model", "gpu", "model", "profile", "host"})
+_INTS = frozenset({"port", "max_model_len", "max_body_bytes", "retry_after_s",
+                   "max_connections"})
+
+
+def _scalar(key: str, value: Any) -> Any:
+    if key in ("placement", "routing"):
+        kinds: type[enum.StrEnum] = PlacementMode if key == "placement" else RoutingPolicy
+        try:
+            return kinds(value)
+        except ValueError:
+            raise ConfigError(key, f"must be one of {[k.value for k in kinds]}, "
+                              f"got {value!r}") from None
+    if key == "max_body_bytes" and value is None:
+        return None
+    if key in _STRINGS:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    if key in _INTS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    return float(value)
+
+
+def parse_config(data: Any) -> GatewayConfig:
+    """A ``GatewayConfig`` from parsed YAML; ``ConfigError`` names the first bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError("", "the config must be a mapping")
+    unknown = sorted(set(data) - _SCALARS - {"workers", "adapters"})
+    if unknown:
+        raise ConfigError(unknown[0], "unknown field")
+    for key in ("base_model", "workers"):
+        if key not in data:
+            raise ConfigError(key, "is required")
+    workers = data["workers"]
+    if not isinstance(workers, list) or not workers:
+        raise ConfigError("workers", "must be a non-empty list of {url, name?}")
+    values = {k: _scalar(k, v) for k, v in data.items() if k in _SCALARS}
+    return GatewayConfig(workers=tuple(_worker(w, i) for i, w in enumerate(workers)),
+                         adapters=_adapters(data.get("adapters", [])), **values)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate ``gateway.yaml``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"invalid YAML: {exc}".splitlines()[0]) from None
+    return parse_config(data)

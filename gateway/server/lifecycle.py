@@ -1,0 +1,165 @@
+"""Background work of the gateway, as ``cleanup_ctx`` managers.
+
+- ``client_session``: the app's one ``ClientSession`` to the workers.
+- ``bootstrap``: make the initial plan (in a thread, off the serving loop), reconcile each
+  worker's residency with its ``/v1/models``, load what the plan puts where it is missing
+  (vLLM's ``/v1/load_lora_adapter``), then install the placement: the gateway is ready.
+- ``health_checks``: poll each worker's ``/health``; a worker that comes back is reconciled
+  and given its planned adapters again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG
+from gateway.server.config import GatewayConfig, PlacementMode
+from gateway.server.planning import InitialPlan, from_planner, round_robin
+from gateway.server.registry import WorkerStatus
+from twin.routing import BASE_MODEL
+
+__all__ = ["bootstrap", "client_session", "health_checks", "make_plan", "sync_worker"]
+
+logger = logging.getLogger(__name__)
+
+Ctx = Callable[[web.Application], AsyncIterator[None]]
+
+
+def make_plan(cfg: GatewayConfig) -> InitialPlan:
+    """The initial plan for ``cfg`` (CPU-bound: run it off the event loop)."""
+    adapters = [a.demand for a in cfg.adapters]
+    names = [w.name for w in cfg.workers]
+    if cfg.placement is PlacementMode.ROUND_ROBIN or not adapters:
+        return round_robin(adapters, names, gpu=cfg.gpu, max_model_len=cfg.max_model_len)
+    from gateway.plan_cli import default_surrogate  # trains once, then cached on disk
+
+    return from_planner(adapters, names, default_surrogate(), gpu=cfg.gpu, model=cfg.model,
+                        profile=cfg.profile, max_model_len=cfg.max_model_len)
+
+
+async def client_session(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[GATEWAY_CONFIG]
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s,
+                                    sock_read=cfg.read_timeout_s)
+    connector = aiohttp.TCPConnector(limit=cfg.max_connections)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        app[CLIENT_SESSION] = session
+        yield
+
+
+async def _resident(session: aiohttp.ClientSession, url: str, timeout: float) -> set[str]:
+    async with session.get(f"{url}/v1/models",
+                           timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        resp.raise_for_status()
+        cards = (await resp.json()).get("data", [])
+    return {c["id"] for c in cards if isinstance(c, dict) and c.get("parent") is not None}
+
+
+async def sync_worker(app: web.Application, index: int) -> None:
+    """Reconcile worker ``index`` with its ``/v1/models`` and load its planned adapters."""
+    cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
+    worker = fleet.workers[index]
+    url = worker.endpoint.url
+    try:
+        resident = await _resident(session, url, cfg.load_timeout_s)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        logger.warning("worker %s (%s): cannot list its models: %r", worker.endpoint.name,
+                       url, exc)
+        fleet.set_status(index, WorkerStatus.DOWN)
+        fleet.set_resident(index, set())
+        return
+    fleet.set_status(index, WorkerStatus.UP)
+    planned = set() if fleet.plan is None else set(fleet.plan.workers[index].shares)
+    for name in sorted(planned - resident - {BASE_MODEL}):
+        entry = fleet.adapters.get(name)
+        if entry is None or entry.path is None:
+            continue
+        body = {"lora_name": name, "lora_path": entry.path}
+        try:
+            async with session.post(f"{url}/v1/load_lora_adapter", json=body,
+                                    timeout=aiohttp.ClientTimeout(total=cfg.load_timeout_s),
+                                    ) as resp:
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("worker %s: loading %s failed: %r", worker.endpoint.name, name, exc)
+            continue
+        if resp.status == 200:
+            resident.add(name)
+            logger.info("worker %s: loaded %s", worker.endpoint.name, name)
+        else:
+            logger.warning("worker %s: loading %s failed (%d): %s", worker.endpoint.name, name,
+                           resp.status, text[:300])
+    fleet.set_resident(index, resident)
+
+
+async def _initial(app: web.Application, plan: InitialPlan | None) -> None:
+    cfg, fleet = app[GATEWAY_CONFIG], app[FLEET]
+    if plan is None:
+        plan = await asyncio.get_running_loop().run_in_executor(None, make_plan, cfg)
+    fleet.set_plan(plan.placement)  # routes nothing until residency is known
+    await asyncio.gather(*(sync_worker(app, i) for i in range(len(fleet.workers))))
+    fleet.synced = True
+    logger.info("placement installed: %d of %d workers active (planned %d GPUs)",
+                fleet.gpus_active, len(fleet.workers), plan.planned_gpus)
+
+
+def bootstrap(plan: InitialPlan | None) -> Ctx:
+    """The start-up task (``plan``: a precomputed plan, else one is made from the config)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with _background(_initial(app, plan), "bootstrap"):
+            yield
+
+    return ctx
+
+
+async def _health_loop(app: web.Application) -> None:
+    cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
+    timeout = aiohttp.ClientTimeout(total=min(cfg.health_interval_s, cfg.connect_timeout_s))
+
+    async def check(index: int) -> None:
+        url = fleet.workers[index].endpoint.url
+        try:
+            async with session.get(f"{url}/health", timeout=timeout) as resp:
+                ok = resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        was_up = fleet.workers[index].up
+        if ok and not was_up and fleet.plan is not None:
+            await sync_worker(app, index)  # it came back: reconcile and reload
+        else:
+            fleet.set_status(index, WorkerStatus.UP if ok else WorkerStatus.DOWN)
+
+    while True:
+        await asyncio.sleep(cfg.health_interval_s)
+        await asyncio.gather(*(check(i) for i in range(len(fleet.workers))))
+
+
+async def health_checks(app: web.Application) -> AsyncIterator[None]:
+    async with _background(_health_loop(app), "health checks"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _background(coro: Coroutine[Any, Any, None], what: str) -> AsyncIterator[None]:
+    async def run() -> None:
+        try:
+            await coro
+        except Exception:
+            logger.exception("%s failed", what)
+
+    task = asyncio.create_task(run(), name=what)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+

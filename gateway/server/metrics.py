@@ -1,0 +1,70 @@
+"""The gateway's Prometheus metrics, in a registry of its own (``gateway_`` prefix).
+
+Labels stay bounded: per adapter (registered names only; anything else is ``UNKNOWN``) or per
+worker, never both. Worker gauges are read from the fleet at scrape time.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.server.registry import Fleet
+
+__all__ = ["UNKNOWN", "GatewayMetrics"]
+
+UNKNOWN = "<unknown>"  # the adapter label of requests that name no registered model
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0,
+                    80.0, 160.0)
+
+
+def _up(fleet: Fleet, index: int) -> float:
+    return 1.0 if fleet.workers[index].up else 0.0
+
+
+class GatewayMetrics:
+    """The gateway's series; ``registry`` is what ``GET /metrics`` exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("gateway_requests", "Requests answered, by HTTP status.",
+                                ["adapter", "status"], registry=r)
+        self.ttft = Histogram("gateway_ttft_seconds", "Time to the first streamed token.",
+                              ["adapter"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("gateway_e2e_seconds", "Request latency, end to end.",
+                             ["adapter"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("gateway_tokens", "Tokens from the workers' usage reports.",
+                              ["adapter", "kind"], registry=r)
+        self.worker_up = Gauge("gateway_worker_up", "1 if the worker answers health checks.",
+                               ["worker"], registry=r)
+        self.outstanding = Gauge("gateway_worker_outstanding",
+                                 "Requests the gateway has in flight on the worker.",
+                                 ["worker"], registry=r)
+        self.gpus_active = Gauge("gateway_gpus_active", "Workers with adapters routed to them.",
+                                 registry=r)
+        self.gpus_baseline = Gauge("gateway_gpus_baseline",
+                                   "GPUs a naive placement would use.", ["policy"], registry=r)
+        self.gpus_saved = Gauge("gateway_gpus_saved",
+                                "GPUs saved against one GPU per adapter.", registry=r)
+
+    def bind(self, fleet: Fleet, adapters: int) -> None:
+        """Read the fleet's gauges at scrape time; ``adapters`` is the registered count."""
+        for i, w in enumerate(fleet.workers):
+            name = w.endpoint.name
+            self.outstanding.labels(name).set_function(partial(fleet.outstanding, i))
+            self.worker_up.labels(name).set_function(partial(_up, fleet, i))
+        self.gpus_active.set_function(lambda: fleet.gpus_active)
+        baseline = adapters
+        self.gpus_baseline.labels("one_per_adapter").set(baseline)
+        self.gpus_saved.set_function(lambda: baseline - fleet.gpus_active)
+
+    def observe(self, adapter: str, status: int, e2e_s: float) -> None:
+        self.requests.labels(adapter, str(status)).inc()
+        self.e2e.labels(adapter).observe(e2e_s)
+
+    def usage(self, adapter: str, prompt: int, completion: int) -> None:
+        self.tokens.labels(adapter, "prompt").inc(prompt)
+        self.tokens.labels(adapter, "completion").inc(completion)

@@ -1,0 +1,250 @@
+"""Forwarding one request to a worker.
+
+- The worker is picked by the fleet's router. A connection that fails before the response
+  starts, or a 404 naming ``model`` from a worker that no longer holds the adapter, is retried
+  once on another holder; a worker that refuses connections is marked down.
+- Streams are relayed event by event as they arrive (no buffering past an SSE event
+  boundary). Upstream is always asked for ``stream_options.include_usage``; the final usage
+  chunk feeds the token metrics and is dropped if the client did not ask for it.
+- A client that goes away cancels the handler (the server runs with handler cancellation) or
+  fails a write; either way the upstream connection is closed, which aborts the request on a
+  vLLM worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_METRICS
+from gateway.server.errors import ApiError, request_id
+from gateway.server.metrics import UNKNOWN
+from gateway.server.protocol import SamplingRequest
+from gateway.server.registry import WorkerStatus
+
+__all__ = ["forward"]
+
+logger = logging.getLogger(__name__)
+
+CLIENT_CLOSED = 499  # nginx's status for a client that closed the request
+
+
+@dataclass(slots=True)
+class _Call:
+    request: web.Request
+    path: str
+    payload: bytes
+    adapter: str | None
+    label: str
+    stream: bool
+    client_usage: bool
+    started: float
+    rid: str
+
+
+def _upstream_payload(raw: bytes, body: dict[str, Any], parsed: SamplingRequest) -> bytes:
+    if not parsed.stream:
+        return raw  # forwarded exactly as the client sent it
+    options = dict(body.get("stream_options") or {})
+    if not parsed.include_usage:
+        options.pop("continuous_usage_stats", None)
+    options["include_usage"] = True
+    return json.dumps({**body, "stream_options": options}, separators=(",", ":")).encode()
+
+
+async def forward(request: web.Request, path: str, raw: bytes, body: dict[str, Any],
+                  parsed: SamplingRequest) -> web.StreamResponse:
+    """Serve ``request`` (already parsed) from a worker's ``path``; records the metrics."""
+    metrics = request.app[GATEWAY_METRICS]
+    started = time.perf_counter()
+    label, status = UNKNOWN, CLIENT_CLOSED
+    try:
+        adapter = request.app[FLEET].resolve(parsed.model)
+        label = parsed.model
+        call = _Call(request, path, _upstream_payload(raw, body, parsed), adapter, label,
+                     bool(parsed.stream), parsed.include_usage, started, request_id(request))
+        response, status = await _proxy(call)
+        return response
+    except ApiError as exc:
+        status = int(exc.status)
+        raise
+    except Exception:
+        status = 500
+        raise
+    finally:
+        metrics.observe(label, status, time.perf_counter() - started)
+
+
+async def _connect(call: _Call) -> tuple[int, aiohttp.ClientResponse]:
+    """(worker index, response with its headers read); the caller owns both."""
+    fleet = call.request.app[FLEET]
+    session = call.request.app[CLIENT_SESSION]
+    headers = {"Content-Type": "application/json", "X-Request-Id": call.rid}
+    exclude: int | None = None
+    for attempt in range(2):
+        index = fleet.pick(call.adapter, exclude)
+        worker = fleet.workers[index].endpoint
+        upstream = None
+        try:
+            upstream = await session.post(worker.url + call.path, data=call.payload,
+                                          headers=headers)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            fleet.set_status(index, WorkerStatus.DOWN)
+            logger.warning("request %s: cannot reach %s: %s", call.rid, worker.name, exc)
+        except aiohttp.ServerTimeoutError:
+            raise ApiError.bad_gateway(f"worker {worker.name} timed out") from None
+        except aiohttp.ClientConnectionError as exc:
+            logger.warning("request %s: %s dropped the connection: %r", call.rid, worker.name,
+                           exc)
+        finally:
+            if upstream is None:  # failed, or cancelled (the client left) while waiting
+                fleet.done(index)
+        if upstream is not None:
+            if attempt or call.adapter is None or upstream.status != 404:
+                return index, upstream
+            handed = False
+            try:
+                if not await _lost_adapter(upstream):
+                    handed = True
+                    return index, upstream
+            finally:
+                if not handed:  # retrying elsewhere, or cancelled while reading the 404
+                    upstream.close()
+                    fleet.done(index)
+            fleet.forget(index, call.adapter)
+            logger.warning("request %s: %s no longer holds %s; retrying", call.rid,
+                           worker.name, call.adapter)
+        exclude = index
+    if not any(w.up for w in fleet.workers):
+        raise ApiError.unavailable("no healthy worker", fleet.retry_after_s)
+    if call.adapter is not None and not fleet.has_healthy_holder(call.adapter):
+        raise ApiError.unavailable(f"the adapter `{call.adapter}` is not loaded on any "
+                                   "healthy worker", fleet.retry_after_s)
+    raise ApiError.bad_gateway("the workers could not be reached")
+
+
+async def _lost_adapter(upstream: aiohttp.ClientResponse) -> bool:
+    """A worker's 404 that names ``model``: it does not hold the adapter (any more)."""
+    try:
+        error = json.loads(await upstream.read()).get("error", {})
+    except (ValueError, AttributeError, aiohttp.ClientError):
+        return False
+    return isinstance(error, dict) and error.get("param") == "model"
+
+
+async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
+    index, upstream = await _connect(call)
+    fleet = call.request.app[FLEET]
+    finished = False
+    try:
+        if call.stream and upstream.status == 200:
+            result = await _relay_stream(call, upstream)
+        else:
+            result = await _relay_body(call, upstream, fleet.workers[index].endpoint.name)
+        finished = result[1] != CLIENT_CLOSED
+        return result
+    finally:
+        fleet.done(index)
+        if finished:
+            upstream.release()  # keep the connection alive for the next request
+        else:
+            upstream.close()  # the client left: dropping the connection aborts upstream
+
+
+def _record_usage(call: _Call, usage: Any) -> None:
+    if isinstance(usage, dict):
+        call.request.app[GATEWAY_METRICS].usage(call.label, int(usage.get("prompt_tokens", 0)),
+                                                int(usage.get("completion_tokens", 0)))
+
+
+async def _relay_body(call: _Call, upstream: aiohttp.ClientResponse,
+                      worker: str) -> tuple[web.StreamResponse, int]:
+    try:
+        data = await upstream.read()
+    except aiohttp.ClientError as exc:
+        raise ApiError.bad_gateway(f"worker {worker} failed mid-response: {exc}") from None
+    if upstream.status >= 500:
+        raise ApiError.bad_gateway(f"worker {worker} failed with status {upstream.status}")
+    if upstream.status == 200:
+        with contextlib.suppress(ValueError, AttributeError):  # not JSON: nothing to count
+            _record_usage(call, json.loads(data).get("usage"))
+    headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json"),
+               "X-Request-Id": call.rid}
+    return web.Response(body=data, status=upstream.status, headers=headers), upstream.status
+
+
+def filter_usage(events: bytes, keep: bool, on_usage: Callable[[Any], None]) -> bytes:
+    """Complete SSE events with the final usage chunk reported and dropped unless ``keep``.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> filter_usage(b'data: {"choices":[],"usage":{"completion_tokens":3}}\\n\\n'
+    ...              b'data: [DONE]\\n\\n', False, seen.append)
+    b'data: [DONE]\\n\\n'
+    >>> seen
+    [{'completion_tokens': 3}]
+    """
+    out = []
+    for event in events.split(b"\n\n")[:-1]:
+        if b'"usage"' in event and event.startswith(b"data: {"):
+            try:
+                chunk = json.loads(event[6:])
+            except ValueError:
+                chunk = None
+            if isinstance(chunk, dict) and chunk.get("choices") == [] and "usage" in chunk:
+                on_usage(chunk["usage"])
+                if not keep:
+                    continue
+        out.append(event + b"\n\n")
+    return b"".join(out)
+
+
+async def _relay_stream(call: _Call,
+                        upstream: aiohttp.ClientResponse) -> tuple[web.StreamResponse, int]:
+    out = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                      "Cache-Control": "no-cache", "X-Request-Id": call.rid})
+    await out.prepare(call.request)
+    metrics = call.request.app[GATEWAY_METRICS]
+    pending, first, status = b"", True, 200
+    while True:
+        try:
+            data = await upstream.content.readany()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("request %s: upstream stream failed: %r", call.rid, exc)
+            error = ApiError.bad_gateway("the worker failed mid-stream")
+            pending, status = b"data: " + json.dumps(error.body()).encode() + b"\n\n", 502
+            break
+        if not data:
+            break
+        pending += data
+        cut = pending.rfind(b"\n\n")
+        if cut < 0:
+            continue
+        ready, pending = pending[:cut + 2], pending[cut + 2:]
+        if b'"usage"' in ready:
+            ready = filter_usage(ready, call.client_usage, lambda u: _record_usage(call, u))
+        if not ready:
+            continue
+        if first:
+            metrics.ttft.labels(call.label).observe(time.perf_counter() - call.started)
+            first = False
+        try:
+            await out.write(ready)
+        except ConnectionResetError:
+            return out, CLIENT_CLOSED
+    try:
+        if pending:
+            await out.write(pending)
+        await out.write_eof()
+    except ConnectionResetError:
+        return out, CLIENT_CLOSED
+    return out, status

@@ -1,0 +1,176 @@
+"""The fleet: workers, their health, adapter residency, and the router over them.
+
+Residency (which adapters each worker holds) comes from the gateway's own load calls,
+reconciled with each worker's ``/v1/models``; never from ``vllm:lora_requests_info``. The
+router's placement is the plan restricted to where the adapters are resident, so a request is
+never routed to a worker that was not asked to load its adapter. Routing itself is
+``twin.routing.Router``, the one the cluster twin validates plans with.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gateway.server.config import AdapterEntry, WorkerEndpoint
+from gateway.server.errors import ApiError
+from twin.routing import BASE_MODEL, Placement, Router, RoutingPolicy, WorkerPlacement
+
+__all__ = ["Fleet", "WorkerState", "WorkerStatus"]
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerStatus(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """One worker as the gateway sees it."""
+
+    endpoint: WorkerEndpoint
+    status: WorkerStatus = WorkerStatus.UP
+    resident: set[str] = field(default_factory=set)
+
+    @property
+    def up(self) -> bool:
+        return self.status is WorkerStatus.UP
+
+
+class Fleet:
+    """Workers, registered adapters, the plan and the router.
+
+    Parameters
+    ----------
+    base_model
+        The name workers serve the base model under.
+    workers
+        The workers, in placement order.
+    adapters
+        Registered adapters by name (rank-0 entries stand for the base model).
+    policy
+        The router's policy.
+    retry_after_s
+        ``Retry-After`` of a 503.
+    """
+
+    def __init__(self, base_model: str, workers: Sequence[WorkerEndpoint],
+                 adapters: Mapping[str, AdapterEntry], policy: RoutingPolicy,
+                 retry_after_s: int = 1) -> None:
+        self.base_model = base_model
+        self.workers = [WorkerState(w) for w in workers]
+        self.adapters = {n: a for n, a in adapters.items() if a.demand.rank > 0}
+        self.policy = policy
+        self.retry_after_s = retry_after_s
+        self.plan: Placement | None = None
+        self.router: Router | None = None
+        self.synced = False  # start-up reconciliation done (residency known)
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """A placement is installed, residency is known, and at least one worker is up."""
+        return (self.synced and self.router is not None
+                and any(w.up for w in self.workers))
+
+    @property
+    def gpus_active(self) -> int:
+        """Workers with something routed to them."""
+        if self.router is None:
+            return 0
+        return sum(1 for w in self.router.placement.workers if w.shares)
+
+    def outstanding(self, index: int) -> int:
+        return 0 if self.router is None else self.router.outstanding[index]
+
+    def set_plan(self, plan: Placement) -> None:
+        """Adopt ``plan`` (worker names must match) and route by it as far as resident."""
+        names = [w.name for w in plan.workers]
+        expected = [w.endpoint.name for w in self.workers]
+        if names != expected:
+            raise ValueError(f"plan workers {names} differ from the fleet's {expected}")
+        self.plan = plan
+        self._install()
+
+    def set_status(self, index: int, status: WorkerStatus) -> None:
+        worker = self.workers[index]
+        if worker.status is not status:
+            logger.warning("worker %s (%s) is %s", worker.endpoint.name, worker.endpoint.url,
+                           status.value)
+            worker.status = status
+
+    def set_resident(self, index: int, names: set[str]) -> None:
+        self.workers[index].resident = set(names)
+        self._install()
+
+    def forget(self, index: int, adapter: str) -> None:
+        """The worker no longer holds ``adapter`` (it answered 404 for it)."""
+        self.workers[index].resident.discard(adapter)
+        self._install()
+
+    def _install(self) -> None:
+        if self.plan is None:
+            return
+        routed = tuple(WorkerPlacement(name=wp.name, shares={
+            k: s for k, s in wp.shares.items()
+            if k == BASE_MODEL or k in self.workers[i].resident})
+            for i, wp in enumerate(self.plan.workers))
+        old = self.router
+        self.router = Router(Placement(routed), self.policy)
+        if old is not None:  # requests in flight keep their counts
+            self.router.outstanding = list(old.outstanding)
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def resolve(self, model: str) -> str | None:
+        """The adapter a request for ``model`` runs (None: the base model); 404 otherwise."""
+        if model == self.base_model:
+            return None
+        if model in self.adapters:
+            return model
+        raise ApiError.model_not_found(model)
+
+    def pick(self, adapter: str | None, exclude: int | None = None) -> int:
+        """A healthy worker for ``adapter``, counted as outstanding until ``done``.
+
+        The router chooses; when its choice is down or excluded (a retry), the least loaded
+        other healthy holder takes the request. Raises a 503 ``ApiError`` when none is left.
+        """
+        router = self.router
+        if router is None:
+            raise self._unavailable("the gateway has no placement yet")
+        holders = [i for i, _ in router.placement.holders(
+            BASE_MODEL if adapter is None else adapter)]
+        if adapter is None and not holders:
+            holders = list(range(len(self.workers)))
+        if not holders:
+            raise self._unavailable(f"the adapter `{adapter}` is not loaded on any worker")
+        if exclude is None:
+            index = router.route(adapter)
+            if self.workers[index].up:
+                return index
+            router.done(index)
+        others = [i for i in holders if self.workers[i].up and i != exclude]
+        if not others:
+            raise self._unavailable("no healthy worker holds the requested model")
+        index = min(others, key=lambda i: (router.outstanding[i], i))
+        # The Router has no "route among these" call; count it as route() would.
+        router.outstanding[index] += 1
+        return index
+
+    def has_healthy_holder(self, adapter: str) -> bool:
+        if self.router is None:
+            return False
+        return any(self.workers[i].up for i, _ in self.router.placement.holders(adapter))
+
+    def done(self, index: int) -> None:
+        if self.router is not None:
+            self.router.done(index)
+
+    def _unavailable(self, message: str) -> ApiError:
+        return ApiError.unavailable(message, self.retry_after_s)

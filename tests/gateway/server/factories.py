@@ -1,0 +1,102 @@
+"""Builders for gateway tests: a gateway in front of emulated workers, all in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.keys import FLEET
+from gateway.server.app import create_app
+from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint
+from gateway.server.emulated import (
+    EmulatedFleet,
+    scaffold_entries,
+    start_emulated,
+    worker_configs,
+)
+from gateway.server.planning import InitialPlan, round_robin
+from planner.features import AdapterDemand
+from twin.routing import Placement, WorkerPlacement
+
+BASE = "base"
+MAX_MODEL_LEN = 2048
+
+
+def demands(*names: str, rank: int = 8) -> list[AdapterDemand]:
+    return [AdapterDemand(name=n, rank=rank, rate=1.0) for n in names]
+
+
+def plan_of(shares: Sequence[dict[str, float]], template: InitialPlan) -> InitialPlan:
+    """``template`` (for its engines) with the placement given by ``shares``."""
+    placement = Placement(tuple(WorkerPlacement(name=f"w{i}", shares=s)
+                                for i, s in enumerate(shares)))
+    return replace(template, placement=placement)
+
+
+@dataclass
+class Stack:
+    url: str
+    app: web.Application
+    workers: EmulatedFleet
+    session: aiohttp.ClientSession
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    async def worker_metric(self, index: int, name: str) -> float:
+        """The sum of a worker's series ``name`` (vLLM names, as exported)."""
+        async with self.session.get(f"{self.workers.urls[index]}/metrics") as resp:
+            text = await resp.text()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name:
+                    total += sample.value
+        return total
+
+    async def served(self) -> list[float]:
+        """Requests each worker finished."""
+        return [await self.worker_metric(i, "vllm:request_success_total")
+                for i in range(len(self.workers.urls))]
+
+
+@asynccontextmanager
+async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, workers: int = 2,
+                        shares: Sequence[dict[str, float]] | None = None,
+                        time_scale: float = 200.0, **overrides: Any) -> AsyncIterator[Stack]:
+    """``workers`` emulated workers (round-robin placement unless ``shares`` is given) and the
+    gateway in front, served by aiohttp's test server (handler cancellation on)."""
+    names = [f"w{i}" for i in range(workers)]
+    plan = round_robin(adapters, names, max_model_len=MAX_MODEL_LEN)
+    if shares is not None:
+        plan = plan_of(shares, plan)
+    fleet = await start_emulated(worker_configs(plan, served_model_name=BASE,
+                                                time_scale=time_scale))
+    try:
+        values: dict[str, Any] = {"placement": PlacementMode.ROUND_ROBIN,
+                                  "max_model_len": MAX_MODEL_LEN, "health_interval_s": 0.2,
+                                  "connect_timeout_s": 1.0}
+        values.update(overrides)
+        cfg = GatewayConfig(base_model=BASE, workers=tuple(
+            WorkerEndpoint(n, u) for n, u in zip(names, fleet.urls, strict=True)),
+            adapters=scaffold_entries(adapters, folder), **values)
+        app = create_app(cfg, plan=plan)
+        async with TestServer(app) as server, aiohttp.ClientSession() as session:
+            for _ in range(200):
+                if app[FLEET].ready:
+                    break
+                await asyncio.sleep(0.01)
+            assert app[FLEET].ready
+            yield Stack(str(server.make_url("")).rstrip("/"), app, fleet, session)
+    finally:
+        await fleet.stop()
