@@ -114,7 +114,7 @@ def test_plan_cli_unknown_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "gpu" in capsys.readouterr().err
 
 
-def test_validation_routes_base_model_load_as_the_gateway_does(surrogate, specs) -> None:  # noqa: ANN001
+def test_validation_routes_base_model_load_as_the_gateway_does(surrogate, specs) -> None:
     from planner.placer import GpuPlan, Plan
     from planner.validate import validate
     from twin import EngineConfig
