@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -95,19 +96,22 @@ def _plan(args: argparse.Namespace) -> int:
     validated: bool | None = None
     validate_seconds = 0.0
     measured: list[float] = []
-    if not args.no_validate:
-        started = time.perf_counter()
-        v = validate(plan, predictor, duration_s=args.duration)
-        plan, v = repair(plan, predictor, v, duration_s=args.duration)
-        validated, measured = v.ok, v.measured_tps
-        validate_seconds = time.perf_counter() - started
     baselines: dict[str, int] = {}
     confirmed: dict[str, bool] = {}
     bound = None
-    if not args.no_baselines:
-        baselines, confirmed = baselines_in_twin(adapters, predictor, args.duration,
-                                                 twin=not args.no_validate)
-        bound = lower_bound(adapters, predictor)
+    # Groups of GPUs that share no adapter are simulated in parallel, one process per core.
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        if not args.no_validate:
+            started = time.perf_counter()
+            v = validate(plan, predictor, duration_s=args.duration, map_fn=pool.map)
+            plan, v = repair(plan, predictor, v, duration_s=args.duration, map_fn=pool.map)
+            validated, measured = v.ok, v.measured_tps
+            validate_seconds = time.perf_counter() - started
+        if not args.no_baselines:
+            baselines, confirmed = baselines_in_twin(adapters, predictor, args.duration,
+                                                     twin=not args.no_validate,
+                                                     map_fn=pool.map)
+            bound = lower_bound(adapters, predictor)
     out = {"gpus": plan.num_gpus, "placement": _plan_rows(plan), "baselines": baselines,
            "baselines_confirmed": confirmed,
            "lower_bound": bound, "validated": validated, "measured_tps": measured,

@@ -8,8 +8,10 @@ others with a stricter margin, until the twin accepts or the round budget runs o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from planner.baselines import (
     confirm,
@@ -21,6 +23,7 @@ from planner.baselines import (
 from planner.features import AdapterDemand
 from planner.placer import Plan, Predictor, place
 from twin.cluster import ClusterResult, simulate_cluster
+from twin.results import SimulationResult
 from twin.routing import BASE_MODEL, Placement, RoutingPolicy, WorkerPlacement
 from twin.workload import AdapterLoad, LengthDist, Workload
 
@@ -58,26 +61,83 @@ def _keyed(shares: dict[str, float], base: set[str]) -> dict[str, float]:
     return out
 
 
-def validate(plan: Plan, predictor: Predictor, *, duration_s: float = 180.0,
-             seed: int = 0) -> Validation:
+def _components(workers: Sequence[WorkerPlacement]) -> list[list[int]]:
+    """Groups of workers that share an adapter (directly or through others): the router
+    couples only those, so each group can be simulated on its own."""
+    parent = list(range(len(workers)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, w in enumerate(workers):
+        for key in w.shares:
+            if key in first:
+                parent[find(i)] = find(first[key])
+            else:
+                first[key] = i
+    groups: dict[int, list[int]] = {}
+    for i in range(len(workers)):
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
+
+
+def _simulate_part(task: tuple[Any, ...]) -> ClusterResult:
+    model, gpu, profile, engines, placement, workload, arrivals = task
+    return simulate_cluster(model, gpu, profile, engines, placement, workload,
+                            RoutingPolicy.PLACEMENT, arrivals)
+
+
+def validate(plan: Plan, predictor: Predictor, *, duration_s: float = 180.0, seed: int = 0,
+             map_fn: Callable[..., Iterable[ClusterResult]] = map) -> Validation:
+    """Run the plan in the cluster twin. Workers that share no adapter are simulated as
+    separate groups (pass a process pool's ``map`` as ``map_fn`` to run them in parallel);
+    the arrivals are generated once for the whole plan, so the result does not depend on it.
+    The merged ``ttft_p99_s`` is the worst group's."""
+    started = time.perf_counter()
     shares = plan.shares()
     base = {a.name for a in plan.adapters if a.rank == 0}
     # Base-model requests route by BASE_MODEL, as the gateway routes them (twin.routing).
     workers = tuple(WorkerPlacement(name=f"gpu-{g.index}", shares=_keyed(
         {n: shares[n][g.index] for n in g.rates}, base)) for g in plan.gpus)
-    result = simulate_cluster(predictor.model, predictor.gpu, predictor.profile,
-                              [g.engine for g in plan.gpus], Placement(workers),
-                              workload_for(plan.adapters, duration_s, seed),
-                              RoutingPolicy.PLACEMENT)
-    starved = [i for i, r in enumerate(result.workers) if r.starved or r.starved_adapters]
+    workload = workload_for(plan.adapters, duration_s, seed)
+    arrivals, _ = workload.generate(min(g.engine.max_model_len for g in plan.gpus))
+    tasks = []
+    groups = _components(workers)
+    for group in groups:
+        keys = {k for i in group for k in workers[i].shares}
+        part = [a for a in arrivals if (BASE_MODEL if a.adapter is None else a.adapter) in keys]
+        tasks.append((predictor.model, predictor.gpu, predictor.profile,
+                      [plan.gpus[i].engine for i in group],
+                      Placement(tuple(workers[i] for i in group)), workload, part))
+    parts = list(map_fn(_simulate_part, tasks))
+    by_gpu: dict[int, SimulationResult] = {}
+    for group, part_result in zip(groups, parts, strict=True):
+        by_gpu.update(zip(group, part_result.workers, strict=True))
+    ordered = [by_gpu[i] for i in range(len(plan.gpus))]
+    names = [w.name for w in workers]
+    result = ClusterResult(
+        workers=ordered, worker_names=names,
+        starved=any(r.starved or r.starved_adapters for r in ordered),
+        starved_workers=[n for n, r in zip(names, ordered, strict=True) if r.starved],
+        starved_adapters=sorted({a for r in ordered for a in r.starved_adapters}),
+        throughput_tps=sum(r.throughput_tps for r in ordered),
+        ideal_tps=sum(r.ideal_tps for r in ordered),
+        requests=sum(r.requests for r in ordered), finished=sum(r.finished for r in ordered),
+        ttft_p99_s=max((p.ttft_p99_s for p in parts), default=float("nan")),
+        wall_seconds=time.perf_counter() - started)
+    starved = [i for i, r in enumerate(ordered) if r.starved or r.starved_adapters]
     return Validation(ok=not starved, result=result, starved_gpus=starved,
-                      measured_tps=[r.throughput_tps for r in result.workers],
+                      measured_tps=[r.throughput_tps for r in ordered],
                       predicted_tps=[g.predicted_tps for g in plan.gpus])
 
 
 def repair(plan: Plan, predictor: Predictor, validation: Validation, *,
-           duration_s: float = 180.0, seed: int = 0, rounds: int = 4,
-           tighten: float = 0.85) -> tuple[Plan, Validation]:
+           duration_s: float = 180.0, seed: int = 0, rounds: int = 4, tighten: float = 0.85,
+           map_fn: Callable[..., Iterable[ClusterResult]] = map) -> tuple[Plan, Validation]:
     """Re-place the load of the GPUs the twin finds starving, with a stricter margin each
     round (``headroom`` times ``tighten``), keeping the GPUs it accepted; at most ``rounds``
     more twin runs."""
@@ -98,12 +158,14 @@ def repair(plan: Plan, predictor: Predictor, validation: Validation, *,
                       predictor.surrogate, config)
         gpus = [dataclasses.replace(g, index=i) for i, g in enumerate([*keep, *fresh.gpus])]
         plan = Plan(gpus=gpus, adapters=plan.adapters)
-        validation = validate(plan, predictor, duration_s=duration_s, seed=seed)
+        validation = validate(plan, predictor, duration_s=duration_s, seed=seed, map_fn=map_fn)
     return plan, validation
 
 
 def baselines_in_twin(adapters: Sequence[AdapterDemand], predictor: Predictor,
-                      duration: float, *, twin: bool) -> tuple[dict[str, int], dict[str, bool]]:
+                      duration: float, *, twin: bool,
+                      map_fn: Callable[..., Iterable[ClusterResult]] = map,
+                      ) -> tuple[dict[str, int], dict[str, bool]]:
     """GPU counts of the baselines; with ``twin``, each confirmed in the cluster twin (GPUs
     added until it accepts, as the issue defines them)."""
     per_adapter = one_per_adapter(adapters, predictor)
@@ -115,7 +177,7 @@ def baselines_in_twin(adapters: Sequence[AdapterDemand], predictor: Predictor,
         return counts, {}
 
     def accepts(plan: Plan) -> bool:
-        return validate(plan, predictor, duration_s=duration).ok
+        return validate(plan, predictor, duration_s=duration, map_fn=map_fn).ok
 
     limit = len(adapters)
     rr_plan, rr_ok = confirm(lambda n: round_robin_plan(adapters, predictor, n), rr.num_gpus,

@@ -25,7 +25,7 @@ from twin.results import SimulationResult, summarize
 from twin.routing import Placement, Router, RoutingPolicy
 from twin.simulate import ArrivalSource, Worker, build_engine
 from twin.specs import EngineConfig, GpuSpec, ModelSpec
-from twin.workload import Workload
+from twin.workload import Arrival, Workload
 
 __all__ = ["ClusterResult", "simulate_cluster"]
 
@@ -68,14 +68,18 @@ class _ClusterWorker(Worker):
 
 def simulate_cluster(model: ModelSpec, gpu: GpuSpec, profile: CalibrationProfile,
                      engines: Sequence[EngineConfig], placement: Placement, workload: Workload,
-                     policy: RoutingPolicy = RoutingPolicy.PLACEMENT) -> ClusterResult:
-    """Run ``workload`` on one worker per entry of ``placement`` for ``duration_s``."""
+                     policy: RoutingPolicy = RoutingPolicy.PLACEMENT,
+                     arrivals: Sequence[Arrival] | None = None) -> ClusterResult:
+    """Run ``workload`` on one worker per entry of ``placement`` for ``duration_s``; with
+    ``arrivals`` given, those instead of the workload's own (for a part of a larger run)."""
     if len(engines) != len(placement.workers):
         raise ValueError("one engine config per placed worker")
     started = time.perf_counter()
     ranks = {a.name: a.rank for a in workload.adapters}
     max_len = min(e.max_model_len for e in engines)
-    arrivals, clipped = workload.generate(max_len)
+    clipped = 0
+    if arrivals is None:
+        arrivals, clipped = workload.generate(max_len)
     end_ns = round(workload.duration_s * 1e9)
     env = simpy.Environment()
     router = Router(placement, policy)

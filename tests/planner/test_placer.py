@@ -131,3 +131,27 @@ def test_validation_routes_base_model_load_as_the_gateway_does(surrogate, specs)
                  duration_s=60)
     by_worker = [{a.name for a in w.adapters} for w in v.result.workers]
     assert by_worker == [{"<base>"}, {"sql"}]
+
+
+def test_validation_by_groups_equals_one_cluster_run(surrogate, specs) -> None:  # noqa: ANN001
+    from planner.placer import GpuPlan, Plan
+    from planner.validate import validate, workload_for
+    from twin import EngineConfig, Placement, RoutingPolicy, WorkerPlacement, simulate_cluster
+
+    model, gpu, profile = specs
+    demand = [AdapterDemand(name=n, rank=8, rate=r) for n, r in
+              (("a", 1.0), ("b", 2.0), ("c", 0.5), ("d", 1.5))]
+    engine = EngineConfig(max_loras=2, max_lora_rank=8, max_model_len=8192)
+    rates = [{"a": 1.0, "b": 1.0}, {"b": 1.0}, {"c": 0.5, "d": 1.5}]  # groups: {0, 1}, {2}
+    plan = Plan(gpus=[GpuPlan(index=i, engine=engine, rates=r, predicted_tps=0, offered_tps=0,
+                              starvation_proba=0) for i, r in enumerate(rates)], adapters=demand)
+    split = validate(plan, Predictor(surrogate, model, gpu, profile, PlannerConfig()),
+                     duration_s=60)
+    shares = plan.shares()
+    joint = simulate_cluster(
+        model, gpu, profile, [engine] * 3,
+        Placement(tuple(WorkerPlacement(name=f"gpu-{i}", shares={n: shares[n][i] for n in r})
+                        for i, r in enumerate(rates))),
+        workload_for(demand, 60, 0), RoutingPolicy.PLACEMENT)
+    assert [w.to_dict() | {"wall_seconds": 0} for w in split.result.workers] == \
+        [w.to_dict() | {"wall_seconds": 0} for w in joint.workers]
