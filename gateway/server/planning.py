@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from planner.features import AdapterDemand
-from planner.placer import PlannerConfig, place
+from planner.placer import PlannerConfig, Predictor, place
 from planner.surrogate import Surrogate
+from planner.validate import repair, validate
 from twin.catalog import get_gpu, get_model
 from twin.profile import load_profile
 from twin.routing import BASE_MODEL, Placement, WorkerPlacement
@@ -85,9 +86,17 @@ def from_planner(adapters: Sequence[AdapterDemand], workers: Sequence[str],
                  surrogate: Surrogate, *, gpu: str = "a100-80gb",
                  model: str = "llama-3.1-8b", profile: str = "roofline-default",
                  max_model_len: int = 8192) -> InitialPlan:
-    """The planner's fewest-GPU plan mapped onto ``workers``."""
-    plan = place(adapters, get_model(model), get_gpu(gpu), load_profile(profile), surrogate,
-                 PlannerConfig(max_model_len=max_model_len))
+    """The planner's fewest-GPU plan, checked (and repaired) in the cluster twin, mapped onto
+    ``workers``."""
+    specs = (get_model(model), get_gpu(gpu), load_profile(profile))
+    config = PlannerConfig(max_model_len=max_model_len)
+    plan = place(adapters, *specs, surrogate, config)
+    predictor = Predictor(surrogate, *specs, config)
+    checked = validate(plan, predictor)
+    plan, checked = repair(plan, predictor, checked)
+    if not checked.ok:
+        logger.warning("the twin still finds GPUs %s starving after repair",
+                       checked.starved_gpus)
     n = len(workers)
     if plan.num_gpus > n:
         logger.warning("the plan needs %d GPUs but %d workers run; folding it onto them",

@@ -133,7 +133,7 @@ def test_validation_routes_base_model_load_as_the_gateway_does(surrogate, specs)
     assert by_worker == [{"<base>"}, {"sql"}]
 
 
-def test_validation_by_groups_equals_one_cluster_run(surrogate, specs) -> None:  # noqa: ANN001
+def test_validation_by_groups_equals_one_cluster_run(surrogate, specs) -> None:
     from planner.placer import GpuPlan, Plan
     from planner.validate import validate, workload_for
     from twin import EngineConfig, Placement, RoutingPolicy, WorkerPlacement, simulate_cluster

@@ -1,0 +1,165 @@
+"""``lorafleet demo``: the gateway in front of an emulated fleet, under a demo load, showing
+the GPUs it uses against the naive placements.
+
+    lorafleet demo [--seconds N] [--time-scale K] [--workers W] [--json]
+
+It ends after ``--seconds`` wall seconds (0: at Ctrl-C; Ctrl-C ends any run early) and
+prints a summary; with ``--json`` the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from gateway.demo.fleet import FleetSpec, plan_demo, start_demo
+from gateway.demo.stats import DemoStats
+from gateway.demo.view import plain_line, render, snapshot, summary, summary_table
+from gateway.demo.workload import Arrivals, demo_adapters
+from gateway.emulator.errors import StartupError
+from gateway.server.planning import InitialPlan
+from planner.features import AdapterDemand
+from twin.errors import ConfigError
+
+__all__ = ["register"]
+
+PLAIN_EVERY_S = 5.0  # progress lines on a pipe
+LIVE_EVERY_S = 0.5
+
+
+def register(sub: Any) -> None:
+    """Add ``demo`` to the ``lorafleet`` subcommands."""
+    p = sub.add_parser("demo", help="show the gateway saving GPUs on an emulated fleet")
+    p.add_argument("--seconds", type=float, default=75.0,
+                   help="wall seconds of arrivals (0: until Ctrl-C), then the requests in "
+                   "flight finish (at most --drain-seconds more); default 75")
+    p.add_argument("--drain-seconds", type=float, default=15.0)
+    p.add_argument("--time-scale", type=float, default=2.0,
+                   help="workers and arrivals run this many times faster than real time")
+    p.add_argument("--workers", type=int, default=8, help="emulated workers (A100-80GB each)")
+    p.add_argument("--adapters", type=int, default=40, help="adapters (ranks 8/16/32)")
+    p.add_argument("--rate", type=float, default=30.0,
+                   help="their total rate, requests per simulated second (Zipf-skewed)")
+    p.add_argument("--stream-fraction", type=float, default=0.2)
+    p.add_argument("--concurrency", type=int, default=400, help="requests on the wire at most")
+    p.add_argument("--shift-every", type=float, default=None, metavar="S",
+                   help="rotate which adapters are hot every S simulated seconds")
+    p.add_argument("--slowdown", type=float, default=1.05,
+                   help="workers' step times against the profile the planner knows")
+    p.add_argument("--jitter", type=float, default=0.1, help="workers' step-time noise")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="end with one JSON line")
+    p.set_defaults(func=_demo)
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name, ok, want in (("seconds", args.seconds >= 0, ">= 0"),
+                           ("time-scale", args.time_scale > 0, "> 0"),
+                           ("workers", args.workers >= 1, ">= 1"),
+                           ("adapters", args.adapters >= 1, ">= 1"),
+                           ("rate", args.rate > 0, "> 0"),
+                           ("stream-fraction", 0 <= args.stream_fraction <= 1, "in [0, 1]"),
+                           ("concurrency", args.concurrency >= 1, ">= 1"),
+                           ("slowdown", args.slowdown > 0, "> 0"),
+                           ("jitter", args.jitter >= 0, ">= 0")):
+        if not ok:
+            value = getattr(args, name.replace("-", "_"))
+            raise ConfigError(f"--{name}", f"must be {want}, got {value!r}")
+    if args.shift_every is not None and not args.shift_every > 0:
+        raise ConfigError("--shift-every", f"must be > 0, got {args.shift_every!r}")
+
+
+async def _report(stats: DemoStats, fleet: Any, baselines: dict[str, int],
+                  console: Console, start: float) -> None:
+    """Refresh the live view (a terminal) or print a progress line now and then (a pipe)."""
+    loop = asyncio.get_running_loop()
+    if not console.is_terminal:
+        while True:
+            await asyncio.sleep(PLAIN_EVERY_S)
+            print(plain_line(snapshot(stats, fleet, baselines, now=loop.time(), start=start)),
+                  flush=True)
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            live.update(render(snapshot(stats, fleet, baselines, now=loop.time(),
+                                        start=start)), refresh=True)
+            await asyncio.sleep(LIVE_EVERY_S)
+
+
+async def _run(args: argparse.Namespace, adapters: list[AdapterDemand], plan: InitialPlan,
+               baselines: dict[str, int], folder: Path, console: Console) -> dict[str, Any]:
+    from gateway.demo.load import LoadSpec, drive, make_client  # openai: a test extra
+
+    spec = FleetSpec(workers=args.workers, slowdown=args.slowdown, jitter=args.jitter,
+                     time_scale=args.time_scale, seed=args.seed)
+    load = LoadSpec(time_scale=args.time_scale, stream_fraction=args.stream_fraction,
+                    concurrency=args.concurrency, drain_timeout_s=args.drain_seconds,
+                    seed=args.seed)
+    fleet = await start_demo(adapters, plan, spec, folder)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    stats = DemoStats(time_scale=args.time_scale)
+    start = loop.time()
+    timer = loop.call_later(args.seconds, stop.set) if args.seconds > 0 else None
+    reporter = loop.create_task(_report(stats, fleet, baselines, console, start))
+    try:
+        async with make_client(fleet.url, args.concurrency) as client:
+            arrivals = Arrivals(adapters, seed=args.seed, shift_every_s=args.shift_every)
+            abandoned = await drive(client, adapters, arrivals, stats, load, stop)
+        wall = loop.time() - start
+        return summary(stats, gpus_active=fleet.gpus_active, planned_gpus=plan.planned_gpus,
+                       baselines=baselines, adapters=len(adapters), wall_s=wall,
+                       abandoned=abandoned, adapters_per_worker=fleet.adapters_per_worker())
+    finally:
+        if timer is not None:
+            timer.cancel()
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGINT)
+        await fleet.stop()
+
+
+def _loop_runner() -> asyncio.Runner:
+    try:
+        import uvloop
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.Runner()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check(args)
+    from gateway.plan_cli import default_surrogate  # trains once, then cached on disk
+
+    console = Console()
+    adapters = demo_adapters(args.adapters, total_rate=args.rate, seed=args.seed)
+    if not args.json:
+        console.print(f"planning {len(adapters)} adapters ({args.rate:g} req/s in all) "
+                      f"for {args.workers} emulated A100-80GB workers ...")
+    plan, baselines = plan_demo(adapters, FleetSpec(workers=args.workers), default_surrogate())
+    with tempfile.TemporaryDirectory(prefix="lorafleet-demo-") as folder, _loop_runner() as r:
+        try:
+            out = r.run(_run(args, adapters, plan, baselines, Path(folder), console))
+        except StartupError as exc:
+            print(f"lorafleet: demo: {exc}", file=sys.stderr)
+            return 2
+    console.print(summary_table(out))
+    if args.json:
+        print(json.dumps(out), flush=True)
+    return 0 if out["failed"] == 0 else 1

@@ -1,0 +1,140 @@
+"""The demo's terminal output: a live ``rich`` view on a terminal, plain progress lines
+otherwise (CI, pipes), and the closing summary (a table, and with ``--json`` one JSON line
+last)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+
+from gateway.demo.fleet import DemoFleet
+from gateway.demo.stats import DemoStats
+
+__all__ = ["Snapshot", "plain_line", "render", "summary", "summary_table"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything one refresh shows."""
+
+    elapsed_s: float
+    time_scale: float
+    requests: int
+    failed: int
+    in_flight: int
+    rate_rps: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    gpus_active: int
+    workers: int
+    baselines: dict[str, int]
+    adapters_per_worker: list[int]
+    outstanding: list[int]
+
+
+def snapshot(stats: DemoStats, fleet: DemoFleet, baselines: dict[str, int], *, now: float,
+             start: float) -> Snapshot:
+    return Snapshot(elapsed_s=now - start, time_scale=stats.time_scale,
+                    requests=stats.requests, failed=stats.failed, in_flight=stats.in_flight,
+                    rate_rps=stats.rate(now, start), ttft_p50_s=stats.ttft_percentile(50),
+                    ttft_p99_s=stats.ttft_percentile(99), gpus_active=fleet.gpus_active,
+                    workers=len(fleet.workers.urls), baselines=baselines,
+                    adapters_per_worker=fleet.adapters_per_worker(),
+                    outstanding=fleet.outstanding())
+
+
+def _s(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
+def _baselines(s: Snapshot) -> str:
+    return ", ".join(f"{k} {v}" for k, v in s.baselines.items())
+
+
+def render(s: Snapshot) -> RenderableType:
+    """The live view."""
+    head = Table(title=f"lorafleet demo: {s.elapsed_s:.0f} s wall, "
+                 f"{s.elapsed_s * s.time_scale:.0f} s simulated (time scale {s.time_scale:g})",
+                 show_header=False)
+    head.add_column(justify="left")
+    head.add_column(justify="right")
+    failed = f"[red]{s.failed}[/red]" if s.failed else "[green]0[/green]"
+    rows = [("requests (failed)", f"{s.requests:,} ({failed})"),
+            ("requests/s wall (simulated)",
+             f"{s.rate_rps:.1f} ({s.rate_rps / s.time_scale:.1f})"),
+            ("in flight", str(s.in_flight)),
+            ("TTFT p50 / p99 (simulated s)", f"{_s(s.ttft_p50_s)} / {_s(s.ttft_p99_s)}"),
+            ("GPUs active", f"[bold green]{s.gpus_active}[/bold green] of {s.workers}"),
+            ("baselines (GPUs)", _baselines(s)),
+            ("re-plans / migrations", "0 / 0 (re-planning not built yet)")]
+    for label, value in rows:
+        head.add_row(label, value)
+    workers = Table(title="workers")
+    for col in ("worker", "adapters", "in flight"):
+        workers.add_column(col, justify="right")
+    for i, (n, q) in enumerate(zip(s.adapters_per_worker, s.outstanding, strict=True)):
+        workers.add_row(f"w{i}", str(n) if n else "[dim]idle[/dim]", str(q))
+    return Group(head, workers)
+
+
+def plain_line(s: Snapshot) -> str:
+    """One progress line for a pipe."""
+    return (f"demo t={s.elapsed_s:.0f}s requests={s.requests} failed={s.failed} "
+            f"rps={s.rate_rps:.1f} ttft_p50={_s(s.ttft_p50_s)}s ttft_p99={_s(s.ttft_p99_s)}s "
+            f"gpus_active={s.gpus_active}/{s.workers} "
+            + "".join(f"baseline_{k}={v} " for k, v in s.baselines.items()) +
+            f"adapters_per_worker={s.adapters_per_worker}")
+
+
+def summary(stats: DemoStats, *, gpus_active: int, planned_gpus: int,
+            baselines: dict[str, int], adapters: int, wall_s: float, abandoned: int,
+            adapters_per_worker: list[int]) -> dict[str, Any]:
+    """The result, as ``--json`` prints it (NaN latencies become null)."""
+    def num(v: float) -> float | None:
+        return None if math.isnan(v) else round(v, 4)
+
+    return {"requests": stats.requests, "failed": stats.failed, "abandoned": abandoned,
+            "streamed": stats.streamed, "errors": dict(stats.errors),
+            "gpus_active": gpus_active, "planned_gpus": planned_gpus,
+            "baselines": baselines,
+            "gpus_saved": baselines["one_per_adapter"] - gpus_active,
+            "adapters": adapters, "adapters_per_worker": adapters_per_worker,
+            "ttft_p50_s": num(stats.ttft_percentile(50)),
+            "ttft_p99_s": num(stats.ttft_percentile(99)),
+            "e2e_p50_s": num(stats.e2e_percentile(50)),
+            "e2e_p99_s": num(stats.e2e_percentile(99)),
+            "migrations": 0, "replans": 0, "replanning": "not built yet",
+            "time_scale": stats.time_scale, "wall_s": round(wall_s, 2),
+            "simulated_s": round(wall_s * stats.time_scale, 1),
+            "requests_per_s": round(stats.requests / wall_s, 2) if wall_s > 0 else 0.0}
+
+
+def summary_table(out: dict[str, Any]) -> Table:
+    failed = out["failed"]
+    table = Table(title="lorafleet demo: summary", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    lat = out["ttft_p50_s"], out["ttft_p99_s"], out["e2e_p50_s"], out["e2e_p99_s"]
+    shown = ["-" if v is None else f"{v:.3f}" for v in lat]
+    rows = [
+        ("GPUs active (planned)", f"{out['gpus_active']} ({out['planned_gpus']})"),
+        *((f"GPUs, baseline {k}", str(v)) for k, v in out["baselines"].items()),
+        ("GPUs saved vs one per adapter", str(out["gpus_saved"])),
+        ("adapters per worker", " ".join(map(str, out["adapters_per_worker"]))),
+        ("requests (streamed)", f"{out['requests']:,} ({out['streamed']:,})"),
+        ("failed", f"[red]{failed}[/red]" if failed else "[green]0[/green]"),
+        ("still queued at the end (abandoned)", str(out["abandoned"])),
+        ("TTFT p50 / p99 (simulated s)", f"{shown[0]} / {shown[1]}"),
+        ("E2E p50 / p99 (simulated s)", f"{shown[2]} / {shown[3]}"),
+        ("wall / simulated s", f"{out['wall_s']:.0f} / {out['simulated_s']:.0f}"),
+        ("re-plans / migrations", "0 / 0 (re-planning and migration are not built yet)"),
+    ]
+    if out["errors"]:
+        rows.append(("errors", ", ".join(f"{k} {v}" for k, v in out["errors"].items())))
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
