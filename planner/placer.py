@@ -217,9 +217,24 @@ def place(adapters: Sequence[AdapterDemand], model: ModelSpec, gpu: GpuSpec,
     return Plan(gpus=gpus, adapters=list(adapters))
 
 
+def _merged(items: Sequence[AdapterDemand]) -> list[AdapterDemand]:
+    """Replicas of one adapter that land on the same GPU are one adapter there, with their
+    rates summed: check what will be deployed."""
+    rates: dict[str, float] = {}
+    first: dict[str, AdapterDemand] = {}
+    for a in items:
+        rates[a.name] = rates.get(a.name, 0.0) + a.rate
+        first.setdefault(a.name, a)
+    return [_with_rate(first[name], rate) for name, rate in rates.items()]
+
+
 def _fill(queue: list[AdapterDemand], predictor: Predictor) -> tuple[int, Verdict]:
     """The longest feasible prefix of ``queue`` (at least one adapter) and its verdict."""
-    first = predictor.best(queue[:1])
+
+    def best(n: int) -> Verdict:
+        return predictor.best(_merged(queue[:n]))
+
+    first = best(1)
     if not first.feasible:  # cannot happen after replication, except at memory limits
         engine = predictor.engine_for(queue[:1], 1)
         return 1, Verdict(True, engine, 0.0, 0.0, 1.0)
@@ -228,14 +243,14 @@ def _fill(queue: list[AdapterDemand], predictor: Predictor) -> tuple[int, Verdic
     for n in points:
         if n <= good:
             continue
-        v = predictor.best(queue[:n])
+        v = best(n)
         if v.feasible:
             good, good_verdict = n, v
             continue
         lo, hi = good, n  # feasible at lo, not at hi
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            vm = predictor.best(queue[:mid])
+            vm = best(mid)
             if vm.feasible:
                 lo, good_verdict = mid, vm
             else:
