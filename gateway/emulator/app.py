@@ -35,6 +35,7 @@ from gateway.emulator.config import WorkerConfig
 from gateway.emulator.errors import ApiError
 from gateway.emulator.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest, parse_body
 from gateway.emulator.service import VLLM_VERSION, EmulatedWorker
+from gateway.http import serve
 from gateway.keys import EMULATED_WORKER
 
 __all__ = ["create_app", "serve"]
@@ -106,12 +107,3 @@ def create_app(cfg: WorkerConfig) -> web.Application:
     app.router.add_get("/health", _health)
     app.router.add_get("/version", _version)
     return app
-
-
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Start serving ``app`` (handler cancellation on); the caller cleans the runner up."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    return runner

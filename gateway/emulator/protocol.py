@@ -13,9 +13,10 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from gateway.emulator.errors import ApiError
+from gateway.openai_schema import OpenAIBody, StreamOptions, validation_message
 
 __all__ = [
     "ChatCompletionRequest",
@@ -31,16 +32,7 @@ __all__ = [
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Base(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class StreamOptions(_Base):
-    include_usage: bool | None = False
-    continuous_usage_stats: bool | None = False
-
-
-class SamplingRequest(_Base):
+class SamplingRequest(OpenAIBody):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=1)
@@ -71,7 +63,7 @@ class CompletionRequest(SamplingRequest):
     echo: bool = False
 
 
-class ChatMessage(_Base):
+class ChatMessage(OpenAIBody):
     role: str
     content: str | list[dict[str, Any]] | None = None
 
@@ -90,13 +82,13 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
 
-class LoadLoRAAdapterRequest(_Base):
+class LoadLoRAAdapterRequest(OpenAIBody):
     lora_name: str
     lora_path: str
     load_inplace: bool = False
 
 
-class UnloadLoRAAdapterRequest(_Base):
+class UnloadLoRAAdapterRequest(OpenAIBody):
     lora_name: str
     lora_int_id: int | None = None
 
@@ -106,11 +98,6 @@ def parse_body(model: type[M], data: object) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0] if errors else None
-        param = ".".join(str(p) for p in first["loc"]) if first else None
-        label = "error" if len(errors) == 1 else "errors"
-        lines = [f"{len(errors)} validation {label}:"]
-        lines += [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5]]
-        raise ApiError(HTTPStatus.BAD_REQUEST, HTTPStatus.BAD_REQUEST.phrase, "\n".join(lines),
+        message, param = validation_message(exc)
+        raise ApiError(HTTPStatus.BAD_REQUEST, HTTPStatus.BAD_REQUEST.phrase, message,
                        param) from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.http import serve
 from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS
 from gateway.server.config import GatewayConfig
 from gateway.server.errors import error_middleware
@@ -49,12 +50,3 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     app.cleanup_ctx.append(health_checks)
     add_routes(app)
     return app
-
-
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve ``app`` with handler cancellation on (a client that leaves cancels its handler,
-    which closes the upstream connection); the caller cleans the runner up."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner

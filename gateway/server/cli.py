@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import tempfile
 from dataclasses import replace
@@ -24,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.emulator.errors import StartupError
+from gateway.http import until_signalled
 from gateway.keys import FLEET
 from gateway.server.app import create_app, serve
 from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint, load_config
@@ -130,11 +130,7 @@ async def _main(args: argparse.Namespace, cfg: GatewayConfig, plan: InitialPlan 
         if not await _wait_ready(app):
             logger.warning("not ready after %.0f s; serving anyway", READY_TIMEOUT_S)
         print(f"http://{cfg.host}:{port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await until_signalled()
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from gateway.openai_schema import OpenAIBody, StreamOptions, validation_message
 from gateway.server.errors import ApiError
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "SamplingRequest", "StreamOptions",
@@ -19,16 +20,7 @@ __all__ = ["ChatCompletionRequest", "CompletionRequest", "SamplingRequest", "Str
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Base(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class StreamOptions(_Base):
-    include_usage: bool | None = False
-    continuous_usage_stats: bool | None = False
-
-
-class SamplingRequest(_Base):
+class SamplingRequest(OpenAIBody):
     model: str = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -60,10 +52,5 @@ def parse_body(model: type[M], data: object) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0] if errors else None
-        param = ".".join(str(p) for p in first["loc"]) if first else None
-        label = "error" if len(errors) == 1 else "errors"
-        lines = [f"{len(errors)} validation {label}:"]
-        lines += [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5]]
-        raise ApiError.bad_request("\n".join(lines), param or None) from None
+        message, param = validation_message(exc)
+        raise ApiError.bad_request(message, param) from None
