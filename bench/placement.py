@@ -42,13 +42,14 @@ def adapters(n: int, total_rate: float, seed: int = 0) -> list[AdapterDemand]:
             for i, r in enumerate(rates)]
 
 
-def run(n: int, validate_plan: bool, baselines_twin: bool,
-        pool: ProcessPoolExecutor) -> dict[str, object]:
+def run(n: int, validate_plan: bool, baselines_twin: bool, pool: ProcessPoolExecutor,
+        rate_per_adapter: float | None = None) -> dict[str, object]:
     model, gpu, profile = get_model("llama-3.1-8b"), get_gpu("a100-80gb"), \
         load_profile("roofline-default")
     surrogate = default_surrogate()
     predictor = Predictor(surrogate, model, gpu, profile, PlannerConfig())
-    demand = adapters(n, total_rate=0.6 * n if n > 8 else 4.0)
+    per = rate_per_adapter if rate_per_adapter is not None else (0.6 if n > 8 else 0.5)
+    demand = adapters(n, total_rate=per * n)
     started = time.perf_counter()
     plan = place(demand, model, gpu, profile, surrogate)
     plan_s = time.perf_counter() - started
@@ -62,7 +63,7 @@ def run(n: int, validate_plan: bool, baselines_twin: bool,
     row["baselines_s"] = time.perf_counter() - started
     row.update(counts)
     row["baselines_confirmed"] = confirmed
-    row["exact"] = exact_min_gpus(demand, predictor) if n <= 10 else None
+    row["exact"] = exact_min_gpus(demand, predictor) if n <= 12 else None
     if validate_plan:
         started = time.perf_counter()
         v = validate(plan, predictor, duration_s=180, map_fn=pool.map)
@@ -82,13 +83,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[8, 50, 200, 1000])
     parser.add_argument("--no-validate", action="store_true",
                         help="skip the cluster twin (placer plan and baselines)")
+    parser.add_argument("--rate-per-adapter", type=float, default=None,
+                        help="mean req/s per adapter (default 0.5 up to 8 adapters, else 0.6)")
+    parser.add_argument("--out", default="placement.json", help="file under bench/results")
     parser.add_argument("--baselines-twin-max", type=int, default=200,
                         help="confirm baselines in the twin up to this many adapters")
     args = parser.parse_args()
     # Independent groups of GPUs are simulated in parallel, one process per core.
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
-        rows = [run(n, not args.no_validate, n <= args.baselines_twin_max, pool)
-                for n in args.sizes]
+        rows = [run(n, not args.no_validate, n <= args.baselines_twin_max, pool,
+                    args.rate_per_adapter) for n in args.sizes]
     table = Table(title="placer vs baselines (A100-80GB, Llama-3.1-8B, Zipf rates)")
     cols = ["adapters", "total_rate", "placer", "placer_after_repair", "exact", "lower_bound",
             "one_per_adapter", "round_robin", "first_fit", "twin_ok_first", "twin_ok",
@@ -101,7 +105,7 @@ def main() -> None:
     Console(width=200).print(table)
     out = ROOT / "bench/results"
     out.mkdir(exist_ok=True)
-    (out / "placement.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / args.out).write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
