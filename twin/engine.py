@@ -163,9 +163,7 @@ class EngineCore:
         """Write the lazily kept token counts back into every request in decode (for a
         summary of a run that ends with requests in flight)."""
         for request in self.decoding.members:
-            computed = DecodeSet.computed(request, self.g)
-            request.num_computed_tokens = computed
-            request.num_output_tokens = computed - request.prompt_tokens + 1
+            self._settle_decode(request, self.g)
 
     def computed_tokens(self, request: Request) -> int:
         if request in self.decoding:
@@ -208,16 +206,14 @@ class EngineCore:
         g = self.g
         budget = cfg.max_num_batched_tokens
         preempted = False
-        n_dec = len(self.decoding)
         need = self.decoding.blocks_needed(g)
         if need <= self.free_blocks:
             self.free_blocks -= need
-            scheduled_decodes = n_dec
-            budget -= n_dec
+            budget -= len(self.decoding)
         else:
-            scheduled_decodes, budget = self._schedule_with_preemption(budget)
+            budget = self._schedule_with_preemption(budget)
             preempted = True
-        del scheduled_decodes  # every request left in self.decoding is scheduled
+        # Every request left in self.decoding is scheduled in this step.
         context = self.decoding.context_tokens(g)
         loras = set(self.decoding.lora_counts)
         prefills: list[tuple[Request, int]] = []
@@ -271,12 +267,16 @@ class EngineCore:
         self._finish_prefills(prefills, end)
         return not (preempted or prefills or loads or finished)
 
+    def _long_prefill_cap(self, tokens: int) -> int:
+        """``long_prefill_token_threshold``, which vLLM ignores with one request in all."""
+        threshold = self.config.long_prefill_token_threshold
+        if 0 < threshold < tokens and len(self.running) + len(self.waiting) > 1:
+            return threshold
+        return tokens
+
     def _chunk(self, request: Request, budget: int) -> int:
         remaining = request.num_tokens - request.num_computed_tokens
-        threshold = self.config.long_prefill_token_threshold
-        if 0 < threshold < remaining and len(self.running) + len(self.waiting) > 1:
-            remaining = threshold
-        return min(remaining, budget)
+        return min(self._long_prefill_cap(remaining), budget)
 
     def _admit(self, budget: int, loras: set[int], prefills: list[tuple[Request, int]]) -> None:
         """The waiting pass of ``schedule()``; sets ``admission_open``."""
@@ -293,10 +293,7 @@ class EngineCore:
             if request is None:
                 self.admission_open = True  # an arrival could be admitted
                 break
-            num_new = request.num_tokens
-            threshold = cfg.long_prefill_token_threshold
-            if 0 < threshold < num_new and len(self.running) + len(waiting) > 1:
-                num_new = threshold
+            num_new = self._long_prefill_cap(request.num_tokens)
             if not cfg.enable_chunked_prefill and num_new > budget:
                 stop_seq = request.queue_seq
                 break
@@ -325,11 +322,11 @@ class EngineCore:
         if not waiting:
             self.admission_open = True
 
-    def _schedule_with_preemption(self, budget: int) -> tuple[int, int]:
-        """The running pass when decodes do not all fit: vLLM's loop, request by request."""
+    def _schedule_with_preemption(self, budget: int) -> int:
+        """The running pass when decodes do not all fit: vLLM's loop, request by request.
+        Returns the budget left."""
         bs = self.config.block_size
         g = self.g
-        scheduled = 0
         for request in list(self.running):
             if request not in self.running:
                 break  # preempted from the tail: the pass has reached the victims
@@ -344,24 +341,36 @@ class EngineCore:
             if request not in self.running:
                 break
             self.free_blocks -= need
-            scheduled += 1
             budget -= 1
         # Requests in decode after a preemption have been scheduled or preempted; the
         # ones left in self.decoding were all scheduled.
-        return scheduled, budget
+        return budget
 
     # -- step results ----------------------------------------------------------------------
 
     def _finish_decodes(self, g: int, n: int, duration: int, end: int) -> bool:
         if n:
-            self.generation_tokens += n
-            self.itl_ns.append(np.array([duration], dtype=np.int64))
-            self.itl_weight.append(np.array([n], dtype=np.int64))
-            for request in self.decoding.streaming:
-                self._events.append(EngineEvent(EventKind.TOKEN, end, request.request_id))
-        done = self.decoding.pop_finished(g)
+            self._record_decode_steps(np.array([duration], dtype=np.int64),
+                                      np.array([end], dtype=np.int64))
+        return self._complete_decodes(g, end)
+
+    def _record_decode_steps(self, durations: np.ndarray, ends: np.ndarray) -> None:
+        """Tokens, inter-token latencies and streamed token events of decode steps that all
+        ran the whole decode set."""
+        n = len(self.decoding)
+        self.generation_tokens += n * len(durations)
+        self.itl_ns.append(durations)
+        self.itl_weight.append(np.full(len(durations), n, dtype=np.int64))
+        if self.decoding.streaming:
+            ids = [r.request_id for r in self.decoding.streaming]
+            self._events.extend(EngineEvent(EventKind.TOKEN, int(t), rid)
+                                for t in ends for rid in ids)
+
+    def _complete_decodes(self, last_step: int, end: int) -> bool:
+        """Finish the requests in decode whose last token came in step ``last_step``."""
+        done = self.decoding.pop_finished(last_step)
         for request in done:
-            self._settle_decode(request, g + 1)
+            self._settle_decode(request, last_step + 1)
             del self.running[request]
             self._finish(request, end, aborted=False)
         return bool(done)
@@ -456,38 +465,15 @@ class EngineCore:
         durations, ends = durations[:k], ends[:k]
         self.fast_steps += k
         self.free_blocks -= dec.blocks_needed_over(self.g, k)
-        self.generation_tokens += n * k
-        self.itl_ns.append(durations)
-        self.itl_weight.append(np.full(k, n, dtype=np.int64))
-        if dec.streaming:
-            ids = [r.request_id for r in dec.streaming]
-            self._events.extend(EngineEvent(EventKind.TOKEN, int(t), rid)
-                                for t in ends for rid in ids)
+        self._record_decode_steps(durations, ends)
         if self.steps is not None:
-            self._log_run(starts[:k], durations, context[:k], n, len(dec.lora_counts))
+            self.steps.extend_decode_run(starts[:k], durations, context[:k], decode_seqs=n,
+                                         adapters=len(dec.lora_counts),
+                                         running=len(self.running), waiting=len(self.waiting))
         last = self.g + k - 1
         self.now_ns = int(ends[-1])
-        done = dec.pop_finished(last)
-        for request in done:
-            self._settle_decode(request, last + 1)
-            del self.running[request]
-            self._finish(request, self.now_ns, aborted=False)
+        self._complete_decodes(last, self.now_ns)
         self.g = last + 1
-
-    def _log_run(self, starts: np.ndarray, durations: np.ndarray, context: np.ndarray,
-                 n: int, adapters: int) -> None:
-        assert self.steps is not None
-        k = len(starts)
-        s = self.steps
-        s.start_ns.extend(starts.tolist())
-        s.duration_ns.extend(durations.tolist())
-        s.prefill_tokens.extend([0] * k)
-        s.decode_seqs.extend([n] * k)
-        s.context_tokens.extend(context.astype(np.int64).tolist())
-        s.distinct_adapters.extend([adapters] * k)
-        s.lora_load_ns.extend([0] * k)
-        s.num_running.extend([len(self.running)] * k)
-        s.num_waiting.extend([len(self.waiting)] * k)
 
     # -- state -----------------------------------------------------------------------------
 

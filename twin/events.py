@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+import numpy as np
+
 __all__ = ["EngineEvent", "EngineStats", "EventKind", "StepLog", "StepRecord"]
 
 
@@ -60,6 +62,21 @@ class StepLog:
     def append(self, r: StepRecord) -> None:
         for name in StepRecord.__slots__:
             getattr(self, name).append(getattr(r, name))
+
+    def extend_decode_run(self, starts: np.ndarray, durations: np.ndarray,
+                          context: np.ndarray, *, decode_seqs: int, adapters: int,
+                          running: int, waiting: int) -> None:
+        """Log a run of identical decode steps (no prefill, no adapter load) at once."""
+        k = len(starts)
+        self.start_ns.extend(starts.tolist())
+        self.duration_ns.extend(durations.tolist())
+        self.prefill_tokens.extend([0] * k)
+        self.decode_seqs.extend([decode_seqs] * k)
+        self.context_tokens.extend(context.astype(np.int64).tolist())
+        self.distinct_adapters.extend([adapters] * k)
+        self.lora_load_ns.extend([0] * k)
+        self.num_running.extend([running] * k)
+        self.num_waiting.extend([waiting] * k)
 
     def record(self, i: int) -> StepRecord:
         return StepRecord(**{name: getattr(self, name)[i] for name in StepRecord.__slots__})
