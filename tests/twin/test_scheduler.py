@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.twin.factories import make_engine, make_request, run_to_completion
+from twin.engine import EngineCore
 from twin.events import EventKind
-from twin.request import RequestStatus
+from twin.request import Request, RequestStatus
 
 
 def first_step(engine):
@@ -98,15 +99,21 @@ def test_max_num_seqs_caps_running() -> None:
     assert [r.status for r in reqs] == [RequestStatus.RUNNING] * 2 + [RequestStatus.WAITING]
 
 
-def test_preemption_of_last_running_with_recompute_and_no_admission() -> None:
-    # 6 usable blocks of 4 tokens. Two requests of 8 prompt tokens take 2 blocks each;
-    # decoding grows both until blocks run out, and the last admitted is preempted.
+def two_requests_on_six_blocks() -> tuple[EngineCore, Request, Request]:
+    """6 usable blocks of 4 tokens and two requests of 8 + 12 tokens: 10 blocks at the end."""
     engine = make_engine(num_blocks=7, block_size=4, max_num_batched_tokens=64,
                          max_model_len=24)
     a = make_request(prompt=8, max_tokens=12)
     b = make_request(prompt=8, max_tokens=12)
     engine.add_request(a)
     engine.add_request(b)
+    return engine, a, b
+
+
+def test_preemption_of_last_running_with_recompute_and_no_admission() -> None:
+    # 6 usable blocks of 4 tokens. Two requests of 8 prompt tokens take 2 blocks each;
+    # decoding grows both until blocks run out, and the last admitted is preempted.
+    engine, a, b = two_requests_on_six_blocks()
     preempted_at = None
     while preempted_at is None:
         engine._step()
@@ -125,12 +132,7 @@ def test_preemption_of_last_running_with_recompute_and_no_admission() -> None:
 
 
 def test_recompute_costs_prompt_plus_generated_tokens() -> None:
-    engine = make_engine(num_blocks=7, block_size=4, max_num_batched_tokens=64,
-                         max_model_len=24)
-    a = make_request(prompt=8, max_tokens=12)
-    b = make_request(prompt=8, max_tokens=12)
-    engine.add_request(a)
-    engine.add_request(b)
+    engine, _, _ = two_requests_on_six_blocks()
     run_to_completion(engine)
     prefill = sum(engine.steps.prefill_tokens)
     # Both prompts once, plus b's recompute of its prompt and generated tokens.
