@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from planner.features import AdapterDemand
-from planner.placer import SLOT_CANDIDATES, GpuPlan, Plan, Predictor
+from planner.placer import SLOT_CANDIDATES, GpuPlan, Plan, Predictor, Verdict
 from twin.errors import InsufficientMemoryError
 from twin.memory import plan_memory
 
@@ -33,10 +34,13 @@ __all__ = [
 
 
 def _gpu(index: int, adapters: Sequence[AdapterDemand], predictor: Predictor,
-         max_loras: int | None = None) -> GpuPlan:
+         max_loras: int | None = None, verdict: Verdict | None = None) -> GpuPlan:
+    """A GPU of a baseline: the best setting, or ``max_loras`` slots; ``verdict`` when the
+    caller has already asked the predictor."""
     loras = max(1, sum(1 for a in adapters if a.rank > 0))
-    verdict = predictor.best(adapters) if max_loras is None else predictor.check(
-        adapters, predictor.engine_for(adapters, max_loras))
+    if verdict is None:
+        verdict = predictor.best(adapters) if max_loras is None else predictor.check(
+            adapters, predictor.engine_for(adapters, max_loras))
     engine = verdict.engine or predictor.engine_for(adapters, min(loras, max_loras or loras))
     return GpuPlan(index=index, engine=engine, rates={a.name: a.rate for a in adapters},
                    predicted_tps=verdict.predicted_tps, offered_tps=verdict.offered_tps,
@@ -49,10 +53,7 @@ def one_per_adapter(adapters: Sequence[AdapterDemand], predictor: Predictor) -> 
         cap = predictor.alone_capacity(a)
         parts = max(1, math.ceil(a.rate / cap)) if cap > 0 else 1
         for _ in range(parts):
-            part = AdapterDemand(name=a.name, rank=a.rank, rate=a.rate / parts,
-                                 input_tokens=a.input_tokens, output_tokens=a.output_tokens,
-                                 input_std=a.input_std, output_std=a.output_std, cv=a.cv)
-            gpus.append(_gpu(len(gpus), [part], predictor))
+            gpus.append(_gpu(len(gpus), [replace(a, rate=a.rate / parts)], predictor))
     return Plan(gpus=gpus, adapters=list(adapters))
 
 
@@ -65,7 +66,7 @@ def _round_robin_plan(adapters: Sequence[AdapterDemand], n: int,
     for i, g in enumerate(groups):
         verdict = predictor.best(g) if g else None
         ok = ok and (verdict is None or verdict.feasible)
-        gpus.append(_gpu(i, g, predictor) if g else GpuPlan(
+        gpus.append(_gpu(i, g, predictor, verdict=verdict) if g else GpuPlan(
             index=i, engine=predictor.engine_for([], 1), rates={}, predicted_tps=0.0,
             offered_tps=0.0, starvation_proba=0.0))
     return Plan(gpus=gpus, adapters=list(adapters)), ok

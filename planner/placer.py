@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from planner.features import AdapterDemand, worker_features
 from planner.surrogate import Surrogate
@@ -26,7 +26,7 @@ from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
 from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, GpuSpec, ModelSpec
 
-__all__ = ["GpuPlan", "Plan", "PlannerConfig", "Predictor", "place"]
+__all__ = ["GpuPlan", "Plan", "PlannerConfig", "Predictor", "Verdict", "place"]
 
 SLOT_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 320, 384, 512)
 TEST_POINTS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
@@ -160,9 +160,7 @@ class Predictor:
 
 
 def _with_rate(a: AdapterDemand, rate: float) -> AdapterDemand:
-    return AdapterDemand(name=a.name, rank=a.rank, rate=rate, input_tokens=a.input_tokens,
-                         output_tokens=a.output_tokens, input_std=a.input_std,
-                         output_std=a.output_std, cv=a.cv)
+    return replace(a, rate=rate)
 
 
 def _zigzag(items: list[AdapterDemand]) -> list[AdapterDemand]:
