@@ -67,13 +67,25 @@ class Router:
         self._current: dict[str, list[float]] = {}
         self._rr = 0
 
+    def holders(self, adapter: str | None) -> list[tuple[int, float]]:
+        """(worker, share) of the workers that serve ``adapter``; base-model requests go
+        anywhere when no worker is named for them."""
+        holders = self.placement.holders(BASE_MODEL if adapter is None else adapter)
+        if adapter is None and not holders:
+            holders = [(i, 1.0) for i in range(len(self.placement.workers))]
+        return holders
+
     def route(self, adapter: str | None) -> int:
         """The worker for a request of ``adapter`` (None: the base model); counts it."""
         key = BASE_MODEL if adapter is None else adapter
-        holders = self.placement.holders(key)
-        if adapter is None and not holders:
-            holders = [(i, 1.0) for i in range(len(self.placement.workers))]
-        index = self._choose(key, holders)
+        index = self._choose(key, self.holders(adapter))
+        self.outstanding[index] += 1
+        return index
+
+    def route_among(self, candidates: Iterable[int]) -> int:
+        """The least loaded of ``candidates`` (a retry, or the plan's choice is down);
+        counts it."""
+        index = self._least_loaded(candidates)
         self.outstanding[index] += 1
         return index
 

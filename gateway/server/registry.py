@@ -144,10 +144,7 @@ class Fleet:
         router = self.router
         if router is None:
             raise self._unavailable("the gateway has no placement yet")
-        holders = [i for i, _ in router.placement.holders(
-            BASE_MODEL if adapter is None else adapter)]
-        if adapter is None and not holders:
-            holders = list(range(len(self.workers)))
+        holders = [i for i, _ in router.holders(adapter)]
         if not holders:
             raise self._unavailable(f"the adapter `{adapter}` is not loaded on any worker")
         if exclude is None:
@@ -158,10 +155,7 @@ class Fleet:
         others = [i for i in holders if self.workers[i].up and i != exclude]
         if not others:
             raise self._unavailable("no healthy worker holds the requested model")
-        index = min(others, key=lambda i: (router.outstanding[i], i))
-        # The Router has no "route among these" call; count it as route() would.
-        router.outstanding[index] += 1
-        return index
+        return router.route_among(others)
 
     def has_healthy_holder(self, adapter: str) -> bool:
         if self.router is None:

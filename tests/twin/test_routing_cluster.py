@@ -76,3 +76,11 @@ def test_engines_must_match_workers() -> None:
         simulate_cluster(get_model("llama-3.1-8b"), get_gpu("a100-80gb"),
                          load_profile("roofline-default"), [], plan({"a": 1.0}),
                          Workload(adapters=(), duration_s=1), RoutingPolicy.PLACEMENT)
+
+
+def test_route_among_picks_the_least_loaded_candidate_and_counts_it() -> None:
+    router = Router(plan({"a": 1.0}, {"a": 1.0}, {"a": 1.0}), RoutingPolicy.PLACEMENT)
+    router.route("a")  # worker 0
+    assert router.route_among([0, 1]) == 1
+    assert router.outstanding == [1, 1, 0]
+    assert [i for i, _ in router.holders(None)] == [0, 1, 2]  # base model: anywhere
