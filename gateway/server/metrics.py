@@ -49,6 +49,21 @@ class GatewayMetrics:
                                    "GPUs a naive placement would use.", ["policy"], registry=r)
         self.gpus_saved = Gauge("gateway_gpus_saved",
                                 "GPUs saved against one GPU per adapter.", registry=r)
+        self.adapter_rate = Gauge("gateway_adapter_rate",
+                                  "Observed arrival rate (requests/s) over the observer's window.",
+                                  ["adapter"], registry=r)
+        self.migrations = Counter("gateway_migrations", "Adapter moves, by outcome.",
+                                  ["outcome"], registry=r)
+        self.replans = Counter("gateway_replans", "Re-plans, by what triggered them.",
+                               ["trigger"], registry=r)
+        self.replan_seconds = Histogram("gateway_replan_seconds",
+                                        "Time to plan and validate a new placement.",
+                                        buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+                                        registry=r)
+        self.surrogate_error = Gauge("gateway_surrogate_error",
+                                     "Relative error of the surrogate's latency predictions "
+                                     "against observed latency over the last window.",
+                                     registry=r)
 
     def bind(self, fleet: Fleet, adapters: int) -> None:
         """Read the fleet's gauges at scrape time; ``adapters`` is the registered count."""
