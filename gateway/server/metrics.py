@@ -6,18 +6,37 @@ worker, never both. Worker gauges are read from the fleet at scrape time.
 
 from __future__ import annotations
 
+import enum
 from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.server.registry import Fleet
 
-__all__ = ["UNKNOWN", "GatewayMetrics"]
+__all__ = ["UNKNOWN", "GatewayMetrics", "MigrationOutcome", "ReplanTrigger"]
 
 UNKNOWN = "<unknown>"  # the adapter label of requests that name no registered model
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0,
                     80.0, 160.0)
+
+
+class MigrationOutcome(enum.StrEnum):
+    """``gateway_migrations_total{outcome}``: every value is exported from the start at 0."""
+
+    OK = "ok"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+class ReplanTrigger(enum.StrEnum):
+    """``gateway_replans_total{trigger}``: every value is exported from the start at 0."""
+
+    PERIODIC = "periodic"
+    ADMIN = "admin"
+    DRAIN = "drain"
+    WORKER_DOWN = "worker_down"
+    STARTUP = "startup"
 
 
 def _up(fleet: Fleet, index: int) -> float:
@@ -75,6 +94,14 @@ class GatewayMetrics:
         baseline = adapters
         self.gpus_baseline.labels("one_per_adapter").set(baseline)
         self.gpus_saved.set_function(lambda: baseline - fleet.gpus_active)
+        # Labelled series exist from the first scrape (at 0), so dashboards and alert rules
+        # have data before the first request, migration or re-plan.
+        for adapter in sorted(fleet.adapters):
+            self.adapter_rate.labels(adapter).set(0)
+        for outcome in MigrationOutcome:
+            self.migrations.labels(outcome.value)
+        for trigger in ReplanTrigger:
+            self.replans.labels(trigger.value)
 
     def observe(self, adapter: str, status: int, e2e_s: float) -> None:
         self.requests.labels(adapter, str(status)).inc()
