@@ -4,12 +4,17 @@ A profile records its source (hardware, model, vLLM version, date, citations), t
 per-step samples it was fitted on, the fitted coefficients, a per-request overhead (HTTP,
 tokenising) and adapter load times by size, so it can be refitted without measuring again.
 Profiles ship as package data under ``twin/profiles/``; ``load_profile`` takes a bundled
-name or a path (an explicit load, the only file access of the twin).
+name or a path (an explicit load, the only file access of the twin). One name is built in
+rather than bundled: ``instant`` (``instant_profile``), a worker whose steps, request overhead
+and adapter loads take no time at all, for measuring what sits in front of a worker (a
+gateway's proxy overhead). It is not among ``bundled_profiles()``: those describe hardware and
+have positive step times.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,7 +32,10 @@ from twin.step_time import (
     StepTimeModel,
 )
 
-__all__ = ["CalibrationProfile", "LoadTimes", "bundled_profiles", "load_profile", "save_profile"]
+__all__ = ["INSTANT", "CalibrationProfile", "LoadTimes", "bundled_profiles", "instant_profile",
+           "load_profile", "save_profile"]
+
+INSTANT = "instant"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,8 +112,32 @@ def bundled_profiles() -> list[str]:
                   if p.name.endswith(".json"))
 
 
+def instant_profile() -> CalibrationProfile:
+    """A zero-latency worker: every step, the per-request overhead and adapter loads take 0 s.
+
+    Examples
+    --------
+    >>> from twin.catalog import get_gpu, get_model
+    >>> from twin.specs import EngineConfig
+    >>> p = instant_profile()
+    >>> m = p.step_model(get_model("llama-3.1-8b"), get_gpu("a100-80gb"), EngineConfig())
+    >>> m.predict(2048.0, 256.0, 1e6, 8.0), p.request_overhead_s, p.load.disk_s(10**9)
+    (0.0, 0.0, 0.0)
+    """
+    return CalibrationProfile(
+        name=INSTANT, kind="linear",
+        source={"note": "zero-latency worker for proxy-overhead benchmarks (not hardware)"},
+        linear=LinearCoefficients(base_s=0.0, per_token_s=0.0),
+        load=LoadTimes(disk_latency_s=0.0, disk_bytes_per_s=math.inf, cpu_to_gpu_latency_s=0.0,
+                       cpu_to_gpu_bytes_per_s=math.inf),
+        request_overhead_s=0.0)
+
+
 def load_profile(name_or_path: str | Path) -> CalibrationProfile:
-    """Load a bundled profile by name, or a profile JSON file by path."""
+    """Load a bundled profile by name, ``instant`` (``instant_profile``), or a profile JSON
+    file by path."""
+    if name_or_path == INSTANT:
+        return instant_profile()
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
         try:
@@ -116,7 +148,7 @@ def load_profile(name_or_path: str | Path) -> CalibrationProfile:
         res = resources.files("twin") / "profiles" / f"{name_or_path}.json"
         if not res.is_file():
             raise ConfigError("profile", f"unknown profile {str(name_or_path)!r}; bundled: "
-                              f"{bundled_profiles()}")
+                              f"{bundled_profiles()} or {INSTANT!r}")
         text = res.read_text()
     try:
         data = json.loads(text)
