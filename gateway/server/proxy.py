@@ -106,7 +106,7 @@ async def _connect(call: _Call) -> tuple[int, aiohttp.ClientResponse]:
                            exc)
         finally:
             if upstream is None:  # failed, or cancelled (the client left) while waiting
-                fleet.done(index)
+                fleet.done(index, call.adapter)
         if upstream is not None:
             if attempt or call.adapter is None or upstream.status != 404:
                 return index, upstream
@@ -118,7 +118,7 @@ async def _connect(call: _Call) -> tuple[int, aiohttp.ClientResponse]:
             finally:
                 if not handed:  # retrying elsewhere, or cancelled while reading the 404
                     upstream.close()
-                    fleet.done(index)
+                    fleet.done(index, call.adapter)
             fleet.forget(index, call.adapter)
             logger.warning("request %s: %s no longer holds %s; retrying", call.rid,
                            worker.name, call.adapter)
@@ -152,7 +152,7 @@ async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
         finished = result[1] != CLIENT_CLOSED
         return result
     finally:
-        fleet.done(index)
+        fleet.done(index, call.adapter)
         if finished:
             upstream.release()  # keep the connection alive for the next request
         else:

@@ -9,14 +9,18 @@ never routed to a worker that was not asked to load its adapter. Routing itself 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import logging
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.server.config import AdapterEntry, WorkerEndpoint
 from gateway.server.errors import ApiError
 from twin.routing import BASE_MODEL, Placement, Router, RoutingPolicy, WorkerPlacement
+from twin.specs import EngineConfig
 
 __all__ = ["Fleet", "WorkerState", "WorkerStatus"]
 
@@ -26,15 +30,18 @@ logger = logging.getLogger(__name__)
 class WorkerStatus(enum.StrEnum):
     UP = "up"
     DOWN = "down"
+    DRAINING = "draining"  # an operator's drain: alive, routed nothing new, re-planned away
 
 
 @dataclass(slots=True)
 class WorkerState:
-    """One worker as the gateway sees it."""
+    """One worker as the gateway sees it; ``engine`` is what it was started with (vLLM takes
+    ``max_loras``, ``max_cpu_loras`` and ``max_lora_rank`` only at start-up), if known."""
 
     endpoint: WorkerEndpoint
     status: WorkerStatus = WorkerStatus.UP
     resident: set[str] = field(default_factory=set)
+    engine: EngineConfig | None = None
 
     @property
     def up(self) -> bool:
@@ -69,6 +76,8 @@ class Fleet:
         self.plan: Placement | None = None
         self.router: Router | None = None
         self.synced = False  # start-up reconciliation done (residency known)
+        self.inflight: Counter[tuple[int, str | None]] = Counter()  # (worker, adapter) -> n
+        self.changed = asyncio.Event()  # set whenever a request finishes (drain waits on it)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -97,8 +106,15 @@ class Fleet:
         self.plan = plan
         self._install()
 
+    def set_engines(self, engines: Sequence[EngineConfig]) -> None:
+        """The engine options each worker runs with (in worker order)."""
+        for worker, engine in zip(self.workers, engines, strict=True):
+            worker.engine = engine
+
     def set_status(self, index: int, status: WorkerStatus) -> None:
         worker = self.workers[index]
+        if worker.status is WorkerStatus.DRAINING and status is WorkerStatus.UP:
+            return  # health checks do not undo an operator's drain
         if worker.status is not status:
             logger.warning("worker %s (%s) is %s", worker.endpoint.name, worker.endpoint.url,
                            status.value)
@@ -107,6 +123,37 @@ class Fleet:
     def set_resident(self, index: int, names: set[str]) -> None:
         self.workers[index].resident = set(names)
         self._install()
+
+    def undrain(self, index: int) -> None:
+        """Put a drained worker back into service (it is placed again at the next re-plan)."""
+        if self.workers[index].status is WorkerStatus.DRAINING:
+            self.workers[index].status = WorkerStatus.UP
+
+    def holding(self) -> dict[str, frozenset[str]]:
+        """Worker name -> the LoRA adapters routed to it now (the migration diff's input)."""
+        if self.plan is None:
+            return {w.endpoint.name: frozenset() for w in self.workers}
+        return {wp.name: frozenset(k for k in wp.shares if k != BASE_MODEL)
+                for wp in self.plan.workers}
+
+    def busy(self, index: int, adapters: Collection[str | None]) -> int:
+        """Requests in flight on worker ``index`` for any of ``adapters``."""
+        return sum(self.inflight[(index, a)] for a in adapters)
+
+    async def drained(self, index: int, adapters: Collection[str | None],
+                      timeout: float) -> bool:
+        """Wait until worker ``index`` has no request in flight for ``adapters``; False if
+        ``timeout`` seconds pass first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.busy(index, adapters):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
+        return True
 
     def forget(self, index: int, adapter: str) -> None:
         """The worker no longer holds ``adapter`` (it answered 404 for it)."""
@@ -150,21 +197,31 @@ class Fleet:
         if exclude is None:
             index = router.route(adapter)
             if self.workers[index].up:
+                self.inflight[(index, adapter)] += 1
                 return index
             router.done(index)
         others = [i for i in holders if self.workers[i].up and i != exclude]
         if not others:
             raise self._unavailable("no healthy worker holds the requested model")
-        return router.route_among(others)
+        index = router.route_among(others)
+        self.inflight[(index, adapter)] += 1
+        return index
 
     def has_healthy_holder(self, adapter: str) -> bool:
         if self.router is None:
             return False
         return any(self.workers[i].up for i, _ in self.router.placement.holders(adapter))
 
-    def done(self, index: int) -> None:
+    def done(self, index: int, adapter: str | None = None) -> None:
+        """A request picked for worker ``index`` (and ``adapter``) finished or failed."""
         if self.router is not None:
             self.router.done(index)
+        key = (index, adapter)
+        if self.inflight[key] > 1:
+            self.inflight[key] -= 1
+        else:
+            self.inflight.pop(key, None)
+        self.changed.set()
 
     def _unavailable(self, message: str) -> ApiError:
         return ApiError.unavailable(message, self.retry_after_s)

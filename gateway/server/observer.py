@@ -1,0 +1,154 @@
+"""What the gateway sees of its traffic: per-adapter arrival rates and token lengths over a
+sliding window, and per-worker latencies from its own timings.
+
+The replanner turns the window into the planner's ``AdapterDemand`` list: observed rates (in
+the workers' time: divided by ``time_scale`` when emulated workers run faster than real time)
+and observed mean lengths, falling back to the registered figures until the window has seen
+enough. Pure bookkeeping: no I/O, the clock is passed in.
+
+Examples
+--------
+>>> from planner.features import AdapterDemand
+>>> obs = Observer(window_s=10.0)
+>>> for t in range(10):
+...     obs.arrival("sql", now=float(t))
+>>> obs.finished("sql", "w0", prompt_tokens=100, completion_tokens=20, e2e_s=0.5, now=9.0)
+>>> round(obs.rates(now=10.0)["sql"], 2)
+1.0
+>>> [d.input_tokens for d in obs.demands([AdapterDemand(name="sql", rank=8, rate=5.0)],
+...                                      now=10.0, min_span_s=5.0)]
+[100]
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from planner.features import AdapterDemand
+
+__all__ = ["MIN_RATE", "Observer", "WorkerLatency"]
+
+MIN_RATE = 1e-3  # req/s a registered adapter that saw no traffic is planned for (it keeps a slot)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLatency:
+    """One worker's latencies over the window, from the gateway's own timings."""
+
+    requests: int
+    ttft_p50_s: float | None  # streamed requests only
+    itl_mean_s: float | None  # (e2e - ttft) / (completion tokens - 1), streamed requests
+    e2e_p50_s: float | None
+
+
+@dataclass(slots=True)
+class _Done:
+    at: float
+    prompt: int
+    completion: int
+    ttft: float | None
+    e2e: float
+
+
+def _p50(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+class Observer:
+    """Sliding-window counts of the gateway's traffic.
+
+    Parameters
+    ----------
+    window_s
+        How far back rates and lengths look (seconds of wall time).
+    """
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0, got {window_s!r}")
+        self.window_s = window_s
+        self.started: float | None = None
+        self._arrivals: dict[str, deque[float]] = defaultdict(deque)
+        self._done: dict[str, deque[_Done]] = defaultdict(deque)
+        self._by_worker: dict[str, deque[_Done]] = defaultdict(deque)
+
+    def arrival(self, adapter: str, *, now: float) -> None:
+        """A request for ``adapter`` (``twin.routing.BASE_MODEL`` for the base model)."""
+        if self.started is None:
+            self.started = now
+        self._arrivals[adapter].append(now)
+
+    def finished(self, adapter: str, worker: str, *, prompt_tokens: int,
+                 completion_tokens: int, e2e_s: float, now: float,
+                 ttft_s: float | None = None) -> None:
+        """A request served (its usage known)."""
+        done = _Done(now, prompt_tokens, completion_tokens, ttft_s, e2e_s)
+        self._done[adapter].append(done)
+        self._by_worker[worker].append(done)
+
+    def _trim(self, now: float) -> None:
+        cut = now - self.window_s
+        for times in self._arrivals.values():
+            while times and times[0] < cut:
+                times.popleft()
+        for queues in (self._done, self._by_worker):
+            for q in queues.values():
+                while q and q[0].at < cut:
+                    q.popleft()
+
+    def span(self, now: float) -> float:
+        """Seconds the window covers so far (less than ``window_s`` just after start)."""
+        if self.started is None:
+            return 0.0
+        return min(self.window_s, now - self.started)
+
+    def rates(self, *, now: float) -> dict[str, float]:
+        """Arrivals per second of wall time, per adapter, over the window."""
+        self._trim(now)
+        span = self.span(now)
+        if span <= 0:
+            return {}
+        return {k: len(q) / span for k, q in self._arrivals.items() if q}
+
+    def demands(self, registered: Iterable[AdapterDemand], *, now: float,
+                time_scale: float = 1.0, min_span_s: float | None = None
+                ) -> list[AdapterDemand]:
+        """``registered`` with observed rates and mean lengths where the window has them.
+
+        Until the window spans ``min_span_s`` (default: half of it) the registered figures
+        stand. Rates are divided by ``time_scale`` (workers that run ``k`` times faster than
+        real time serve ``k`` times the load of the profile the planner knows).
+        """
+        need = self.window_s / 2 if min_span_s is None else min_span_s
+        if self.span(now) < need:
+            return list(registered)
+        rates = self.rates(now=now)
+        out = []
+        for d in registered:
+            key = d.name
+            rate = max(MIN_RATE, rates.get(key, 0.0) / time_scale)
+            done = self._done.get(key)
+            if done:
+                prompt = sum(x.prompt for x in done) / len(done)
+                completion = sum(x.completion for x in done) / len(done)
+                d = replace(d, input_tokens=max(1, math.ceil(prompt)),
+                            output_tokens=max(1, math.ceil(completion)))
+            out.append(replace(d, rate=rate))
+        return out
+
+    def worker_latency(self, worker: str, *, now: float) -> WorkerLatency:
+        """Latencies of the requests ``worker`` finished in the window."""
+        self._trim(now)
+        done = list(self._by_worker.get(worker, ()))
+        ttfts = [x.ttft for x in done if x.ttft is not None]
+        itls = [(x.e2e - x.ttft) / (x.completion - 1) for x in done
+                if x.ttft is not None and x.completion > 1]
+        return WorkerLatency(requests=len(done), ttft_p50_s=_p50(ttfts),
+                             itl_mean_s=sum(itls) / len(itls) if itls else None,
+                             e2e_p50_s=_p50([x.e2e for x in done]))
