@@ -42,6 +42,15 @@ class PlannerConfig:
     gpu_memory_utilization: float = 0.92
     headroom: float = 0.9  # keep predicted throughput >= offered / headroom
     starvation_threshold: float = 0.5
+    # Share of the profile's capacity the workers deliver (planner.online_latency): a worker
+    # whose steps take 1/s times the profile's is the profile's worker under 1/s times the
+    # load (time runs 1/s times slower), so rates are divided by s before the surrogate.
+    capacity_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.capacity_scale > 0 and math.isfinite(self.capacity_scale)):
+            raise ValueError(f"capacity_scale: must be a finite number > 0, "
+                             f"got {self.capacity_scale!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,12 +99,15 @@ class Predictor:
     """The surrogate bound to one model, GPU and profile: is this worker feasible?"""
 
     def __init__(self, surrogate: Surrogate, model: ModelSpec, gpu: GpuSpec,
-                 profile: CalibrationProfile, config: PlannerConfig) -> None:
+                 profile: CalibrationProfile, config: PlannerConfig, *,
+                 capacity_scale: float | None = None) -> None:
         self.surrogate = surrogate
         self.model = model
         self.gpu = gpu
         self.profile = profile
-        self.config = config
+        # ``capacity_scale`` given here replaces the config's (one source of truth: config).
+        self.config = (config if capacity_scale is None
+                       else replace(config, capacity_scale=capacity_scale))
         self.calls = 0
 
     def engine_for(self, adapters: Sequence[AdapterDemand], max_loras: int) -> EngineConfig:
@@ -115,7 +127,7 @@ class Predictor:
         load divided by ``headroom`` (the margin for what the surrogate gets wrong)."""
         self.calls += 1
         step = self.profile.step_model(self.model, self.gpu, engine)
-        scale = 1.0 / self.config.headroom
+        scale = 1.0 / (self.config.headroom * self.config.capacity_scale)
         try:
             x = worker_features([_with_rate(a, a.rate * scale) for a in adapters], engine,
                                 self.model, self.gpu, step, self.profile.memory)
@@ -126,8 +138,10 @@ class Predictor:
         # The paper's starvation test on the predicted throughput, plus the classifier.
         ok = proba < self.config.starvation_threshold and tps >= 0.9 * x["offered_tps"]
         offered = x["offered_tps"] / scale
-        # What the surrogate predicts the worker serves of its real (unscaled) load.
-        return Verdict(ok, engine, min(tps, offered), offered, proba)
+        # What the surrogate predicts the worker serves of its real (unscaled) load, in real
+        # seconds (its prediction is in the profile's time).
+        return Verdict(ok, engine, min(tps * self.config.capacity_scale, offered), offered,
+                       proba)
 
     def best(self, adapters: Sequence[AdapterDemand]) -> Verdict:
         """The feasible ``max_loras`` with the highest predicted throughput (or infeasible)."""

@@ -1,0 +1,134 @@
+"""Online latency learning (issue 7): a worker 20% slower than its profile, seen only through
+the latencies of a non-saturating load, rescales the capacity the placer assumes; the new plan
+holds in the slower twin where the old one starves. Observations that match the profile, with
+jitter, leave the scale at 1."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from planner.features import AdapterDemand, worker_features
+from planner.online_latency import OnlineLatency, SkipReason, WorkerWindow, expected_step_s
+from planner.placer import PlannerConfig, Predictor, place, place_with
+from planner.surrogate import LatencyModel
+from planner.validate import validate, workload_for
+from tests.planner.latency_windows import gateway_windows, perturbed
+from twin import Scenario, simulate
+from twin.specs import EngineConfig
+
+ENGINE = EngineConfig(max_loras=8, max_cpu_loras=8, max_lora_rank=16)
+
+
+def _adapters(total_rate: float, n: int = 8) -> list[AdapterDemand]:
+    return [AdapterDemand(name=f"a{i}", rank=16 if i % 2 else 8, rate=total_rate / n,
+                          input_tokens=512, output_tokens=128, input_std=256, output_std=64)
+            for i in range(n)]
+
+
+def _windows(specs, *, slowdown: float, jitter: float, load: float) -> list[WorkerWindow]:
+    """A twin worker with perturbed step times at ``load`` times its (perturbed) analytic
+    capacity, seen as the gateway sees it in 60 s windows."""
+    model, gpu, profile = specs
+    step = profile.step_model(model, gpu, ENGINE)
+    f = worker_features(_adapters(1.0), ENGINE, model, gpu, step, profile.memory)
+    rate = load * f["est_capacity_tps"] / (512 + 128) / slowdown
+    adapters = _adapters(rate)
+    scenario = Scenario(name="slow", model=model, gpu=gpu, engine=ENGINE,
+                        profile=perturbed(profile, slowdown=slowdown, jitter=jitter, seed=3),
+                        workload=workload_for(adapters, 660.0, 1))
+    result, engine = simulate(scenario, record_steps=True)
+    assert not (result.starved or result.starved_adapters)  # the load does not saturate
+    return gateway_windows(engine, {a.name: a.rank for a in adapters}, worker="w0")
+
+
+def test_scale_converges_to_the_slowdown_under_light_load(specs) -> None:
+    model, gpu, profile = specs
+    latency = LatencyModel("linear")
+    online = OnlineLatency(model, gpu, profile, latency=latency)
+    windows = _windows(specs, slowdown=1.2, jitter=0.0, load=0.6)
+    assert len(windows) >= 8
+    for i, w in enumerate(windows):
+        online.observe(w)
+        if i + 1 < online.min_windows:
+            assert online.capacity_scale() == 1.0  # no move before enough windows
+    assert online.capacity_scale() == pytest.approx(1 / 1.2, rel=0.05)
+    assert online.capacity_scale("w0") == online.capacity_scale()
+    assert online.capacity_scale("other") == 1.0
+    # The latency model learned the observed ITL (it predicts something near it).
+    x = worker_features(windows[-1].adapters, ENGINE, model, gpu,
+                        profile.step_model(model, gpu, ENGINE), profile.memory)
+    assert math.isfinite(latency.predict_one(x)["itl_p50_s"])
+
+
+@pytest.mark.parametrize("jitter", [0.1, 0.3])
+def test_scale_stays_at_one_when_workers_match_the_profile(specs, jitter: float) -> None:
+    model, gpu, profile = specs
+    online = OnlineLatency(model, gpu, profile)
+    for w in _windows(specs, slowdown=1.0, jitter=jitter, load=0.6):
+        obs = online.observe(w)
+        assert obs.ratio is not None
+    assert online.windows() >= 8
+    assert online.capacity_scale() == pytest.approx(1.0, abs=0.03)
+
+
+def test_estimated_distinct_adapters_agree_with_observed(specs) -> None:
+    model, gpu, profile = specs
+    step = profile.step_model(model, gpu, ENGINE)
+    for w in _windows(specs, slowdown=1.0, jitter=0.0, load=0.6)[:3]:
+        seen = expected_step_s(w, step, w.itl_s)
+        guessed = expected_step_s(dataclasses.replace(w, distinct_adapters=None), step, w.itl_s)
+        assert guessed == pytest.approx(seen, rel=0.02)
+
+
+def test_windows_without_evidence_are_skipped(specs) -> None:
+    model, gpu, profile = specs
+    online = OnlineLatency(model, gpu, profile, min_windows=1)
+    base = WorkerWindow(worker="w", engine=ENGINE, adapters=tuple(_adapters(1.0)), itl_s=0.05,
+                        ttft_p50_s=0.2, running=4.0, tokens=10)
+    assert online.observe(base).skipped is SkipReason.TOO_FEW_TOKENS
+    idle = dataclasses.replace(base, tokens=1000, running=0.2)
+    assert online.observe(idle).skipped is SkipReason.IDLE
+    assert online.observe(dataclasses.replace(base, itl_s=math.nan)).skipped \
+        is SkipReason.NO_LATENCY
+    assert online.windows() == 0 and online.capacity_scale() == 1.0
+    slow = dataclasses.replace(base, tokens=1000, itl_s=10.0)  # absurdly slow: clamped
+    assert online.observe(slow).ratio is not None
+    assert online.capacity_scale() == online.bounds[0]
+
+
+def test_capacity_scale_one_is_the_default_plan(surrogate, specs) -> None:
+    model, gpu, profile = specs
+    adapters = _adapters(30.0, 16)
+    default = place(adapters, model, gpu, profile, surrogate)
+    scaled = place_with(adapters, Predictor(surrogate, model, gpu, profile, PlannerConfig(),
+                                            capacity_scale=1.0))
+    assert [(g.rates, g.engine, g.predicted_tps) for g in default.gpus] \
+        == [(g.rates, g.engine, g.predicted_tps) for g in scaled.gpus]
+    with pytest.raises(ValueError, match="capacity_scale"):
+        PlannerConfig(capacity_scale=0.0)
+
+
+def test_learned_scale_adds_capacity_before_anything_starves(surrogate, specs) -> None:
+    """A fleet sized right at the boundary (no headroom margin): the plan at scale 1 holds in
+    the profile's twin but starves in the slower one; the plan at the scale learned from
+    light-load latencies puts less load on every GPU and holds in the slower twin."""
+    model, gpu, profile = specs
+    online = OnlineLatency(model, gpu, profile)
+    for w in _windows(specs, slowdown=1.2, jitter=0.0, load=0.6):
+        online.observe(w)
+    config = PlannerConfig(headroom=1.0)
+    adapters = _adapters(30.0, 16)
+    old = place(adapters, model, gpu, profile, surrogate, config)
+    new = place_with(adapters, Predictor(surrogate, model, gpu, profile, config,
+                                         capacity_scale=online.capacity_scale()))
+    assert new.num_gpus >= old.num_gpus
+    assert max(sum(g.rates.values()) for g in new.gpus) \
+        < 0.9 * max(sum(g.rates.values()) for g in old.gpus)
+    twin = Predictor(surrogate, model, gpu, profile, config)
+    slow_twin = Predictor(surrogate, model, gpu, perturbed(profile, slowdown=1.2), config)
+    assert validate(old, twin, duration_s=300.0).ok  # the old plan was right for the profile
+    assert not validate(old, slow_twin, duration_s=300.0).ok  # not for the slower workers
+    assert validate(new, slow_twin, duration_s=300.0).ok
