@@ -12,7 +12,7 @@ import pytest
 
 from planner.features import AdapterDemand, worker_features
 from planner.online_latency import OnlineLatency, SkipReason, WorkerWindow, expected_step_s
-from planner.placer import PlannerConfig, Predictor, place, place_with
+from planner.placer import PlannerConfig, Predictor, place
 from planner.surrogate import LatencyModel
 from planner.validate import validate, workload_for
 from tests.planner.latency_windows import gateway_windows, perturbed
@@ -103,8 +103,9 @@ def test_capacity_scale_one_is_the_default_plan(surrogate, specs) -> None:
     model, gpu, profile = specs
     adapters = _adapters(30.0, 16)
     default = place(adapters, model, gpu, profile, surrogate)
-    scaled = place_with(adapters, Predictor(surrogate, model, gpu, profile, PlannerConfig(),
-                                            capacity_scale=1.0))
+    scaled = place(adapters, model, gpu, profile, surrogate, PlannerConfig(capacity_scale=1.0))
+    predictor = Predictor(surrogate, model, gpu, profile, PlannerConfig(), capacity_scale=0.8)
+    assert predictor.config.capacity_scale == 0.8
     assert [(g.rates, g.engine, g.predicted_tps) for g in default.gpus] \
         == [(g.rates, g.engine, g.predicted_tps) for g in scaled.gpus]
     with pytest.raises(ValueError, match="capacity_scale"):
@@ -122,8 +123,8 @@ def test_learned_scale_adds_capacity_before_anything_starves(surrogate, specs) -
     config = PlannerConfig(headroom=1.0)
     adapters = _adapters(30.0, 16)
     old = place(adapters, model, gpu, profile, surrogate, config)
-    new = place_with(adapters, Predictor(surrogate, model, gpu, profile, config,
-                                         capacity_scale=online.capacity_scale()))
+    new = place(adapters, model, gpu, profile, surrogate,
+                dataclasses.replace(config, capacity_scale=online.capacity_scale()))
     assert new.num_gpus >= old.num_gpus
     assert max(sum(g.rates.values()) for g in new.gpus) \
         < 0.9 * max(sum(g.rates.values()) for g in old.gpus)
