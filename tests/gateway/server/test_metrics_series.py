@@ -27,5 +27,9 @@ def test_labelled_series_are_precreated_at_zero() -> None:
         assert samples[("gateway_migrations_total", (("outcome", outcome),))] == 0
     for trigger in ("periodic", "admin", "drain", "worker_down", "startup"):
         assert samples[("gateway_replans_total", (("trigger", trigger),))] == 0
+    for model in ("base", "sql", "chat"):  # histograms: rate() sees the first requests
+        assert samples[("gateway_ttft_seconds_count", (("adapter", model),))] == 0
+        assert samples[("gateway_e2e_seconds_count", (("adapter", model),))] == 0
     assert {o.value for o in MigrationOutcome} == {"ok", "failed", "rolled_back"}
-    assert len(ReplanTrigger) == 5
+    assert {t.value for t in ReplanTrigger} >= {"periodic", "admin", "drain", "worker_down",
+                                                 "startup"}
