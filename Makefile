@@ -19,7 +19,7 @@ VLLM_PIP_ARGS ?=
 # Prometheus scrapes a running gateway and answers every dashboard and alert query.
 PROM_STAMP := $(VENV)/.prometheus-installed
 
-.PHONY: run simulate test test-fast test-vllm vllm-env prometheus-env lint bench clean
+.PHONY: run simulate test test-fast test-vllm vllm-env prometheus-env peers-env lint bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,23 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/twin_speed.py
 	$(BIN)/python bench/placement.py --sizes 8 50 200
+	$(BIN)/python bench/gateway.py
+
+# The proxies lorafleet is compared with (vllm-router, LiteLLM), in their own venv.
+PEERS_VENV  ?= .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+peers-env: $(PEERS_STAMP)
+
+$(PEERS_STAMP): requirements/bench-peers.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q -r requirements/bench-peers.txt
+	touch $(PEERS_STAMP)
+
+# lorafleet against direct calls, vllm-router and LiteLLM (about 8 minutes; PEERS_ARGS=--quick).
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/python bench/peers.py $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
