@@ -26,7 +26,7 @@ from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
 from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, GpuSpec, ModelSpec
 
-__all__ = ["GpuPlan", "Plan", "PlannerConfig", "Predictor", "Verdict", "place"]
+__all__ = ["GpuPlan", "Plan", "PlannerConfig", "Predictor", "Verdict", "place", "place_with"]
 
 SLOT_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 320, 384, 512)
 TEST_POINTS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
@@ -69,6 +69,9 @@ class GpuPlan:
 class Plan:
     gpus: list[GpuPlan]
     adapters: list[AdapterDemand] = field(default_factory=list)
+    # Set by ``planner.online.replan``: GPU ``i`` is running worker ``workers[i]`` (an empty
+    # one is to be retired); the GPUs after them are new. Empty for a fresh plan.
+    workers: tuple[str, ...] = ()
 
     @property
     def num_gpus(self) -> int:
@@ -81,7 +84,7 @@ class Plan:
             for name, rate in g.rates.items():
                 out.setdefault(name, {})[g.index] = rate
         for name, parts in out.items():
-            total = sum(parts.values()) or 1.0
+            total = sum(parts.values())  # zero-rate adapters: equal shares, still routable
             out[name] = {i: r / total if total else 1.0 / len(parts) for i, r in parts.items()}
         return out
 
@@ -209,7 +212,12 @@ def place(adapters: Sequence[AdapterDemand], model: ModelSpec, gpu: GpuSpec,
     names = [a.name for a in adapters]
     if len(set(names)) != len(names):
         raise ValueError("adapters: names must be unique")
-    predictor = Predictor(surrogate, model, gpu, profile, config or PlannerConfig())
+    return place_with(adapters, Predictor(surrogate, model, gpu, profile,
+                                          config or PlannerConfig()))
+
+
+def place_with(adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan:
+    """``place`` with a predictor already bound to the model, GPU, profile and config."""
     items = _replicate(adapters, predictor)
     groups: dict[int, list[AdapterDemand]] = {}
     for a in items:
