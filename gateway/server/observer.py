@@ -47,10 +47,18 @@ class WorkerLatency:
 @dataclass(slots=True)
 class _Done:
     at: float
+    adapter: str
     prompt: int
     completion: int
     ttft: float | None
     e2e: float
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _p50(values: list[float]) -> float | None:
@@ -88,7 +96,7 @@ class Observer:
                  completion_tokens: int, e2e_s: float, now: float,
                  ttft_s: float | None = None) -> None:
         """A request served (its usage known)."""
-        done = _Done(now, prompt_tokens, completion_tokens, ttft_s, e2e_s)
+        done = _Done(now, adapter, prompt_tokens, completion_tokens, ttft_s, e2e_s)
         self._done[adapter].append(done)
         self._by_worker[worker].append(done)
 
@@ -141,6 +149,35 @@ class Observer:
                             output_tokens=max(1, math.ceil(completion)))
             out.append(replace(d, rate=rate))
         return out
+
+    def worker_window(self, worker: str, *, now: float, time_scale: float = 1.0
+                      ) -> tuple[list[AdapterDemand], float, float, int] | None:
+        """What ``worker`` served over the window, in the workers' time (``time_scale``):
+        per-adapter demands (observed rate and length means and deviations; rank filled in
+        by the caller), token-weighted mean ITL, median TTFT and the ITL intervals behind it;
+        None when it streamed nothing to time."""
+        self._trim(now)
+        done = list(self._by_worker.get(worker, ()))
+        timed = [x for x in done if x.ttft is not None and x.completion > 1]
+        span = self.span(now)
+        if not timed or span <= 0:
+            return None
+        intervals = sum(x.completion - 1 for x in timed)
+        itl = sum(x.e2e - (x.ttft or 0.0) for x in timed) / intervals * time_scale
+        ttft = (_p50([x.ttft for x in timed if x.ttft is not None]) or 0.0) * time_scale
+        by: dict[str, list[_Done]] = defaultdict(list)
+        for x in done:
+            by[x.adapter].append(x)
+        demands = []
+        for name, xs in sorted(by.items()):
+            ins = [float(x.prompt) for x in xs]
+            outs = [float(x.completion) for x in xs]
+            demands.append(AdapterDemand(
+                name=name, rank=8, rate=len(xs) / span / time_scale,
+                input_tokens=max(1.0, sum(ins) / len(ins)),
+                output_tokens=max(1.0, sum(outs) / len(outs)),
+                input_std=_std(ins), output_std=_std(outs)))
+        return demands, itl, ttft, intervals
 
     def worker_latency(self, worker: str, *, now: float) -> WorkerLatency:
         """Latencies of the requests ``worker`` finished in the window."""

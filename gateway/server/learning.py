@@ -1,0 +1,96 @@
+"""Learning from live traffic, once per window: each worker's observed inter-token latency
+against the profile's step time (``planner.online_latency.OnlineLatency``) sets the capacity
+scale the next plan assumes, and the windows go to the planning process to train the
+surrogate's ``LatencyModel`` there (never on the serving loop).
+
+Below saturation throughput equals the offered load whatever a GPU's capacity, so it teaches
+nothing; latency shows how fast the workers really are at any load (PAPER.md, the planner
+issue). The running batch comes from scraping each worker's ``/metrics``
+(``scrape.WorkerGauges``); latencies and lengths from the gateway's own timings
+(``observer.Observer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+
+import aiohttp
+from aiohttp import web
+
+from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, OBSERVER
+from gateway.server.scrape import WorkerGauges, read_gauges
+from planner.online_latency import OnlineLatency, WorkerWindow
+from twin.catalog import get_gpu, get_model
+from twin.profile import load_profile
+
+__all__ = ["Learner"]
+
+logger = logging.getLogger(__name__)
+
+SCRAPE_INTERVAL_S = 2.0
+
+
+class Learner:
+    """Scrapes the workers and turns each window into ``WorkerWindow`` observations."""
+
+    def __init__(self, app: web.Application) -> None:
+        cfg = app[GATEWAY_CONFIG]
+        self.app = app
+        self.gauges = WorkerGauges()
+        self.online = OnlineLatency(get_model(cfg.model), get_gpu(cfg.gpu),
+                                    load_profile(cfg.profile))
+        self.pending: list[WorkerWindow] = []  # for the planning process's LatencyModel
+        self.last_window = time.monotonic()
+
+    @property
+    def capacity_scale(self) -> float:
+        return self.online.capacity_scale()
+
+    async def scrape(self) -> None:
+        """One scrape of every healthy worker's gauges."""
+        fleet, session = self.app[FLEET], self.app[CLIENT_SESSION]
+        timeout = aiohttp.ClientTimeout(total=SCRAPE_INTERVAL_S)
+
+        async def one(name: str, url: str) -> None:
+            try:
+                async with session.get(f"{url}/metrics", timeout=timeout) as resp:
+                    if resp.status == 200:
+                        self.gauges.add(name, read_gauges(await resp.text()))
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # health checks judge the worker; a missed scrape is just a gap
+
+        await asyncio.gather(*(one(w.endpoint.name, w.endpoint.url)
+                               for w in fleet.workers if w.up))
+
+    def window(self) -> list[WorkerWindow]:
+        """Close a window: observe each worker that served streamed requests in it."""
+        cfg, fleet, observer = self.app[GATEWAY_CONFIG], self.app[FLEET], self.app[OBSERVER]
+        now = time.monotonic()
+        since, self.last_window = self.last_window, now
+        ranks = {n: a.demand.rank for n, a in fleet.adapters.items()}
+        windows = []
+        for w in fleet.workers:
+            name = w.endpoint.name
+            seen = observer.worker_window(name, now=now, time_scale=cfg.time_scale)
+            running = self.gauges.mean(name, "running", since)
+            if seen is None or running is None or w.engine is None:
+                continue
+            demands, itl, ttft, intervals = seen
+            demands = [replace(d, rank=ranks.get(d.name, 0)) for d in demands]
+            window = WorkerWindow(worker=name, engine=w.engine, adapters=tuple(demands),
+                                  itl_s=itl, ttft_p50_s=ttft, running=running,
+                                  tokens=intervals)
+            self.online.observe(window)
+            windows.append(window)
+        self.pending += windows
+        metrics = self.app[GATEWAY_METRICS]
+        metrics.surrogate_error.set(abs(self.online.ratio() - 1.0))
+        return windows
+
+    def take(self) -> tuple[WorkerWindow, ...]:
+        """The windows not yet sent to the planning process."""
+        out, self.pending = tuple(self.pending), []
+        return out

@@ -1,0 +1,176 @@
+"""Carrying out a migration (``planner.migration.Migration``) on the live fleet without
+dropping a request: load on the targets, switch routing once, drain the sources, unload, retire.
+
+1. **Load** every adapter on the workers that gain it (vLLM's runtime LoRA API), a few at a
+   time. If any load fails, the ones this migration loaded are unloaded again and routing is
+   left as it was: the outcome is ``rolled_back``.
+2. **Route**: the new placement is installed in one assignment (``Fleet.set_plan``); requests
+   already on their way keep their worker.
+3. **Drain and unload**: each source waits (bounded) until it has no request in flight for the
+   adapters it lost, then unloads them. A source that does not drain in time keeps the adapter
+   loaded (harmless: vLLM's LRU evicts it) rather than failing a request.
+4. **Retire**: workers left empty are reported (highest-numbered first) and no longer count as
+   GPUs in use.
+
+Adapters the plan puts on workers the fleet does not have (the plan needs more GPUs than run)
+are folded onto the least loaded running holders by ``fold``; the replanner asks the actuator
+for more workers separately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS
+from gateway.server.lora_api import LoraCallError, load_adapter, unload_adapter
+from gateway.server.metrics import MigrationOutcome
+from planner.migration import Migration
+from twin.routing import BASE_MODEL, Placement, WorkerPlacement
+
+__all__ = ["MigrationReport", "execute", "fold"]
+
+logger = logging.getLogger(__name__)
+
+LOAD_CONCURRENCY = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationReport:
+    """What a migration did."""
+
+    outcome: MigrationOutcome
+    loaded: tuple[tuple[str, str], ...] = ()  # (worker, adapter)
+    unloaded: tuple[tuple[str, str], ...] = ()
+    kept: tuple[tuple[str, str], ...] = ()  # sources that did not drain in time
+    retired: tuple[str, ...] = ()
+    seconds: float = 0.0
+    error: str | None = None
+    moved: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, object]:
+        return {"outcome": self.outcome.value, "loaded": [list(x) for x in self.loaded],
+                "unloaded": [list(x) for x in self.unloaded],
+                "kept": [list(x) for x in self.kept], "retired": list(self.retired),
+                "moved": list(self.moved), "seconds": round(self.seconds, 3),
+                "error": self.error}
+
+
+def fold(shares: Mapping[str, Mapping[str, float]], workers: list[str]) -> Placement:
+    """The migration's shares as a placement over ``workers``; shares of workers that do not
+    run are folded onto the running worker with the fewest adapters (ties: lowest index)."""
+    out: dict[str, dict[str, float]] = {w: {} for w in workers}
+    for name, s in shares.items():
+        if name in out:
+            for k, v in s.items():
+                out[name][k] = out[name].get(k, 0.0) + v
+    for name, s in shares.items():
+        if name in out:
+            continue
+        target = min(workers, key=lambda w: (len(out[w]), workers.index(w)))
+        logger.warning("the plan's worker %s does not run; its adapters go to %s", name, target)
+        for k, v in s.items():
+            out[target][k] = out[target].get(k, 0.0) + v
+    return Placement(tuple(WorkerPlacement(name=w, shares=out[w]) for w in workers))
+
+
+async def execute(app: web.Application, migration: Migration) -> MigrationReport:
+    """Carry ``migration`` out on the app's fleet (see the module doc)."""
+    cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
+    metrics = app[GATEWAY_METRICS]
+    started = time.perf_counter()
+    names = [w.endpoint.name for w in fleet.workers]
+    index = {n: i for i, n in enumerate(names)}
+    target = fold(migration.shares, names)
+    holding = fleet.holding()
+    wanted = {wp.name: {k for k in wp.shares if k != BASE_MODEL} for wp in target.workers}
+
+    # 1. load where an adapter is wanted and not resident
+    loads = [(w, a) for w in names for a in sorted(wanted[w])
+             if a not in fleet.workers[index[w]].resident]
+    gate = asyncio.Semaphore(LOAD_CONCURRENCY)
+
+    async def load(worker: str, adapter: str) -> tuple[str, str] | str:
+        entry = fleet.adapters.get(adapter)
+        if entry is None or entry.path is None:
+            return f"{adapter}: not registered"
+        async with gate:
+            try:
+                await load_adapter(session, fleet.workers[index[worker]].endpoint.url, adapter,
+                                   entry.path, timeout=cfg.load_timeout_s)
+            except LoraCallError as exc:
+                return str(exc)
+        fleet.workers[index[worker]].resident.add(adapter)
+        return worker, adapter
+
+    results = await asyncio.gather(*(load(w, a) for w, a in loads))
+    loaded = tuple(r for r in results if isinstance(r, tuple))
+    errors = [r for r in results if isinstance(r, str)]
+    if errors:
+        await _unload_all(app, loaded)
+        metrics.migrations.labels(MigrationOutcome.ROLLED_BACK).inc()
+        logger.warning("migration rolled back: %s", "; ".join(errors))
+        return MigrationReport(outcome=MigrationOutcome.ROLLED_BACK, loaded=loaded,
+                               seconds=time.perf_counter() - started, error=errors[0],
+                               moved=migration.moved)
+
+    # 2. switch routing in one step
+    fleet.set_plan(target)
+
+    # 3. drain each source of what it lost, then unload
+    lost = {w: sorted(holding.get(w, frozenset()) - wanted[w]) for w in names}
+
+    async def release(worker: str, adapters: list[str]) -> tuple[list[str], list[str]]:
+        i = index[worker]
+        done, kept = [], []
+        if not await fleet.drained(i, adapters, cfg.read_timeout_s):
+            busy = [a for a in adapters if fleet.busy(i, [a])]
+            kept += busy
+            adapters = [a for a in adapters if a not in busy]
+        for a in adapters:
+            try:
+                await unload_adapter(session, fleet.workers[i].endpoint.url, a,
+                                     timeout=cfg.load_timeout_s)
+            except LoraCallError as exc:
+                logger.warning("%s; it stays loaded", exc)
+                kept.append(a)
+                continue
+            fleet.workers[i].resident.discard(a)
+            done.append(a)
+        return done, kept
+
+    released = await asyncio.gather(*(release(w, a) for w, a in lost.items() if a))
+    sources = [w for w, a in lost.items() if a]
+    unloaded = tuple((w, a) for w, (done, _) in zip(sources, released, strict=True)
+                     for a in done)
+    kept = tuple((w, a) for w, (_, k) in zip(sources, released, strict=True) for a in k)
+    fleet.set_plan(target)  # reinstall: residency changed
+
+    # 4. retire what is left empty (highest-numbered first)
+    retired = tuple(n for n in reversed(names)
+                    if holding.get(n) and not target.workers[index[n]].shares)
+    for n in retired:
+        logger.info("worker %s retired (nothing placed on it)", n)
+    metrics.migrations.labels(MigrationOutcome.OK).inc()
+    return MigrationReport(outcome=MigrationOutcome.OK, loaded=loaded, unloaded=unloaded,
+                           kept=kept, retired=retired, seconds=time.perf_counter() - started,
+                           moved=migration.moved)
+
+
+async def _unload_all(app: web.Application, pairs: tuple[tuple[str, str], ...]) -> None:
+    cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
+    index = {w.endpoint.name: i for i, w in enumerate(fleet.workers)}
+    for worker, adapter in pairs:
+        i = index[worker]
+        try:
+            await unload_adapter(session, fleet.workers[i].endpoint.url, adapter,
+                                 timeout=cfg.load_timeout_s)
+        except LoraCallError as exc:
+            logger.warning("rollback: %s", exc)
+            continue
+        fleet.workers[i].resident.discard(adapter)

@@ -1,0 +1,123 @@
+"""One re-plan, as it runs in the replanner's worker process: a snapshot in, a migration out.
+
+Everything here is CPU-bound (the surrogate, the placer, the cluster twin) and runs in a
+process of its own so the serving event loop never waits on it. The surrogate is loaded once
+per process.
+
+- ``incremental`` (the periodic default): ``planner.online.replan`` keeps what still fits on
+  the running workers with their fixed engine settings, moves only what must move or what frees
+  a worker, within the move budget.
+- ``fresh`` (an operator's ``{"fresh": true}``): ``planner.placer.place`` from scratch, mapped
+  onto the workers by ``planner.migration.diff`` to move as few adapters as possible.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import cache
+
+from planner.features import AdapterDemand
+from planner.migration import Migration, diff
+from planner.online import RunningWorker, Stability, replan
+from planner.online_latency import OnlineLatency, WorkerWindow
+from planner.placer import Plan, PlannerConfig, Predictor, place
+from planner.surrogate import Surrogate
+from planner.validate import validate
+from twin.catalog import get_gpu, get_model
+from twin.profile import load_profile
+
+__all__ = ["ReplanJob", "ReplanResult", "run_job"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplanJob:
+    """The snapshot a re-plan works from."""
+
+    demands: tuple[AdapterDemand, ...]
+    workers: tuple[RunningWorker, ...]
+    gpu: str
+    model: str
+    profile: str
+    max_model_len: int
+    stability: Stability = field(default_factory=Stability)
+    fresh: bool = False
+    validate: bool = True
+    capacity_scale: float = 1.0
+    windows: tuple[WorkerWindow, ...] = ()  # observed since the last re-plan: training data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplanResult:
+    """The migration to carry out, and what the planner and the twin said of the plan."""
+
+    migration: Migration
+    planned_gpus: int
+    gpus: tuple[dict[str, object], ...]  # per GPU: worker, adapters, predicted/offered tps
+    validated: bool | None  # None: validation off
+    starved: tuple[str, ...]  # workers the twin finds starving
+    plan_seconds: float
+    validate_seconds: float
+
+
+@cache
+def _surrogate() -> Surrogate:
+    from gateway.plan_cli import default_surrogate  # trains once, then cached on disk
+
+    return default_surrogate()
+
+
+def _predictor(job: ReplanJob) -> Predictor:
+    specs = (get_model(job.model), get_gpu(job.gpu), load_profile(job.profile))
+    config = PlannerConfig(max_model_len=job.max_model_len)
+    return Predictor(_surrogate(), *specs, config, capacity_scale=job.capacity_scale)
+
+
+def _new_name(i: int) -> str:
+    return f"new-{i}"
+
+
+def _learn(job: ReplanJob, predictor: Predictor) -> None:
+    """Train the surrogate's latency model on the windows observed since the last re-plan."""
+    if not job.windows:
+        return
+    online = OnlineLatency(predictor.model, predictor.gpu, predictor.profile,
+                           latency=predictor.surrogate.latency)
+    for window in job.windows:
+        online.observe(window)
+
+
+def run_job(job: ReplanJob) -> ReplanResult:
+    """Learn, plan, check in the cluster twin, and diff against what the workers hold now."""
+    predictor = _predictor(job)
+    _learn(job, predictor)
+    names = [w.name for w in job.workers]
+    current = {w.name: w.adapters for w in job.workers}
+    ranks = {d.name: d.rank for d in job.demands}
+    started = time.perf_counter()
+    plan: Plan
+    if job.fresh:
+        plan = place(job.demands, predictor.model, predictor.gpu, predictor.profile,
+                     predictor.surrogate, predictor.config)
+        migration = diff(current, plan, names, new_names=_new_name, ranks=ranks)
+    else:
+        plan = replan(job.demands, job.workers, predictor, job.stability)
+        migration = diff(current, plan, names, new_names=_new_name, ranks=ranks)
+    plan_s = time.perf_counter() - started
+    validated: bool | None = None
+    starved: tuple[str, ...] = ()
+    started = time.perf_counter()
+    if job.validate and plan.gpus:
+        checked = validate(plan, predictor)
+        validated = checked.ok
+        starved = tuple(names[i] if i < len(names) else _new_name(i)
+                        for i in checked.starved_gpus)
+    validate_s = time.perf_counter() - started
+    used = [g for g in plan.gpus if g.rates]
+    gpus = tuple({"gpu": g.index, "adapters": sorted(g.rates),
+                  "max_loras": g.engine.max_loras,
+                  "predicted_tps": round(g.predicted_tps, 1),
+                  "offered_tps": round(g.offered_tps, 1)} for g in used)
+    return ReplanResult(migration=migration, planned_gpus=len(used), gpus=gpus,
+                        validated=validated, starved=starved, plan_seconds=plan_s,
+                        validate_seconds=validate_s)

@@ -1,0 +1,267 @@
+"""The replanner: every ``replan_interval_s``, on ``POST /admin/replan``, on a drain and when a
+worker holding adapters goes down, it plans again from what the observer saw and migrates.
+
+The snapshot (observed demands, the workers' fixed engine options and holdings) goes to a
+process of its own (``replan_job.run_job``: surrogate, placer, cluster twin), never the
+serving event loop; the migration it returns is carried out by ``migrate.execute`` under one
+lock, so re-plans never overlap. ``dry_run`` returns the plan and the diff without acting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, OBSERVER
+from gateway.server.errors import ApiError
+from gateway.server.learning import SCRAPE_INTERVAL_S, Learner
+from gateway.server.metrics import MigrationOutcome, ReplanTrigger
+from gateway.server.migrate import execute
+from gateway.server.planning import fallback_engine
+from gateway.server.registry import WorkerStatus
+from gateway.server.replan_job import ReplanJob, ReplanResult, run_job
+from planner.features import AdapterDemand
+from planner.online import RunningWorker, Stability
+
+__all__ = ["Replanner", "replanning"]
+
+logger = logging.getLogger(__name__)
+
+DOWN_CHECK_S = 1.0
+
+
+class Replanner:
+    """Re-plans the app's fleet; ``history`` keeps the last re-plans for views and the API."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.lock = asyncio.Lock()
+        self.history: deque[dict[str, Any]] = deque(maxlen=100)
+        self.migrations = 0
+        self.planned_gpus: int | None = None
+        self.learner = Learner(app)
+        self.draining: set[int] = set()  # workers being drained: planned around
+        self._handled_down: set[str] = set()
+        self._placing: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    # -- the snapshot ----------------------------------------------------------------------
+
+    def demands(self) -> list[AdapterDemand]:
+        """Registered adapters (and the base model's rank-0 entry) with observed load."""
+        cfg, fleet = self.app[GATEWAY_CONFIG], self.app[FLEET]
+        registered = [a.demand for a in cfg.adapters if a.demand.rank == 0]
+        registered += [a.demand for a in fleet.adapters.values()]
+        registered = [replace(d, name=cfg.base_model) if d.rank == 0 else d for d in registered]
+        return self.app[OBSERVER].demands(registered, now=time.monotonic(),
+                                          time_scale=cfg.time_scale)
+
+    def snapshot(self, *, fresh: bool = False) -> ReplanJob:
+        cfg, fleet = self.app[GATEWAY_CONFIG], self.app[FLEET]
+        demands = self.demands()
+        holding = fleet.holding()
+        default = fallback_engine(demands, cfg.gpu, cfg.max_model_len)
+        workers = tuple(RunningWorker(
+            name=w.endpoint.name, engine=w.engine or default,
+            adapters=holding[w.endpoint.name],
+            up=w.status is WorkerStatus.UP and i not in self.draining)
+            for i, w in enumerate(fleet.workers))
+        return ReplanJob(demands=tuple(demands), workers=workers, gpu=cfg.gpu, model=cfg.model,
+                         profile=cfg.profile, max_model_len=cfg.max_model_len,
+                         stability=Stability(move_budget=cfg.move_budget,
+                                             retire_margin=cfg.retire_margin),
+                         fresh=fresh, validate=cfg.validate_replans,
+                         capacity_scale=self.learner.capacity_scale,
+                         windows=self.learner.take())
+
+    # -- planning off the loop ---------------------------------------------------------------
+
+    async def compute(self, job: ReplanJob) -> ReplanResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_executor(), run_job, job)
+
+    # -- one re-plan -------------------------------------------------------------------------
+
+    async def replan(self, trigger: ReplanTrigger, *, dry_run: bool = False,
+                     fresh: bool = False) -> dict[str, Any]:
+        """Plan again and (unless ``dry_run``) migrate; returns what happened."""
+        metrics = self.app[GATEWAY_METRICS]
+        async with self.lock:
+            started = time.perf_counter()
+            result = await self.compute(self.snapshot(fresh=fresh))
+            metrics.replan_seconds.observe(time.perf_counter() - started)
+            metrics.replans.labels(trigger.value).inc()
+            m = result.migration
+            body: dict[str, Any] = {
+                "trigger": trigger.value, "dry_run": dry_run, "fresh": fresh,
+                "planned_gpus": result.planned_gpus, "gpus": list(result.gpus),
+                "validated": result.validated, "starved": list(result.starved),
+                "plan_seconds": round(result.plan_seconds, 3),
+                "validate_seconds": round(result.validate_seconds, 3),
+                "diff": {"moved": list(m.moved), "retired": list(m.retired),
+                         "added": list(m.added),
+                         "steps": [{"kind": s.kind.value, "worker": s.worker,
+                                    "adapter": s.adapter} for s in m.steps]},
+                "capacity_scale": round(self.learner.capacity_scale, 3),
+                "at": time.time()}
+            if m.added:
+                logger.warning("the plan needs %d more worker(s) than run (%s); their adapters "
+                               "are folded onto running workers", len(m.added),
+                               ", ".join(m.added))
+            if not dry_run and m.steps:
+                report = await execute(self.app, m)
+                body["migration"] = report.as_dict()
+                if report.outcome is MigrationOutcome.OK:
+                    self.migrations += len(m.moved)
+                    self.planned_gpus = result.planned_gpus
+                    await _persist(self.app)
+            elif not dry_run:
+                self.planned_gpus = result.planned_gpus
+            body["gpus_active"] = self.app[FLEET].gpus_active
+            self.history.append(body)
+            logger.info("re-plan (%s): %d GPUs planned, moved %d, retired %s%s", trigger.value,
+                        result.planned_gpus, len(m.moved), list(m.retired),
+                        " (dry run)" if dry_run else "")
+            return body
+
+    # -- triggers ------------------------------------------------------------------------------
+
+    async def drain(self, index: int) -> dict[str, Any]:
+        """An operator's drain of worker ``index``: route nothing new to it, re-plan its
+        adapters elsewhere (its in-flight requests finish), report it retired."""
+        fleet = self.app[FLEET]
+        self.draining.add(index)  # routed as before until the migration moves its adapters
+        try:
+            body = await self.replan(ReplanTrigger.DRAIN)
+        except BaseException:
+            self.draining.discard(index)
+            raise
+        if not fleet.holding()[fleet.workers[index].endpoint.name]:
+            fleet.set_status(index, WorkerStatus.DRAINING)
+        return body
+
+    async def ensure_placed(self, adapter: str, timeout: float) -> None:
+        """Place a registered adapter that no worker holds (a re-plan puts it somewhere and
+        loads it); requests for it wait here, one re-plan for all of them, at most
+        ``timeout`` seconds (then 503 with ``Retry-After``)."""
+        fleet = self.app[FLEET]
+        if fleet.placed(adapter):
+            return
+        task = self._placing.get(adapter)
+        if task is None:
+            task = asyncio.ensure_future(self.replan(ReplanTrigger.ON_DEMAND))
+            self._placing[adapter] = task
+            task.add_done_callback(lambda _: self._placing.pop(adapter, None))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            raise ApiError.unavailable(f"the adapter `{adapter}` is being loaded; retry",
+                                       fleet.retry_after_s) from None
+        except Exception:
+            logger.exception("placing %s failed", adapter)
+        if not fleet.placed(adapter):
+            raise ApiError.unavailable(f"the adapter `{adapter}` could not be placed",
+                                       fleet.retry_after_s)
+
+    def undrain(self, index: int) -> None:
+        """Give a drained worker back to the planner (placed on at the next re-plan)."""
+        self.draining.discard(index)
+        self.app[FLEET].undrain(index)
+
+    async def run(self) -> None:
+        """The periodic loop, and the down-worker watch."""
+        cfg = self.app[GATEWAY_CONFIG]
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + cfg.replan_interval_s if cfg.replan_interval_s else None
+        next_window = loop.time() + cfg.observe_window_s / 2
+        next_scrape = loop.time()
+        while True:
+            await asyncio.sleep(DOWN_CHECK_S)
+            if not self.app[FLEET].synced:
+                continue
+            self._export_rates()
+            if loop.time() >= next_scrape:
+                next_scrape = loop.time() + SCRAPE_INTERVAL_S
+                await self.learner.scrape()
+            if loop.time() >= next_window:
+                next_window = loop.time() + cfg.observe_window_s / 2
+                self.learner.window()
+            try:
+                if self._down_holders():
+                    await self.replan(ReplanTrigger.WORKER_DOWN)
+                elif next_at is not None and loop.time() >= next_at:
+                    await self.replan(ReplanTrigger.PERIODIC)
+                    next_at = loop.time() + cfg.replan_interval_s
+            except Exception:
+                logger.exception("re-plan failed; the placement is unchanged")
+                if next_at is not None:
+                    next_at = loop.time() + cfg.replan_interval_s
+
+    def _export_rates(self) -> None:
+        cfg, metrics = self.app[GATEWAY_CONFIG], self.app[GATEWAY_METRICS]
+        rates = self.app[OBSERVER].rates(now=time.monotonic())
+        for name in self.app[FLEET].adapters:
+            metrics.adapter_rate.labels(name).set(rates.get(name, 0.0) / cfg.time_scale)
+
+    def _down_holders(self) -> bool:
+        """A worker went down while the plan routes adapters to it (once per outage)."""
+        fleet = self.app[FLEET]
+        if not fleet.synced or fleet.plan is None:
+            return False
+        fresh = False
+        for w, wp in zip(fleet.workers, fleet.plan.workers, strict=True):
+            name = w.endpoint.name
+            if w.status is WorkerStatus.DOWN and wp.shares:
+                fresh |= name not in self._handled_down
+                self._handled_down.add(name)
+            elif w.status is not WorkerStatus.DOWN:
+                self._handled_down.discard(name)
+        return fresh
+
+
+_POOL: ProcessPoolExecutor | None = None
+
+
+def _executor() -> ProcessPoolExecutor:
+    """The planning process (one per gateway process, started on first use: the surrogate
+    is loaded once and stays warm between re-plans)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ProcessPoolExecutor(max_workers=1,
+                                    mp_context=multiprocessing.get_context("spawn"))
+    return _POOL
+
+
+async def _persist(app: web.Application) -> None:
+    """Write the state file, when the gateway keeps one."""
+    try:
+        from gateway.server.state import persist
+    except ImportError:  # pragma: no cover - the state store is optional
+        return
+    result = persist(app)
+    if asyncio.iscoroutine(result):
+        await result
+
+
+async def replanning(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: the replanner and its loop."""
+    from gateway.keys import REPLANNER
+
+    replanner = Replanner(app)
+    app[REPLANNER] = replanner
+    task = asyncio.create_task(replanner.run(), name="replanner")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,233 @@
+"""Re-planning and migration on a live fleet of emulated workers, under load from the official
+``openai`` client: adapters move and workers retire with zero failed or truncated requests; a
+load that fails rolls back; a drained or dead worker's adapters are placed elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from gateway.keys import FLEET, REPLANNER
+from gateway.server.metrics import ReplanTrigger
+from gateway.server.registry import WorkerStatus
+from tests.gateway.server.factories import Stack, demands, gateway_stack
+
+MAX_TOKENS = 4
+
+
+@dataclass
+class Tally:
+    ok: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def steady_load(stack: Stack, models: Sequence[str],
+                      concurrency: int = 8) -> AsyncIterator[Tally]:
+    """Clients cycling through ``models`` (every other request streamed) until the block
+    ends; a request fails if it errors or comes back truncated."""
+    tally = Tally()
+    stop = asyncio.Event()
+
+    async def one(client: AsyncOpenAI, model: str, stream: bool) -> None:
+        try:
+            if stream:
+                chunks = [c async for c in await client.completions.create(
+                    model=model, prompt="hello", max_tokens=MAX_TOKENS, stream=True)]
+                text = [c for c in chunks if c.choices]
+                ok = len(text) == MAX_TOKENS and text[-1].choices[0].finish_reason == "length"
+            else:
+                done = await client.completions.create(model=model, prompt="hello",
+                                                       max_tokens=MAX_TOKENS)
+                ok = done.usage is not None and done.usage.completion_tokens == MAX_TOKENS
+        except openai.APIError as exc:
+            tally.failed.append(f"{model}: {exc!r}")
+            return
+        if ok:
+            tally.ok += 1
+        else:
+            tally.failed.append(f"{model}: truncated")
+
+    async def client_loop(k: int) -> None:
+        async with AsyncOpenAI(base_url=stack.v1, api_key="unused", max_retries=0,
+                               timeout=30) as client:
+            i = k
+            while not stop.is_set():
+                await one(client, models[i % len(models)], stream=bool(i % 2))
+                i += concurrency
+
+    tasks = [asyncio.create_task(client_loop(k)) for k in range(concurrency)]
+    try:
+        yield tally
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+def _names(n: int) -> list[str]:
+    return [f"a{i:02d}" for i in range(n)]
+
+
+async def test_fresh_replan_under_load_moves_adapters_and_retires_workers(
+        tmp_path: Path) -> None:
+    names = _names(30)
+    async with gateway_stack(tmp_path, demands(*names), workers=8, roomy=True,
+                             replan_interval_s=0) as stack:
+        fleet, replanner = stack.app[FLEET], stack.app[REPLANNER]
+        assert fleet.gpus_active == 8
+        async with steady_load(stack, names) as tally:
+            await asyncio.sleep(0.5)
+            result = await replanner.replan(ReplanTrigger.ADMIN, fresh=True)
+            await asyncio.sleep(0.5)
+        assert result["migration"]["outcome"] == "ok", result
+        assert result["diff"]["moved"] and result["diff"]["retired"]
+        assert not tally.failed, tally.failed[:5]
+        assert tally.ok > 50
+        assert fleet.gpus_active == result["planned_gpus"] < 8
+        retired = set(result["diff"]["retired"])
+        for i, w in enumerate(fleet.workers):
+            if w.endpoint.name in retired:  # nothing routed, nothing left loaded
+                assert not fleet.plan.workers[i].shares and not w.resident
+        # every adapter is still served
+        async with AsyncOpenAI(base_url=stack.v1, api_key="x", max_retries=0) as client:
+            for name in names:
+                await client.completions.create(model=name, prompt="x", max_tokens=1)
+
+
+async def test_periodic_replan_stays_within_the_move_budget(tmp_path: Path) -> None:
+    names = _names(16)
+    async with gateway_stack(tmp_path, demands(*names), workers=8, roomy=True,
+                             replan_interval_s=0, move_budget=4) as stack:
+        fleet, replanner = stack.app[FLEET], stack.app[REPLANNER]
+        async with steady_load(stack, names) as tally:
+            first = await replanner.replan(ReplanTrigger.PERIODIC)
+            second = await replanner.replan(ReplanTrigger.PERIODIC)
+        assert not tally.failed, tally.failed[:5]
+        assert 0 < len(first["diff"]["moved"]) <= 4
+        assert first["diff"]["retired"]
+        assert fleet.gpus_active < 8
+        assert len(second["diff"]["moved"]) <= 4
+
+
+async def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    names = _names(8)
+    async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
+                             replan_interval_s=0) as stack:
+        fleet = stack.app[FLEET]
+        before = fleet.holding()
+        result = await stack.app[REPLANNER].replan(ReplanTrigger.ADMIN, dry_run=True,
+                                                   fresh=True)
+        assert result["dry_run"] and result["diff"]["steps"] and "migration" not in result
+        assert fleet.holding() == before
+
+
+async def test_failed_load_rolls_back_and_routing_is_unchanged(tmp_path: Path) -> None:
+    names = _names(8)
+    async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
+                             replan_interval_s=0) as stack:
+        fleet = stack.app[FLEET]
+        before = fleet.holding()
+        for name in names:  # no adapter can be loaded anywhere new
+            path = fleet.adapters[name].path
+            assert path is not None
+            shutil.rmtree(path)
+        async with steady_load(stack, names) as tally:
+            result = await stack.app[REPLANNER].replan(ReplanTrigger.ADMIN, fresh=True)
+        assert result["migration"]["outcome"] == "rolled_back"
+        assert result["migration"]["error"]
+        assert fleet.holding() == before
+        assert not tally.failed, tally.failed[:5]
+        assert fleet.gpus_active == 4
+
+
+async def test_drained_worker_hands_its_adapters_over(tmp_path: Path) -> None:
+    names = _names(8)
+    async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
+                             replan_interval_s=0) as stack:
+        fleet = stack.app[FLEET]
+        lost = fleet.holding()["w3"]
+        assert lost
+        async with steady_load(stack, names) as tally:
+            result = await stack.app[REPLANNER].drain(3)
+        assert not tally.failed, tally.failed[:5]
+        assert result["trigger"] == "drain"
+        assert fleet.workers[3].status is WorkerStatus.DRAINING
+        assert not fleet.holding()["w3"]
+        held = set().union(*fleet.holding().values())
+        assert lost <= held
+
+
+async def test_dead_worker_adapters_are_placed_elsewhere(tmp_path: Path) -> None:
+    names = _names(8)
+    async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
+                             replan_interval_s=0) as stack:
+        fleet = stack.app[FLEET]
+        lost = sorted(fleet.holding()["w2"])
+        await stack.workers.runners[2].cleanup()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while fleet.holding()["w2"] or fleet.workers[2].up:
+            assert loop.time() < deadline, "the dead worker's adapters were not re-placed"
+            await asyncio.sleep(0.1)
+        async with AsyncOpenAI(base_url=stack.v1, api_key="x", max_retries=0) as client:
+            for name in lost:
+                await client.completions.create(model=name, prompt="x", max_tokens=1)
+
+
+async def test_admin_routes_replan_and_drain(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAFLEET_TEST_ADMIN", "s3cret")
+    names = _names(8)
+    async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
+                             replan_interval_s=0, admin_token_env="LORAFLEET_TEST_ADMIN",
+                             ) as stack:
+        auth = {"Authorization": "Bearer s3cret"}
+        url = f"{stack.url}/admin"
+        async with stack.session.post(f"{url}/replan", json={"dry_run": True}) as resp:
+            assert resp.status == 401
+        async with stack.session.post(f"{url}/replan", json={"dry_run": 1, "x": 2},
+                                      headers=auth) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["param"]
+        async with stack.session.post(f"{url}/replan", json={"dry_run": True, "fresh": True},
+                                      headers=auth) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert body["dry_run"] and body["diff"]["steps"] and body["planned_gpus"] >= 1
+        async with stack.session.post(f"{url}/workers/w9/drain", headers=auth) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["param"] == "name"
+        async with stack.session.post(f"{url}/workers/w1/drain", headers=auth) as resp:
+            assert resp.status == 200
+        assert not stack.app[FLEET].holding()["w1"]
+        async with stack.session.post(f"{url}/workers/w1/undrain", headers=auth) as resp:
+            assert (await resp.json())["status"] == "up"
+
+
+async def test_registered_adapter_is_placed_on_first_request(tmp_path: Path) -> None:
+    names = _names(4)
+    async with gateway_stack(tmp_path, demands(*names), workers=2, roomy=True,
+                             replan_interval_s=0) as stack:
+        fleet = stack.app[FLEET]
+        entry = fleet.adapters.pop("a03")  # registered later, placed nowhere yet
+        for wp in fleet.plan.workers:
+            wp.shares.pop("a03", None)
+        fleet.set_plan(fleet.plan)
+        fleet.adapters["a03"] = entry
+        assert not fleet.placed("a03")
+        async with AsyncOpenAI(base_url=stack.v1, api_key="x", max_retries=0,
+                               timeout=60) as client:
+            done = await asyncio.gather(*(client.completions.create(
+                model="a03", prompt="x", max_tokens=2) for _ in range(5)))
+        assert all(d.usage is not None and d.usage.completion_tokens == 2 for d in done)
+        assert fleet.placed("a03")
+        triggers = [h["trigger"] for h in stack.app[REPLANNER].history]
+        assert triggers == ["on_demand"]  # one re-plan for all five requests
