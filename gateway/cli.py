@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gateway import plan_cli, planner_cli
+from gateway import admin_cli, plan_cli, planner_cli
 from gateway.demo import cli as demo_cli
 from gateway.emulator import cli as emulator_cli
 from gateway.server import cli as server_cli
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     plan_cli.register(sub)
     emulator_cli.register(sub)
     server_cli.register(sub)
+    admin_cli.register(sub)
     demo_cli.register(sub)
     # Each further command family registers its own subparsers (and sets ``func``) here.
     return parser

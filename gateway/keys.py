@@ -12,12 +12,15 @@ from aiohttp import ClientSession, web
 
 if TYPE_CHECKING:
     from gateway.emulator.service import EmulatedWorker
+    from gateway.server.auth import ApiKey, KeyRing
     from gateway.server.config import GatewayConfig
     from gateway.server.metrics import GatewayMetrics
     from gateway.server.registry import Fleet
+    from gateway.server.state import StateKeeper
 
-__all__ = ["CLIENT_SESSION", "EMULATED_WORKER", "FLEET", "GATEWAY_CONFIG", "GATEWAY_METRICS",
-           "REQUEST_ID"]
+__all__ = ["ADMIN_TOKEN", "API_KEY", "CLIENT_SESSION", "EMULATED_WORKER", "FLEET",
+           "GATEWAY_CONFIG", "GATEWAY_METRICS", "KEYRING", "REQUEST_ID", "REQUEST_MODEL",
+           "STATE_KEEPER", "UPSTREAM_WORKER"]
 
 EMULATED_WORKER: web.AppKey[EmulatedWorker] = web.AppKey("emulated_worker")
 
@@ -27,3 +30,10 @@ CLIENT_SESSION = web.AppKey("gateway_client_session", ClientSession)
 FLEET: web.AppKey[Fleet] = web.AppKey("gateway_fleet")
 GATEWAY_METRICS: web.AppKey[GatewayMetrics] = web.AppKey("gateway_metrics")
 REQUEST_ID = web.RequestKey("gateway_request_id", str)
+# Keys, admin token, state (gateway/server/auth.py, admin.py, state.py, access.py).
+KEYRING: web.AppKey[KeyRing] = web.AppKey("gateway_keyring")
+ADMIN_TOKEN: web.AppKey[bytes | None] = web.AppKey("gateway_admin_token_digest")
+STATE_KEEPER: web.AppKey[StateKeeper | None] = web.AppKey("gateway_state_keeper")
+API_KEY: web.RequestKey[ApiKey] = web.RequestKey("gateway_api_key")
+REQUEST_MODEL = web.RequestKey("gateway_request_model", str)
+UPSTREAM_WORKER = web.RequestKey("gateway_upstream_worker", str)

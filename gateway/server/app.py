@@ -4,17 +4,32 @@ Examples
 --------
 >>> from gateway.server.config import parse_config
 >>> cfg = parse_config({"base_model": "b", "workers": ["http://127.0.0.1:8001"]})
->>> sorted({r.resource.canonical for r in create_app(cfg).router.routes()
-...         if r.resource is not None})
+>>> routes = {r.resource.canonical for r in create_app(cfg).router.routes()
+...           if r.resource is not None}
+>>> sorted(r for r in routes if not r.startswith("/admin/"))
 ['/health', '/metrics', '/ready', '/v1/chat/completions', '/v1/completions', '/v1/models']
+>>> {"/admin/adapters", "/admin/adapters/{name}", "/admin/placement"} <= routes
+True
 """
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
-from gateway.http import serve
-from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS
+from gateway import http
+from gateway.keys import (
+    ADMIN_TOKEN,
+    FLEET,
+    GATEWAY_CONFIG,
+    GATEWAY_METRICS,
+    KEYRING,
+    STATE_KEEPER,
+)
+from gateway.server.access import access_middleware
+from gateway.server.admin import add_admin_routes, admin_middleware, token_digest
+from gateway.server.auth import KeyRing, auth_middleware, upstream_auth, worker_key
 from gateway.server.config import GatewayConfig
 from gateway.server.errors import error_middleware
 from gateway.server.lifecycle import bootstrap, client_session, health_checks
@@ -22,6 +37,7 @@ from gateway.server.metrics import GatewayMetrics
 from gateway.server.planning import InitialPlan
 from gateway.server.registry import Fleet
 from gateway.server.routes import add_routes
+from gateway.server.state import FileStateStore, StateKeeper, keep_state, restore
 
 __all__ = ["create_app", "serve"]
 
@@ -35,18 +51,43 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
         The configuration.
     plan
         A plan made already (``lorafleet serve --emulate`` makes it first, to start its
-        workers with the plan's engine options); by default one is made at start-up.
+        workers with the plan's engine options); by default one is made at start-up
+        (or restored from ``cfg.state_file``, which also restores the adapter registry).
     """
-    app = web.Application(middlewares=[error_middleware], client_max_size=cfg.body_limit)
+    store = FileStateStore(cfg.state_file) if cfg.state_file else None
+    cfg, plan = restore(cfg, plan, None if store is None else store.load())
+    app = web.Application(middlewares=[access_middleware, error_middleware, auth_middleware,
+                                       admin_middleware], client_max_size=cfg.body_limit)
     app[GATEWAY_CONFIG] = cfg
+    app[KEYRING] = KeyRing.resolve(cfg.keys)
+    app[ADMIN_TOKEN] = token_digest(os.environ.get(cfg.admin_token_env))
     fleet = Fleet(cfg.base_model, cfg.workers, {a.demand.name: a for a in cfg.adapters},
                   cfg.routing, cfg.retry_after_s)
     app[FLEET] = fleet
+    fleet.planned_gpus = None if plan is None else plan.planned_gpus
+    app[STATE_KEEPER] = None if store is None else StateKeeper(store, fleet)
     metrics = GatewayMetrics()
     metrics.bind(fleet, adapters=len(cfg.adapters))
     app[GATEWAY_METRICS] = metrics
     app.cleanup_ctx.append(client_session)
+    app.cleanup_ctx.append(upstream_auth(worker_key(cfg)))
+    app.cleanup_ctx.append(keep_state)  # before bootstrap: it saves the installed plan
     app.cleanup_ctx.append(bootstrap(plan))
     app.cleanup_ctx.append(health_checks)
+    app.on_shutdown.append(_stop_serving)
     add_routes(app)
+    add_admin_routes(app)
     return app
+
+
+async def _stop_serving(app: web.Application) -> None:
+    # aiohttp runs this after closing the listening sockets and before waiting for the
+    # handlers in flight: /ready answers 503 on the connections still open.
+    app[FLEET].shutting_down = True
+
+
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve the gateway; at ``runner.cleanup()`` (SIGTERM) requests in flight get
+    ``drain_timeout_s`` to finish before they are cancelled, then the state is saved."""
+    return await http.serve(app, host, port,
+                            shutdown_timeout=app[GATEWAY_CONFIG].drain_timeout_s)

@@ -22,6 +22,13 @@ it on one line and exits with status 2). The file::
     load_timeout_s: 60
     health_interval_s: 2
     retry_after_s: 1
+    keys:                             # client API keys; none: an open gateway
+      - {key_env: TEAM_A_KEY, name: team-a, adapters: [sql, chat], rate_limit: 5}
+      - {key: sk-literal, name: ops, adapters: "*", rate_limit: 50, burst: 100}
+    worker_api_key_env: VLLM_API_KEY  # sent to the workers as Authorization: Bearer
+    admin_token_env: LORAFLEET_ADMIN_TOKEN   # the admin API's bearer token (unset: 403)
+    state_file: /var/lib/lorafleet/state.json  # placement + registry, restored at start-up
+    drain_timeout_s: 30               # SIGTERM: how long in-flight requests may finish
 
 Examples
 --------
@@ -46,6 +53,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.server.auth import KeySpec, parse_keys
 from planner.features import AdapterDemand
 from planner.inputs import parse_adapters
 from twin.errors import ConfigError
@@ -53,6 +61,8 @@ from twin.routing import RoutingPolicy
 
 __all__ = ["AdapterEntry", "GatewayConfig", "PlacementMode", "WorkerEndpoint", "load_config",
            "parse_config"]
+
+_SECURITY = ("keys", "worker_api_key_env", "admin_token_env", "state_file")
 
 BYTES_PER_TOKEN = 64  # JSON-escaped text runs to a few bytes a token; 16x margin over ~4
 
@@ -103,6 +113,12 @@ class GatewayConfig:
     health_interval_s: float = 2.0
     retry_after_s: int = 1
     max_connections: int = 1024
+    # keys, admin API, state, shutdown (gateway/server/auth.py, admin.py, state.py)
+    keys: tuple[KeySpec, ...] = ()
+    worker_api_key_env: str | None = None
+    admin_token_env: str = "LORAFLEET_ADMIN_TOKEN"
+    state_file: str | None = None
+    drain_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.base_model:
@@ -124,7 +140,7 @@ class GatewayConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"must be in 0..65535, got {self.port}")
         for name in ("max_model_len", "connect_timeout_s", "read_timeout_s", "load_timeout_s",
-                     "health_interval_s", "retry_after_s", "max_connections"):
+                     "health_interval_s", "retry_after_s", "max_connections", "drain_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(name, f"must be > 0, got {value!r}")
@@ -139,7 +155,7 @@ class GatewayConfig:
         return max(64 * 1024, self.max_model_len * BYTES_PER_TOKEN)
 
 
-_SCALARS = {f.name for f in fields(GatewayConfig)} - {"workers", "adapters"}
+_SCALARS = {f.name for f in fields(GatewayConfig)} - {"workers", "adapters", *_SECURITY}
 
 
 def _worker(item: Any, i: int) -> WorkerEndpoint:
@@ -209,11 +225,27 @@ def _scalar(key: str, value: Any) -> Any:
     return float(value)
 
 
+def _security(data: dict[str, Any]) -> dict[str, Any]:
+    """``keys``, ``worker_api_key_env``, ``admin_token_env`` and ``state_file`` (secrets are
+    read from the environment by ``create_app``, not here)."""
+    out: dict[str, Any] = {}
+    if data.get("keys") is not None:
+        out["keys"] = parse_keys(data["keys"])
+    for key in _SECURITY[1:]:
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, f"must be a non-empty string, got {value!r}")
+        out[key] = value
+    return out
+
+
 def parse_config(data: Any) -> GatewayConfig:
     """A ``GatewayConfig`` from parsed YAML; ``ConfigError`` names the first bad field."""
     if not isinstance(data, dict):
         raise ConfigError("", "the config must be a mapping")
-    unknown = sorted(set(data) - _SCALARS - {"workers", "adapters"})
+    unknown = sorted(set(data) - _SCALARS - {"workers", "adapters", *_SECURITY})
     if unknown:
         raise ConfigError(unknown[0], "unknown field")
     for key in ("base_model", "workers"):
@@ -223,6 +255,7 @@ def parse_config(data: Any) -> GatewayConfig:
     if not isinstance(workers, list) or not workers:
         raise ConfigError("workers", "must be a non-empty list of {url, name?}")
     values = {k: _scalar(k, v) for k, v in data.items() if k in _SCALARS}
+    values.update(_security(data))
     return GatewayConfig(workers=tuple(_worker(w, i) for i, w in enumerate(workers)),
                          adapters=_adapters(data.get("adapters", [])), **values)
 

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_METRICS
+from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_METRICS, UPSTREAM_WORKER
 from gateway.server.errors import ApiError, request_id
 from gateway.server.metrics import UNKNOWN
 from gateway.server.protocol import SamplingRequest
@@ -143,6 +143,7 @@ async def _lost_adapter(upstream: aiohttp.ClientResponse) -> bool:
 async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
     index, upstream = await _connect(call)
     fleet = call.request.app[FLEET]
+    call.request[UPSTREAM_WORKER] = fleet.workers[index].endpoint.name  # for the access log
     finished = False
     try:
         if call.stream and upstream.status == 200:

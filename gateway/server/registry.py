@@ -14,7 +14,7 @@ import contextlib
 import enum
 import logging
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.server.config import AdapterEntry, WorkerEndpoint
@@ -78,13 +78,17 @@ class Fleet:
         self.synced = False  # start-up reconciliation done (residency known)
         self.inflight: Counter[tuple[int, str | None]] = Counter()  # (worker, adapter) -> n
         self.changed = asyncio.Event()  # set whenever a request finishes (drain waits on it)
+        self.shutting_down = False  # SIGTERM: /ready answers 503 while requests finish
+        self.planned_gpus: int | None = None  # GPUs the plan asked for, when known
+        self.removing: set[str] = set()  # adapters being removed (admin API)
+        self._listeners: list[Callable[[], None]] = []
 
     # -- state -----------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
         """A placement is installed, residency is known, and at least one worker is up."""
-        return (self.synced and self.router is not None
+        return (self.synced and not self.shutting_down and self.router is not None
                 and any(w.up for w in self.workers))
 
     @property
@@ -105,6 +109,7 @@ class Fleet:
             raise ValueError(f"plan workers {names} differ from the fleet's {expected}")
         self.plan = plan
         self._install()
+        self._changed()
 
     def set_engines(self, engines: Sequence[EngineConfig]) -> None:
         """The engine options each worker runs with (in worker order)."""
@@ -154,6 +159,44 @@ class Fleet:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
         return True
+
+    # -- the adapter registry (admin API) and change listeners (the state file) -----------
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the plan or the registered adapters change."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def register(self, entry: AdapterEntry) -> None:
+        """Add a LoRA adapter: listed and resolvable at once, routed once a plan places it
+        and a worker loads it. ``ValueError`` if the name is taken."""
+        name = entry.demand.name
+        if name in self.adapters or name in self.removing or name == self.base_model:
+            raise ValueError(f"the adapter {name!r} exists")
+        self.adapters[name] = entry
+        self._changed()
+
+    def retire(self, name: str) -> AdapterEntry:
+        """Stop routing ``name``: unregistered (new requests for it are 404) and dropped from
+        the plan, while requests in flight go on; ``KeyError`` if unknown. The caller waits
+        for them (``drained``), unloads it, then calls ``retired``."""
+        entry = self.adapters.pop(name)
+        self.removing.add(name)
+        if self.plan is not None:
+            self.plan = Placement(tuple(
+                WorkerPlacement(name=wp.name, shares={k: v for k, v in wp.shares.items()
+                                                      if k != name})
+                for wp in self.plan.workers))
+            self._install()
+        self._changed()
+        return entry
+
+    def retired(self, name: str) -> None:
+        """``name`` is unloaded everywhere: the name may be registered again."""
+        self.removing.discard(name)
 
     def forget(self, index: int, adapter: str) -> None:
         """The worker no longer holds ``adapter`` (it answered 404 for it)."""

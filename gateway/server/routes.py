@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS
+from gateway.server.auth import check_model, visible
 from gateway.server.errors import ApiError
 from gateway.server.protocol import (
     ChatCompletionRequest,
@@ -50,6 +51,7 @@ async def _serve(request: web.Request, path: str,
                  model: type[SamplingRequest]) -> web.StreamResponse:
     raw, body = await _read_json(request)
     parsed = parse_body(model, body)
+    check_model(request, parsed.model)
     return await forward(request, path, raw, body, parsed)
 
 
@@ -80,6 +82,7 @@ async def models(request: web.Request) -> web.Response:
     cards = [_card(cfg.base_model, cfg.base_model, None, cfg.max_model_len)]
     cards += [_card(name, entry.path or name, cfg.base_model, None)
               for name, entry in fleet.adapters.items()]
+    cards = [c for c in cards if visible(request, c["id"])]  # what the client's key may use
     return web.json_response({"object": "list", "data": cards})
 
 

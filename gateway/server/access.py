@@ -1,0 +1,90 @@
+"""Request ids and the access log.
+
+``X-Request-Id``: the client's is kept when it is 1-128 printable ASCII characters without
+spaces, else one is made (``uuid4().hex``). It is sent upstream (vLLM uses it as its request
+id), returned on the response, and written in the access log.
+
+The access log is one logfmt line per request on the logger ``lorafleet.access`` (INFO):
+``method``, ``path``, ``model``, ``status``, ``worker``, ``duration_ms``, ``request_id`` and
+``key`` (the client key's name), ``-`` for what a request does not have. A client that left
+is logged with status 499, as nginx does.
+
+Examples
+--------
+>>> valid_request_id("abc-123"), valid_request_id("has space"), valid_request_id("x" * 129)
+(True, False, False)
+>>> logfmt({"method": "POST", "path": "/v1/completions", "model": 'a "b"', "key": None})
+'method=POST path=/v1/completions model="a \\\\"b\\\\"" key=-'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from gateway.keys import API_KEY, REQUEST_ID, REQUEST_MODEL, UPSTREAM_WORKER
+
+__all__ = ["ACCESS_LOGGER", "access_middleware", "logfmt", "valid_request_id"]
+
+ACCESS_LOGGER = "lorafleet.access"
+MAX_REQUEST_ID = 128
+CLIENT_CLOSED = 499
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+logger = logging.getLogger(ACCESS_LOGGER)
+
+
+def valid_request_id(value: str) -> bool:
+    """1 to 128 printable ASCII characters, no spaces."""
+    return (0 < len(value) <= MAX_REQUEST_ID and value.isascii() and value.isprintable()
+            and " " not in value)
+
+
+def _value(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    text = str(value)
+    if any(c in text for c in ' "=\\') or not text.isprintable():
+        return json.dumps(text)
+    return text
+
+
+def logfmt(fields: Mapping[str, object]) -> str:
+    """``key=value`` pairs; values with spaces, quotes or ``=`` quoted, missing ones ``-``."""
+    return " ".join(f"{k}={_value(v)}" for k, v in fields.items())
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost middleware: fix the request id, time the request, log one line."""
+    sent = request.headers.get("X-Request-Id")
+    request[REQUEST_ID] = sent if sent is not None and valid_request_id(sent) \
+        else uuid.uuid4().hex
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED
+        raise
+    except web.HTTPException as exc:  # redirects and the like (errors became JSON inside)
+        status = exc.status
+        raise
+    finally:
+        if logger.isEnabledFor(logging.INFO):
+            key = request.get(API_KEY)
+            logger.info("%s", logfmt({
+                "method": request.method, "path": request.path,
+                "model": request.get(REQUEST_MODEL), "status": status,
+                "worker": request.get(UPSTREAM_WORKER),
+                "duration_ms": f"{(time.perf_counter() - started) * 1000:.1f}",
+                "request_id": request[REQUEST_ID], "key": key.name if key else None}))

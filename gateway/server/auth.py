@@ -1,0 +1,312 @@
+"""Client API keys, per-key rate limits, and the key the gateway sends to its workers.
+
+Configured under ``keys:`` (see ``gateway.server.config``); without it the gateway is open.
+With keys, every ``/v1/*`` request needs ``Authorization: Bearer <key>``:
+
+- no key, or a wrong one: 401 in OpenAI's shape (``type: invalid_request_error``; a wrong key
+  has ``code: invalid_api_key``, a missing one ``code: null``, as OpenAI answers). vLLM's own
+  ``--api-key`` middleware answers ``{"error": "Unauthorized"}``, which the ``openai`` client
+  cannot read a message from, so the gateway follows OpenAI. Only ``/v1/*`` is guarded, as
+  vLLM guards it (``entrypoints/serve/middleware/authenticate.py``): ``/health``, ``/ready``
+  and ``/metrics`` stay open for probes and scrapers; ``/admin/*`` has its own token.
+- a model the key may not use: 404 exactly as for an unknown model (the names a key cannot
+  use are not revealed), and ``/v1/models`` lists only what the key may use. The base model
+  is a name like any other: a key with an ``adapters`` list reaches it only if listed.
+- past the key's rate: 429 with OpenAI's body (``type: requests``,
+  ``code: rate_limit_exceeded``) and ``Retry-After``, the whole seconds until a request
+  would pass again (rounded up). The bucket holds ``burst`` tokens (default
+  ``max(1, rate_limit)``) refilled at ``rate_limit`` per second; every ``/v1/*`` request takes
+  one.
+
+Keys are compared in constant time: the SHA-256 of the presented key against each configured
+key's with ``hmac.compare_digest``, every key checked (vLLM's scheme).
+
+``worker_api_key_env`` names an environment variable whose value is sent to the workers as
+``Authorization: Bearer`` on every call (the app's client session carries it as a default
+header), as a vLLM started with ``--api-key`` requires on its ``/v1/*`` routes: proxied
+requests, ``/v1/models`` and LoRA load/unload.
+
+Examples
+--------
+>>> spec = parse_keys([{"key": "sk-1", "name": "team-a", "adapters": ["sql"],
+...                     "rate_limit": 2}])[0]
+>>> spec.name, spec.adapters, spec.burst
+('team-a', frozenset({'sql'}), 2.0)
+>>> ring = KeyRing.resolve([spec], environ={})
+>>> ring.authenticate("Bearer sk-1").name, ring.authenticate("Bearer nope")
+('team-a', None)
+>>> b = TokenBucket(rate=1.0, burst=1.0, now=0.0)
+>>> b.take(0.0), b.take(0.25), b.take(1.0)
+(0.0, 0.75, 0.0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.keys import API_KEY, CLIENT_SESSION, KEYRING, REQUEST_MODEL
+from gateway.server.errors import ApiError
+from twin.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.server.config import GatewayConfig
+
+__all__ = ["ApiKey", "AuthError", "KeyRing", "KeySpec", "TokenBucket", "auth_middleware",
+           "check_model", "parse_keys", "upstream_auth", "visible", "worker_key"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+GUARDED_PREFIX = "/v1/"
+_KEY_FIELDS = frozenset({"key", "key_env", "name", "adapters", "rate_limit", "burst"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeySpec:
+    """A client key as configured: its literal value or the variable holding it."""
+
+    name: str
+    key: str | None = field(default=None, repr=False)
+    key_env: str | None = None
+    adapters: frozenset[str] | None = None  # None: every model ("*")
+    rate_limit: float | None = None  # requests per second; None: unlimited
+    burst: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key is None) == (self.key_env is None):
+            raise ConfigError("key", "give exactly one of key and key_env")
+        if self.rate_limit is not None and self.burst is None:
+            object.__setattr__(self, "burst", max(1.0, self.rate_limit))
+
+
+def _positive(item: Mapping[str, Any], key: str, where: str) -> float | None:
+    value = item.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value > 0):
+        raise ConfigError(f"{where}.{key}", f"must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _text(item: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = item.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where}.{key}", "must be a non-empty string")
+    return value
+
+
+def _key_spec(item: Any, where: str) -> KeySpec:
+    if not isinstance(item, dict):
+        raise ConfigError(where, "must be a mapping {key_env | key, name, adapters, rate_limit}")
+    unknown = sorted(set(item) - _KEY_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}", f"unknown field; expected {sorted(_KEY_FIELDS)}")
+    name = _text(item, "name", where)
+    if name is None:
+        raise ConfigError(f"{where}.name", "is required")
+    adapters = item.get("adapters", "*")
+    allowed: frozenset[str] | None = None
+    if adapters != "*":
+        if not isinstance(adapters, list) or not all(isinstance(a, str) and a for a in adapters):
+            raise ConfigError(f"{where}.adapters", 'must be "*" or a list of model names')
+        allowed = frozenset(adapters)
+    key, key_env = _text(item, "key", where), _text(item, "key_env", where)
+    rate, burst = _positive(item, "rate_limit", where), _positive(item, "burst", where)
+    try:
+        return KeySpec(name=name, key=key, key_env=key_env, adapters=allowed, rate_limit=rate,
+                       burst=burst)
+    except ConfigError as exc:
+        raise exc.nested(where) from None
+
+
+def parse_keys(items: Any) -> tuple[KeySpec, ...]:
+    """The ``keys:`` list; ``ConfigError`` names the first bad field (``keys[i].field``)."""
+    if not isinstance(items, list):
+        raise ConfigError("keys", "must be a list of {key_env | key, name, adapters, rate_limit}")
+    specs = tuple(_key_spec(item, f"keys[{i}]") for i, item in enumerate(items))
+    names = [s.name for s in specs]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"keys[{i}].name", f"duplicate {name!r}")
+    return specs
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; one request takes one."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = now
+
+    def take(self, now: float) -> float:
+        """0.0 when a token was taken; else the seconds until one will be there."""
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+
+@dataclass(slots=True)
+class ApiKey:
+    """A client key in use: its name, what it may use, and its bucket."""
+
+    name: str
+    digest: bytes = field(repr=False)
+    adapters: frozenset[str] | None
+    bucket: TokenBucket | None
+
+    def allows(self, model: str) -> bool:
+        return self.adapters is None or model in self.adapters
+
+
+class KeyRing:
+    """The configured client keys, resolved from the environment at start-up."""
+
+    def __init__(self, keys: Iterable[ApiKey],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.keys = list(keys)
+        self.clock = clock
+
+    @classmethod
+    def resolve(cls, specs: Iterable[KeySpec], environ: Mapping[str, str] | None = None,
+                clock: Callable[[], float] = time.monotonic) -> KeyRing:
+        """Read each ``key_env``; an unset or empty variable is a ``ConfigError``."""
+        env = os.environ if environ is None else environ
+        keys = []
+        for i, spec in enumerate(specs):
+            secret = spec.key
+            if spec.key_env is not None:
+                secret = env.get(spec.key_env)
+                if not secret:
+                    raise ConfigError(f"keys[{i}].key_env",
+                                      f"environment variable {spec.key_env} is not set")
+            assert secret is not None
+            bucket = None
+            if spec.rate_limit is not None:
+                assert spec.burst is not None
+                bucket = TokenBucket(spec.rate_limit, spec.burst, clock())
+            keys.append(ApiKey(spec.name, hashlib.sha256(secret.encode()).digest(),
+                               spec.adapters, bucket))
+        return cls(keys, clock)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    def authenticate(self, authorization: str | None) -> ApiKey | None:
+        """The key an ``Authorization`` header presents, or None."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        found = None
+        for key in self.keys:  # no early exit: every key is compared
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        return found
+
+
+class AuthError(ApiError):
+    """An ``ApiError`` whose ``code`` is OpenAI's string code rather than the status."""
+
+    def __init__(self, status: HTTPStatus, err_type: str, message: str, code: str | None,
+                 retry_after: int | None = None) -> None:
+        super().__init__(status, err_type, message, retry_after=retry_after)
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.err_type, "param": None,
+                          "code": self.code}}
+
+    @classmethod
+    def missing(cls) -> AuthError:
+        return cls(HTTPStatus.UNAUTHORIZED, "invalid_request_error",
+                   "You didn't provide an API key. You need to provide your API key in an "
+                   "Authorization header using Bearer auth (i.e. Authorization: Bearer "
+                   "YOUR_KEY).", None)
+
+    @classmethod
+    def invalid(cls) -> AuthError:
+        return cls(HTTPStatus.UNAUTHORIZED, "invalid_request_error",
+                   "Incorrect API key provided.", "invalid_api_key")
+
+    @classmethod
+    def rate_limited(cls, key: ApiKey, wait_s: float) -> AuthError:
+        assert key.bucket is not None
+        retry = max(1, math.ceil(wait_s))
+        return cls(HTTPStatus.TOO_MANY_REQUESTS, "requests",
+                   f"Rate limit reached for key {key.name} on requests per second: limit "
+                   f"{key.bucket.rate:g}/s, burst {key.bucket.burst:g}. Please try again in "
+                   f"{retry}s.", "rate_limit_exceeded", retry_after=retry)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the bearer key and take a token from its bucket on ``/v1/*``."""
+    ring = request.app[KEYRING]
+    if not ring.enabled or not request.path.startswith(GUARDED_PREFIX) \
+            or request.method == "OPTIONS":
+        return await handler(request)
+    header = request.headers.get("Authorization")
+    key = ring.authenticate(header)
+    if key is None:
+        raise AuthError.invalid() if header else AuthError.missing()
+    request[API_KEY] = key
+    if key.bucket is not None:
+        wait = key.bucket.take(ring.clock())
+        if wait > 0:
+            raise AuthError.rate_limited(key, wait)
+    return await handler(request)
+
+
+def check_model(request: web.Request, model: str) -> None:
+    """Note the requested model; 404 (as if unknown) when the key may not use it."""
+    request[REQUEST_MODEL] = model
+    key = request.get(API_KEY)
+    if key is not None and not key.allows(model):
+        raise ApiError.model_not_found(model)
+
+
+def visible(request: web.Request, model: str) -> bool:
+    """Whether ``/v1/models`` shows ``model`` to this request's key."""
+    key = request.get(API_KEY)
+    return key is None or key.allows(model)
+
+
+def worker_key(cfg: GatewayConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The workers' key from ``cfg.worker_api_key_env`` (None when not configured)."""
+    if cfg.worker_api_key_env is None:
+        return None
+    secret = (os.environ if environ is None else environ).get(cfg.worker_api_key_env)
+    if not secret:
+        raise ConfigError("worker_api_key_env",
+                          f"environment variable {cfg.worker_api_key_env} is not set")
+    return secret
+
+
+def upstream_auth(secret: str | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` that makes ``secret`` a default ``Authorization: Bearer`` header of
+    the app's client session (register it after the session's own context)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if secret is not None:
+            app[CLIENT_SESSION].headers["Authorization"] = f"Bearer {secret}"
+        yield
+
+    return ctx
