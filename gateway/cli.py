@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gateway import admin_cli, plan_cli, planner_cli
+from gateway.calibrate import cli as calibrate_cli
 from gateway.demo import cli as demo_cli
 from gateway.emulator import cli as emulator_cli
 from gateway.server import cli as server_cli
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     server_cli.register(sub)
     admin_cli.register(sub)
     demo_cli.register(sub)
+    calibrate_cli.register(sub)
     # Each further command family registers its own subparsers (and sets ``func``) here.
     return parser
 

@@ -1,0 +1,227 @@
+"""The calibration sweep: what ``lorafleet calibrate`` sends a running server, and what it reads.
+
+Every measurement goes through vLLM's HTTP API and ``/metrics`` (``ServerClient``):
+
+- **Decode steps** (per batch size, prompt length and number of distinct adapters): a burst
+  of ``B`` requests whose prompts fit one prefill step, each generating ``output_tokens``;
+  the mean step is the growth of ``vllm:inter_token_latency_seconds``'s sum over the growth
+  of its count across the burst (vLLM observes one inter-token latency per request per
+  decode step, so this is the step time weighted by the batch). Context per request is its
+  prompt plus half its output, on average over the burst.
+- **Prefill and per-request overhead**: requests sent one at a time (and one burst that
+  fills the token budget) with ``max_tokens=1``; the client's time to first token is the
+  overhead plus one prefill step (median of the repeats).
+- **Adapter loads**: ``/v1/load_lora_adapter`` loads into vLLM's CPU LoRA cache, so its time
+  less an HTTP round trip is the disk->CPU load, per rank; the CPU->GPU load is the time to
+  first token of requests that cycle through ``max_loras + 1`` adapters (each needs a slot
+  swap) less that of requests repeating one adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.calibrate.client import CalibrationError, RequestTiming, ServerClient
+
+__all__ = ["QUICK", "STANDARD", "AdapterSource", "ServerFacts", "SweepPlan", "SweepResult",
+           "discover", "run_sweep"]
+
+ITL = "vllm:inter_token_latency_seconds"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepPlan:
+    """Which points the sweep measures."""
+
+    batches: tuple[int, ...] = (1, 4, 16, 32, 64, 96, 128)
+    output_tokens: int = 32
+    prefill_prompts: tuple[int, ...] = (16, 128, 256, 480)
+    repeats: int = 5
+    load_repeats: int = 3
+    token_budget: int = 2048  # prompts of one burst fit vLLM's CPU default budget
+    measure_base: bool = True
+
+
+STANDARD = SweepPlan()
+QUICK = SweepPlan(batches=(1, 8, 32, 96), prefill_prompts=(16, 256), repeats=3,
+                  load_repeats=2, measure_base=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSource:
+    """An adapter folder the server can load, and its rank."""
+
+    path: str
+    rank: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerFacts:
+    """What the server says about itself."""
+
+    base_model: str
+    max_model_len: int
+    max_loras: int
+    vllm_version: str
+
+
+@dataclass(slots=True)
+class SweepResult:
+    facts: ServerFacts
+    steps: list[dict[str, float]] = field(default_factory=list)
+    disk_loads: list[tuple[int, float]] = field(default_factory=list)  # (rank, seconds)
+    swap_loads: list[tuple[int, float]] = field(default_factory=list)
+    http_rtt_s: float = 0.0
+
+
+async def discover(client: ServerClient, max_loras: int | None = None,
+                   probe: AdapterSource | None = None) -> ServerFacts:
+    """The base model and ``max_model_len`` from ``/v1/models``; ``max_loras`` from the
+    ``max_lora`` label of ``vllm:lora_requests_info`` unless given. vLLM exports that
+    series only once a LoRA request has run: if it is missing, ``probe`` is loaded, sent one
+    request and unloaded, and ``/metrics`` read again."""
+    cards = await client.models()
+    base = next((c for c in cards if not c.get("parent")), None)
+    if base is None:
+        raise CalibrationError(f"{client.url}/v1/models lists no base model")
+    if max_loras is None:
+        label = (await client.scrape()).lora_info().get("max_lora")
+        if label is None and probe is not None:
+            await client.load_adapter("lorafleet-probe", probe.path)
+            await client.complete("lorafleet-probe", 8, 2)
+            await client.unload_adapter("lorafleet-probe")
+            label = (await client.scrape()).lora_info().get("max_lora")
+        if label is None:
+            raise CalibrationError(f"{client.url}/metrics has no vllm:lora_requests_info: is "
+                                   "the server started with --enable-lora?")
+        max_loras = int(label)
+    return ServerFacts(base_model=str(base["id"]), max_model_len=int(str(base.get(
+        "max_model_len") or 2048)), max_loras=max_loras, vllm_version=await client.version())
+
+
+async def _burst(client: ServerClient, models: list[str], batch: int, prompt: int,
+                 output: int) -> tuple[float, list[RequestTiming]]:
+    before = (await client.scrape()).histogram(ITL)
+    timings = await asyncio.gather(*(client.complete(models[i % len(models)], prompt, output)
+                                     for i in range(batch)))
+    after = (await client.scrape()).histogram(ITL)
+    failed = [t.error for t in timings if t.error]
+    if failed:
+        raise CalibrationError(f"a sweep request failed: {failed[0]}")
+    count = after[1] - before[1]
+    return ((after[0] - before[0]) / count if count > 0 else float("nan")), list(timings)
+
+
+def _row(prefill: float, decode: float, context: float, adapters: int, seconds: float,
+         *, overhead: bool, fit: bool) -> dict[str, float]:
+    return {"prefill_tokens": prefill, "decode_seqs": decode, "context_tokens": context,
+            "distinct_adapters": float(adapters), "step_time_s": seconds,
+            "includes_overhead": float(overhead), "used_in_fit": float(fit)}
+
+
+async def _decode_rows(client: ServerClient, plan: SweepPlan, facts: ServerFacts,
+                       names: list[str], out: SweepResult,
+                       progress: Callable[[str], None]) -> None:
+    out_tokens = plan.output_tokens
+    longest = facts.max_model_len - out_tokens
+    sets = ([0] if plan.measure_base else []) + sorted({1, min(2, facts.max_loras)})
+    for k in sets:
+        models = names[:k] if k else [facts.base_model]
+        for batch in plan.batches:
+            if batch < k:
+                continue
+            for prompt in sorted({16, max(16, min(longest, plan.token_budget // batch))}):
+                itl, _ = await _burst(client, models, batch, prompt, out_tokens)
+                out.steps.append(_row(0.0, batch, batch * (prompt + out_tokens / 2), k, itl,
+                                      overhead=False, fit=k > 0))
+                progress(f"decode B={batch} prompt={prompt} adapters={k}: "
+                         f"{itl * 1e3:.2f} ms/step")
+
+
+async def _first_token_rows(client: ServerClient, plan: SweepPlan, facts: ServerFacts,
+                            names: list[str], out: SweepResult,
+                            progress: Callable[[str], None]) -> None:
+    longest = facts.max_model_len - 1
+    prompts = sorted({min(p, longest) for p in plan.prefill_prompts})
+    for k in ([0] if plan.measure_base else []) + [1]:
+        model = names[0] if k else facts.base_model
+        for prompt in prompts:
+            ttft = [await _ttft(client, model, prompt) for _ in range(plan.repeats)]
+            out.steps.append(_row(prompt, 0.0, prompt, k, statistics.median(ttft),
+                                  overhead=True, fit=k > 0))
+            progress(f"first token prompt={prompt} adapters={k}: "
+                     f"{statistics.median(ttft) * 1e3:.1f} ms")
+        batch = max(1, plan.token_budget // prompts[-1])
+        if batch > 1:
+            ttft = []
+            for _ in range(plan.repeats):
+                _, timings = await _burst(client, [model], batch, prompts[-1], 1)
+                ttft.append(statistics.median(t.ttft or 0.0 for t in timings))
+            tokens = batch * prompts[-1]
+            out.steps.append(_row(tokens, 0.0, tokens, k, statistics.median(ttft),
+                                  overhead=True, fit=k > 0))
+
+
+async def _ttft(client: ServerClient, model: str, prompt: int) -> float:
+    t = await client.complete(model, prompt, 1)
+    if t.error or t.ttft is None:
+        raise CalibrationError(f"a sweep request failed: {t.error or 'no token'}")
+    return t.ttft
+
+
+async def _loads(client: ServerClient, plan: SweepPlan, sources: list[AdapterSource],
+                 out: SweepResult) -> None:
+    out.http_rtt_s = statistics.median([await client.timed_get() for _ in range(7)])
+    for rep in range(plan.load_repeats):
+        for src in sources:
+            name = f"lorafleet-calib-disk-r{src.rank}-{rep}"
+            took = await client.load_adapter(name, src.path)
+            await client.unload_adapter(name)
+            out.disk_loads.append((src.rank, max(0.0, took - out.http_rtt_s)))
+
+
+async def _swaps(client: ServerClient, plan: SweepPlan, names: list[str], rank: int,
+                 out: SweepResult) -> None:
+    """Time to first token cycling ``max_loras + 1`` adapters (a slot swap each) against
+    repeating one (a hit each), interleaved so that drift hits both alike."""
+    hits, misses = [], []
+    for i in range(plan.repeats * 2):
+        hits.append(await _ttft(client, names[0], 16))
+        hits.append(await _ttft(client, names[0], 16))
+        for name in names[1:]:
+            misses.append(await _ttft(client, name, 16))
+        misses.append(await _ttft(client, names[0], 16))
+        del i
+    out.swap_loads.append((rank, max(0.0, statistics.median(misses)
+                                     - statistics.median(hits))))
+
+
+async def run_sweep(client: ServerClient, plan: SweepPlan, sources: list[AdapterSource],
+                    *, max_loras: int | None = None,
+                    progress: Callable[[str], None] = lambda _: None) -> SweepResult:
+    """Measure the server; the adapters it loads are unloaded again at the end."""
+    if not sources:
+        raise CalibrationError("calibration needs at least one adapter to load (--adapter)")
+    facts = await discover(client, max_loras, sources[0])
+    out = SweepResult(facts)
+    await _loads(client, plan, sources, out)
+    progress(f"adapter loads: {len(out.disk_loads)} timed")
+    first = sources[0]
+    names = [f"lorafleet-calib-{i}" for i in range(facts.max_loras + 1)]
+    for name in names:
+        await client.load_adapter(name, first.path)
+    try:
+        # Warm-up: first requests pay one-off costs (allocation, caches).
+        await _burst(client, names[:1], 8, 16, 8)
+        await _burst(client, [facts.base_model], 8, 16, 8)
+        await _swaps(client, plan, names, first.rank, out)
+        progress("slot swaps timed")
+        await _decode_rows(client, plan, facts, names, out, progress)
+        await _first_token_rows(client, plan, facts, names, out, progress)
+    finally:
+        for name in names:
+            await client.unload_adapter(name)
+    return out

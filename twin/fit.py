@@ -1,0 +1,146 @@
+"""Fit a linear calibration profile to measured samples (pure: numbers in, profile out).
+
+``lorafleet calibrate`` measures two kinds of rows, both in the step-time model's features
+(``twin.step_time``): **step rows**, the mean decode step of a batch (vLLM's inter-token
+latency while ``decode_seqs`` requests decode together), and **first-token rows**, the
+time to first token of requests sent alone or in a small burst, which is the per-request
+overhead (HTTP, tokenising) plus one prefill step. One least-squares fit, relative errors,
+finds ``base_s``, ``per_token_s``, ``per_seq_s``, ``per_context_token_s``, the LoRA
+``per_adapter_s`` and ``request_overhead_s`` together: decode rows separate the context
+cost from the batch cost, prefill rows separate the per-token from the per-sequence cost,
+and the overhead is what the first-token rows take beyond their step. Rows whose residual is
+an outlier (more than 4 median absolute deviations; a shared machine's hiccups) are dropped
+once and the fit repeated. Coefficients that come out negative are pinned to 0 and the rest
+refitted, so the model never predicts a step shorter for more work.
+
+The LoRA slot terms (``per_slot_s``, ``per_slot_token_s``, ``rank_slope``) need servers
+started with several ``--max-loras`` / ``--max-lora-rank``; one server's slot cost is part of
+its ``base_s``, so a fitted profile is for the server's own ``max_loras`` and rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from twin.profile import LoadTimes
+from twin.step_time import LinearCoefficients, LoRACoefficients
+
+__all__ = ["COLUMNS", "LinearFit", "fit_linear", "fit_load_times"]
+
+#: The fitted unknowns, in the design matrix's column order.
+COLUMNS = ("base_s", "per_token_s", "per_seq_s", "per_context_token_s", "per_adapter_s",
+           "request_overhead_s")
+_OUTLIER_MADS = 4.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinearFit:
+    """Fitted coefficients, the overhead, and how well they fit the rows kept."""
+
+    coefficients: LinearCoefficients
+    request_overhead_s: float
+    mean_relative_error: float
+    rows_used: int
+    rows_dropped: int
+
+
+def _design(samples: Sequence[dict[str, float]]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.array([[1.0, s["prefill_tokens"] + s["decode_seqs"], s["decode_seqs"],
+                   s["context_tokens"], s["distinct_adapters"], s.get("includes_overhead", 0.0)]
+                  for s in samples])
+    y = np.array([s["step_time_s"] for s in samples])
+    return x, y
+
+
+def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with negative coefficients pinned to 0 (an active-set loop)."""
+    free = [j for j in range(x.shape[1]) if np.any(x[:, j])]
+    coef = np.zeros(x.shape[1])
+    while free:
+        sol, *_ = np.linalg.lstsq(x[:, free], y, rcond=None)
+        if np.all(sol >= 0):
+            coef[free] = sol
+            break
+        free.pop(int(np.argmin(sol)))
+    return coef
+
+
+def fit_linear(samples: Sequence[dict[str, float]]) -> LinearFit:
+    """Fit the linear step-time model and the per-request overhead.
+
+    Each sample has ``prefill_tokens``, ``decode_seqs``, ``context_tokens``,
+    ``distinct_adapters``, ``step_time_s`` and, for first-token rows, ``includes_overhead``
+    = 1 (``step_time_s`` is then the time to first token).
+
+    Examples
+    --------
+    >>> def row(p, b, ctx, k, overhead=0.0):
+    ...     t = 0.004 + 5e-5 * (p + b) + 5e-5 * b + 1e-6 * ctx + 0.002 * k + overhead
+    ...     return {"prefill_tokens": p, "decode_seqs": b, "context_tokens": ctx,
+    ...             "distinct_adapters": k, "includes_overhead": float(overhead > 0),
+    ...             "step_time_s": t}
+    >>> rows = [row(0.0, b, c * b, k) for b in (1.0, 8.0, 64.0) for c in (20.0, 400.0)
+    ...         for k in (1.0, 2.0)]
+    >>> rows += [row(p, 0.0, p, 1.0, overhead=0.01) for p in (16.0, 256.0)]
+    >>> fit = fit_linear(rows)
+    >>> round(fit.request_overhead_s, 4), round(fit.coefficients.per_token_s, 6)
+    (0.01, 5e-05)
+    """
+    if len(samples) < len(COLUMNS):
+        raise ValueError(f"need at least {len(COLUMNS)} samples, got {len(samples)}")
+    x, y = _design(samples)
+    # Relative least squares: divide each row by its measurement.
+    w = 1.0 / y
+    coef = _nonnegative_lstsq(x * w[:, None], y * w)
+    rel = (x @ coef - y) / y
+    mad = float(np.median(np.abs(rel - np.median(rel)))) or 1e-12
+    keep = np.abs(rel - np.median(rel)) <= _OUTLIER_MADS * 1.4826 * mad
+    if keep.sum() >= len(COLUMNS) and not keep.all():
+        coef = _nonnegative_lstsq(x[keep] * w[keep, None], y[keep] * w[keep])
+    rel = (x[keep] @ coef - y[keep]) / y[keep]
+    c = dict(zip(COLUMNS, (float(v) for v in coef), strict=True))
+    # The adapter cost is shared across adapters present; with k adapters, per_adapter * k.
+    lora = LoRACoefficients(per_adapter_s=c["per_adapter_s"])
+    return LinearFit(
+        coefficients=LinearCoefficients(base_s=c["base_s"], per_token_s=c["per_token_s"],
+                                        per_seq_s=c["per_seq_s"],
+                                        per_context_token_s=c["per_context_token_s"],
+                                        lora=lora),
+        request_overhead_s=c["request_overhead_s"],
+        mean_relative_error=float(np.mean(np.abs(rel))),
+        rows_used=int(keep.sum()), rows_dropped=int((~keep).sum()))
+
+
+def fit_load_times(disk: Sequence[tuple[int, float]],
+                   cpu_to_gpu: Sequence[tuple[int, float]]) -> LoadTimes:
+    """Adapter load times from ``(adapter bytes, seconds)`` pairs: ``latency + bytes/rate``
+    by least squares per tier; a tier whose time does not grow with size (or with one size
+    measured) gets its median as latency and an unbounded rate.
+
+    Examples
+    --------
+    >>> lt = fit_load_times([(1000, 0.011), (2000, 0.012)], [(1000, 0.002)])
+    >>> round(lt.disk_latency_s, 4), round(lt.disk_bytes_per_s), lt.cpu_to_gpu_latency_s
+    (0.01, 1000000, 0.002)
+    """
+
+    def tier(points: Sequence[tuple[int, float]], default: tuple[float, float]
+             ) -> tuple[float, float]:
+        if not points:
+            return default
+        size = np.array([p[0] for p in points], dtype=float)
+        secs = np.array([max(p[1], 0.0) for p in points])
+        if len(set(size.tolist())) > 1:
+            slope, intercept = np.polyfit(size, secs, 1)
+            if slope > 0 and intercept >= 0:
+                return float(intercept), float(1.0 / slope)
+        return float(np.median(secs)), 1e15
+
+    d_lat, d_rate = tier(disk, (LoadTimes().disk_latency_s, LoadTimes().disk_bytes_per_s))
+    g_lat, g_rate = tier(cpu_to_gpu, (LoadTimes().cpu_to_gpu_latency_s,
+                                      LoadTimes().cpu_to_gpu_bytes_per_s))
+    return LoadTimes(disk_latency_s=d_lat, disk_bytes_per_s=d_rate,
+                     cpu_to_gpu_latency_s=g_lat, cpu_to_gpu_bytes_per_s=g_rate)
