@@ -27,8 +27,8 @@ Examples
 >>> m = diff({"w0": {"a"}, "w1": {"b"}}, target, ["w0", "w1"])
 >>> [(s.kind.value, s.worker, s.adapter) for s in m.steps]
 [('load', 'w0', 'b'), ('route', '', None), ('drain', 'w1', 'b'), ('retire', 'w1', None)]
->>> apply({"w0": {"a"}, "w1": {"b"}}, m)
-{'w0': frozenset({'a', 'b'})}
+>>> {w: sorted(h) for w, h in apply({"w0": {"a"}, "w1": {"b"}}, m).items()}
+{'w0': ['a', 'b']}
 """
 
 from __future__ import annotations

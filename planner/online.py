@@ -68,6 +68,10 @@ class Stability:
     # Placing or consolidating load also needs the starvation probability this far under the
     # threshold: the classifier's output wobbles by a few hundredths when rates do.
     proba_margin: float = 0.1
+    tries: int = 8  # workers tried for emptying per re-plan, the least loaded first
+    # A new GPU's settings are fixed for its life: its CPU LoRA tier gets room for this many
+    # times the LoRAs placed on it (host memory only), so it can take more later.
+    cpu_lora_room: float = 2.0
 
     def __post_init__(self) -> None:
         if self.move_budget < 0:
@@ -76,6 +80,11 @@ class Stability:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ConfigError(f"stability.{name}", f"must be in (0, 1], got {value!r}")
+        if self.tries < 0:
+            raise ConfigError("stability.tries", f"must be >= 0, got {self.tries}")
+        if self.cpu_lora_room < 1:
+            raise ConfigError("stability.cpu_lora_room",
+                              f"must be >= 1, got {self.cpu_lora_room!r}")
         if not 0 <= self.proba_margin < 1:
             raise ConfigError("stability.proba_margin",
                               f"must be in [0, 1), got {self.proba_margin!r}")
@@ -180,13 +189,17 @@ class _Board:
         return left
 
     def consolidate(self, stability: Stability) -> None:
-        """Empty the least loaded workers into the others, within the move budget."""
+        """Empty the least loaded workers into the others, within the move budget. A worker
+        that can be emptied but holds more adapters than the budget left gives up that many
+        (the hardest to fit first); the next re-plans carry on."""
         budget = stability.move_budget
         order = sorted((i for i in self.up() if self.rates[i]),
-                       key=lambda i: (self.load(i), -i))
+                       key=lambda i: (self.load(i), -i))[:stability.tries]
+        grown: set[int] = set()  # receivers are not emptied in the same re-plan
         for i in order:
-            moves = sum(1 for n in self.rates[i] if self.demand[n].rank > 0)
-            if moves > budget:
+            if budget <= 0:
+                break
+            if i in grown:
                 continue
             saved = [dict(r) for r in self.rates]
             entries = _heaviest_first(self.demand, self.rates[i].items())
@@ -195,8 +208,16 @@ class _Board:
             if self.put(entries, receivers, 1 / stability.retire_margin):
                 self.rates = saved
                 continue
-            self.retired.add(i)
-            budget -= moves
+            moves = [k for k, (n, _) in enumerate(entries) if self.demand[n].rank > 0]
+            if len(moves) > budget:  # the same placements, for the first ``budget`` moves
+                self.rates = saved
+                cut = moves[budget]
+                self.rates[i] = dict(entries[cut:])
+                self.put(entries[:cut], receivers, 1 / stability.retire_margin)
+            else:
+                self.retired.add(i)
+            grown.update(j for j in receivers if self.rates[j] != saved[j])
+            budget -= min(len(moves), budget)
 
 
 def _heaviest_first(demand: Mapping[str, AdapterDemand], entries: Iterable[Entry],
@@ -222,8 +243,10 @@ def _split(entries: Iterable[Entry], demand: Mapping[str, AdapterDemand],
 
 
 def _new_gpus(entries: Sequence[Entry], demand: Mapping[str, AdapterDemand],
-              predictor: Predictor, margin: float, first: int) -> list[GpuPlan]:
-    """Fresh GPUs for ``entries``, set up by the placer with ``margin`` to spare."""
+              predictor: Predictor, stability: Stability, first: int) -> list[GpuPlan]:
+    """Fresh GPUs for ``entries``, set up by the placer with ``fill_margin`` to spare, their
+    CPU LoRA tier with ``cpu_lora_room``."""
+    margin = stability.fill_margin
     rates: dict[str, float] = {}
     for name, rate in entries:
         rates[name] = rates.get(name, 0.0) + rate
@@ -236,11 +259,25 @@ def _new_gpus(entries: Sequence[Entry], demand: Mapping[str, AdapterDemand],
     gpus = []
     for g in place_with(items, predictor).gpus:
         real = {n: r * margin for n, r in g.rates.items()}
-        v = predictor.check([replace(demand[n], rate=r) for n, r in real.items()], g.engine)
-        gpus.append(GpuPlan(index=first + g.index, engine=g.engine, rates=real,
+        loras = sum(1 for n in real if demand[n].rank > 0)
+        engine = replace(g.engine, max_cpu_loras=max(
+            g.engine.max_loras, math.ceil(loras * stability.cpu_lora_room)))
+        v = predictor.check([replace(demand[n], rate=r) for n, r in real.items()], engine)
+        gpus.append(GpuPlan(index=first + g.index, engine=engine, rates=real,
                             predicted_tps=v.predicted_tps, offered_tps=v.offered_tps,
                             starvation_proba=v.proba))
     return gpus
+
+
+def _oversized(board: _Board, strict: Predictor, stability: Stability) -> bool:
+    """Whether a fresh packing of the whole load at ``rates / retire_margin`` needs fewer GPUs
+    than hold load now: the fleet-wide test that gates consolidation, so that a worker near
+    the edge of being emptiable is not emptied by a small dip of a few adapters' rates."""
+    active = sum(1 for i in board.up() if board.rates[i])
+    if active <= 1:
+        return False
+    items = [replace(a, rate=a.rate / stability.retire_margin) for a in board.demand.values()]
+    return place_with(items, strict).num_gpus < active
 
 
 def _validated(demands: Sequence[AdapterDemand], workers: Sequence[RunningWorker],
@@ -272,8 +309,8 @@ def replan(demands: Sequence[AdapterDemand], workers: Sequence[RunningWorker],
 
     Examples
     --------
-    >>> Stability(move_budget=4)  # the margins: the stricter, the more stable and the fuller
-    Stability(move_budget=4, retire_margin=0.85, fill_margin=0.95, proba_margin=0.1)
+    >>> Stability(move_budget=4).fill_margin  # the stricter the margins, the more stable
+    0.95
     """
     demand = _validated(demands, workers)
     strict = stability.strict(predictor)
@@ -282,9 +319,9 @@ def replan(demands: Sequence[AdapterDemand], workers: Sequence[RunningWorker],
     unplaced += board.shed()
     entries = _heaviest_first(demand, _split(unplaced, demand, strict, stability.fill_margin))
     left = board.put(entries, board.up(), 1 / stability.fill_margin)
-    new = (_new_gpus(left, demand, strict, stability.fill_margin, len(workers))
+    new = (_new_gpus(left, demand, strict, stability, len(workers))
            if left else [])
-    if not new:
+    if not new and _oversized(board, strict, stability):
         board.consolidate(stability)
     gpus = []
     for i, w in enumerate(workers):

@@ -35,7 +35,7 @@ def settled(ads: list[AdapterDemand], predictor: Predictor) -> list[RunningWorke
 
 
 def check(plan: Plan, ads: list[AdapterDemand], workers: list[RunningWorker],
-          predictor: Predictor) -> None:
+          predictor: Predictor, stability: Stability | None = None) -> None:
     """Every adapter held with its whole rate; no fixed engine violated; no worker predicted
     infeasible (a lone adapter on a new GPU excepted, as for ``place``); deterministic."""
     by_name = {a.name: a for a in ads}
@@ -60,7 +60,7 @@ def check(plan: Plan, ads: list[AdapterDemand], workers: list[RunningWorker],
         if g.rates and (i < len(workers) or len(g.rates) > 1):
             assert predictor.check([replace(by_name[n], rate=r) for n, r in g.rates.items()],
                                    g.engine).feasible, i
-    again = replan(ads, workers, predictor)
+    again = replan(ads, workers, predictor, stability or Stability())
     assert [(g.engine, g.rates) for g in again.gpus] == [(g.engine, g.rates) for g in plan.gpus]
 
 
@@ -125,7 +125,7 @@ def test_halved_rates_retire_workers_within_the_move_budget(predictor) -> None:
     count = len(workers)
     for _ in range(6):  # the fleet shrinks a few adapters at a time
         plan = replan(half, workers, predictor, budget)
-        check(plan, half, workers, predictor)
+        check(plan, half, workers, predictor, budget)
         migration, after = step(half, workers, plan)
         assert len(migration.moved) <= budget.move_budget
         assert not migration.added
@@ -144,6 +144,9 @@ def test_doubled_rates_append_gpus(predictor) -> None:
     check(plan, double, workers, predictor)
     assert plan.num_gpus > len(workers)
     assert all(g.rates for g in plan.gpus[len(workers):])
+    for g in plan.gpus[len(workers):]:  # new workers start with room in their CPU LoRA tier
+        loras = sum(1 for n in g.rates if n != "base")
+        assert g.engine.cpu_loras >= max(g.engine.max_loras, 2 * loras)
     migration, _ = step(double, workers, plan)
     assert migration.added == tuple(f"w{i}" for i in range(len(workers), plan.num_gpus))
     assert not migration.retired
@@ -199,6 +202,9 @@ def test_bad_input_names_the_field(predictor, args: dict[str, object], field: st
     ({"move_budget": -1}, "stability.move_budget"),
     ({"retire_margin": 0.0}, "stability.retire_margin"),
     ({"fill_margin": 1.5}, "stability.fill_margin"),
+    ({"proba_margin": 1.0}, "stability.proba_margin"),
+    ({"tries": -1}, "stability.tries"),
+    ({"cpu_lora_room": 0.5}, "stability.cpu_lora_room"),
 ])
 def test_bad_stability_names_the_field(kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(ConfigError) as info:
