@@ -2,8 +2,11 @@
 
 Each model speaks River (``learn_one(x, y)`` / ``predict_one(x)``) over the feature dicts of
 ``planner.features``. The models learn dimensionless targets rather than raw numbers:
-``ThroughputModel`` the share of the offered tokens served, ``LatencyModel`` log latencies;
-the analytic capacity estimate is among their features. Which River estimator sits inside is
+``ThroughputModel`` the share of the offered tokens served, as a correction to the analytic
+share ``min(1, capacity / offered)`` (``analytic_share``: within 5% on its own for workers
+with a slot per adapter, so the learned part is what the analytic model misses: slot
+thrashing, bursts, short runs), ``LatencyModel`` log latencies; the analytic capacity
+estimate is among their features. Which River estimator sits inside is
 a constructor parameter, chosen by measurement (``bench/surrogate.py``). Nothing is trained
 in a constructor; ``Surrogate.save``/``load`` are the only file access.
 """
@@ -27,6 +30,7 @@ __all__ = [
     "StarvationModel",
     "Surrogate",
     "ThroughputModel",
+    "analytic_share",
     "transform",
 ]
 
@@ -66,10 +70,21 @@ CLASSIFIERS: dict[str, Callable[[int], Any]] = {
 }
 
 
+def analytic_share(x: Mapping[str, float]) -> float:
+    """The share of the offered tokens the analytic capacity estimate says a worker serves.
+
+    Examples
+    --------
+    >>> analytic_share({"load_ratio": 0.5}), analytic_share({"load_ratio": 2.0})
+    (1.0, 0.5)
+    """
+    return min(1.0, 1.0 / max(x["load_ratio"], 1e-9))
+
+
 class ThroughputModel:
-    """Tokens/s a worker serves, learned as the share of the offered tokens it serves: 1
-    below saturation, capacity over offered load above it. (``learn_one`` takes the served
-    tokens/s and, in ``offered``, the tokens/s that arrived in that window.)"""
+    """Tokens/s a worker serves, learned as the share of the offered tokens it serves minus
+    the analytic share (``analytic_share``). (``learn_one`` takes the served tokens/s and, in
+    ``offered``, the tokens/s that arrived in that window.)"""
 
     def __init__(self, model: str = "arf", seed: int = 0) -> None:
         self.model = model
@@ -79,10 +94,10 @@ class ThroughputModel:
     def learn_one(self, x: Mapping[str, float], y: float, offered: float | None = None) -> None:
         total = offered if offered is not None else x["offered_tps"]
         if total > 0:
-            self._est.learn_one(transform(x), min(y / total, 1.5))
+            self._est.learn_one(transform(x), min(y / total, 1.5) - analytic_share(x))
 
     def predict_one(self, x: Mapping[str, float]) -> float:
-        share = float(self._est.predict_one(transform(x)))
+        share = float(self._est.predict_one(transform(x))) + analytic_share(x)
         return min(max(share, 0.0), 1.0) * x["offered_tps"]
 
 

@@ -121,7 +121,7 @@ def test_learned_scale_adds_capacity_before_anything_starves(surrogate, specs) -
     for w in _windows(specs, slowdown=1.2, jitter=0.0, load=0.6):
         online.observe(w)
     config = PlannerConfig(headroom=1.0)
-    adapters = _adapters(30.0, 16)
+    adapters = _adapters(40.0, 32)
     old = place(adapters, model, gpu, profile, surrogate, config)
     new = place(adapters, model, gpu, profile, surrogate,
                 dataclasses.replace(config, capacity_scale=online.capacity_scale()))
