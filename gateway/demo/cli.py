@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,13 @@ def register(sub: Any) -> None:
                    help="their total rate, requests per simulated second (Zipf-skewed)")
     p.add_argument("--stream-fraction", type=float, default=0.2)
     p.add_argument("--concurrency", type=int, default=400, help="requests on the wire at most")
-    p.add_argument("--shift-every", type=float, default=None, metavar="S",
-                   help="rotate which adapters are hot every S simulated seconds")
+    p.add_argument("--shift-every", type=float, default=60.0, metavar="S",
+                   help="rotate which adapters are hot every S simulated seconds "
+                   "(default 60; 0: never)")
+    p.add_argument("--replan-every", type=float, default=15.0, metavar="S",
+                   help="wall seconds between re-plans (default 15; 0: never)")
+    p.add_argument("--observe-window", type=float, default=20.0, metavar="S",
+                   help="wall seconds of traffic each re-plan looks at (default 20)")
     p.add_argument("--slowdown", type=float, default=1.05,
                    help="workers' step times against the profile the planner knows")
     p.add_argument("--jitter", type=float, default=0.1, help="workers' step-time noise")
@@ -76,23 +82,29 @@ def _check(args: argparse.Namespace) -> None:
         if not ok:
             value = getattr(args, name.replace("-", "_"))
             raise ConfigError(f"--{name}", f"must be {want}, got {value!r}")
-    if args.shift_every is not None and not args.shift_every > 0:
-        raise ConfigError("--shift-every", f"must be > 0, got {args.shift_every!r}")
+    if not args.shift_every >= 0:
+        raise ConfigError("--shift-every", f"must be >= 0, got {args.shift_every!r}")
+    if not args.replan_every >= 0:
+        raise ConfigError("--replan-every", f"must be >= 0, got {args.replan_every!r}")
+    if not args.observe_window > 0:
+        raise ConfigError("--observe-window", f"must be > 0, got {args.observe_window!r}")
 
 
 async def _report(stats: DemoStats, fleet: Any, baselines: dict[str, int],
                   console: Console, start: float) -> None:
+    start_wall = time.time()
     """Refresh the live view (a terminal) or print a progress line now and then (a pipe)."""
     loop = asyncio.get_running_loop()
     if not console.is_terminal:
         while True:
             await asyncio.sleep(PLAIN_EVERY_S)
-            print(plain_line(snapshot(stats, fleet, baselines, now=loop.time(), start=start)),
+            print(plain_line(snapshot(stats, fleet, baselines, now=loop.time(), start=start,
+                                      start_wall=start_wall)),
                   flush=True)
     with Live(console=console, auto_refresh=False) as live:
         while True:
             live.update(render(snapshot(stats, fleet, baselines, now=loop.time(),
-                                        start=start)), refresh=True)
+                                        start=start, start_wall=start_wall)), refresh=True)
             await asyncio.sleep(LIVE_EVERY_S)
 
 
@@ -101,7 +113,8 @@ async def _run(args: argparse.Namespace, adapters: list[AdapterDemand], plan: In
     from gateway.demo.load import LoadSpec, drive, make_client  # openai: a test extra
 
     spec = FleetSpec(workers=args.workers, slowdown=args.slowdown, jitter=args.jitter,
-                     time_scale=args.time_scale, seed=args.seed)
+                     time_scale=args.time_scale, seed=args.seed,
+                     replan_every_s=args.replan_every, observe_window_s=args.observe_window)
     load = LoadSpec(time_scale=args.time_scale, stream_fraction=args.stream_fraction,
                     concurrency=args.concurrency, drain_timeout_s=args.drain_seconds,
                     seed=args.seed)
@@ -116,10 +129,15 @@ async def _run(args: argparse.Namespace, adapters: list[AdapterDemand], plan: In
     reporter = loop.create_task(_report(stats, fleet, baselines, console, start))
     try:
         async with make_client(fleet.url, args.concurrency) as client:
-            arrivals = Arrivals(adapters, seed=args.seed, shift_every_s=args.shift_every)
+            arrivals = Arrivals(adapters, seed=args.seed,
+                                shift_every_s=args.shift_every or None)
             abandoned = await drive(client, adapters, arrivals, stats, load, stop)
         wall = loop.time() - start
-        return summary(stats, gpus_active=fleet.gpus_active, planned_gpus=plan.planned_gpus,
+        replans = fleet.replans
+        planned = next((r["planned_gpus"] for r in reversed(replans) if not r["dry_run"]),
+                       plan.planned_gpus)
+        return summary(stats, gpus_active=fleet.gpus_active, planned_gpus=planned,
+                       replans=replans, migrations=fleet.migrations,
                        baselines=baselines, adapters=len(adapters), wall_s=wall,
                        abandoned=abandoned, adapters_per_worker=fleet.adapters_per_worker())
     finally:

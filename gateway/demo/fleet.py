@@ -11,10 +11,11 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import FLEET
+from gateway.keys import FLEET, REPLANNER
 from gateway.server.app import create_app, serve
 from gateway.server.config import GatewayConfig, WorkerEndpoint
 from gateway.server.emulated import EmulatedFleet, scaffold_entries, start_emulated, worker_configs
@@ -44,6 +45,8 @@ class FleetSpec:
     jitter: float = 0.1
     time_scale: float = 2.0
     seed: int = 0
+    replan_every_s: float = 15.0  # wall seconds between periodic re-plans (0: never)
+    observe_window_s: float = 20.0  # wall seconds of traffic a re-plan looks at
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -91,6 +94,16 @@ class DemoFleet:
     def gpus_active(self) -> int:
         return self.app[FLEET].gpus_active
 
+    @property
+    def replans(self) -> list[dict[str, Any]]:
+        """The re-plans so far (``Replanner.history``), oldest first."""
+        return list(self.app[REPLANNER].history)
+
+    @property
+    def migrations(self) -> int:
+        """Adapters moved by the migrations so far."""
+        return self.app[REPLANNER].migrations
+
     async def stop(self) -> None:
         await self.runner.cleanup()
         await self.workers.stop()
@@ -103,7 +116,8 @@ async def start_demo(adapters: Sequence[AdapterDemand], plan: InitialPlan, spec:
     cfg = GatewayConfig(base_model=spec.model, workers=tuple(
         WorkerEndpoint(f"w{i}", "http://127.0.0.1:1") for i in range(spec.workers)),
         adapters=scaffold_entries(adapters, folder, base_model=spec.model), gpu=spec.gpu,
-        model=spec.model, profile=spec.profile, port=0)
+        model=spec.model, profile=spec.profile, port=0, replan_interval_s=spec.replan_every_s,
+        observe_window_s=spec.observe_window_s, time_scale=spec.time_scale)
     configs = [replace(c, slowdown=spec.slowdown, jitter=spec.jitter) for c in worker_configs(
         plan, served_model_name=cfg.base_model, model=spec.model, gpu=spec.gpu,
         profile=spec.profile, time_scale=spec.time_scale, seed=spec.seed)]

@@ -34,17 +34,36 @@ class Snapshot:
     baselines: dict[str, int]
     adapters_per_worker: list[int]
     outstanding: list[int]
+    replans: int = 0
+    migrations: int = 0
+    events: tuple[str, ...] = ()  # the last re-plans, one line each
 
 
 def snapshot(stats: DemoStats, fleet: DemoFleet, baselines: dict[str, int], *, now: float,
-             start: float) -> Snapshot:
+             start: float, start_wall: float = 0.0) -> Snapshot:
     return Snapshot(elapsed_s=now - start, time_scale=stats.time_scale,
                     requests=stats.requests, failed=stats.failed, in_flight=stats.in_flight,
                     rate_rps=stats.rate(now, start), ttft_p50_s=stats.ttft_percentile(50),
                     ttft_p99_s=stats.ttft_percentile(99), gpus_active=fleet.gpus_active,
                     workers=len(fleet.workers.urls), baselines=baselines,
                     adapters_per_worker=fleet.adapters_per_worker(),
-                    outstanding=fleet.outstanding())
+                    outstanding=fleet.outstanding(), replans=len(fleet.replans),
+                    migrations=fleet.migrations,
+                    events=tuple(event_line(r, start_wall) for r in fleet.replans[-5:]))
+
+
+def event_line(r: dict[str, Any], start_wall: float) -> str:
+    """One re-plan as the view lists it."""
+    diff = r["diff"]
+    moved, retired = len(diff["moved"]), diff["retired"]
+    outcome = r.get("migration", {}).get("outcome", "no change" if not diff["steps"] else "-")
+    text = (f"t={r['at'] - start_wall:5.0f}s {r['trigger']}: plan {r['planned_gpus']} GPUs, "
+            f"moved {moved}")
+    if retired:
+        text += f", retired {', '.join(retired)}"
+    if r.get("capacity_scale", 1.0) != 1.0:
+        text += f", capacity x{r['capacity_scale']:.2f}"
+    return text + f" ({outcome})"
 
 
 def _s(value: float) -> str:
@@ -70,7 +89,7 @@ def render(s: Snapshot) -> RenderableType:
             ("TTFT p50 / p99 (simulated s)", f"{_s(s.ttft_p50_s)} / {_s(s.ttft_p99_s)}"),
             ("GPUs active", f"[bold green]{s.gpus_active}[/bold green] of {s.workers}"),
             ("baselines (GPUs)", _baselines(s)),
-            ("re-plans / migrations", "0 / 0 (re-planning not built yet)")]
+            ("re-plans / adapters moved", f"{s.replans} / {s.migrations}")]
     for label, value in rows:
         head.add_row(label, value)
     workers = Table(title="workers")
@@ -78,7 +97,13 @@ def render(s: Snapshot) -> RenderableType:
         workers.add_column(col, justify="right")
     for i, (n, q) in enumerate(zip(s.adapters_per_worker, s.outstanding, strict=True)):
         workers.add_row(f"w{i}", str(n) if n else "[dim]idle[/dim]", str(q))
-    return Group(head, workers)
+    if not s.events:
+        return Group(head, workers)
+    events = Table(title="re-plans", show_header=False)
+    events.add_column(justify="left")
+    for line in s.events:
+        events.add_row(line)
+    return Group(head, workers, events)
 
 
 def plain_line(s: Snapshot) -> str:
@@ -87,12 +112,14 @@ def plain_line(s: Snapshot) -> str:
             f"rps={s.rate_rps:.1f} ttft_p50={_s(s.ttft_p50_s)}s ttft_p99={_s(s.ttft_p99_s)}s "
             f"gpus_active={s.gpus_active}/{s.workers} "
             + "".join(f"baseline_{k}={v} " for k, v in s.baselines.items()) +
-            f"adapters_per_worker={s.adapters_per_worker}")
+            f"adapters_per_worker={s.adapters_per_worker} replans={s.replans} "
+            f"moved={s.migrations}")
 
 
 def summary(stats: DemoStats, *, gpus_active: int, planned_gpus: int,
             baselines: dict[str, int], adapters: int, wall_s: float, abandoned: int,
-            adapters_per_worker: list[int]) -> dict[str, Any]:
+            adapters_per_worker: list[int], replans: list[dict[str, Any]] | None = None,
+            migrations: int = 0) -> dict[str, Any]:
     """The result, as ``--json`` prints it (NaN latencies become null)."""
     def num(v: float) -> float | None:
         return None if math.isnan(v) else round(v, 4)
@@ -107,10 +134,19 @@ def summary(stats: DemoStats, *, gpus_active: int, planned_gpus: int,
             "ttft_p99_s": num(stats.ttft_percentile(99)),
             "e2e_p50_s": num(stats.e2e_percentile(50)),
             "e2e_p99_s": num(stats.e2e_percentile(99)),
-            "migrations": 0, "replans": 0, "replanning": "not built yet",
+            "migrations": migrations, "replans": len(replans or []),
+            "replan_outcomes": _outcomes(replans or []),
             "time_scale": stats.time_scale, "wall_s": round(wall_s, 2),
             "simulated_s": round(wall_s * stats.time_scale, 1),
             "requests_per_s": round(stats.requests / wall_s, 2) if wall_s > 0 else 0.0}
+
+
+def _outcomes(replans: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in replans:
+        key = r.get("migration", {}).get("outcome", "unchanged")
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def summary_table(out: dict[str, Any]) -> Table:
@@ -131,7 +167,7 @@ def summary_table(out: dict[str, Any]) -> Table:
         ("TTFT p50 / p99 (simulated s)", f"{shown[0]} / {shown[1]}"),
         ("E2E p50 / p99 (simulated s)", f"{shown[2]} / {shown[3]}"),
         ("wall / simulated s", f"{out['wall_s']:.0f} / {out['simulated_s']:.0f}"),
-        ("re-plans / migrations", "0 / 0 (re-planning and migration are not built yet)"),
+        ("re-plans / adapters moved", f"{out['replans']} / {out['migrations']}"),
     ]
     if out["errors"]:
         rows.append(("errors", ", ".join(f"{k} {v}" for k, v in out["errors"].items())))

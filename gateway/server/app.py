@@ -25,6 +25,7 @@ from gateway.keys import (
     GATEWAY_CONFIG,
     GATEWAY_METRICS,
     KEYRING,
+    OBSERVER,
     STATE_KEEPER,
 )
 from gateway.server.access import access_middleware
@@ -34,8 +35,11 @@ from gateway.server.config import GatewayConfig
 from gateway.server.errors import error_middleware
 from gateway.server.lifecycle import bootstrap, client_session, health_checks
 from gateway.server.metrics import GatewayMetrics
+from gateway.server.observer import Observer
 from gateway.server.planning import InitialPlan
 from gateway.server.registry import Fleet
+from gateway.server.replan_routes import add_replan_routes
+from gateway.server.replanner import replanning
 from gateway.server.routes import add_routes
 from gateway.server.state import FileStateStore, StateKeeper, keep_state, restore
 
@@ -69,14 +73,17 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     metrics = GatewayMetrics()
     metrics.bind(fleet, adapters=len(cfg.adapters))
     app[GATEWAY_METRICS] = metrics
+    app[OBSERVER] = Observer(cfg.observe_window_s)
     app.cleanup_ctx.append(client_session)
     app.cleanup_ctx.append(upstream_auth(worker_key(cfg)))
     app.cleanup_ctx.append(keep_state)  # before bootstrap: it saves the installed plan
     app.cleanup_ctx.append(bootstrap(plan))
     app.cleanup_ctx.append(health_checks)
+    app.cleanup_ctx.append(replanning)
     app.on_shutdown.append(_stop_serving)
     add_routes(app)
     add_admin_routes(app)
+    add_replan_routes(app)
     return app
 
 

@@ -22,6 +22,12 @@ it on one line and exits with status 2). The file::
     load_timeout_s: 60
     health_interval_s: 2
     retry_after_s: 1
+    replan_interval_s: 60             # 0: re-plan only on demand (admin, drain, worker down)
+    observe_window_s: 60              # rates and lengths the re-plan uses
+    move_budget: 8                    # adapters one periodic re-plan may move
+    retire_margin: 0.85               # hysteresis: slack needed before a worker is emptied
+    validate_replans: true            # check each re-plan in the cluster twin
+    time_scale: 1                     # emulated workers this much faster than real time
     keys:                             # client API keys; none: an open gateway
       - {key_env: TEAM_A_KEY, name: team-a, adapters: [sql, chat], rate_limit: 5}
       - {key: sk-literal, name: ops, adapters: "*", rate_limit: 50, burst: 100}
@@ -113,6 +119,13 @@ class GatewayConfig:
     health_interval_s: float = 2.0
     retry_after_s: int = 1
     max_connections: int = 1024
+    # re-planning (gateway/server/replanner.py)
+    replan_interval_s: float = 60.0  # 0: only on POST /admin/replan, a drain or a worker down
+    observe_window_s: float = 60.0  # the observer's sliding window
+    move_budget: int = 8  # adapters a periodic re-plan may move beyond forced moves
+    retire_margin: float = 0.85  # slack a worker's load must leave for another to retire
+    validate_replans: bool = True  # check each re-plan in the cluster twin
+    time_scale: float = 1.0  # emulated workers run this much faster than the profile
     # keys, admin API, state, shutdown (gateway/server/auth.py, admin.py, state.py)
     keys: tuple[KeySpec, ...] = ()
     worker_api_key_env: str | None = None
@@ -140,10 +153,20 @@ class GatewayConfig:
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"must be in 0..65535, got {self.port}")
         for name in ("max_model_len", "connect_timeout_s", "read_timeout_s", "load_timeout_s",
-                     "health_interval_s", "retry_after_s", "max_connections", "drain_timeout_s"):
+                     "health_interval_s", "retry_after_s", "max_connections"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(name, f"must be > 0, got {value!r}")
+        for name in ("observe_window_s", "time_scale", "drain_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(name, f"must be > 0, got {value!r}")
+        if not (math.isfinite(self.replan_interval_s) and self.replan_interval_s >= 0):
+            raise ConfigError("replan_interval_s", f"must be >= 0, got {self.replan_interval_s!r}")
+        if self.move_budget < 0:
+            raise ConfigError("move_budget", f"must be >= 0, got {self.move_budget!r}")
+        if not 0 < self.retire_margin <= 1:
+            raise ConfigError("retire_margin", f"must be in (0, 1], got {self.retire_margin!r}")
         if self.max_body_bytes is not None and self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes", f"must be >= 1024, got {self.max_body_bytes}")
 
@@ -199,7 +222,8 @@ def _adapters(items: Any) -> tuple[AdapterEntry, ...]:
 
 _STRINGS = frozenset({"base_model", "gpu", "model", "profile", "host"})
 _INTS = frozenset({"port", "max_model_len", "max_body_bytes", "retry_after_s",
-                   "max_connections"})
+                   "max_connections", "move_budget"})
+_BOOLS = frozenset({"validate_replans"})
 
 
 def _scalar(key: str, value: Any) -> Any:
@@ -215,6 +239,10 @@ def _scalar(key: str, value: Any) -> Any:
     if key in _STRINGS:
         if not isinstance(value, str):
             raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    if key in _BOOLS:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
         return value
     if key in _INTS:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -29,6 +29,8 @@ __all__ = ["bootstrap", "client_session", "health_checks", "make_plan", "sync_wo
 
 logger = logging.getLogger(__name__)
 
+HEALTH_MISSES = 3  # health checks in a row that time out before a worker is marked down
+
 Ctx = Callable[[web.Application], AsyncIterator[None]]
 
 
@@ -103,6 +105,8 @@ async def _initial(app: web.Application, plan: InitialPlan | None) -> None:
     cfg, fleet = app[GATEWAY_CONFIG], app[FLEET]
     if plan is None:
         plan = await asyncio.get_running_loop().run_in_executor(None, make_plan, cfg)
+    fleet.set_engines(plan.engines)
+    fleet.planned_gpus = plan.planned_gpus
     fleet.set_plan(plan.placement)  # routes nothing until residency is known
     await asyncio.gather(*(sync_worker(app, i) for i in range(len(fleet.workers))))
     fleet.synced = True
@@ -124,18 +128,27 @@ async def _health_loop(app: web.Application) -> None:
     cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
     timeout = aiohttp.ClientTimeout(total=min(cfg.health_interval_s, cfg.connect_timeout_s))
 
+    misses = [0] * len(fleet.workers)
+
     async def check(index: int) -> None:
         url = fleet.workers[index].endpoint.url
+        refused = False
         try:
             async with session.get(f"{url}/health", timeout=timeout) as resp:
                 ok = resp.status == 200
+        except aiohttp.ClientConnectorError:
+            ok, refused = False, True
         except (aiohttp.ClientError, TimeoutError):
             ok = False
-        was_up = fleet.workers[index].up
-        if ok and not was_up and fleet.plan is not None:
+        misses[index] = 0 if ok else misses[index] + 1
+        worker = fleet.workers[index]
+        if ok and worker.status is WorkerStatus.DOWN and fleet.plan is not None:
             await sync_worker(app, index)  # it came back: reconcile and reload
-        else:
-            fleet.set_status(index, WorkerStatus.UP if ok else WorkerStatus.DOWN)
+        elif ok:
+            fleet.set_status(index, WorkerStatus.UP)
+        elif refused or misses[index] >= HEALTH_MISSES:
+            # a refused connection is certain; a slow answer may be load: a few in a row
+            fleet.set_status(index, WorkerStatus.DOWN)
 
     while True:
         await asyncio.sleep(cfg.health_interval_s)

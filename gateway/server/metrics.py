@@ -37,6 +37,7 @@ class ReplanTrigger(enum.StrEnum):
     DRAIN = "drain"
     WORKER_DOWN = "worker_down"
     STARTUP = "startup"
+    ON_DEMAND = "on_demand"  # a request for a registered adapter that no worker holds
 
 
 def _up(fleet: Fleet, index: int) -> float:

@@ -28,7 +28,7 @@ from twin.profile import load_profile
 from twin.routing import BASE_MODEL, Placement, WorkerPlacement
 from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, default_engine_for
 
-__all__ = ["InitialPlan", "from_planner", "round_robin"]
+__all__ = ["InitialPlan", "fallback_engine", "from_planner", "round_robin"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,10 @@ def _key(a: AdapterDemand) -> str:
     return BASE_MODEL if a.rank == 0 else a.name
 
 
-def _engine(adapters: Sequence[AdapterDemand], gpu: str, max_model_len: int) -> EngineConfig:
+def fallback_engine(adapters: Sequence[AdapterDemand], gpu: str,
+                    max_model_len: int) -> EngineConfig:
+    """Engine options for a worker holding ``adapters`` when no plan chose them: every rank
+    served, up to ``MAX_SLOTS`` GPU slots, a CPU slot for each adapter."""
     loras = [a for a in adapters if a.rank > 0]
     top = max((a.rank for a in loras), default=8)
     rank = next(r for r in ALLOWED_LORA_RANKS if r >= top)
@@ -78,7 +81,7 @@ def round_robin(adapters: Sequence[AdapterDemand], workers: Sequence[str], *,
             s[BASE_MODEL] = 1.0 / len(workers)
     placement = Placement(tuple(WorkerPlacement(name=n, shares=s)
                                 for n, s in zip(workers, shares, strict=True)))
-    engines = tuple(_engine(h or list(adapters), gpu, max_model_len) for h in held)
+    engines = tuple(fallback_engine(h or list(adapters), gpu, max_model_len) for h in held)
     return InitialPlan(placement=placement, engines=engines, planned_gpus=len(workers))
 
 

@@ -24,7 +24,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_METRICS, UPSTREAM_WORKER
+from gateway.keys import (
+    CLIENT_SESSION,
+    FLEET,
+    GATEWAY_CONFIG,
+    GATEWAY_METRICS,
+    OBSERVER,
+    REPLANNER,
+    UPSTREAM_WORKER,
+)
 from gateway.server.errors import ApiError, request_id
 from gateway.server.metrics import UNKNOWN
 from gateway.server.protocol import SamplingRequest
@@ -48,6 +56,10 @@ class _Call:
     client_usage: bool
     started: float
     rid: str
+    worker: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft: float | None = None
 
 
 def _upstream_payload(raw: bytes, body: dict[str, Any], parsed: SamplingRequest) -> bytes:
@@ -66,9 +78,15 @@ async def forward(request: web.Request, path: str, raw: bytes, body: dict[str, A
     metrics = request.app[GATEWAY_METRICS]
     started = time.perf_counter()
     label, status = UNKNOWN, CLIENT_CLOSED
+    call: _Call | None = None
     try:
         adapter = request.app[FLEET].resolve(parsed.model)
         label = parsed.model
+        request.app[OBSERVER].arrival(label, now=time.monotonic())
+        fleet = request.app[FLEET]
+        if adapter is not None and fleet.synced and not fleet.placed(adapter):
+            await request.app[REPLANNER].ensure_placed(
+                adapter, request.app[GATEWAY_CONFIG].load_timeout_s)
         call = _Call(request, path, _upstream_payload(raw, body, parsed), adapter, label,
                      bool(parsed.stream), parsed.include_usage, started, request_id(request))
         response, status = await _proxy(call)
@@ -80,7 +98,13 @@ async def forward(request: web.Request, path: str, raw: bytes, body: dict[str, A
         status = 500
         raise
     finally:
-        metrics.observe(label, status, time.perf_counter() - started)
+        e2e = time.perf_counter() - started
+        metrics.observe(label, status, e2e)
+        if call is not None and status == 200:
+            request.app[OBSERVER].finished(
+                label, call.worker, prompt_tokens=call.prompt_tokens,
+                completion_tokens=call.completion_tokens, e2e_s=e2e, ttft_s=call.ttft,
+                now=time.monotonic())
 
 
 async def _connect(call: _Call) -> tuple[int, aiohttp.ClientResponse]:
@@ -143,7 +167,8 @@ async def _lost_adapter(upstream: aiohttp.ClientResponse) -> bool:
 async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
     index, upstream = await _connect(call)
     fleet = call.request.app[FLEET]
-    call.request[UPSTREAM_WORKER] = fleet.workers[index].endpoint.name  # for the access log
+    call.worker = fleet.workers[index].endpoint.name
+    call.request[UPSTREAM_WORKER] = call.worker  # for the access log
     finished = False
     try:
         if call.stream and upstream.status == 200:
@@ -162,8 +187,10 @@ async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
 
 def _record_usage(call: _Call, usage: Any) -> None:
     if isinstance(usage, dict):
-        call.request.app[GATEWAY_METRICS].usage(call.label, int(usage.get("prompt_tokens", 0)),
-                                                int(usage.get("completion_tokens", 0)))
+        call.prompt_tokens = int(usage.get("prompt_tokens", 0))
+        call.completion_tokens = int(usage.get("completion_tokens", 0))
+        call.request.app[GATEWAY_METRICS].usage(call.label, call.prompt_tokens,
+                                                call.completion_tokens)
 
 
 async def _relay_body(call: _Call, upstream: aiohttp.ClientResponse,
@@ -213,7 +240,10 @@ async def _relay_stream(call: _Call,
                         upstream: aiohttp.ClientResponse) -> tuple[web.StreamResponse, int]:
     out = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                       "Cache-Control": "no-cache", "X-Request-Id": call.rid})
-    await out.prepare(call.request)
+    try:
+        await out.prepare(call.request)
+    except ConnectionResetError:  # the client left before the stream began
+        return out, CLIENT_CLOSED
     metrics = call.request.app[GATEWAY_METRICS]
     pending, first, status = b"", True, 200
     while True:
@@ -236,7 +266,8 @@ async def _relay_stream(call: _Call,
         if not ready:
             continue
         if first:
-            metrics.ttft.labels(call.label).observe(time.perf_counter() - call.started)
+            call.ttft = time.perf_counter() - call.started
+            metrics.ttft.labels(call.label).observe(call.ttft)
             first = False
         try:
             await out.write(ready)

@@ -141,6 +141,10 @@ class Fleet:
         return {wp.name: frozenset(k for k in wp.shares if k != BASE_MODEL)
                 for wp in self.plan.workers}
 
+    def placed(self, adapter: str) -> bool:
+        """The plan routes ``adapter`` to some worker."""
+        return self.plan is not None and any(adapter in wp.shares for wp in self.plan.workers)
+
     def busy(self, index: int, adapters: Collection[str | None]) -> int:
         """Requests in flight on worker ``index`` for any of ``adapters``."""
         return sum(self.inflight[(index, a)] for a in adapters)

@@ -27,7 +27,7 @@ from planner.validate import validate
 from twin.catalog import get_gpu, get_model
 from twin.profile import load_profile
 
-__all__ = ["ReplanJob", "ReplanResult", "run_job"]
+__all__ = ["ReplanJob", "ReplanResult", "run_job", "warm"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +65,11 @@ def _surrogate() -> Surrogate:
     from gateway.plan_cli import default_surrogate  # trains once, then cached on disk
 
     return default_surrogate()
+
+
+def warm() -> None:
+    """Load the surrogate (and the planner's imports) before the first re-plan needs them."""
+    _surrogate()
 
 
 def _predictor(job: ReplanJob) -> Predictor:

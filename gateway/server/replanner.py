@@ -29,7 +29,7 @@ from gateway.server.metrics import MigrationOutcome, ReplanTrigger
 from gateway.server.migrate import execute
 from gateway.server.planning import fallback_engine
 from gateway.server.registry import WorkerStatus
-from gateway.server.replan_job import ReplanJob, ReplanResult, run_job
+from gateway.server.replan_job import ReplanJob, ReplanResult, run_job, warm
 from planner.features import AdapterDemand
 from planner.online import RunningWorker, Stability
 
@@ -122,10 +122,10 @@ class Replanner:
                 body["migration"] = report.as_dict()
                 if report.outcome is MigrationOutcome.OK:
                     self.migrations += len(m.moved)
-                    self.planned_gpus = result.planned_gpus
+                    self.planned_gpus = self.app[FLEET].planned_gpus = result.planned_gpus
                     await _persist(self.app)
             elif not dry_run:
-                self.planned_gpus = result.planned_gpus
+                self.planned_gpus = self.app[FLEET].planned_gpus = result.planned_gpus
             body["gpus_active"] = self.app[FLEET].gpus_active
             self.history.append(body)
             logger.info("re-plan (%s): %d GPUs planned, moved %d, retired %s%s", trigger.value,
@@ -258,6 +258,7 @@ async def replanning(app: web.Application) -> AsyncIterator[None]:
 
     replanner = Replanner(app)
     app[REPLANNER] = replanner
+    _executor().submit(warm)  # the first re-plan should not wait for imports and training
     task = asyncio.create_task(replanner.run(), name="replanner")
     try:
         yield

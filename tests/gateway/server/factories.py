@@ -23,7 +23,7 @@ from gateway.server.emulated import (
     start_emulated,
     worker_configs,
 )
-from gateway.server.planning import InitialPlan, round_robin
+from gateway.server.planning import InitialPlan, fallback_engine, round_robin
 from planner.features import AdapterDemand
 from twin.routing import Placement, WorkerPlacement
 
@@ -73,13 +73,19 @@ class Stack:
 @asynccontextmanager
 async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, workers: int = 2,
                         shares: Sequence[dict[str, float]] | None = None,
-                        time_scale: float = 200.0, **overrides: Any) -> AsyncIterator[Stack]:
+                        time_scale: float = 200.0, roomy: bool = False,
+                        **overrides: Any) -> AsyncIterator[Stack]:
     """``workers`` emulated workers (round-robin placement unless ``shares`` is given) and the
-    gateway in front, served by aiohttp's test server (handler cancellation on)."""
+    gateway in front, served by aiohttp's test server (handler cancellation on). ``roomy``
+    starts every worker with room for all the adapters (as an operator sizes a fleet that
+    re-plans), instead of just the round-robin share."""
     names = [f"w{i}" for i in range(workers)]
     plan = round_robin(adapters, names, max_model_len=MAX_MODEL_LEN)
     if shares is not None:
         plan = plan_of(shares, plan)
+    if roomy:
+        engine = fallback_engine(adapters, "a100-80gb", MAX_MODEL_LEN)
+        plan = replace(plan, engines=(engine,) * workers)
     fleet = await start_emulated(worker_configs(plan, served_model_name=BASE,
                                                 time_scale=time_scale))
     try:
