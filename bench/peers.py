@@ -230,6 +230,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     fig, axes = plt.subplots(1, len(backends), figsize=(6.5 * len(backends), 4.8),
@@ -243,10 +244,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.plot([p["rate"] for p in pts], [p["p50_ms"] for p in pts], ":", color=color)
         ax.set(xscale="log", yscale="log", xlabel="offered load (requests/s, fixed rate)",
                ylabel="latency (ms; p99 solid, p50 dotted)", title=f"backend: {backend}")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("latency against offered load, per peer (2 shared cores; sweep stops at the "
-                 "first point whose p99 > 2x idle)", fontsize=10)
+    fig.suptitle("latency against offered load, per peer (2 shared cores; a sweep stops after "
+                 "two points in a row whose p99 > 2x idle)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
