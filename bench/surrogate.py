@@ -21,49 +21,119 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from planner.dataset import run_sample, sample_specs
-from planner.evaluate import evaluate, macro_f1, near_boundary, split
-from planner.features import AdapterDemand
-from planner.placer import PlannerConfig, Predictor
-from planner.surrogate import CLASSIFIERS, REGRESSORS
-from planner.table import load_table
+from planner.dataset import COLUMNS, SampleSpec, run_sample, sample_specs
+from planner.evaluate import evaluate, macro_f1, near_boundary, smape, split, starved
+from planner.features import AdapterDemand, worker_features
+from planner.placer import SLOT_CANDIDATES, PlannerConfig, Predictor
+from planner.surrogate import CLASSIFIERS, REGRESSORS, analytic_share
+from planner.table import load_table, save_table
 from planner.training import train
 from planner.validate import workload_for
 from twin import Scenario, get_gpu, get_model, load_profile, simulate
+from twin.errors import InsufficientMemoryError
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL, GPU, PROFILE = get_model("llama-3.1-8b"), get_gpu("a100-80gb"), \
     load_profile("roofline-default")
 
 
-def compare(rows: list[dict[str, float]]) -> list[dict[str, object]]:
-    train_rows, test_rows = split(rows)
+def placement_specs(n: int, seed: int) -> list[SampleSpec]:
+    """Workers shaped as the placer builds them: the dataset's sampled adapters and lengths,
+    but a ``max_loras`` slot for every adapter (the largest slot count that fits memory when
+    enough do not), and the offered load re-drawn around the new analytic capacity (the
+    dataset's own draw mostly has fewer slots than adapters, which the placer avoids)."""
+    rng = np.random.default_rng(seed)
     out = []
-    for reg in REGRESSORS:
-        for clf in CLASSIFIERS:
-            started = time.perf_counter()
-            s = train(train_rows, regressor=reg, classifier=clf)
-            row: dict[str, object] = {"regressor": reg, "classifier": clf,
-                                      "train_s": time.perf_counter() - started}
-            row.update(evaluate(s, test_rows).to_dict())
-            out.append(row)
+    for spec in sample_specs(n, seed, MODEL, GPU, PROFILE):
+        loras = max(1, sum(1 for a in spec.adapters if a.rank > 0))
+        enough = next((s for s in SLOT_CANDIDATES if s >= loras), SLOT_CANDIDATES[-1])
+        for slots in [enough, *(s for s in reversed(SLOT_CANDIDATES) if s < enough)]:
+            engine = dataclasses.replace(spec.engine, max_loras=slots,
+                                         max_cpu_loras=max(slots, loras))
+            try:
+                f = worker_features(spec.adapters, engine, MODEL, GPU,
+                                    PROFILE.step_model(MODEL, GPU, engine), PROFILE.memory)
+            except InsufficientMemoryError:
+                continue
+            break
+        else:
+            continue
+        factor = (float(np.exp(rng.uniform(np.log(0.05), np.log(2.5)))) if rng.random() < 0.3
+                  else float(np.clip(np.exp(rng.normal(np.log(1.0), 0.25)), 0.1, 4.0)))
+        scale = factor / f["load_ratio"]
+        adapters = tuple(dataclasses.replace(a, rate=a.rate * scale) for a in spec.adapters)
+        total = sum(a.rate for a in adapters)
+        out.append(dataclasses.replace(spec, adapters=adapters, engine=engine,
+                                       duration_s=float(min(600.0, max(240.0, 4000.0 / total)))))
     return out
 
 
+def placement_table(n: int, seed: int, path: Path) -> None:
+    """Run ``placement_specs`` in the twin and save the table (one process)."""
+    rows = []
+    started = time.perf_counter()
+    for i, spec in enumerate(placement_specs(n, seed)):
+        rows.append(run_sample(spec, MODEL, GPU, PROFILE))
+        if i % 100 == 99:
+            print(f"{i + 1} samples, {time.perf_counter() - started:.0f} s", flush=True)
+    save_table(rows, COLUMNS, path)
+
+
+def compare(train_rows: list[dict[str, float]],
+            held_out: dict[str, list[dict[str, float]]]) -> list[dict[str, object]]:
+    """Each regressor (with the logistic classifier) and each classifier (with the linear
+    regressor): the two models are independent, so this covers every pair."""
+    pairs = [(reg, "logistic") for reg in REGRESSORS]
+    pairs += [("linear", clf) for clf in CLASSIFIERS if clf != "logistic"]
+    out = []
+    for reg, clf in pairs:
+        started = time.perf_counter()
+        s = train(train_rows, regressor=reg, classifier=clf)
+        row: dict[str, object] = {"regressor": reg, "classifier": clf,
+                                  "train_s": time.perf_counter() - started}
+        for name, rows in held_out.items():
+            row[name] = evaluate(s, rows).to_dict()
+        out.append(row)
+        print(reg, clf, {k: (v["throughput_smape_saturated"], v["starvation_f1_near_boundary"])
+                         for k, v in row.items() if isinstance(v, dict)}, flush=True)
+    return out
+
+
+def analytic(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The analytic estimate alone: throughput ``min(offered, capacity)``, starvation when the
+    offered load exceeds ``1/0.9`` of it (the twin's verdict threshold)."""
+    sat = [r for r in rows if r["starved"]]
+    near = [r for r in rows if near_boundary(r)]
+    return {"throughput_smape_saturated": smape(
+                [r["throughput_tps"] for r in sat],
+                [analytic_share(r) * r["offered_tps"] for r in sat]),
+            "starvation_f1": macro_f1([starved(r) for r in rows],
+                                      [r["load_ratio"] > 1 / 0.9 for r in rows]),
+            "starvation_f1_near_boundary": macro_f1([starved(r) for r in near],
+                                                    [r["load_ratio"] > 1 / 0.9 for r in near])}
+
+
+def placement_rows(specs: list[SampleSpec], seed_offset: int = 0) -> list[dict[str, float]]:
+    return [run_sample(dataclasses.replace(spec, seed=spec.seed + seed_offset), MODEL, GPU,
+                       PROFILE) for spec in specs]
+
+
 def noise_floor(n: int) -> dict[str, float]:
+    """Labels of the dataset's sampled workers against the same workers with another seed."""
     specs = list(sample_specs(n, 12345, MODEL, GPU, PROFILE))
-    a, b, near = [], [], []
-    for spec in specs:
-        r1 = run_sample(spec, MODEL, GPU, PROFILE)
-        r2 = run_sample(dataclasses.replace(spec, seed=spec.seed + 1), MODEL, GPU, PROFILE)
-        a.append(bool(r1["starved"] or r1["any_adapter_starved"]))
-        b.append(bool(r2["starved"] or r2["any_adapter_starved"]))
-        near.append(near_boundary(r1))
-    pick = [i for i, x in enumerate(near) if x]
-    return {"samples": n, "label_f1_between_seeds": macro_f1(a, b),
+    return label_agreement(placement_rows(specs), placement_rows(specs, 1))
+
+
+def label_agreement(first: list[dict[str, float]], second: list[dict[str, float]],
+                    ) -> dict[str, float]:
+    a = [starved(r) for r in first]
+    b = [starved(r) for r in second]
+    pick = [i for i, r in enumerate(first) if near_boundary(r)]
+    return {"samples": len(first), "label_f1_between_seeds": macro_f1(a, b),
             "label_f1_between_seeds_near_boundary": macro_f1([a[i] for i in pick],
                                                              [b[i] for i in pick])}
 
@@ -100,8 +170,8 @@ def largest(ok, hi: int = 256) -> int:
     return lo
 
 
-def max_adapters_error(rows: list[dict[str, float]]) -> list[dict[str, object]]:
-    s = train(split(rows)[0])
+def max_adapters_error(train_rows: list[dict[str, float]]) -> list[dict[str, object]]:
+    s = train(train_rows)
     # Bisection with the check itself (no extra headroom): the surrogate's own boundary.
     predictor = Predictor(s, MODEL, GPU, PROFILE, PlannerConfig(headroom=1.0))
     out = []
@@ -124,22 +194,45 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path,
                         default=ROOT / "planner/data/a100-80gb-llama-3.1-8b.csv")
-    parser.add_argument("--noise-samples", type=int, default=200)
+    parser.add_argument("--extra-data", type=Path, nargs="*", default=[],
+                        help="more training tables (e.g. placement-shaped ones)")
+    parser.add_argument("--placement-samples", type=int, default=400)
+    parser.add_argument("--placement-eval", type=Path, default=None,
+                        help="cache of the placement-shaped held-out table (made if absent)")
+    parser.add_argument("--noise-samples", type=int, default=150)
     args = parser.parse_args()
     rows = load_table(args.data)
+    train_rows, test_rows = split(rows)
+    for extra in args.extra_data:
+        train_rows += load_table(extra)
+    specs = placement_specs(args.placement_samples, 202)
+    if args.placement_eval is not None and args.placement_eval.exists():
+        held = load_table(args.placement_eval)
+    else:
+        held = placement_rows(specs)
+        if args.placement_eval is not None:
+            save_table(held, COLUMNS, args.placement_eval)
+    held_out = {"dataset": test_rows, "placement": held}
     console = Console(width=200)
-    comparison = compare(rows)
-    table = Table(title=f"River models on {len(split(rows)[1])} held-out samples")
-    cols = ["regressor", "classifier", "throughput_smape_saturated", "starvation_f1",
-            "starvation_f1_near_boundary", "ttft_smape", "itl_smape", "predict_us", "train_s"]
-    for c in cols:
-        table.add_column(c.replace("_", " "), justify="right")
-    for r in comparison:
-        table.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
-    console.print(table)
-    floor = noise_floor(args.noise_samples)
+    comparison = compare(train_rows, held_out)
+    cols = ["throughput_smape_saturated", "starvation_f1", "starvation_f1_near_boundary",
+            "ttft_smape", "itl_smape", "predict_us"]
+    for name, part in held_out.items():
+        table = Table(title=f"River models on {len(part)} held-out {name} samples")
+        for c in ["regressor", "classifier", *cols, "train_s"]:
+            table.add_column(c.replace("_", " "), justify="right")
+        for r in comparison:
+            ev = r[name]
+            assert isinstance(ev, dict)
+            table.add_row(str(r["regressor"]), str(r["classifier"]),
+                          *[f"{ev[c]:.3f}" for c in cols], f"{r['train_s']:.1f}")
+        console.print(table)
+    baseline = {name: analytic(part) for name, part in held_out.items()}
+    console.print(f"analytic estimate alone: {baseline}")
+    floor = {"placement": label_agreement(held[:args.noise_samples],
+                                          placement_rows(specs[:args.noise_samples], 1))}
     console.print(f"label noise floor: {floor}")
-    placement = max_adapters_error(rows)
+    placement = max_adapters_error(train_rows)
     t2 = Table(title="largest number of adapters one GPU serves without starvation")
     for c in ("rate", "rank", "tokens", "max_loras", "twin_max_adapters",
               "surrogate_max_adapters", "relative_error"):
@@ -152,8 +245,10 @@ def main() -> None:
     out = ROOT / "bench/results"
     out.mkdir(exist_ok=True)
     (out / "surrogate.json").write_text(json.dumps(
-        {"comparison": comparison, "noise_floor": floor, "max_adapters": placement,
-         "max_adapters_mean_relative_error": mean_err}, indent=1, default=list) + "\n")
+        {"train_rows": len(train_rows), "extra_data": [str(p) for p in args.extra_data],
+         "comparison": comparison, "analytic_alone": baseline, "noise_floor": floor,
+         "max_adapters": placement, "max_adapters_mean_relative_error": mean_err},
+        indent=1, default=list) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 - throughput SMAPE on saturated samples (the twin says the worker starved: it serves its
   capacity, which is what the placer needs to know);
-- starvation macro-F1 overall and near the boundary (``near_boundary``);
+- starvation macro-F1 overall and near the boundary (``near_boundary``), of the classifier
+  alone and of the verdict the placer uses (``placer_starved``: the classifier, or the
+  predicted throughput below 0.9 of the offered load, the twin's own test);
 - latency SMAPE of median TTFT and ITL on unsaturated samples;
 - prediction time per call.
 """
@@ -73,6 +75,8 @@ class Evaluation:
     throughput_smape_saturated: float
     starvation_f1: float
     starvation_f1_near_boundary: float
+    placer_f1: float
+    placer_f1_near_boundary: float
     ttft_smape: float
     itl_smape: float
     predict_us: float
@@ -89,6 +93,8 @@ def evaluate(surrogate: Surrogate, rows: Sequence[dict[str, float]]) -> Evaluati
              for r in rows]
     per_call = (time.perf_counter() - started) / max(1, 2 * len(rows)) * 1e6
     by_id = {id(r): p for r, p in zip(rows, preds, strict=True)}
+    verdict = {id(r): p[1] or p[0] < 0.9 * r["offered_tps"] for r, p in zip(rows, preds,
+                                                                            strict=True)}
     calm = [r for r in rows if not starved(r) and r["ttft_p50_s"] > 0 and r["itl_p50_s"] > 0]
     lat = [surrogate.latency.predict_one(r) for r in calm]
     return Evaluation(
@@ -98,6 +104,9 @@ def evaluate(surrogate: Surrogate, rows: Sequence[dict[str, float]]) -> Evaluati
         starvation_f1=macro_f1([starved(r) for r in rows], [p[1] for p in preds]),
         starvation_f1_near_boundary=macro_f1([starved(r) for r in near],
                                              [by_id[id(r)][1] for r in near]),
+        placer_f1=macro_f1([starved(r) for r in rows], [verdict[id(r)] for r in rows]),
+        placer_f1_near_boundary=macro_f1([starved(r) for r in near],
+                                         [verdict[id(r)] for r in near]),
         ttft_smape=smape([r["ttft_p50_s"] for r in calm], [p["ttft_p50_s"] for p in lat]),
         itl_smape=smape([r["itl_p50_s"] for r in calm], [p["itl_p50_s"] for p in lat]),
         predict_us=per_call if math.isfinite(per_call) else float("nan"),
