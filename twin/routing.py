@@ -7,17 +7,33 @@ proportions, no randomness), least outstanding requests breaking ties. ``LEAST_O
 ignores shares. ``ROUND_ROBIN`` cycles over all workers whatever they hold, and
 ``PREFER_LOADED`` (the Kubernetes inference gateway's default) picks a holder if there is one,
 else the least loaded worker.
+
+Prefix affinity: a request may carry a ``prefix_key`` (the gateway hashes the start of its
+prompt). vLLM caches prompt prefixes per worker and adapter, so requests that share a prefix
+should meet on one replica. Among an adapter's holders a weighted rendezvous hash picks the
+preferred one (each holder scores ``share / -ln(u)`` with ``u`` uniform from the hash of key
+and worker index): over many prefixes each holder is preferred in proportion to its share, and
+when a holder is added or removed only the keys it wins or loses move. The preferred holder
+takes the request unless its outstanding count exceeds the least loaded holder's by more than
+``max(affinity_slack, affinity_ratio * least)``; then the policy chooses as without a key.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["BASE_MODEL", "Placement", "Router", "RoutingPolicy", "WorkerPlacement"]
 
 BASE_MODEL = "<base>"  # the key of base-model requests (rank-0 pseudo-adapter)
+
+AFFINITY_SLACK = 2  # requests the preferred holder may run ahead of the least loaded one
+AFFINITY_RATIO = 0.25  # ... or this fraction of the least loaded one's count, if more
+
+_MASK = (1 << 64) - 1
 
 
 class RoutingPolicy(enum.StrEnum):
@@ -57,11 +73,21 @@ class Router:
     >>> r = Router(plan, RoutingPolicy.PLACEMENT)
     >>> [r.route("a") for _ in range(8)]
     [0, 1, 0, 0, 0, 1, 0, 0]
+
+    With a prefix key, requests that share it stay on one holder while the load allows:
+
+    >>> r = Router(plan, RoutingPolicy.PLACEMENT)
+    >>> len({r.route("a", prefix_key="You are a SQL expert.") for _ in range(3)})
+    1
     """
 
-    def __init__(self, placement: Placement, policy: RoutingPolicy) -> None:
+    def __init__(self, placement: Placement, policy: RoutingPolicy, *,
+                 affinity_slack: int = AFFINITY_SLACK,
+                 affinity_ratio: float = AFFINITY_RATIO) -> None:
         self.placement = placement
         self.policy = policy
+        self.affinity_slack = affinity_slack
+        self.affinity_ratio = affinity_ratio
         n = len(placement.workers)
         self.outstanding = [0] * n
         self._current: dict[str, list[float]] = {}
@@ -75,12 +101,38 @@ class Router:
             holders = [(i, 1.0) for i in range(len(self.placement.workers))]
         return holders
 
-    def route(self, adapter: str | None) -> int:
-        """The worker for a request of ``adapter`` (None: the base model); counts it."""
+    def route(self, adapter: str | None, prefix_key: str | bytes | int | None = None) -> int:
+        """The worker for a request of ``adapter`` (None: the base model); counts it.
+
+        ``prefix_key`` (any stable digest of the prompt's start) keeps requests that share
+        it on the same holder while that holder is not overloaded (see the module notes).
+        """
         key = BASE_MODEL if adapter is None else adapter
-        index = self._choose(key, self.holders(adapter))
+        holders = self.holders(adapter)
+        index = None
+        if prefix_key is not None and self.policy is not RoutingPolicy.ROUND_ROBIN:
+            index = self._affine(holders, prefix_key)
+        if index is None:
+            index = self._choose(key, holders)
         self.outstanding[index] += 1
         return index
+
+    def preferred(self, holders: Sequence[tuple[int, float]],
+                  prefix_key: str | bytes | int) -> int:
+        """The holder ``prefix_key`` is drawn to (weighted rendezvous hashing; stable for a
+        key whatever other holders come and go)."""
+        seed = _digest(prefix_key)
+        return max(holders, key=lambda h: (_score(seed, h[0], h[1]), -h[0]))[0]
+
+    def _affine(self, holders: Sequence[tuple[int, float]],
+                prefix_key: str | bytes | int) -> int | None:
+        """The preferred holder if its load allows, else None (the policy chooses)."""
+        if len(holders) < 2:
+            return None
+        index = self.preferred(holders, prefix_key)
+        least = min(self.outstanding[i] for i, _ in holders)
+        slack = max(self.affinity_slack, self.affinity_ratio * least)
+        return index if self.outstanding[index] <= least + slack else None
 
     def route_among(self, candidates: Iterable[int]) -> int:
         """The least loaded of ``candidates`` (a retry, or the plan's choice is down);
@@ -116,3 +168,22 @@ class Router:
 
     def _least_loaded(self, candidates: Iterable[int]) -> int:
         return min(candidates, key=lambda i: (self.outstanding[i], i))
+
+
+def _digest(key: str | bytes | int) -> int:
+    """A 64-bit digest of a prefix key, the same in every process (not ``hash()``)."""
+    if isinstance(key, int):
+        return key & _MASK
+    data = key.encode() if isinstance(key, str) else key
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def _score(seed: int, index: int, share: float) -> float:
+    """Weighted rendezvous score of worker ``index`` for key ``seed``: ``share / -ln(u)``
+    with ``u`` in (0, 1) from splitmix64 of the pair."""
+    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    z ^= z >> 31
+    u = ((z >> 11) + 0.5) / float(1 << 53)
+    return share / -math.log(u)
