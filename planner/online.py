@@ -67,7 +67,7 @@ class Stability:
     fill_margin: float = 0.95  # placing load: receivers feasible at rates / this
     # Placing or consolidating load also needs the starvation probability this far under the
     # threshold: the classifier's output wobbles by a few hundredths when rates do.
-    proba_margin: float = 0.1
+    proba_margin: float = 0.05
     tries: int = 8  # workers tried for emptying per re-plan, the least loaded first
     # A new GPU's settings are fixed for its life: its CPU LoRA tier gets room for this many
     # times the LoRAs placed on it (host memory only), so it can take more later.
