@@ -1,0 +1,145 @@
+"""The gateway in front of two real vLLM CPU servers, with the official ``openai`` client:
+completions, streamed chat, and a re-plan (a drain of one server) that moves its adapters to
+the other with vLLM's runtime load/unload while requests flow, with zero failed requests.
+
+The second server starts here, pinned to the other core than the session's server's engine
+(``VLLM_CPU_OMP_THREADS_BIND``), so the two do not fight over one core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+from aiohttp.test_utils import TestServer
+from openai import AsyncOpenAI
+
+from gateway.keys import FLEET, REPLANNER
+from gateway.server.app import create_app
+from gateway.server.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
+from gateway.server.lora_api import list_adapters
+from gateway.server.planning import InitialPlan
+from planner.features import AdapterDemand
+from twin.catalog import get_gpu
+from twin.routing import BASE_MODEL, Placement, WorkerPlacement
+from twin.specs import default_engine_for
+
+from .server import (
+    BASE_MODEL_NAME,
+    RealVllm,
+    free_port,
+    server_command,
+    server_env,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
+
+pytestmark = pytest.mark.real_vllm
+
+MOVED = ("tiny-b-r16", "tiny-d-r16")  # on the second server, until it is drained
+KEPT = ("tiny-a-r8", "tiny-c-r8")
+
+
+@pytest.fixture(scope="module")
+def second_vllm(real_vllm: RealVllm, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[str]:
+    python = Path(os.environ.get("LORAFLEET_VLLM_PYTHON",
+                                 Path(__file__).parents[2] / ".venv-vllm/bin/python"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("real-vllm-2") / "server.log"
+    base = real_vllm.cache_dir / "base"
+    proc = start_server(server_command(python, base, port, {}), server_env("1"), log)
+    try:
+        wait_healthy(proc, url, log, timeout_s=float(
+            os.environ.get("LORAFLEET_VLLM_HEALTH_TIMEOUT", "180")))
+        yield url
+    finally:
+        stop_server(proc)
+
+
+def _config(real_vllm: RealVllm, urls: list[str]) -> tuple[GatewayConfig, InitialPlan]:
+    adapters = tuple(AdapterEntry(AdapterDemand(name=n, rank=real_vllm.ranks[n], rate=0.5,
+                                                input_tokens=16, output_tokens=8),
+                                  str(real_vllm.adapters[n])) for n in (*KEPT, *MOVED))
+    cfg = GatewayConfig(base_model=BASE_MODEL_NAME, model="tiny-llama",
+                        workers=tuple(WorkerEndpoint(f"w{i}", u) for i, u in enumerate(urls)),
+                        adapters=adapters, placement=PlacementMode.ROUND_ROBIN,
+                        max_model_len=512, replan_interval_s=0, validate_replans=False,
+                        health_interval_s=1.0, load_timeout_s=60, read_timeout_s=120)
+    # the servers' own engine options (tests/integration/server.py ENGINE_ARGS)
+    engine = default_engine_for(get_gpu(cfg.gpu), max_loras=2, max_cpu_loras=4,
+                                max_lora_rank=16, max_model_len=512)
+    placement = Placement((
+        WorkerPlacement(name="w0", shares={**dict.fromkeys(KEPT, 1.0), BASE_MODEL: 0.5}),
+        WorkerPlacement(name="w1", shares={**dict.fromkeys(MOVED, 1.0), BASE_MODEL: 0.5})))
+    return cfg, InitialPlan(placement=placement, engines=(engine, engine), planned_gpus=2)
+
+
+async def test_gateway_serves_two_real_servers_and_moves_adapters_under_load(
+        real_vllm: RealVllm, second_vllm: str) -> None:
+    cfg, plan = _config(real_vllm, [real_vllm.base_url, second_vllm])
+    app = create_app(cfg, plan=plan)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        fleet = app[FLEET]
+        for _ in range(600):
+            if fleet.ready:
+                break
+            await asyncio.sleep(0.1)
+        assert fleet.ready
+        url = str(server.make_url("/v1"))
+        assert set(MOVED) <= await list_adapters(session, second_vllm, timeout=10)
+
+        failed: list[str] = []
+        served = 0
+        stop = asyncio.Event()
+
+        async def load(k: int) -> None:
+            nonlocal served
+            models = [*KEPT, *MOVED, BASE_MODEL_NAME]
+            async with AsyncOpenAI(base_url=url, api_key="x", max_retries=0,
+                                   timeout=120) as client:
+                i = k
+                while not stop.is_set():
+                    model = models[i % len(models)]
+                    i += 1
+                    try:
+                        if i % 2:
+                            stream = await client.chat.completions.create(
+                                model=model, messages=[{"role": "user", "content": "hi"}],
+                                max_tokens=8, stream=True, temperature=0)
+                            chunks = [c async for c in stream]
+                            assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+                        else:
+                            done = await client.completions.create(
+                                model=model, prompt="hello", max_tokens=8, temperature=0)
+                            assert done.usage is not None and done.usage.completion_tokens > 0
+                        served += 1
+                    except (openai.APIError, AssertionError) as exc:
+                        failed.append(f"{model}: {exc!r}")
+
+        tasks = [asyncio.create_task(load(k)) for k in range(3)]
+        try:
+            while served < 10:
+                await asyncio.sleep(0.2)
+            result = await app[REPLANNER].drain(1)  # re-plan: w1's adapters go to w0
+            before = served
+            while served < before + 10:
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+        assert result["migration"]["outcome"] == "ok", result
+        assert set(result["diff"]["moved"]) == set(MOVED)
+        assert not failed, failed[:5]
+        assert fleet.holding() == {"w0": frozenset((*KEPT, *MOVED)), "w1": frozenset()}
+        on_w0 = await list_adapters(session, real_vllm.base_url, timeout=10)
+        on_w1 = await list_adapters(session, second_vllm, timeout=10)
+        assert set(MOVED) <= on_w0 and not set(MOVED) & on_w1  # loaded there, unloaded here
