@@ -75,7 +75,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/twin_speed.py
 	$(BIN)/python bench/placement.py --sizes 8 50 200
-	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/gateway_overhead.py
 
 # The proxies lorafleet is compared with (vllm-router, LiteLLM), in their own venv.
 PEERS_VENV  ?= .venv-peers

@@ -1,6 +1,6 @@
-"""What ``bench/gateway.py`` and ``bench/peers.py`` share: services in their own processes on
-free ports (their CPU seconds and memory read from ``/proc``), and the load generators, which
-run in a client process of their own.
+"""What ``bench/gateway_overhead.py`` and ``bench/peers.py`` share: services in their own
+processes on free ports (their CPU seconds and memory read from ``/proc``), and the load
+generators, which run in a client process of their own.
 
 Two generators, both aiohttp on one event loop, each request on a kept-alive connection:
 

@@ -1,5 +1,5 @@
-"""The backends and the peers of ``bench/peers.py`` (and ``bench/gateway.py``), each started in
-its own process on free loopback ports.
+"""The backends and the peers of ``bench/peers.py`` (and ``bench/gateway_overhead.py``), each
+started in its own process on free loopback ports.
 
 Backends serve the base model as ``base``: ``lorafleet fleet --emulate N`` with the
 ``instant`` profile (pure proxy overhead) or with Llama-3.1-8B on an A100-80GB

@@ -5,6 +5,9 @@ The snapshot (observed demands, the workers' fixed engine options and holdings) 
 process of its own (``replan_job.run_job``: surrogate, placer, cluster twin), never the
 serving event loop; the migration it returns is carried out by ``migrate.execute`` under one
 lock, so re-plans never overlap. ``dry_run`` returns the plan and the diff without acting.
+After a migration the actuator is asked for more workers (the plan added some) or fewer (the
+highest-numbered were retired) by ``scaling.Scaler``; the result's ``actuator`` is its last
+action.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from gateway.server.migrate import execute
 from gateway.server.planning import fallback_engine
 from gateway.server.registry import WorkerStatus
 from gateway.server.replan_job import ReplanJob, ReplanResult, run_job, warm
+from gateway.server.scaling import ScaleDirection, ScaleOutcome, Scaler
 from planner.features import AdapterDemand
 from planner.online import RunningWorker, Stability
 
@@ -38,6 +42,7 @@ __all__ = ["Replanner", "replanning"]
 logger = logging.getLogger(__name__)
 
 DOWN_CHECK_S = 1.0
+_LOST = (WorkerStatus.DOWN, WorkerStatus.GONE)  # their adapters are re-planned elsewhere
 
 
 class Replanner:
@@ -50,6 +55,7 @@ class Replanner:
         self.migrations = 0
         self.planned_gpus: int | None = None
         self.learner = Learner(app)
+        self.scaler = Scaler(app[GATEWAY_CONFIG].actuator, app[GATEWAY_METRICS])
         self.draining: set[int] = set()  # workers being drained: planned around
         self._handled_down: set[str] = set()
         self._placing: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -126,12 +132,25 @@ class Replanner:
                     await _persist(self.app)
             elif not dry_run:
                 self.planned_gpus = self.app[FLEET].planned_gpus = result.planned_gpus
+            if not dry_run and body.get("migration", {}).get("outcome") != "rolled_back":
+                await self._scale(len(m.added), bool(body.get("migration", {}).get("retired")))
+            last = self.scaler.last
+            body["actuator"] = None if last is None else last.as_dict()
             body["gpus_active"] = self.app[FLEET].gpus_active
             self.history.append(body)
             logger.info("re-plan (%s): %d GPUs planned, moved %d, retired %s%s", trigger.value,
                         result.planned_gpus, len(m.moved), list(m.retired),
                         " (dry run)" if dry_run else "")
             return body
+
+    async def _scale(self, added: int, retired: bool) -> None:
+        """Ask for ``added`` more workers, or (workers retired, or the last scale-down
+        failed) fewer when the highest-numbered hold nothing."""
+        last = self.scaler.last
+        retry = (last is not None and last.direction is ScaleDirection.DOWN
+                 and last.outcome is ScaleOutcome.FAILED)
+        if added or retired or retry:
+            await self.scaler.after(self.app[FLEET], added)
 
     # -- triggers ------------------------------------------------------------------------------
 
@@ -220,10 +239,10 @@ class Replanner:
         fresh = False
         for w, wp in zip(fleet.workers, fleet.plan.workers, strict=True):
             name = w.endpoint.name
-            if w.status is WorkerStatus.DOWN and wp.shares:
+            if w.status in _LOST and wp.shares:
                 fresh |= name not in self._handled_down
                 self._handled_down.add(name)
-            elif w.status is not WorkerStatus.DOWN:
+            elif w.status not in _LOST:
                 self._handled_down.discard(name)
         return fresh
 
@@ -258,7 +277,8 @@ async def replanning(app: web.Application) -> AsyncIterator[None]:
 
     replanner = Replanner(app)
     app[REPLANNER] = replanner
-    _executor().submit(warm)  # the first re-plan should not wait for imports and training
+    if app[FLEET].adapters:  # the first re-plan should not wait for imports and training
+        _executor().submit(warm)
     task = asyncio.create_task(replanner.run(), name="replanner")
     try:
         yield

@@ -15,7 +15,8 @@ load and steadies the figures; ``--no-pin`` leaves placement to the kernel. ``--
 repeats the whole set (the JSON keeps every round; the table shows the median).
 
 Targets: p50 added under 1 ms; under 0.5 CPU seconds per 1000 non-streaming requests.
-Run: ``.venv/bin/python bench/gateway.py [--quick]``; writes ``bench/results/gateway.json``.
+Run: ``.venv/bin/python bench/gateway_overhead.py [--quick]``; writes
+``bench/results/gateway.json``.
 """
 
 from __future__ import annotations
