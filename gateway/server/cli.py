@@ -123,7 +123,7 @@ async def _main(args: argparse.Namespace, cfg: GatewayConfig, plan: InitialPlan 
                 plan, served_model_name=cfg.base_model, model=cfg.model, gpu=cfg.gpu,
                 profile=cfg.profile, time_scale=args.time_scale))
             cfg = replace(cfg, workers=tuple(WorkerEndpoint(w.name, url) for w, url in zip(
-                cfg.workers, emulated.urls, strict=True)))
+                cfg.workers, emulated.urls, strict=True)), time_scale=args.time_scale)
         app = create_app(cfg, plan=plan)
         runner = await serve(app, cfg.host, cfg.port)
         port = runner.addresses[0][1]
