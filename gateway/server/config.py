@@ -22,6 +22,8 @@ it on one line and exits with status 2). The file::
     load_timeout_s: 60
     health_interval_s: 2
     retry_after_s: 1
+    max_outstanding_per_worker: 512   # 429 when every healthy holder has this many (0: no cap)
+    prefix_affinity_chars: 256        # prompt characters hashed for prefix affinity (0: off)
     replan_interval_s: 60             # 0: re-plan only on demand (admin, drain, worker down)
     observe_window_s: 60              # rates and lengths the re-plan uses
     move_budget: 8                    # adapters one periodic re-plan may move
@@ -119,6 +121,8 @@ class GatewayConfig:
     health_interval_s: float = 2.0
     retry_after_s: int = 1
     max_connections: int = 1024
+    max_outstanding_per_worker: int = 512  # 0: unlimited; else 429 when all holders are full
+    prefix_affinity_chars: int = 256  # 0: no prefix affinity
     # re-planning (gateway/server/replanner.py)
     replan_interval_s: float = 60.0  # 0: only on POST /admin/replan, a drain or a worker down
     observe_window_s: float = 60.0  # the observer's sliding window
@@ -163,6 +167,9 @@ class GatewayConfig:
                 raise ConfigError(name, f"must be > 0, got {value!r}")
         if not (math.isfinite(self.replan_interval_s) and self.replan_interval_s >= 0):
             raise ConfigError("replan_interval_s", f"must be >= 0, got {self.replan_interval_s!r}")
+        for name in ("max_outstanding_per_worker", "prefix_affinity_chars"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)!r}")
         if self.move_budget < 0:
             raise ConfigError("move_budget", f"must be >= 0, got {self.move_budget!r}")
         if not 0 < self.retire_margin <= 1:
@@ -222,7 +229,8 @@ def _adapters(items: Any) -> tuple[AdapterEntry, ...]:
 
 _STRINGS = frozenset({"base_model", "gpu", "model", "profile", "host"})
 _INTS = frozenset({"port", "max_model_len", "max_body_bytes", "retry_after_s",
-                   "max_connections", "move_budget"})
+                   "max_connections", "move_budget", "max_outstanding_per_worker",
+                   "prefix_affinity_chars"})
 _BOOLS = frozenset({"validate_replans"})
 
 

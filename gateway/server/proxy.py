@@ -3,6 +3,11 @@
 - The worker is picked by the fleet's router. A connection that fails before the response
   starts, or a 404 naming ``model`` from a worker that no longer holds the adapter, is retried
   once on another holder; a worker that refuses connections is marked down.
+- Requests whose prompts start alike carry a prefix key (``prefix_key``: a digest of the
+  first ``prefix_affinity_chars`` characters of the prompt, or of the chat messages up to the
+  first user message),
+  so the router keeps them on one replica, where vLLM has their prefix cached. When every
+  healthy holder has ``max_outstanding_per_worker`` requests in flight, the answer is a 429.
 - Streams are relayed event by event as they arrive (no buffering past an SSE event
   boundary). Upstream is always asked for ``stream_options.include_usage``; the final usage
   chunk feeds the token metrics and is dropped if the client did not ask for it.
@@ -14,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -43,6 +49,7 @@ __all__ = ["forward"]
 logger = logging.getLogger(__name__)
 
 CLIENT_CLOSED = 499  # nginx's status for a client that closed the request
+MIN_PREFIX_CHARS = 64  # ~16 tokens, one KV block: vLLM caches no shorter prefix
 
 
 @dataclass(slots=True)
@@ -56,10 +63,63 @@ class _Call:
     client_usage: bool
     started: float
     rid: str
+    prefix_key: int | None = None
     worker: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft: float | None = None
+
+
+def _prefix(body: dict[str, Any], chars: int) -> bytes | None:
+    """The start of the prompt, or of the chat messages up to the first user message (role
+    markers standing in for the chat template: later turns of a conversation keep its key):
+    ``chars`` characters (token ids: ``chars / 4``), no tokenization; None when shorter than
+    one KV block."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        prompt = prompt[0]  # a batch: its first prompt
+    if isinstance(prompt, list):  # token ids, about 4 characters a token
+        ids = prompt[:max(1, chars // 4)]
+        enough = len(ids) >= min(chars, MIN_PREFIX_CHARS) // 4
+        return ",".join(str(t) for t in ids).encode() if enough else None
+    if isinstance(prompt, str):
+        text = prompt[:chars]
+    else:
+        parts: list[str] = []
+        size = 0
+        for message in body.get("messages") or ():
+            if size >= chars or not isinstance(message, dict):
+                break
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: their text
+                content = "".join(p.get("text", "") for p in content
+                                  if isinstance(p, dict) and isinstance(p.get("text"), str))
+            role = message.get("role")
+            part = f"<{role}>{content if isinstance(content, str) else ''}"
+            parts.append(part[:chars - size])
+            size += len(parts[-1])
+            if role == "user":
+                break
+        text = "".join(parts)
+    return text.encode() if len(text) >= min(chars, MIN_PREFIX_CHARS) else None
+
+
+def prefix_key(body: dict[str, Any], chars: int) -> int | None:
+    """A digest of the prompt's first ``chars`` characters (None: off, or too short to
+    share a cached KV block).
+
+    Examples
+    --------
+    >>> a = prefix_key({"prompt": "You are a SQL expert. " * 20 + "Question 1"}, 256)
+    >>> a == prefix_key({"prompt": "You are a SQL expert. " * 20 + "Question 2"}, 256)
+    True
+    >>> prefix_key({"prompt": "hi"}, 256) is None
+    True
+    """
+    start = _prefix(body, chars) if chars > 0 else None
+    if start is None:
+        return None
+    return int.from_bytes(hashlib.blake2b(start, digest_size=8).digest(), "little")
 
 
 def _upstream_payload(raw: bytes, body: dict[str, Any], parsed: SamplingRequest) -> bytes:
@@ -88,7 +148,8 @@ async def forward(request: web.Request, path: str, raw: bytes, body: dict[str, A
             await request.app[REPLANNER].ensure_placed(
                 adapter, request.app[GATEWAY_CONFIG].load_timeout_s)
         call = _Call(request, path, _upstream_payload(raw, body, parsed), adapter, label,
-                     bool(parsed.stream), parsed.include_usage, started, request_id(request))
+                     bool(parsed.stream), parsed.include_usage, started, request_id(request),
+                     prefix_key(body, request.app[GATEWAY_CONFIG].prefix_affinity_chars))
         response, status = await _proxy(call)
         return response
     except ApiError as exc:
@@ -112,9 +173,10 @@ async def _connect(call: _Call) -> tuple[int, aiohttp.ClientResponse]:
     fleet = call.request.app[FLEET]
     session = call.request.app[CLIENT_SESSION]
     headers = {"Content-Type": "application/json", "X-Request-Id": call.rid}
+    limit = call.request.app[GATEWAY_CONFIG].max_outstanding_per_worker
     exclude: int | None = None
     for attempt in range(2):
-        index = fleet.pick(call.adapter, exclude)
+        index = fleet.pick(call.adapter, exclude, prefix_key=call.prefix_key, limit=limit)
         worker = fleet.workers[index].endpoint
         upstream = None
         try:

@@ -16,7 +16,9 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
+from gateway.server.auth import AuthError
 from gateway.server.config import AdapterEntry, WorkerEndpoint
 from gateway.server.errors import ApiError
 from twin.routing import BASE_MODEL, Placement, Router, RoutingPolicy, WorkerPlacement
@@ -229,11 +231,14 @@ class Fleet:
             return model
         raise ApiError.model_not_found(model)
 
-    def pick(self, adapter: str | None, exclude: int | None = None) -> int:
+    def pick(self, adapter: str | None, exclude: int | None = None, *,
+             prefix_key: int | None = None, limit: int = 0) -> int:
         """A healthy worker for ``adapter``, counted as outstanding until ``done``.
 
-        The router chooses; when its choice is down or excluded (a retry), the least loaded
-        other healthy holder takes the request. Raises a 503 ``ApiError`` when none is left.
+        The router chooses (``prefix_key``: see ``Router.route``); when its choice is down,
+        excluded (a retry) or already has ``limit`` requests outstanding (0: no limit), the
+        least loaded other healthy holder below the limit takes the request. Raises a 503
+        ``ApiError`` when no healthy holder is left, a 429 when all of them are full.
         """
         router = self.router
         if router is None:
@@ -242,15 +247,18 @@ class Fleet:
         if not holders:
             raise self._unavailable(f"the adapter `{adapter}` is not loaded on any worker")
         if exclude is None:
-            index = router.route(adapter)
-            if self.workers[index].up:
+            index = router.route(adapter, prefix_key)  # counted: full past the limit
+            if self.workers[index].up and not (limit and router.outstanding[index] > limit):
                 self.inflight[(index, adapter)] += 1
                 return index
             router.done(index)
         others = [i for i in holders if self.workers[i].up and i != exclude]
         if not others:
             raise self._unavailable("no healthy worker holds the requested model")
-        index = router.route_among(others)
+        room = [i for i in others if not self._full(i, limit)]
+        if not room:
+            raise self._overloaded(len(others), limit)
+        index = router.route_among(room)
         self.inflight[(index, adapter)] += 1
         return index
 
@@ -272,3 +280,15 @@ class Fleet:
 
     def _unavailable(self, message: str) -> ApiError:
         return ApiError.unavailable(message, self.retry_after_s)
+
+    def _full(self, index: int, limit: int) -> bool:
+        return limit > 0 and self.outstanding(index) >= limit
+
+    def _overloaded(self, holders: int, limit: int) -> ApiError:
+        """Every healthy holder is at ``max_outstanding_per_worker``: OpenAI's 429 shape
+        (the plan needs more GPUs than run, or a burst), instead of queueing without bound."""
+        return AuthError(HTTPStatus.TOO_MANY_REQUESTS, "requests",
+                         f"The workers serving this model are at capacity ({holders} with "
+                         f"{limit} requests each in flight). Please try again in "
+                         f"{self.retry_after_s}s.", "rate_limit_exceeded",
+                         retry_after=self.retry_after_s)
