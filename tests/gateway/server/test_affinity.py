@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -65,8 +66,8 @@ async def test_same_prefix_stays_on_one_replica(tmp_path: Path) -> None:
 
 async def test_chat_conversation_stays_on_one_replica(tmp_path: Path) -> None:
     async with gateway_stack(tmp_path, demands("chat"), workers=2, shares=EVEN) as s:
-        history = [{"role": "system", "content": "Be brief."},
-                   {"role": "user", "content": SYSTEM}]
+        history: list[Any] = [{"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": SYSTEM}]
         async with AsyncOpenAI(base_url=s.v1, api_key="x", max_retries=0) as client:
             for turn in range(5):
                 await client.chat.completions.create(model="chat", messages=history,
