@@ -32,6 +32,7 @@ from gateway.server.access import access_middleware
 from gateway.server.admin import add_admin_routes, admin_middleware, token_digest
 from gateway.server.auth import KeyRing, auth_middleware, upstream_auth, worker_key
 from gateway.server.config import GatewayConfig
+from gateway.server.discovery import discovery
 from gateway.server.errors import error_middleware
 from gateway.server.lifecycle import bootstrap, client_session, health_checks
 from gateway.server.metrics import GatewayMetrics
@@ -47,7 +48,7 @@ __all__ = ["create_app", "serve"]
 
 
 def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Application:
-    """The gateway in front of ``cfg.workers``.
+    """The gateway in front of ``cfg.workers`` (or the workers ``cfg.discovery`` finds).
 
     Parameters
     ----------
@@ -80,6 +81,7 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     app.cleanup_ctx.append(bootstrap(plan))
     app.cleanup_ctx.append(health_checks)
     app.cleanup_ctx.append(replanning)
+    app.cleanup_ctx.append(discovery)  # after the replanner: workers join under its lock
     app.on_shutdown.append(_stop_serving)
     add_routes(app)
     add_admin_routes(app)

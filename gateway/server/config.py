@@ -4,8 +4,13 @@ Every invalid value raises ``twin.errors.ConfigError`` naming its dotted field (
 it on one line and exits with status 2). The file::
 
     base_model: llama-3.1-8b          # the name the workers serve the base model under
-    workers:                          # static worker URLs
+    workers:                          # static worker URLs (or discovery, not both)
       - {url: "http://10.0.0.1:8000", name: w0}
+    discovery:                        # the ready pods of a StatefulSet, listed every interval_s
+      {kind: kubernetes, selector: app.kubernetes.io/name=vllm, port: 8000, interval_s: 10}
+    actuator: {kind: kubernetes, statefulset: vllm}   # or {kind: command, command: "... {workers}"}
+    worker_engine:                    # what workers the gateway did not start run with
+      {max_loras: 8, max_cpu_loras: 32, max_lora_rank: 32}   # the rest: fallback defaults
     adapters:                         # the planner's format, plus the path workers load from
       - {name: sql, rank: 8, rate: 2.0, input_tokens: 512, output_tokens: 128, path: /ad/sql}
     placement: planner                # or round-robin
@@ -54,9 +59,9 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -66,11 +71,18 @@ from planner.features import AdapterDemand
 from planner.inputs import parse_adapters
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
+from twin.specs import EngineConfig
+
+if TYPE_CHECKING:  # kube.py imports this module
+    from gateway.server.kube import Actuator, KubeDiscovery
 
 __all__ = ["AdapterEntry", "GatewayConfig", "PlacementMode", "WorkerEndpoint", "load_config",
            "parse_config"]
 
 _SECURITY = ("keys", "worker_api_key_env", "admin_token_env", "state_file")
+_FLEET = ("discovery", "actuator", "worker_engine")  # gateway/server/kube.py, planning.py
+_ENGINE_FIELDS = ("max_loras", "max_cpu_loras", "max_lora_rank", "max_num_seqs",
+                  "max_num_batched_tokens", "max_model_len", "gpu_memory_utilization")
 
 BYTES_PER_TOKEN = 64  # JSON-escaped text runs to a few bytes a token; 16x margin over ~4
 
@@ -136,11 +148,15 @@ class GatewayConfig:
     admin_token_env: str = "LORAFLEET_ADMIN_TOKEN"
     state_file: str | None = None
     drain_timeout_s: float = 30.0
+    # the fleet's size and source (gateway/server/kube.py, discovery.py)
+    discovery: KubeDiscovery | None = None  # set: workers come (and go) from Kubernetes
+    actuator: Actuator | None = None  # None: no actuator (retired workers stay up, idle)
+    worker_engine: EngineConfig | None = None  # None: the initial plan's (emulated workers)
 
     def __post_init__(self) -> None:
         if not self.base_model:
             raise ConfigError("base_model", "must be a non-empty string")
-        if not self.workers:
+        if not self.workers and self.discovery is None:
             raise ConfigError("workers", "must be a non-empty list")
         names = [w.name for w in self.workers]
         if len(set(names)) != len(names):
@@ -185,7 +201,8 @@ class GatewayConfig:
         return max(64 * 1024, self.max_model_len * BYTES_PER_TOKEN)
 
 
-_SCALARS = {f.name for f in fields(GatewayConfig)} - {"workers", "adapters", *_SECURITY}
+_SCALARS = {f.name for f in fields(GatewayConfig)} - {"workers", "adapters", *_SECURITY,
+                                                       *_FLEET}
 
 
 def _worker(item: Any, i: int) -> WorkerEndpoint:
@@ -281,19 +298,59 @@ def parse_config(data: Any) -> GatewayConfig:
     """A ``GatewayConfig`` from parsed YAML; ``ConfigError`` names the first bad field."""
     if not isinstance(data, dict):
         raise ConfigError("", "the config must be a mapping")
-    unknown = sorted(set(data) - _SCALARS - {"workers", "adapters", *_SECURITY})
+    unknown = sorted(set(data) - _SCALARS - {"workers", "adapters", *_SECURITY, *_FLEET})
     if unknown:
         raise ConfigError(unknown[0], "unknown field")
-    for key in ("base_model", "workers"):
-        if key not in data:
-            raise ConfigError(key, "is required")
-    workers = data["workers"]
-    if not isinstance(workers, list) or not workers:
-        raise ConfigError("workers", "must be a non-empty list of {url, name?}")
+    if "base_model" not in data:
+        raise ConfigError("base_model", "is required")
+    if data.get("discovery") is not None and "workers" in data:
+        raise ConfigError("discovery", "give either workers (static URLs) or discovery, "
+                          "not both")
+    workers: Any = []
+    if data.get("discovery") is None:
+        if "workers" not in data:
+            raise ConfigError("workers", "is required (or discovery: {kind: kubernetes, ...})")
+        workers = data["workers"]
+        if not isinstance(workers, list) or not workers:
+            raise ConfigError("workers", "must be a non-empty list of {url, name?}")
     values = {k: _scalar(k, v) for k, v in data.items() if k in _SCALARS}
     values.update(_security(data))
+    adapters = _adapters(data.get("adapters", []))
+    values.update(_fleet(data, adapters, values))
     return GatewayConfig(workers=tuple(_worker(w, i) for i, w in enumerate(workers)),
-                         adapters=_adapters(data.get("adapters", [])), **values)
+                         adapters=adapters, **values)
+
+
+def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
+           values: dict[str, Any]) -> dict[str, Any]:
+    """``discovery`` and ``actuator`` (validated by ``gateway.server.kube``) and
+    ``worker_engine``: the fixed engine options of workers the gateway did not start, each
+    option given or else ``planning.fallback_engine``'s for the registered adapters."""
+    from gateway.server import kube  # kube.py imports this module
+    from gateway.server.planning import fallback_engine
+
+    out: dict[str, Any] = {"actuator": kube.from_config(data.get("actuator"), "actuator")}
+    if data.get("discovery") is not None:
+        out["discovery"] = kube.discovery_from_config(data["discovery"], "discovery")
+    given = data.get("worker_engine") or {}
+    if not isinstance(given, dict):
+        raise ConfigError("worker_engine", f"must be a mapping of {list(_ENGINE_FIELDS)}")
+    for key, value in given.items():
+        if key not in _ENGINE_FIELDS:
+            raise ConfigError(f"worker_engine.{key}", f"unknown field; expected one of "
+                              f"{list(_ENGINE_FIELDS)}")
+        number = int | float if key == "gpu_memory_utilization" else int
+        if isinstance(value, bool) or not isinstance(value, number):
+            raise ConfigError(f"worker_engine.{key}", f"must be a number, got {value!r}")
+    base = fallback_engine([a.demand for a in adapters], values.get("gpu", "a100-80gb"),
+                           values.get("max_model_len", 8192))
+    if "max_loras" in given and "max_cpu_loras" not in given:  # room for the slots at least
+        given = {**given, "max_cpu_loras": max(base.cpu_loras, given["max_loras"])}
+    try:
+        out["worker_engine"] = replace(base, **given)
+    except ConfigError as exc:
+        raise exc.nested("worker_engine") from None
+    return out
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -338,11 +338,13 @@ def from_config(data: Any, field: str = "actuator") -> Actuator:
 
 @dataclass(frozen=True, slots=True)
 class KubeDiscovery:
-    """Discovery settings: ``await d.workers()`` lists the ready worker pods."""
+    """Discovery settings: ``await d.workers()`` lists the ready worker pods; the gateway
+    lists them again every ``interval_s`` seconds."""
 
     api: KubeApi
     selector: str
     port: int = 8000
+    interval_s: float = 10.0
 
     async def workers(self, session: aiohttp.ClientSession | None = None,
                       ) -> list[WorkerEndpoint]:
@@ -351,7 +353,8 @@ class KubeDiscovery:
 
 
 def discovery_from_config(data: Any, field: str = "discovery") -> KubeDiscovery:
-    """``{kind: kubernetes, selector, port?, namespace?, server?, token_path?, ca_path?}``.
+    """``{kind: kubernetes, selector, port?, interval_s?, namespace?, server?, token_path?,
+    ca_path?}`` (``port`` 8000 and ``interval_s`` 10 by default).
 
     Examples
     --------
@@ -363,7 +366,8 @@ def discovery_from_config(data: Any, field: str = "discovery") -> KubeDiscovery:
     if not isinstance(data, Mapping) or data.get("kind") != "kubernetes":
         raise ConfigError(f"{field}.kind", "must be kubernetes (static workers need no "
                           "discovery)")
-    unknown = sorted(set(data) - (_FIELDS["kubernetes"] - {"statefulset"}) - {"selector", "port"})
+    unknown = sorted(set(data) - (_FIELDS["kubernetes"] - {"statefulset"})
+                     - {"selector", "port", "interval_s"})
     if unknown:
         raise ConfigError(f"{field}.{unknown[0]}", "unknown field for kind kubernetes")
     selector = _str(data, "selector", field)
@@ -371,4 +375,8 @@ def discovery_from_config(data: Any, field: str = "discovery") -> KubeDiscovery:
     port = data.get("port", 8000)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ConfigError(f"{field}.port", f"must be in 1..65535, got {port!r}")
-    return KubeDiscovery(_kube_api(data, field), selector, port)
+    interval = data.get("interval_s", 10.0)
+    if (isinstance(interval, bool) or not isinstance(interval, int | float)
+            or not 0 < interval < float("inf")):
+        raise ConfigError(f"{field}.interval_s", f"must be a number > 0, got {interval!r}")
+    return KubeDiscovery(_kube_api(data, field), selector, port, float(interval))

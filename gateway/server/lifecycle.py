@@ -3,7 +3,9 @@
 - ``client_session``: the app's one ``ClientSession`` to the workers.
 - ``bootstrap``: make the initial plan (in a thread, off the serving loop), reconcile each
   worker's residency with its ``/v1/models``, load what the plan puts where it is missing
-  (vLLM's ``/v1/load_lora_adapter``), then install the placement: the gateway is ready.
+  (vLLM's ``/v1/load_lora_adapter``), then install the placement: the gateway is ready. With
+  discovery it first waits for the first workers to be found. Workers the gateway did not
+  start run ``cfg.worker_engine`` (what the re-planner plans with), not the plan's choice.
 - ``health_checks``: poll each worker's ``/health``; a worker that comes back is reconciled
   and given its planned adapters again.
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -103,9 +107,18 @@ async def sync_worker(app: web.Application, index: int) -> None:
 
 async def _initial(app: web.Application, plan: InitialPlan | None) -> None:
     cfg, fleet = app[GATEWAY_CONFIG], app[FLEET]
+    while not fleet.workers:  # discovery has found none yet (gateway/server/discovery.py)
+        await asyncio.sleep(0.1)
+    names = [w.endpoint.name for w in fleet.workers]
+    if plan is not None and [w.name for w in plan.placement.workers] != names:
+        plan = None  # made for other workers: plan afresh
     if plan is None:
+        cfg = replace(cfg, workers=tuple(w.endpoint for w in fleet.workers))
         plan = await asyncio.get_running_loop().run_in_executor(None, make_plan, cfg)
-    fleet.set_engines(plan.engines)
+    if cfg.worker_engine is None:  # workers the gateway started with the plan's options
+        fleet.set_engines(plan.engines)
+    else:
+        fleet.set_engines([cfg.worker_engine] * len(fleet.workers))
     fleet.planned_gpus = plan.planned_gpus
     fleet.set_plan(plan.placement)  # routes nothing until residency is known
     await asyncio.gather(*(sync_worker(app, i) for i in range(len(fleet.workers))))
@@ -128,7 +141,7 @@ async def _health_loop(app: web.Application) -> None:
     cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
     timeout = aiohttp.ClientTimeout(total=min(cfg.health_interval_s, cfg.connect_timeout_s))
 
-    misses = [0] * len(fleet.workers)
+    misses: Counter[int] = Counter()  # by worker index; workers may join at run time
 
     async def check(index: int) -> None:
         url = fleet.workers[index].endpoint.url

@@ -38,6 +38,7 @@ class ReplanTrigger(enum.StrEnum):
     WORKER_DOWN = "worker_down"
     STARTUP = "startup"
     ON_DEMAND = "on_demand"  # a request for a registered adapter that no worker holds
+    DISCOVERY = "discovery"  # discovery found a worker: place adapters on it
 
 
 def _up(fleet: Fleet, index: int) -> float:
@@ -80,6 +81,10 @@ class GatewayMetrics:
                                         "Time to plan and validate a new placement.",
                                         buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
                                         registry=r)
+        self.scale_requests = Counter("gateway_scale_requests",
+                                      "Requests to the actuator for more or fewer workers, "
+                                      "by direction and outcome.", ["direction", "outcome"],
+                                      registry=r)
         self.surrogate_error = Gauge("gateway_surrogate_error",
                                      "Relative error of the surrogate's latency predictions "
                                      "against observed latency over the last window.",
@@ -87,10 +92,9 @@ class GatewayMetrics:
 
     def bind(self, fleet: Fleet, adapters: int) -> None:
         """Read the fleet's gauges at scrape time; ``adapters`` is the registered count."""
-        for i, w in enumerate(fleet.workers):
-            name = w.endpoint.name
-            self.outstanding.labels(name).set_function(partial(fleet.outstanding, i))
-            self.worker_up.labels(name).set_function(partial(_up, fleet, i))
+        for i in range(len(fleet.workers)):
+            self.bind_worker(fleet, i)
+        fleet.on_join(partial(self.bind_worker, fleet))  # workers discovered at run time
         self.gpus_active.set_function(lambda: fleet.gpus_active)
         baseline = adapters
         self.gpus_baseline.labels("one_per_adapter").set(baseline)
@@ -106,6 +110,15 @@ class GatewayMetrics:
             self.migrations.labels(outcome.value)
         for trigger in ReplanTrigger:
             self.replans.labels(trigger.value)
+        for direction in ("up", "down"):  # gateway/server/scaling.py
+            for result in ("ok", "failed", "skipped"):
+                self.scale_requests.labels(direction, result)
+
+    def bind_worker(self, fleet: Fleet, index: int) -> None:
+        """Worker ``index``'s gauges, read from the fleet at scrape time."""
+        name = fleet.workers[index].endpoint.name
+        self.outstanding.labels(name).set_function(partial(fleet.outstanding, index))
+        self.worker_up.labels(name).set_function(partial(_up, fleet, index))
 
     def observe(self, adapter: str, status: int, e2e_s: float) -> None:
         self.requests.labels(adapter, str(status)).inc()

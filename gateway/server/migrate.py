@@ -13,8 +13,8 @@ dropping a request: load on the targets, switch routing once, drain the sources,
    GPUs in use.
 
 Adapters the plan puts on workers the fleet does not have (the plan needs more GPUs than run)
-are folded onto the least loaded running holders by ``fold``; the replanner asks the actuator
-for more workers separately.
+are folded onto the running workers with the fewest adapters by ``fold``; the replanner asks
+the actuator for more workers separately (``scaling.Scaler``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -61,10 +61,13 @@ class MigrationReport:
                 "error": self.error}
 
 
-def fold(shares: Mapping[str, Mapping[str, float]], workers: list[str]) -> Placement:
+def fold(shares: Mapping[str, Mapping[str, float]], workers: list[str],
+         up: Collection[str] | None = None) -> Placement:
     """The migration's shares as a placement over ``workers``; shares of workers that do not
-    run are folded onto the running worker with the fewest adapters (ties: lowest index)."""
+    run are folded onto the worker with the fewest adapters (ties: lowest index) among those
+    ``up`` (default: all; a down or gone worker would only fail the load)."""
     out: dict[str, dict[str, float]] = {w: {} for w in workers}
+    hosts = [w for w in workers if up is None or w in up] or workers
     for name, s in shares.items():
         if name in out:
             for k, v in s.items():
@@ -72,7 +75,7 @@ def fold(shares: Mapping[str, Mapping[str, float]], workers: list[str]) -> Place
     for name, s in shares.items():
         if name in out:
             continue
-        target = min(workers, key=lambda w: (len(out[w]), workers.index(w)))
+        target = min(hosts, key=lambda w: (len(out[w]), workers.index(w)))
         logger.warning("the plan's worker %s does not run; its adapters go to %s", name, target)
         for k, v in s.items():
             out[target][k] = out[target].get(k, 0.0) + v
@@ -86,7 +89,7 @@ async def execute(app: web.Application, migration: Migration) -> MigrationReport
     started = time.perf_counter()
     names = [w.endpoint.name for w in fleet.workers]
     index = {n: i for i, n in enumerate(names)}
-    target = fold(migration.shares, names)
+    target = fold(migration.shares, names, {w.endpoint.name for w in fleet.workers if w.up})
     holding = fleet.holding()
     wanted = {wp.name: {k for k in wp.shares if k != BASE_MODEL} for wp in target.workers}
 

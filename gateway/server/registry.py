@@ -33,6 +33,7 @@ class WorkerStatus(enum.StrEnum):
     UP = "up"
     DOWN = "down"
     DRAINING = "draining"  # an operator's drain: alive, routed nothing new, re-planned away
+    GONE = "gone"  # discovery lists it no more (scaled away): routed nothing, re-planned away
 
 
 @dataclass(slots=True)
@@ -84,6 +85,7 @@ class Fleet:
         self.planned_gpus: int | None = None  # GPUs the plan asked for, when known
         self.removing: set[str] = set()  # adapters being removed (admin API)
         self._listeners: list[Callable[[], None]] = []
+        self._joiners: list[Callable[[int], None]] = []
 
     # -- state -----------------------------------------------------------------------------
 
@@ -120,8 +122,9 @@ class Fleet:
 
     def set_status(self, index: int, status: WorkerStatus) -> None:
         worker = self.workers[index]
-        if worker.status is WorkerStatus.DRAINING and status is WorkerStatus.UP:
-            return  # health checks do not undo an operator's drain
+        if worker.status is WorkerStatus.GONE or (
+                worker.status is WorkerStatus.DRAINING and status is WorkerStatus.UP):
+            return  # health checks undo neither an operator's drain nor discovery's verdict
         if worker.status is not status:
             logger.warning("worker %s (%s) is %s", worker.endpoint.name, worker.endpoint.url,
                            status.value)
@@ -209,6 +212,46 @@ class Fleet:
         self.workers[index].resident.discard(adapter)
         self._install()
 
+    # -- workers found at run time (gateway/server/discovery.py) -----------------------------
+
+    def on_join(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(index)`` when a worker is added at run time (metrics bind it)."""
+        self._joiners.append(listener)
+
+    def add_worker(self, endpoint: WorkerEndpoint, engine: EngineConfig | None = None) -> int:
+        """Append a worker (routed nothing until a plan places adapters on it and it loads
+        them); returns its index. ``ValueError`` if the name is taken."""
+        if any(w.endpoint.name == endpoint.name for w in self.workers):
+            raise ValueError(f"the worker {endpoint.name!r} exists")
+        self.workers.append(WorkerState(endpoint, engine=engine))
+        if self.plan is not None:
+            self.plan = Placement((*self.plan.workers,
+                                   WorkerPlacement(name=endpoint.name, shares={})))
+            self._install()
+        index = len(self.workers) - 1
+        for listener in self._joiners:
+            listener(index)
+        return index
+
+    def set_gone(self, index: int) -> None:
+        """Discovery lists the worker no more: route nothing to it (re-planned away); only
+        ``rejoin`` undoes it."""
+        worker = self.workers[index]
+        if worker.status is not WorkerStatus.GONE:
+            logger.warning("worker %s (%s) is gone", worker.endpoint.name, worker.endpoint.url)
+            worker.status = WorkerStatus.GONE
+
+    def rejoin(self, index: int, endpoint: WorkerEndpoint) -> None:
+        """A gone (or down) worker is listed again, perhaps at a new address: DOWN until
+        reconciled (``lifecycle.sync_worker`` marks it up)."""
+        worker = self.workers[index]
+        if endpoint.url != worker.endpoint.url:
+            worker.endpoint = endpoint
+            worker.resident = set()  # a new pod: nothing loaded
+            self._install()
+        if worker.status is WorkerStatus.GONE:
+            worker.status = WorkerStatus.DOWN
+
     def _install(self) -> None:
         if self.plan is None:
             return
@@ -218,8 +261,9 @@ class Fleet:
             for i, wp in enumerate(self.plan.workers))
         old = self.router
         self.router = Router(Placement(routed), self.policy)
-        if old is not None:  # requests in flight keep their counts
-            self.router.outstanding = list(old.outstanding)
+        if old is not None:  # requests in flight keep their counts (a new worker: none)
+            grown = len(routed) - len(old.outstanding)
+            self.router.outstanding = list(old.outstanding) + [0] * grown
 
     # -- routing ---------------------------------------------------------------------------
 

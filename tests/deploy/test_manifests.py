@@ -104,14 +104,33 @@ def test_rbac_allows_exactly_what_kube_py_does() -> None:
             "metadata"]["name"]
 
 
-def test_gateway_configmap_names_the_statefulset_pods_in_ordinal_order() -> None:
+def test_gateway_configmap_discovers_and_scales_the_statefulset(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.server.kube import KubeApi, KubernetesActuator
+
+    def in_cluster(cls: type[KubeApi], namespace: str | None = None,
+                   account_dir: Any = None) -> KubeApi:  # as a pod in the namespace sees it
+        return KubeApi(server="https://10.96.0.1:443", namespace=namespace or "lorafleet")
+
+    monkeypatch.setattr(KubeApi, "in_cluster", classmethod(in_cluster))
     sts = find("StatefulSet", "vllm")
     cfg = parse_config(yaml.safe_load(find("ConfigMap", "lorafleet-gateway")["data"][
         "gateway.yaml"]))
-    replicas, ns = sts["spec"]["replicas"], sts["metadata"]["namespace"]
-    assert [(w.name, w.url) for w in cfg.workers] == [
-        (f"vllm-{i}", f"http://vllm-{i}.vllm.{ns}.svc.cluster.local:8000")
-        for i in range(replicas)]
+    assert cfg.workers == () and cfg.discovery is not None
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    key, value = cfg.discovery.selector.split("=")
+    assert labels[key] == value and sts["spec"]["selector"]["matchLabels"][key] == value
+    (worker,) = sts["spec"]["template"]["spec"]["containers"]
+    assert cfg.discovery.port == worker["ports"][0]["containerPort"]
+    assert isinstance(cfg.actuator, KubernetesActuator)
+    assert cfg.actuator.statefulset == sts["metadata"]["name"]
+    args = dict(a.removeprefix("--").split("=") for a in worker["args"] if "=" in a)
+    engine = cfg.worker_engine
+    assert engine is not None
+    assert (engine.max_loras, engine.max_cpu_loras, engine.max_lora_rank,
+            engine.max_model_len, engine.gpu_memory_utilization) == (
+        int(args["max-loras"]), int(args["max-cpu-loras"]), int(args["max-lora-rank"]),
+        int(args["max-model-len"]), float(args["gpu-memory-utilization"]))
     assert cfg.port == 8080 and cfg.host == "0.0.0.0"
     assert all(a.path == f"/adapters/{a.demand.name}" for a in cfg.adapters)
     (container,) = find("Deployment", "lorafleet-gateway")["spec"]["template"]["spec"][
