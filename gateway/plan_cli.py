@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
@@ -18,6 +20,15 @@ from rich.table import Table
 
 from planner.baselines import lower_bound
 from planner.inputs import load_adapters
+from planner.latency_estimate import LatencyEstimate
+from planner.objective import (
+    LatencyMetric,
+    LatencyPredictor,
+    MinLatency,
+    ObjectiveName,
+    plan_latency,
+    repair_latency,
+)
 from planner.placer import Plan, PlannerConfig, Predictor, place
 from planner.surrogate import Surrogate
 from planner.training import (
@@ -27,7 +38,7 @@ from planner.training import (
     bundled_rows,
     train,
 )
-from planner.validate import baselines_in_twin, repair, validate
+from planner.validate import Validation, baselines_in_twin, repair, validate
 from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
 from twin.profile import load_profile
@@ -43,7 +54,12 @@ def register(sub: Any) -> None:
     p.add_argument("--profile", default="roofline-default")
     p.add_argument("--surrogate", type=Path, help="model file from `lorafleet train` "
                    "(default: trained once on the bundled table and cached)")
-    p.add_argument("--objective", default="min-gpus", choices=["min-gpus"])
+    p.add_argument("--objective", default="min-gpus", help="min-gpus (default) or "
+                   "min-latency: meet --ttft-target/--e2e-target with the fewest GPUs, or the "
+                   "best worst latency on --gpus N")
+    p.add_argument("--ttft-target", metavar="S", help="median time to first token, seconds")
+    p.add_argument("--e2e-target", metavar="S", help="median end-to-end latency, seconds")
+    p.add_argument("--gpus", metavar="N", help="with min-latency: spread over exactly N GPUs")
     p.add_argument("--no-validate", action="store_true", help="skip the cluster-twin check")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--duration", type=float, default=180.0, help="twin seconds to validate")
@@ -71,15 +87,66 @@ def default_surrogate() -> Surrogate:
     return surrogate
 
 
-def _plan_rows(plan: Plan) -> list[dict[str, Any]]:
+def _finite(x: float, digits: int = 4) -> float | None:
+    return round(x, digits) if math.isfinite(x) else None
+
+
+def _plan_rows(plan: Plan, latency: list[LatencyEstimate],
+               validation: Validation | None) -> list[dict[str, Any]]:
+    workers = validation.result.workers if validation else [None] * len(plan.gpus)
     return [{"gpu": g.index, "max_loras": g.engine.max_loras,
              "max_cpu_loras": g.engine.cpu_loras, "max_lora_rank": g.engine.max_lora_rank,
              "adapters": sorted(g.rates), "rate_share": dict(sorted(g.rates.items())),
-             "predicted_tps": round(g.predicted_tps, 1), "offered_tps": round(g.offered_tps, 1)}
-            for g in plan.gpus]
+             "predicted_tps": round(g.predicted_tps, 1), "offered_tps": round(g.offered_tps, 1),
+             "predicted_ttft_s": _finite(lat.ttft_s), "predicted_e2e_s": _finite(lat.e2e_s),
+             "twin_ttft_p50_s": _finite(w.ttft_p50_s) if w else None,
+             "twin_ttft_p99_s": _finite(w.ttft_p99_s) if w else None,
+             "twin_e2e_p50_s": _finite(w.e2e_p50_s) if w else None}
+            for g, lat, w in zip(plan.gpus, latency, workers, strict=True)]
+
+
+def _seconds(flag: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(flag, f"must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
+def _objective(args: argparse.Namespace) -> MinLatency | None:
+    """The objective the flags ask for (None: min-gpus); a ConfigError naming a bad flag."""
+    try:
+        name = ObjectiveName(args.objective)
+    except ValueError:
+        raise ConfigError("--objective", f"must be min-gpus or min-latency, got "
+                          f"{args.objective!r}") from None
+    ttft = _seconds("--ttft-target", args.ttft_target)
+    e2e = _seconds("--e2e-target", args.e2e_target)
+    gpus = None
+    if args.gpus is not None:
+        gpus = int(args.gpus) if args.gpus.strip().isdigit() else 0
+        if gpus < 1:
+            raise ConfigError("--gpus", f"must be a whole number >= 1, got {args.gpus!r}")
+    if name is ObjectiveName.MIN_GPUS:
+        for flag, value in (("--ttft-target", ttft), ("--e2e-target", e2e), ("--gpus", gpus)):
+            if value is not None:
+                raise ConfigError(flag, "only with --objective min-latency")
+        return None
+    if ttft is not None and e2e is not None:
+        raise ConfigError("--e2e-target", "give --ttft-target or --e2e-target, not both")
+    if ttft is None and e2e is None and gpus is None:
+        raise ConfigError("--objective", "min-latency needs --ttft-target, --e2e-target or "
+                          "--gpus")
+    metric = LatencyMetric.E2E if e2e is not None else LatencyMetric.TTFT
+    return MinLatency(metric=metric, target_s=ttft if ttft is not None else e2e, gpus=gpus)
 
 
 def _plan(args: argparse.Namespace) -> int:
+    objective = _objective(args)
     model, gpu, profile = get_model(args.model), get_gpu(args.gpu), load_profile(args.profile)
     adapters = load_adapters(args.adapters)
     if args.surrogate:
@@ -91,11 +158,12 @@ def _plan(args: argparse.Namespace) -> int:
         surrogate = default_surrogate()
     predictor = Predictor(surrogate, model, gpu, profile, PlannerConfig())
     started = time.perf_counter()
-    plan = place(adapters, model, gpu, profile, surrogate)
+    plan = place(adapters, model, gpu, profile, surrogate, objective=objective)
     plan_seconds = time.perf_counter() - started
-    validated: bool | None = None
+    fewest = None if objective is None else place(adapters, model, gpu, profile,
+                                                  surrogate).num_gpus
+    v: Validation | None = None
     validate_seconds = 0.0
-    measured: list[float] = []
     baselines: dict[str, int] = {}
     confirmed: dict[str, bool] = {}
     bound = None
@@ -104,39 +172,115 @@ def _plan(args: argparse.Namespace) -> int:
         if not args.no_validate:
             started = time.perf_counter()
             v = validate(plan, predictor, duration_s=args.duration, map_fn=pool.map)
-            plan, v = repair(plan, predictor, v, duration_s=args.duration, map_fn=pool.map)
-            validated, measured = v.ok, v.measured_tps
+            if objective is None:
+                plan, v = repair(plan, predictor, v, duration_s=args.duration, map_fn=pool.map)
+            elif objective.gpus is None:  # a fixed GPU count is kept as asked
+                plan, v = repair_latency(plan, LatencyPredictor(
+                    predictor, objective.metric, objective.target_s), v,
+                    duration_s=args.duration, map_fn=pool.map)
             validate_seconds = time.perf_counter() - started
         if not args.no_baselines:
             baselines, confirmed = baselines_in_twin(adapters, predictor, args.duration,
                                                      twin=not args.no_validate,
                                                      map_fn=pool.map)
             bound = lower_bound(adapters, predictor)
-    out = {"gpus": plan.num_gpus, "placement": _plan_rows(plan), "baselines": baselines,
-           "baselines_confirmed": confirmed,
-           "lower_bound": bound, "validated": validated, "measured_tps": measured,
+    rows = _plan_rows(plan, plan_latency(plan, predictor), v)
+    out: dict[str, Any] = {
+           "gpus": plan.num_gpus, "placement": rows,
+           "baselines": baselines, "baselines_confirmed": confirmed,
+           "lower_bound": bound, "validated": None if v is None else v.ok,
+           "measured_tps": [] if v is None else v.measured_tps,
            "plan_seconds": plan_seconds, "validate_seconds": validate_seconds}
+    out.update(_latency_summary(objective, rows, v, fewest))
     if args.json:
         print(json.dumps(out))
     else:
         _print(out)
+    if out["meets_target"] is False:
+        flag = "--ttft-target" if out["latency_metric"] == "ttft" else "--e2e-target"
+        print(f"lorafleet: cannot meet {flag} {out['latency_target_s']} s: "
+              f"{out['target_verdict']}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _worst(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r[key] is not None and r["adapters"]]
+    return max(values) if values else None
+
+
+def _latency_summary(objective: MinLatency | None, rows: list[dict[str, Any]],
+                     v: Validation | None, fewest: int | None) -> dict[str, Any]:
+    """The objective and the worst GPU's predicted and twin-measured latency; with a target,
+    whether it is met (by the twin when it ran, else by the prediction) and why not."""
+    metric = LatencyMetric.TTFT if objective is None else objective.metric
+    target = None if objective is None else objective.target_s
+    predicted_key = f"predicted_{metric.value}_s"
+    twin_key = "twin_ttft_p50_s" if metric is LatencyMetric.TTFT else "twin_e2e_p50_s"
+    out: dict[str, Any] = {
+        "objective": (ObjectiveName.MIN_GPUS if objective is None
+                      else ObjectiveName.MIN_LATENCY).value,
+        "latency_metric": metric.value, "latency_target_s": target,
+        "gpus_requested": None if objective is None else objective.gpus,
+        "min_gpus_plan_gpus": fewest,
+        "predicted_worst_ttft_s": _worst(rows, "predicted_ttft_s"),
+        "predicted_worst_e2e_s": _worst(rows, "predicted_e2e_s"),
+        "twin_worst_ttft_p50_s": _worst(rows, "twin_ttft_p50_s"),
+        "twin_worst_ttft_p99_s": _worst(rows, "twin_ttft_p99_s"),
+        "twin_worst_e2e_p50_s": _worst(rows, "twin_e2e_p50_s"),
+        "meets_target": None, "target_verdict": None}
+    if target is None:
+        return out
+    if v is not None:
+        over = [r["gpu"] for r in rows if r["adapters"] and not (
+            r[twin_key] is not None and r[twin_key] <= target)]
+        starved = list(v.starved_gpus)
+        out["meets_target"] = not over and not starved
+        out["target_verdict"] = (f"in the twin, GPUs {over} are above it and GPUs {starved} "
+                                 "starve" if over or starved else "met in the twin")
+    else:
+        over = [r["gpu"] for r in rows if r["adapters"] and not (
+            r[predicted_key] is not None and r[predicted_key] <= target)]
+        out["meets_target"] = not over
+        out["target_verdict"] = (f"GPUs {over} are predicted above it (not twin-checked)"
+                                 if over else "met as predicted (not twin-checked)")
+    return out
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _print(out: dict[str, Any]) -> None:
     console = Console()
-    table = Table(title=f"{out['gpus']} GPUs (validated in the twin: {out['validated']})")
+    target = out["latency_target_s"]
+    table = Table(title=f"{out['gpus']} GPUs, {out['objective']}"
+                  + (f" ({out['latency_metric'].upper()} p50 <= {target} s)" if target else "")
+                  + f" (validated in the twin: {out['validated']})")
     for col in ("gpu", "max_loras", "rank", "adapters", "req/s", "predicted tok/s",
-                "measured tok/s"):
+                "measured tok/s", "predicted TTFT s", "twin TTFT p50/p99 s"):
         table.add_column(col, justify="right")
+    if out["latency_metric"] == "e2e":
+        table.add_column("predicted / twin E2E p50 s", justify="right")
     measured = out["measured_tps"] or [None] * len(out["placement"])
     for row, m in zip(out["placement"], measured, strict=False):
         names = row["adapters"]
         shown = ", ".join(names[:4]) + (f" +{len(names) - 4}" if len(names) > 4 else "")
-        table.add_row(str(row["gpu"]), str(row["max_loras"]), str(row["max_lora_rank"]),
-                      shown, f"{sum(row['rate_share'].values()):.2f}",
-                      f"{row['predicted_tps']:,.0f}", "-" if m is None else f"{m:,.0f}")
+        cells = [str(row["gpu"]), str(row["max_loras"]), str(row["max_lora_rank"]),
+                 shown, f"{sum(row['rate_share'].values()):.2f}",
+                 f"{row['predicted_tps']:,.0f}", "-" if m is None else f"{m:,.0f}",
+                 _s(row["predicted_ttft_s"]),
+                 f"{_s(row['twin_ttft_p50_s'])} / {_s(row['twin_ttft_p99_s'])}"]
+        if out["latency_metric"] == "e2e":
+            cells.append(f"{_s(row['predicted_e2e_s'])} / {_s(row['twin_e2e_p50_s'])}")
+        table.add_row(*cells)
     console.print(table)
+    if out["min_gpus_plan_gpus"] is not None:
+        console.print(f"min-gpus would use {out['min_gpus_plan_gpus']} GPUs; worst GPU's TTFT "
+                      f"p50 predicted {_s(out['predicted_worst_ttft_s'])} s, twin "
+                      f"{_s(out['twin_worst_ttft_p50_s'])} s (p99 "
+                      f"{_s(out['twin_worst_ttft_p99_s'])} s); target: "
+                      f"{out['target_verdict'] or 'none'}")
     if out["baselines"]:
         confirmed = out["baselines_confirmed"]
         console.print("baselines (GPUs" + (", confirmed in the twin" if confirmed else "")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from planner.features import AdapterDemand, worker_features
 from planner.surrogate import Surrogate
@@ -26,7 +27,18 @@ from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
 from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, GpuSpec, ModelSpec
 
-__all__ = ["GpuPlan", "Plan", "PlannerConfig", "Predictor", "Verdict", "place", "place_with"]
+__all__ = [
+    "GpuPlan",
+    "Objective",
+    "Plan",
+    "PlannerConfig",
+    "Predictor",
+    "Verdict",
+    "merged",
+    "place",
+    "place_with",
+    "replicate",
+]
 
 SLOT_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256, 320, 384, 512)
 TEST_POINTS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
@@ -192,7 +204,7 @@ def _zigzag(items: list[AdapterDemand]) -> list[AdapterDemand]:
     return out
 
 
-def _replicate(adapters: Sequence[AdapterDemand], predictor: Predictor) -> list[AdapterDemand]:
+def replicate(adapters: Sequence[AdapterDemand], predictor: Predictor) -> list[AdapterDemand]:
     """Split adapters that one GPU cannot carry into equal-rate replicas."""
     out = []
     for a in adapters:
@@ -205,20 +217,29 @@ def _replicate(adapters: Sequence[AdapterDemand], predictor: Predictor) -> list[
     return out
 
 
+class Objective(Protocol):
+    """What a plan optimises, beside never starving (``planner.objective.MinLatency``);
+    ``place`` without one packs onto the fewest GPUs (``min-gpus``)."""
+
+    def place(self, adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan: ...
+
+
 def place(adapters: Sequence[AdapterDemand], model: ModelSpec, gpu: GpuSpec,
           profile: CalibrationProfile, surrogate: Surrogate,
-          config: PlannerConfig | None = None) -> Plan:
-    """Pack ``adapters`` onto the fewest GPUs the surrogate predicts will not starve."""
+          config: PlannerConfig | None = None, *, objective: Objective | None = None) -> Plan:
+    """Pack ``adapters`` onto the fewest GPUs the surrogate predicts will not starve (or as
+    ``objective`` says)."""
     names = [a.name for a in adapters]
     if len(set(names)) != len(names):
         raise ValueError("adapters: names must be unique")
-    return place_with(adapters, Predictor(surrogate, model, gpu, profile,
-                                          config or PlannerConfig()))
+    predictor = Predictor(surrogate, model, gpu, profile, config or PlannerConfig())
+    return (place_with(adapters, predictor) if objective is None
+            else objective.place(adapters, predictor))
 
 
 def place_with(adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan:
     """``place`` with a predictor already bound to the model, GPU, profile and config."""
-    items = _replicate(adapters, predictor)
+    items = replicate(adapters, predictor)
     groups: dict[int, list[AdapterDemand]] = {}
     for a in items:
         groups.setdefault(a.rank, []).append(a)
@@ -237,7 +258,7 @@ def place_with(adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan:
     return Plan(gpus=gpus, adapters=list(adapters))
 
 
-def _merged(items: Sequence[AdapterDemand]) -> list[AdapterDemand]:
+def merged(items: Sequence[AdapterDemand]) -> list[AdapterDemand]:
     """Replicas of one adapter that land on the same GPU are one adapter there, with their
     rates summed: check what will be deployed."""
     rates: dict[str, float] = {}
@@ -252,7 +273,7 @@ def _fill(queue: list[AdapterDemand], predictor: Predictor) -> tuple[int, Verdic
     """The longest feasible prefix of ``queue`` (at least one adapter) and its verdict."""
 
     def best(n: int) -> Verdict:
-        return predictor.best(_merged(queue[:n]))
+        return predictor.best(merged(queue[:n]))
 
     first = best(1)
     if not first.feasible:  # cannot happen after replication, except at memory limits
