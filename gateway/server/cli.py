@@ -1,6 +1,7 @@
 """``lorafleet serve``: the gateway, with static workers or an emulated fleet.
 
-    lorafleet serve --config gateway.yaml [--host H] [--port P]
+    lorafleet serve --config gateway.yaml [--host H] [--port P]   # workers, discovery or
+                                                                  # emulate: {count, ...}
     lorafleet serve --emulate N --adapters ADAPTERS.yaml [--port P] [--gpu a100-80gb]
                     [--time-scale k] [--placement planner|round-robin]
 
@@ -16,6 +17,7 @@ import contextlib
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,20 @@ from gateway.emulator.errors import StartupError
 from gateway.http import until_signalled
 from gateway.keys import FLEET
 from gateway.server.app import create_app, serve
-from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint, load_config
-from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
+from gateway.server.config import (
+    GatewayConfig,
+    PlacementMode,
+    WorkerEndpoint,
+    parse_config,
+    read_config,
+)
+from gateway.server.emulated import (
+    EmulateSpec,
+    emulated_config_data,
+    scaffold_entries,
+    start_emulated,
+    worker_configs,
+)
 from gateway.server.lifecycle import make_plan
 from gateway.server.planning import InitialPlan
 from planner.inputs import load_adapters
@@ -92,15 +106,25 @@ def _emulated_config(args: argparse.Namespace,
     return cfg, make_plan(cfg)
 
 
-def _static_config(args: argparse.Namespace) -> GatewayConfig:
+def _file_config(args: argparse.Namespace, folder: Callable[[], Path]
+                 ) -> tuple[GatewayConfig, InitialPlan | None, EmulateSpec | None]:
+    """``--config``: static workers or discovery, or ``emulate:`` (an emulated fleet started
+    here, its adapters scaffolded in ``folder()`` when they give no ``path``)."""
     if args.adapters is not None:
         raise ConfigError("--adapters", "goes with --emulate; list adapters in the config")
-    cfg = load_config(args.config)
+    data = read_config(args.config)
+    spec = None
+    if isinstance(data, dict) and "emulate" in data:
+        data, spec = emulated_config_data(data, folder())
+    cfg = parse_config(data)
     if args.host is not None:
         cfg = replace(cfg, host=args.host)
     if args.port is not None:
         cfg = replace(cfg, port=args.port)
-    return cfg
+    if spec is None:
+        return cfg, None, None
+    cfg = replace(cfg, time_scale=spec.time_scale)
+    return cfg, make_plan(cfg), spec
 
 
 async def _wait_ready(app: web.Application) -> bool:
@@ -113,17 +137,20 @@ async def _wait_ready(app: web.Application) -> bool:
     return True
 
 
-async def _main(args: argparse.Namespace, cfg: GatewayConfig, plan: InitialPlan | None) -> None:
+async def _main(cfg: GatewayConfig, plan: InitialPlan | None,
+                spec: EmulateSpec | None) -> None:
     emulated = None
     runner = None
     try:
-        if args.emulate is not None:
+        if spec is not None:
             assert plan is not None
-            emulated = await start_emulated(worker_configs(
-                plan, served_model_name=cfg.base_model, model=cfg.model, gpu=cfg.gpu,
-                profile=cfg.profile, time_scale=args.time_scale))
+            configs = worker_configs(plan, served_model_name=cfg.base_model, model=cfg.model,
+                                     gpu=cfg.gpu, profile=cfg.profile,
+                                     time_scale=spec.time_scale, seed=spec.seed)
+            emulated = await start_emulated([replace(c, slowdown=spec.slowdown,
+                                                     jitter=spec.jitter) for c in configs])
             cfg = replace(cfg, workers=tuple(WorkerEndpoint(w.name, url) for w, url in zip(
-                cfg.workers, emulated.urls, strict=True)), time_scale=args.time_scale)
+                cfg.workers, emulated.urls, strict=True)), time_scale=spec.time_scale)
         app = create_app(cfg, plan=plan)
         runner = await serve(app, cfg.host, cfg.port)
         port = runner.addresses[0][1]
@@ -138,7 +165,7 @@ async def _main(args: argparse.Namespace, cfg: GatewayConfig, plan: InitialPlan 
             await emulated.stop()
 
 
-def _run(args: argparse.Namespace, cfg: GatewayConfig, plan: InitialPlan | None) -> int:
+def _run(cfg: GatewayConfig, plan: InitialPlan | None, spec: EmulateSpec | None) -> int:
     try:
         import uvloop
         loop_runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
@@ -146,7 +173,7 @@ def _run(args: argparse.Namespace, cfg: GatewayConfig, plan: InitialPlan | None)
         loop_runner = asyncio.Runner()
     with loop_runner, contextlib.suppress(KeyboardInterrupt):
         try:
-            loop_runner.run(_main(args, cfg, plan))
+            loop_runner.run(_main(cfg, plan, spec))
         except StartupError as exc:  # an emulated worker vLLM would refuse to start
             print(f"lorafleet: serve: {exc}", file=sys.stderr)
             return 2
@@ -157,15 +184,20 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.ExitStack() as stack:
+        def folder() -> Path:
+            return args.adapter_dir or Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="lorafleet-adapters-")))
+
+        spec: EmulateSpec | None
+        plan: InitialPlan | None
         try:
             if args.emulate is not None:
-                folder = args.adapter_dir or Path(stack.enter_context(
-                    tempfile.TemporaryDirectory(prefix="lorafleet-adapters-")))
-                cfg, plan = _emulated_config(args, folder)
+                cfg, plan = _emulated_config(args, folder())
+                spec = EmulateSpec(count=args.emulate, time_scale=args.time_scale)
             else:
-                cfg, plan = _static_config(args), None
+                cfg, plan, spec = _file_config(args, folder)
         except (ConfigError, StartupError) as exc:
             print(f"lorafleet: serve: {exc}", file=sys.stderr)
             return 2
-        return _run(args, cfg, plan)
+        return _run(cfg, plan, spec)
     return 0  # pragma: no cover - ExitStack does not swallow

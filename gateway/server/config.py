@@ -4,10 +4,12 @@ Every invalid value raises ``twin.errors.ConfigError`` naming its dotted field (
 it on one line and exits with status 2). The file::
 
     base_model: llama-3.1-8b          # the name the workers serve the base model under
-    workers:                          # static worker URLs (or discovery, not both)
+    workers:                          # static worker URLs (or discovery, or emulate)
       - {url: "http://10.0.0.1:8000", name: w0}
     discovery:                        # the ready pods of a StatefulSet, listed every interval_s
       {kind: kubernetes, selector: app.kubernetes.io/name=vllm, port: 8000, interval_s: 10}
+    emulate: {count: 4, time_scale: 1, slowdown: 1.0, jitter: 0.0}   # in-process emulated
+                                      # workers (`lorafleet serve` only; adapters may omit path)
     actuator: {kind: kubernetes, statefulset: vllm}   # or {kind: command, command: "... {workers}"}
     worker_engine:                    # what workers the gateway did not start run with
       {max_loras: 8, max_cpu_loras: 32, max_lora_rank: 32}   # the rest: fallback defaults
@@ -77,7 +79,7 @@ if TYPE_CHECKING:  # kube.py imports this module
     from gateway.server.kube import Actuator, KubeDiscovery
 
 __all__ = ["AdapterEntry", "GatewayConfig", "PlacementMode", "WorkerEndpoint", "load_config",
-           "parse_config"]
+           "parse_config", "read_config"]
 
 _SECURITY = ("keys", "worker_api_key_env", "admin_token_env", "state_file")
 _FLEET = ("discovery", "actuator", "worker_engine")  # gateway/server/kube.py, planning.py
@@ -353,12 +355,16 @@ def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
     return out
 
 
-def load_config(path: str | Path) -> GatewayConfig:
-    """Read and validate ``gateway.yaml``."""
+def read_config(path: str | Path) -> Any:
+    """``gateway.yaml`` parsed, not yet validated; ``ConfigError`` if unreadable."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        return yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"invalid YAML: {exc}".splitlines()[0]) from None
-    return parse_config(data)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate ``gateway.yaml``."""
+    return parse_config(read_config(path))

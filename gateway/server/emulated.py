@@ -7,9 +7,11 @@ and benchmarks run workers in their own processes (``lorafleet fleet``) instead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -21,9 +23,12 @@ from gateway.server.config import AdapterEntry
 from gateway.server.planning import InitialPlan
 from planner.features import AdapterDemand
 from twin.catalog import get_gpu, get_model
+from twin.errors import ConfigError
 from twin.profile import load_profile
+from twin.specs import ALLOWED_LORA_RANKS
 
-__all__ = ["EmulatedFleet", "scaffold_entries", "start_emulated", "worker_configs"]
+__all__ = ["EmulateSpec", "EmulatedFleet", "emulated_config_data", "parse_emulate",
+           "scaffold_entries", "start_emulated", "worker_configs"]
 
 
 def worker_configs(plan: InitialPlan, *, served_model_name: str, model: str = "llama-3.1-8b",
@@ -76,3 +81,80 @@ async def start_emulated(configs: Sequence[WorkerConfig],
         if not started:  # a worker failed to start: stop the ones that did
             await fleet.stop()
     return fleet
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmulateSpec:
+    """``emulate:`` in ``gateway.yaml``: an emulated fleet started in the gateway's process
+    instead of static worker URLs (``lorafleet serve --emulate N`` in a file)."""
+
+    count: int
+    time_scale: float = 1.0
+    slowdown: float = 1.0
+    jitter: float = 0.0
+    seed: int = 0
+
+
+def parse_emulate(data: Any) -> EmulateSpec:
+    """``{count, time_scale?, slowdown?, jitter?, seed?}``; ``ConfigError`` names the field.
+
+    Examples
+    --------
+    >>> parse_emulate({"count": 4, "time_scale": 2})
+    EmulateSpec(count=4, time_scale=2.0, slowdown=1.0, jitter=0.0, seed=0)
+    >>> parse_emulate({"count": 0})
+    Traceback (most recent call last):
+    ...
+    twin.errors.ConfigError: emulate.count: must be an integer >= 1, got 0
+    """
+    if isinstance(data, int) and not isinstance(data, bool):
+        data = {"count": data}
+    if not isinstance(data, dict):
+        raise ConfigError("emulate", "must be a worker count or {count, time_scale?, "
+                          "slowdown?, jitter?, seed?}")
+    unknown = sorted(set(data) - {"count", "time_scale", "slowdown", "jitter", "seed"})
+    if unknown:
+        raise ConfigError(f"emulate.{unknown[0]}", "unknown field")
+    ints: dict[str, int] = {}
+    for name, low in (("count", 1), ("seed", 0)):
+        raw = data.get(name, 0)
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < low:
+            raise ConfigError(f"emulate.{name}", f"must be an integer >= {low}, got {raw!r}")
+        ints[name] = raw
+    values: dict[str, float] = {}
+    for name, default, floor in (("time_scale", 1.0, 0.0), ("slowdown", 1.0, 0.0),
+                                 ("jitter", 0.0, -1.0)):
+        value = data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value) or not value > floor:
+            want = "> 0" if floor == 0 else ">= 0"
+            raise ConfigError(f"emulate.{name}", f"must be a number {want}, got {value!r}")
+        values[name] = float(value)
+    return EmulateSpec(count=ints["count"], seed=ints["seed"], **values)
+
+
+def emulated_config_data(data: dict[str, Any], folder: Path) -> tuple[dict[str, Any],
+                                                                      EmulateSpec]:
+    """A ``gateway.yaml`` mapping with ``emulate:`` turned into placeholder workers (their URLs
+    are set once the workers listen) and adapter folders scaffolded under ``folder`` for the
+    adapters that give no ``path``."""
+    data = dict(data)
+    spec = parse_emulate(data.pop("emulate"))
+    if "workers" in data or data.get("discovery") is not None:
+        raise ConfigError("emulate", "give one of workers, discovery or emulate")
+    data["workers"] = [{"url": "http://127.0.0.1:1", "name": f"w{i}"}
+                       for i in range(spec.count)]
+    items = data.get("adapters", [])
+    if isinstance(items, list):
+        base = str(data.get("model", "llama-3.1-8b"))
+        filled = []
+        for item in items:
+            if isinstance(item, dict) and not item.get("path") \
+                    and isinstance(item.get("name"), str) and item.get("rank"):
+                rank = item["rank"]
+                if isinstance(rank, int) and rank in ALLOWED_LORA_RANKS:
+                    item = {**item, "path": str(scaffold_adapter(
+                        folder / item["name"], rank=rank, base_model=base))}
+            filled.append(item)
+        data["adapters"] = filled
+    return data, spec
