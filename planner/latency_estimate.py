@@ -82,7 +82,9 @@ def estimate_latency(x: Mapping[str, float], step: StepTimeModel, engine: Engine
     for _ in range(40):
         batch = min(most, max(1.0, lam * out * t))
         prefill = min(budget, lam * inp * t)
-        t = step.predict(prefill, batch, batch * context, adapters(batch))
+        last, t = t, step.predict(prefill, batch, batch * context, adapters(batch))
+        if abs(t - last) <= 1e-6 * t:
+            break
     chunk = max(1.0, budget - batch)
     prefill_step = step.predict(min(inp, chunk), batch, batch * context + inp, adapters(batch))
     service = math.ceil(inp / chunk) * prefill_step + 0.5 * t

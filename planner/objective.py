@@ -6,9 +6,11 @@ Two forms, both behind ``placer.Objective`` (``place(..., objective=MinLatency(.
   the memory and starvation checks, its predicted median TTFT (or E2E) is at most the target
   (``LatencyPredictor``): the fewest GPUs that meet it;
 - a GPU count (``gpus``): the adapters spread over that many GPUs to minimise the worst
-  predicted latency (``spread``): greedy least-predicted-latency assignment, heaviest load
-  first, from which (or from round-robin, if that is better) single moves and pairwise swaps
-  off the worst GPU continue while they lower it.
+  predicted latency (``spread``): an adapter carrying more than an even share of the load is
+  split into replicas (the gateway routes among them by share), then greedy
+  least-predicted-latency assignment, heaviest load first, from which (or from round-robin,
+  if that is better) single moves and pairwise swaps off the worst GPU continue while they
+  lower it.
 
 Latency is predicted by ``planner.latency_estimate`` (analytic, conservative), not the
 surrogate's ``LatencyModel``, whose held-out TTFT error is too large (that module says how
@@ -85,8 +87,9 @@ class LatencyPredictor(Predictor):
         scale = self.config.capacity_scale  # a slower worker: more load, in slower seconds
         step = self.profile.step_model(self.model, self.gpu, engine)
         try:
-            x = worker_features([dataclasses.replace(a, rate=a.rate / scale) for a in adapters],
-                                engine, self.model, self.gpu, step, self.profile.memory)
+            scaled = adapters if scale == 1.0 else [
+                dataclasses.replace(a, rate=a.rate / scale) for a in adapters]
+            x = worker_features(scaled, engine, self.model, self.gpu, step, self.profile.memory)
         except InsufficientMemoryError:
             return _INF
         e = estimate_latency(x, step, engine, self.profile.request_overhead_s)
@@ -164,9 +167,15 @@ def _load(a: AdapterDemand) -> float:
 
 def _items(adapters: Sequence[AdapterDemand], predictor: Predictor,
            gpus: int) -> list[AdapterDemand]:
-    """Adapters, hot ones split into replicas, then the heaviest split further while there
-    are fewer items than GPUs (an idle GPU lowers no one's latency)."""
-    items = replicate(adapters, predictor)
+    """Adapters as items to assign: hot ones split into replicas as the placer splits them,
+    any heavier than an even share of the load (tokens/s over ``gpus``) split so that no
+    replica is, then the heaviest split further while there are fewer items than GPUs (an
+    idle GPU lowers no one's latency)."""
+    share = sum(_load(a) for a in adapters) / gpus
+    items: list[AdapterDemand] = []
+    for a in replicate(adapters, predictor):
+        parts = math.ceil(_load(a) / share - 1e-9) if 0 < share < _load(a) else 1
+        items += [dataclasses.replace(a, rate=a.rate / parts)] * parts
     counts: dict[str, int] = {}
     for a in items:
         counts[a.name] = counts.get(a.name, 0) + 1

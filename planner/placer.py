@@ -266,7 +266,8 @@ def merged(items: Sequence[AdapterDemand]) -> list[AdapterDemand]:
     for a in items:
         rates[a.name] = rates.get(a.name, 0.0) + a.rate
         first.setdefault(a.name, a)
-    return [_with_rate(first[name], rate) for name, rate in rates.items()]
+    return [first[name] if first[name].rate == rate else _with_rate(first[name], rate)
+            for name, rate in rates.items()]
 
 
 def _fill(queue: list[AdapterDemand], predictor: Predictor) -> tuple[int, Verdict]:
