@@ -8,6 +8,7 @@ import argparse
 import json
 import pickle
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -17,14 +18,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from planner.dataset import COLUMNS, run_sample, sample_specs
+from planner.dataset import COLUMNS, SampleSpec, Shape, run_sample, sample_specs
 from planner.evaluate import evaluate, split
+from planner.ray_runner import RayUnavailableError, require_ray, run_on_ray
 from planner.surrogate import CLASSIFIERS, REGRESSORS, Surrogate
 from planner.table import load_table, save_table
 from planner.training import DEFAULT_CLASSIFIER, DEFAULT_REGRESSOR, train
 from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
-from twin.profile import load_profile
+from twin.profile import CalibrationProfile, load_profile
+from twin.specs import GpuSpec, ModelSpec
 
 __all__ = ["register", "register_models"]
 
@@ -38,6 +41,12 @@ def register(sub: Any) -> None:
     ds.add_argument("--model", default="llama-3.1-8b")
     ds.add_argument("--gpu", default="a100-80gb")
     ds.add_argument("--profile", default="roofline-default")
+    ds.add_argument("--shape", default=Shape.SAMPLED.value, choices=[s.value for s in Shape],
+                    help="sampled: random slot counts; placement: a slot per adapter, as the "
+                    "placer builds workers")
+    ds.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="run the twin on Ray (the optional extra `ray`): a local Ray with "
+                    "--workers CPUs, or the cluster at ADDRESS ('auto', 'ray://host:10001')")
     ds.set_defaults(func=_dataset)
 
 
@@ -46,15 +55,24 @@ def _dataset(args: argparse.Namespace) -> int:
         raise ConfigError("--scenarios", f"must be >= 1, got {args.scenarios}")
     if args.workers < 1:
         raise ConfigError("--workers", f"must be >= 1, got {args.workers}")
+    if args.ray is not None:
+        try:
+            require_ray()
+        except RayUnavailableError as exc:
+            raise ConfigError("--ray", str(exc)) from None
     model, gpu, profile = get_model(args.model), get_gpu(args.gpu), load_profile(args.profile)
-    specs = list(sample_specs(args.scenarios, args.seed, model, gpu, profile))
+    specs = list(sample_specs(args.scenarios, args.seed, model, gpu, profile,
+                              shape=Shape(args.shape)))
     work = partial(run_sample, model=model, gpu=gpu, profile=profile)
     started = time.perf_counter()
     console = Console(stderr=True)
     with Progress(TextColumn("twin runs"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("dataset", total=len(specs))
-        if args.workers == 1:
+        if args.ray is not None:
+            rows = _on_ray(specs, (model, gpu, profile), args,
+                           lambda k: progress.advance(task, k))
+        elif args.workers == 1:
             rows = []
             for spec in specs:
                 rows.append(work(spec))
@@ -71,6 +89,15 @@ def _dataset(args: argparse.Namespace) -> int:
     console.print(f"{len(rows)} samples ({starved:.0f} starved) in "
                   f"{time.perf_counter() - started:.1f} s -> {out}")
     return 0
+
+
+def _on_ray(specs: list[SampleSpec], inputs: tuple[ModelSpec, GpuSpec, CalibrationProfile],
+            args: argparse.Namespace, advance: Callable[[int], None]) -> list[dict[str, float]]:
+    try:
+        return run_on_ray(specs, *inputs, address=args.ray or None, num_cpus=args.workers,
+                          on_rows=advance)
+    except ConnectionError as exc:
+        raise ConfigError("--ray", f"cannot reach Ray at {args.ray!r}: {exc}") from None
 
 
 def register_models(sub: Any) -> None:

@@ -5,17 +5,25 @@ burstiness, a base-model share) and engine options, run in the twin at an offere
 a sampled multiple of the analytic capacity estimate. The multiples concentrate around 1 so
 both sides of the starvation boundary are dense: the placer lives there. Same seed, same table.
 Pure: ``run_sample`` is a function of its arguments; writing the table is the caller's job.
+
+Two shapes (``Shape``): ``SAMPLED`` draws the slot count at random (mostly fewer slots than
+adapters: slot thrashing); ``PLACEMENT`` gives every adapter a slot, as the placer builds
+workers (the largest slot count that fits memory when that many do not), re-draws the load
+around the new analytic capacity and runs the twin longer near the boundary (less label noise).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
 from planner.features import FEATURES, AdapterDemand, worker_features
+from planner.placer import SLOT_CANDIDATES
 from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
 from twin.scenario import Scenario
@@ -23,12 +31,24 @@ from twin.simulate import simulate
 from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, GpuSpec, ModelSpec
 from twin.workload import AdapterLoad, ArrivalSpec, LengthDist, Workload
 
-__all__ = ["COLUMNS", "TARGETS", "SampleSpec", "run_sample", "sample_specs"]
+__all__ = ["COLUMNS", "TARGETS", "SampleSpec", "Shape", "placement_shaped", "run_sample",
+           "sample_specs"]
 
 TARGETS: tuple[str, ...] = ("throughput_tps", "ideal_tps", "starved", "any_adapter_starved",
                             "ttft_p50_s", "itl_p50_s", "e2e_p50_s")
 COLUMNS: tuple[str, ...] = ("seed", *FEATURES, *TARGETS)
 SLOT_CHOICES = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256)
+# PLACEMENT samples whose offered load is within this multiple band of the analytic capacity
+# run this long in the twin (the others 240-600 s, as SAMPLED ones).
+NEAR_BOUNDARY = (0.75, 1.4)
+NEAR_BOUNDARY_DURATION_S = 1200.0
+
+
+class Shape(Enum):
+    """How a sampled worker's slots and load are drawn (see the module docstring)."""
+
+    SAMPLED = "sampled"
+    PLACEMENT = "placement"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,16 +67,54 @@ def _lognormal_lengths(mean: float, std: float) -> LengthDist:
 
 
 def sample_specs(n: int, seed: int, model: ModelSpec, gpu: GpuSpec,
-                 profile: CalibrationProfile, max_model_len: int = 8192) -> Iterator[SampleSpec]:
-    """``n`` feasible worker scenarios drawn from ``seed`` (memory-infeasible draws are redrawn)."""
+                 profile: CalibrationProfile, max_model_len: int = 8192,
+                 shape: Shape = Shape.SAMPLED) -> Iterator[SampleSpec]:
+    """``n`` feasible worker scenarios drawn from ``seed`` (memory-infeasible draws are redrawn).
+
+    ``PLACEMENT`` reshapes the ``SAMPLED`` draws of the same seed (``placement_shaped``, its
+    loads drawn from a second generator seeded with ``seed``); draws no slot count fits are
+    skipped, so both shapes yield ``n``.
+    """
     rng = np.random.default_rng(seed)
+    load_rng = np.random.default_rng(seed)
     made = 0
     while made < n:
         sub = int(rng.integers(0, 2**31))
         spec = _draw(np.random.default_rng(sub), sub, model, gpu, profile, max_model_len)
+        if spec is not None and shape is Shape.PLACEMENT:
+            spec = placement_shaped(spec, model, gpu, profile, load_rng)
         if spec is not None:
             made += 1
             yield spec
+
+
+def placement_shaped(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
+                     profile: CalibrationProfile, rng: np.random.Generator) -> SampleSpec | None:
+    """``spec`` with a slot per LoRA adapter (or the most slots that fit memory; ``None`` when
+    none do) and its offered load re-drawn as a multiple of the new analytic capacity: dense
+    around 1, a log-uniform tail (the sampler of ``bench/surrogate.py``'s held-out workers),
+    and ``NEAR_BOUNDARY_DURATION_S`` long twin runs near the boundary."""
+    loras = max(1, sum(1 for a in spec.adapters if a.rank > 0))
+    enough = next((s for s in SLOT_CANDIDATES if s >= loras), SLOT_CANDIDATES[-1])
+    for slots in [enough, *(s for s in reversed(SLOT_CANDIDATES) if s < enough)]:
+        engine = dataclasses.replace(spec.engine, max_loras=slots,
+                                     max_cpu_loras=max(slots, loras))
+        try:
+            f = worker_features(spec.adapters, engine, model, gpu,
+                                profile.step_model(model, gpu, engine), profile.memory)
+        except InsufficientMemoryError:
+            continue
+        break
+    else:
+        return None
+    factor = (float(np.exp(rng.uniform(np.log(0.05), np.log(2.5)))) if rng.random() < 0.3
+              else float(np.clip(np.exp(rng.normal(np.log(1.0), 0.25)), 0.1, 4.0)))
+    scale = factor / f["load_ratio"]
+    adapters = tuple(dataclasses.replace(a, rate=a.rate * scale) for a in spec.adapters)
+    total = sum(a.rate for a in adapters)
+    duration = (NEAR_BOUNDARY_DURATION_S if NEAR_BOUNDARY[0] <= factor <= NEAR_BOUNDARY[1]
+                else float(min(600.0, max(240.0, 4000.0 / total))))
+    return dataclasses.replace(spec, adapters=adapters, engine=engine, duration_s=duration)
 
 
 def _draw(rng: np.random.Generator, seed: int, model: ModelSpec, gpu: GpuSpec,
