@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.cli import main
 from planner.baselines import round_robin_plan
-from planner.evaluate import split, starved
+from planner.evaluate import smape, split, starved
 from planner.features import AdapterDemand
 from planner.latency_estimate import estimate_latency
 from planner.objective import (
@@ -25,7 +25,7 @@ from planner.objective import (
     spread,
 )
 from planner.placer import GpuPlan, Plan, PlannerConfig, Predictor, place
-from planner.training import bundled_rows
+from planner.training import bundled_rows, train
 from planner.validate import validate
 from twin import EngineConfig
 
@@ -71,6 +71,20 @@ def test_estimate_is_conservative_on_held_out_rows(specs) -> None:
     assert 1.0 <= statistics.median(ttft) <= 2.5
     assert sum(x < 1 for x in e2e) / len(e2e) <= 0.2
     assert 1.0 <= statistics.median(e2e) <= 1.5
+
+
+@pytest.mark.slow
+def test_latency_model_is_too_poor_to_promise_a_target() -> None:
+    """Why the objective uses the analytic estimate: the surrogate's LatencyModel, trained on
+    the other four fifths, misses the held-out TTFT p50 badly (planner/latency_estimate.py)."""
+    train_rows, held_out = split(bundled_rows(), 0.2)
+    model = train(train_rows).latency
+    rows = [r for r in held_out if not starved(r) and r["ttft_p50_s"] > 0
+            and r["itl_p50_s"] > 0]
+    ratios = [model.predict_one(r)["ttft_p50_s"] / r["ttft_p50_s"] for r in rows]
+    assert smape([r["ttft_p50_s"] for r in rows],
+                 [model.predict_one(r)["ttft_p50_s"] for r in rows]) > 0.5
+    assert sum(x < 0.8 for x in ratios) / len(ratios) > 0.15
 
 
 def test_estimate_grows_with_load(predictor: Predictor) -> None:
@@ -197,6 +211,17 @@ def test_cli_ttft_target_json(tmp_path: Path, model_file: Path,
     rc, out, _ = _run(common, capsys)
     assert rc == 0 and out["objective"] == "min-gpus" and out["latency_target_s"] is None
     assert all(row["twin_ttft_p50_s"] is not None for row in out["placement"])
+
+
+def test_cli_table_shows_predicted_and_twin_latency(tmp_path: Path, model_file: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = _adapters_file(tmp_path, fleet(6))
+    assert main(["plan", str(path), "--surrogate", str(model_file), "--no-baselines",
+                 "--duration", "30", "--objective", "min-latency", "--e2e-target", "30"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps lines at the console width
+    for text in ("min-latency", "E2E p50 <= 30.0 s", "TTFT", "min-gpus would use",
+                 "met in the twin"):
+        assert text in out
 
 
 def test_cli_says_when_a_target_cannot_be_met(tmp_path: Path, model_file: Path,
