@@ -208,6 +208,10 @@ def test_cli_ttft_target_json(tmp_path: Path, model_file: Path,
     rc, out, _ = _run([*common, "--objective", "min-latency", "--gpus", "3"], capsys)
     assert rc == 0 and out["gpus"] == 3 and out["gpus_requested"] == 3
     assert out["meets_target"] is None
+    rc, out, _ = _run([*common, "--objective", "min-latency", "--gpus", "2", "--e2e-target",
+                       "60"], capsys)  # a count and a target: the target is only judged
+    assert rc == 0 and out["gpus"] == 2 and out["meets_target"] is True
+    assert out["latency_metric"] == "e2e" and out["twin_worst_e2e_p50_s"] <= 60
     rc, out, _ = _run(common, capsys)
     assert rc == 0 and out["objective"] == "min-gpus" and out["latency_target_s"] is None
     assert all(row["twin_ttft_p50_s"] is not None for row in out["placement"])
