@@ -25,6 +25,8 @@ Sections: ``peers`` now; a ``fleet`` section (GPUs after re-planning against fix
 is to come with the re-planner, as another entry of ``SECTIONS``.
 
 Run: ``.venv-peers/bin/python bench/peers.py [--quick]`` (``make bench-peers``).
+``--vllm-client``: the same peers measured by vLLM's own ``bench serve`` client instead
+(``bench/peers_vllm_client.py``, ``bench/results/peers_vllm_client.json``).
 """
 
 from __future__ import annotations
@@ -278,7 +280,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="repeat one measurement this many times (0: none)")
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
+    parser.add_argument("--vllm-client", action="store_true",
+                        help="measure with vLLM's own bench serve client instead "
+                             "(bench/peers_vllm_client.py; instant backend)")
     args = parser.parse_args(argv)
+    if args.vllm_client:
+        from peers_vllm_client import main as vllm_client_main
+        return vllm_client_main([*(["--quick"] if args.quick else []), "--peers", *args.peers,
+                                 *(["--no-pin"] if args.no_pin else []), "--out",
+                                 str(args.out)])
     if "direct" not in args.peers:
         args.peers.insert(0, "direct")  # added latency is measured against it
     bench = Bench(args)
