@@ -12,17 +12,19 @@ import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
 from gateway.keys import FLEET, REPLANNER
 from gateway.server.app import create_app
 from gateway.server.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
-from gateway.server.lora_api import list_adapters
+from gateway.server.lora_api import list_adapters, unload_adapter
 from gateway.server.planning import InitialPlan
 from planner.features import AdapterDemand
 from twin.catalog import get_gpu
@@ -86,60 +88,77 @@ async def test_gateway_serves_two_real_servers_and_moves_adapters_under_load(
         real_vllm: RealVllm, second_vllm: str) -> None:
     cfg, plan = _config(real_vllm, [real_vllm.base_url, second_vllm])
     app = create_app(cfg, plan=plan)
-    async with TestServer(app) as server, aiohttp.ClientSession() as session:
-        fleet = app[FLEET]
-        for _ in range(600):
-            if fleet.ready:
-                break
-            await asyncio.sleep(0.1)
-        assert fleet.ready
-        url = str(server.make_url("/v1"))
-        assert set(MOVED) <= await list_adapters(session, second_vllm, timeout=10)
-
-        failed: list[str] = []
-        served = 0
-        stop = asyncio.Event()
-
-        async def load(k: int) -> None:
-            nonlocal served
-            models = [*KEPT, *MOVED, BASE_MODEL_NAME]
-            async with AsyncOpenAI(base_url=url, api_key="x", max_retries=0,
-                                   timeout=120) as client:
-                i = k
-                while not stop.is_set():
-                    model = models[i % len(models)]
-                    i += 1
-                    try:
-                        if i % 2:
-                            stream = await client.chat.completions.create(
-                                model=model, messages=[{"role": "user", "content": "hi"}],
-                                max_tokens=8, stream=True, temperature=0)
-                            chunks = [c async for c in stream]
-                            assert chunks[-1].choices[0].finish_reason in ("length", "stop")
-                        else:
-                            done = await client.completions.create(
-                                model=model, prompt="hello", max_tokens=8, temperature=0)
-                            assert done.usage is not None and done.usage.completion_tokens > 0
-                        served += 1
-                    except (openai.APIError, AssertionError) as exc:
-                        failed.append(f"{model}: {exc!r}")
-
-        tasks = [asyncio.create_task(load(k)) for k in range(3)]
+    async with aiohttp.ClientSession() as session:
         try:
-            while served < 10:
-                await asyncio.sleep(0.2)
-            result = await app[REPLANNER].drain(1)  # re-plan: w1's adapters go to w0
-            before = served
-            while served < before + 10:
-                await asyncio.sleep(0.2)
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
+            async with TestServer(app) as server:
+                await _exercise(app, server, session, real_vllm, second_vllm)
+        finally:  # the session's server goes back to its start-up adapter for other tests
+            for name in (*MOVED, *KEPT):
+                if name != real_vllm.startup_adapter:
+                    await unload_adapter(session, real_vllm.base_url, name, timeout=30)
 
-        assert result["migration"]["outcome"] == "ok", result
-        assert set(result["diff"]["moved"]) == set(MOVED)
-        assert not failed, failed[:5]
-        assert fleet.holding() == {"w0": frozenset((*KEPT, *MOVED)), "w1": frozenset()}
-        on_w0 = await list_adapters(session, real_vllm.base_url, timeout=10)
-        on_w1 = await list_adapters(session, second_vllm, timeout=10)
-        assert set(MOVED) <= on_w0 and not set(MOVED) & on_w1  # loaded there, unloaded here
+
+async def _exercise(app: web.Application, server: TestServer,
+                    session: aiohttp.ClientSession, real_vllm: RealVllm,
+                    second_vllm: str) -> None:
+    fleet = app[FLEET]
+    for _ in range(600):
+        if fleet.ready:
+            break
+        await asyncio.sleep(0.1)
+    assert fleet.ready
+    url = str(server.make_url("/v1"))
+    assert set(MOVED) <= await list_adapters(session, second_vllm, timeout=10)
+
+    failed: list[str] = []
+    served = 0
+    stop = asyncio.Event()
+
+    async def load(k: int) -> None:
+        nonlocal served
+        models = [*KEPT, *MOVED, BASE_MODEL_NAME]
+        async with AsyncOpenAI(base_url=url, api_key="x", max_retries=0,
+                               timeout=120) as client:
+            i = k
+            while not stop.is_set():
+                model = models[i % len(models)]
+                i += 1
+                try:
+                    if i % 2:
+                        stream = await client.chat.completions.create(
+                            model=model, messages=[{"role": "user", "content": "hi"}],
+                            max_tokens=8, stream=True, temperature=0)
+                        chunks = [c async for c in stream]
+                        assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+                    else:
+                        done = await client.completions.create(
+                            model=model, prompt="hello", max_tokens=8, temperature=0)
+                        assert done.usage is not None and done.usage.completion_tokens > 0
+                    served += 1
+                except (openai.APIError, AssertionError) as exc:
+                    failed.append(f"{model}: {exc!r}")
+
+    tasks = [asyncio.create_task(load(k)) for k in range(3)]
+    try:
+        while served < 10:
+            await asyncio.sleep(0.2)
+        result = await app[REPLANNER].drain(1)  # re-plan: w1's adapters go to w0
+        before = served
+        while served < before + 10:
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+    _check(result, failed, fleet.holding())
+    on_w0 = await list_adapters(session, real_vllm.base_url, timeout=10)
+    on_w1 = await list_adapters(session, second_vllm, timeout=10)
+    assert set(MOVED) <= on_w0 and not set(MOVED) & on_w1  # loaded, then unloaded
+
+
+def _check(result: dict[str, Any], failed: list[str],
+           holding: dict[str, frozenset[str]]) -> None:
+    assert result["migration"]["outcome"] == "ok", result
+    assert set(result["diff"]["moved"]) == set(MOVED)
+    assert not failed, failed[:5]
+    assert holding == {"w0": frozenset((*KEPT, *MOVED)), "w1": frozenset()}

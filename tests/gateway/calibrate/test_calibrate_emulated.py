@@ -1,8 +1,9 @@
 """``lorafleet calibrate`` and ``validate`` against ``lorafleet worker --emulate``.
 
 The emulated worker times itself with a known profile, so calibrating it must recover that
-profile: a real accuracy test of the sweep and the fit. The worker runs 4x faster than the
-wall clock, so what calibration measures is the profile's times divided by 4.
+profile: a real accuracy test of the sweep and the fit. The worker runs 2x faster than the
+wall clock, so what calibration measures is the profile's times divided by 2 (at 4x, steps
+of 2 ms left the fit at the mercy of the event loop's scheduling on a loaded machine).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from twin.profile import CalibrationProfile, LoadTimes, load_profile, save_profi
 from twin.specs import EngineConfig
 from twin.step_time import LinearCoefficients, LinearStepTime, LoRACoefficients
 
-SCALE = 4.0
+SCALE = 2.0
 TRUTH = CalibrationProfile(
     name="truth", kind="linear", source={"note": "test"},
     linear=LinearCoefficients(base_s=0.008, per_token_s=1.2e-4, per_seq_s=8e-5,
@@ -77,11 +78,12 @@ def test_calibrate_recovers_the_emulated_profile(fitted: CalibrationProfile) -> 
                                     (256, 0, 256, 1), (2048, 0, 2048, 1)):
         want = truth.predict(float(prefill), float(decode), float(ctx), float(k)) / SCALE
         got = fit.predict(float(prefill), float(decode), float(ctx), float(k))
-        assert got == pytest.approx(want, rel=0.12), (prefill, decode, ctx, k)
+        assert got == pytest.approx(want, rel=0.15), (prefill, decode, ctx, k)
     lora = fitted.linear.lora.per_adapter_s * SCALE
     assert lora == pytest.approx(TRUTH.linear.lora.per_adapter_s, rel=0.25)
-    # The overhead also holds the HTTP round trip and the event loop's lag.
-    assert fitted.request_overhead_s * SCALE == pytest.approx(0.02, rel=0.5)
+    # The overhead also holds the HTTP round trip and the event loop's lag (wall seconds,
+    # not scaled): at least the profile's, at most 15 ms more.
+    assert 0.8 * 0.02 / SCALE <= fitted.request_overhead_s <= 0.02 / SCALE + 0.015
     assert fitted.load.cpu_to_gpu_latency_s * SCALE == pytest.approx(0.012, rel=0.3)
     assert fitted.load.disk_latency_s * SCALE == pytest.approx(0.04, rel=0.3)
     assert fitted.source["fitted_by"] == "lorafleet calibrate"
