@@ -16,7 +16,6 @@ replanner's lock, so a migration never sees the worker list change under it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -24,7 +23,7 @@ from aiohttp import web
 
 from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, REPLANNER
 from gateway.server.kube import ActuatorError
-from gateway.server.lifecycle import sync_worker
+from gateway.server.lifecycle import background, sync_worker
 from gateway.server.metrics import ReplanTrigger
 from gateway.server.registry import WorkerStatus
 
@@ -89,10 +88,5 @@ async def discovery(app: web.Application) -> AsyncIterator[None]:
     if app[GATEWAY_CONFIG].discovery is None:
         yield
         return
-    task = asyncio.create_task(_loop(app), name="discovery")
-    try:
+    async with background(_loop(app), "discovery"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -29,7 +29,8 @@ from gateway.server.planning import InitialPlan, from_planner, round_robin
 from gateway.server.registry import WorkerStatus
 from twin.routing import BASE_MODEL
 
-__all__ = ["bootstrap", "client_session", "health_checks", "make_plan", "sync_worker"]
+__all__ = ["background", "bootstrap", "client_session", "health_checks", "make_plan",
+           "sync_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def bootstrap(plan: InitialPlan | None) -> Ctx:
     """The start-up task (``plan``: a precomputed plan, else one is made from the config)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with _background(_initial(app, plan), "bootstrap"):
+        async with background(_initial(app, plan), "bootstrap"):
             yield
 
     return ctx
@@ -169,12 +170,14 @@ async def _health_loop(app: web.Application) -> None:
 
 
 async def health_checks(app: web.Application) -> AsyncIterator[None]:
-    async with _background(_health_loop(app), "health checks"):
+    async with background(_health_loop(app), "health checks"):
         yield
 
 
 @contextlib.asynccontextmanager
-async def _background(coro: Coroutine[Any, Any, None], what: str) -> AsyncIterator[None]:
+async def background(coro: Coroutine[Any, Any, None], what: str) -> AsyncIterator[None]:
+    """Run ``coro`` as a task for the block's duration (logged if it fails, cancelled at the
+    end): the shape of every ``cleanup_ctx`` loop of the gateway."""
     async def run() -> None:
         try:
             await coro

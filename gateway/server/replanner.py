@@ -13,7 +13,6 @@ action.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import time
@@ -28,6 +27,7 @@ from aiohttp import web
 from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, OBSERVER
 from gateway.server.errors import ApiError
 from gateway.server.learning import SCRAPE_INTERVAL_S, Learner
+from gateway.server.lifecycle import background
 from gateway.server.metrics import MigrationOutcome, ReplanTrigger
 from gateway.server.migrate import execute
 from gateway.server.planning import fallback_engine
@@ -279,10 +279,5 @@ async def replanning(app: web.Application) -> AsyncIterator[None]:
     app[REPLANNER] = replanner
     if app[FLEET].adapters:  # the first re-plan should not wait for imports and training
         _executor().submit(warm)
-    task = asyncio.create_task(replanner.run(), name="replanner")
-    try:
+    async with background(replanner.run(), "replanner"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
