@@ -19,7 +19,7 @@ VLLM_PIP_ARGS ?=
 # Prometheus scrapes a running gateway and answers every dashboard and alert query.
 PROM_STAMP := $(VENV)/.prometheus-installed
 
-.PHONY: run simulate test test-fast test-vllm vllm-env prometheus-env peers-env lint bench bench-peers clean
+.PHONY: run simulate test test-fast test-vllm vllm-env prometheus-env peers-env lint bench bench-peers bench-fleet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,11 @@ $(PEERS_STAMP): requirements/bench-peers.txt
 # lorafleet against direct calls, vllm-router and LiteLLM (about 8 minutes; PEERS_ARGS=--quick).
 bench-peers: $(STAMP) $(PEERS_STAMP)
 	$(PEERS_VENV)/bin/python bench/peers.py $(PEERS_ARGS)
+
+# GPUs after re-planning against one_per_adapter, round_robin and prefer_loaded fixed fleets,
+# measured on emulated A100 workers (about 10 minutes; FLEET_ARGS=--quick about 4).
+bench-fleet: $(STAMP)
+	$(BIN)/python -m bench.fleet $(FLEET_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -92,7 +92,7 @@ async def _measure(setup: Setup, url: str, gpus: Callable[[], int]) -> dict[str,
     lags = sorted(sampler.lags)
     every = max(1, int(5.0 / SAMPLE_S))
     out["gpus_every_5_wall_s"] = sampler.samples[::every]
-    out.update(abandoned=abandoned, gpus_end=gpus(),
+    out.update(abandoned=abandoned, gpus_end=window[-1] if window else gpus(),
                gpus_time_avg=round(sum(window) / max(1, len(window)), 2),
                gpus_max=max(window, default=0), wall_s=round(wall, 1),
                cpu_share=round((time.process_time() - cpu0) / wall, 2),
