@@ -91,14 +91,15 @@ class GatewayMetrics:
                                      registry=r)
 
     def bind(self, fleet: Fleet, adapters: int) -> None:
-        """Read the fleet's gauges at scrape time; ``adapters`` is the registered count."""
+        """Read the fleet's gauges at scrape time (``adapters``: the registered count at
+        start, kept for callers; the baseline follows the fleet's registry)."""
         for i in range(len(fleet.workers)):
             self.bind_worker(fleet, i)
         fleet.on_join(partial(self.bind_worker, fleet))  # workers discovered at run time
         self.gpus_active.set_function(lambda: fleet.gpus_active)
-        baseline = adapters
-        self.gpus_baseline.labels("one_per_adapter").set(baseline)
-        self.gpus_saved.set_function(lambda: baseline - fleet.gpus_active)
+        # one GPU per registered LoRA adapter, following adapters added or removed at run time
+        self.gpus_baseline.labels("one_per_adapter").set_function(lambda: len(fleet.adapters))
+        self.gpus_saved.set_function(lambda: len(fleet.adapters) - fleet.gpus_active)
         # Labelled series exist from the first scrape (at 0), so dashboards and alert rules
         # have data before the first request, migration or re-plan.
         for adapter in sorted(fleet.adapters):
