@@ -15,13 +15,14 @@ if TYPE_CHECKING:
     from gateway.server.auth import ApiKey, KeyRing
     from gateway.server.config import GatewayConfig
     from gateway.server.metrics import GatewayMetrics
+    from gateway.server.migrate import Releases
     from gateway.server.observer import Observer
     from gateway.server.registry import Fleet
     from gateway.server.replanner import Replanner
     from gateway.server.state import StateKeeper
 
 __all__ = ["ADMIN_TOKEN", "API_KEY", "CLIENT_SESSION", "EMULATED_WORKER", "FLEET",
-           "GATEWAY_CONFIG", "GATEWAY_METRICS", "KEYRING", "OBSERVER", "REPLANNER",
+           "GATEWAY_CONFIG", "GATEWAY_METRICS", "KEYRING", "OBSERVER", "RELEASES", "REPLANNER",
            "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER", "UPSTREAM_WORKER"]
 
 EMULATED_WORKER: web.AppKey[EmulatedWorker] = web.AppKey("emulated_worker")
@@ -33,6 +34,7 @@ FLEET: web.AppKey[Fleet] = web.AppKey("gateway_fleet")
 GATEWAY_METRICS: web.AppKey[GatewayMetrics] = web.AppKey("gateway_metrics")
 OBSERVER: web.AppKey[Observer] = web.AppKey("gateway_observer")
 REPLANNER: web.AppKey[Replanner] = web.AppKey("gateway_replanner")
+RELEASES: web.AppKey[Releases] = web.AppKey("gateway_releases")
 REQUEST_ID = web.RequestKey("gateway_request_id", str)
 # Keys, admin token, state (gateway/server/auth.py, admin.py, state.py, access.py).
 KEYRING: web.AppKey[KeyRing] = web.AppKey("gateway_keyring")

@@ -125,6 +125,7 @@ async def _run(args: argparse.Namespace, adapters: list[AdapterDemand], plan: In
         loop.add_signal_handler(signal.SIGINT, stop.set)
     stats = DemoStats(time_scale=args.time_scale)
     start = loop.time()
+    start_wall = time.time()
     timer = loop.call_later(args.seconds, stop.set) if args.seconds > 0 else None
     reporter = loop.create_task(_report(stats, fleet, baselines, console, start))
     try:
@@ -137,7 +138,7 @@ async def _run(args: argparse.Namespace, adapters: list[AdapterDemand], plan: In
         planned = next((r["planned_gpus"] for r in reversed(replans) if not r["dry_run"]),
                        plan.planned_gpus)
         return summary(stats, gpus_active=fleet.gpus_active, planned_gpus=planned,
-                       replans=replans, migrations=fleet.migrations,
+                       replans=replans, migrations=fleet.migrations, start_wall=start_wall,
                        baselines=baselines, adapters=len(adapters), wall_s=wall,
                        abandoned=abandoned, adapters_per_worker=fleet.adapters_per_worker())
     finally:

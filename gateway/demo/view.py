@@ -119,7 +119,7 @@ def plain_line(s: Snapshot) -> str:
 def summary(stats: DemoStats, *, gpus_active: int, planned_gpus: int,
             baselines: dict[str, int], adapters: int, wall_s: float, abandoned: int,
             adapters_per_worker: list[int], replans: list[dict[str, Any]] | None = None,
-            migrations: int = 0) -> dict[str, Any]:
+            migrations: int = 0, start_wall: float | None = None) -> dict[str, Any]:
     """The result, as ``--json`` prints it (NaN latencies become null)."""
     def num(v: float) -> float | None:
         return None if math.isnan(v) else round(v, 4)
@@ -136,6 +136,8 @@ def summary(stats: DemoStats, *, gpus_active: int, planned_gpus: int,
             "e2e_p99_s": num(stats.e2e_percentile(99)),
             "migrations": migrations, "replans": len(replans or []),
             "replan_outcomes": _outcomes(replans or []),
+            "replan_log": [event_line(r, start_wall if start_wall is not None else r["at"])
+                           for r in replans or []],
             "time_scale": stats.time_scale, "wall_s": round(wall_s, 2),
             "simulated_s": round(wall_s * stats.time_scale, 1),
             "requests_per_s": round(stats.requests / wall_s, 2) if wall_s > 0 else 0.0}
@@ -168,6 +170,7 @@ def summary_table(out: dict[str, Any]) -> Table:
         ("E2E p50 / p99 (simulated s)", f"{shown[2]} / {shown[3]}"),
         ("wall / simulated s", f"{out['wall_s']:.0f} / {out['simulated_s']:.0f}"),
         ("re-plans / adapters moved", f"{out['replans']} / {out['migrations']}"),
+        *(("  re-plan", line) for line in out.get("replan_log", [])[-8:]),
     ]
     if out["errors"]:
         rows.append(("errors", ", ".join(f"{k} {v}" for k, v in out["errors"].items())))

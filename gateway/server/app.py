@@ -36,6 +36,7 @@ from gateway.server.discovery import discovery
 from gateway.server.errors import error_middleware
 from gateway.server.lifecycle import bootstrap, client_session, health_checks
 from gateway.server.metrics import GatewayMetrics
+from gateway.server.migrate import releases_ctx
 from gateway.server.observer import Observer
 from gateway.server.planning import InitialPlan
 from gateway.server.registry import Fleet
@@ -80,6 +81,7 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     app.cleanup_ctx.append(keep_state)  # before bootstrap: it saves the installed plan
     app.cleanup_ctx.append(bootstrap(plan))
     app.cleanup_ctx.append(health_checks)
+    app.cleanup_ctx.append(releases_ctx)  # closed after the replanner stops
     app.cleanup_ctx.append(replanning)
     app.cleanup_ctx.append(discovery)  # after the replanner: workers join under its lock
     app.on_shutdown.append(_stop_serving)

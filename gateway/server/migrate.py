@@ -6,9 +6,11 @@ dropping a request: load on the targets, switch routing once, drain the sources,
    left as it was: the outcome is ``rolled_back``.
 2. **Route**: the new placement is installed in one assignment (``Fleet.set_plan``); requests
    already on their way keep their worker.
-3. **Drain and unload**: each source waits (bounded) until it has no request in flight for the
-   adapters it lost, then unloads them. A source that does not drain in time keeps the adapter
-   loaded (harmless: vLLM's LRU evicts it) rather than failing a request.
+3. **Drain and unload**, in the background (``Releases``: a long request on a source must not
+   hold up the next re-plan): each source waits, up to ``drain_timeout_s``, until it has no
+   request in flight for an adapter it lost, checks that no later plan put it back, then
+   unloads it. A source that does not drain in time keeps the adapter loaded (harmless:
+   vLLM's LRU evicts it) rather than failing a request. ``settled(app)`` waits for them.
 4. **Retire**: workers left empty are reported (highest-numbered first) and no longer count as
    GPUs in use.
 
@@ -20,20 +22,21 @@ the actuator for more workers separately (``scaling.Scaler``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS
+from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, RELEASES
 from gateway.server.lora_api import LoraCallError, load_adapter, unload_adapter
 from gateway.server.metrics import MigrationOutcome
 from planner.migration import Migration
 from twin.routing import BASE_MODEL, Placement, WorkerPlacement
 
-__all__ = ["MigrationReport", "execute", "fold"]
+__all__ = ["MigrationReport", "Releases", "execute", "fold", "releases_ctx", "settled"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,7 @@ class MigrationReport:
 
     outcome: MigrationOutcome
     loaded: tuple[tuple[str, str], ...] = ()  # (worker, adapter)
-    unloaded: tuple[tuple[str, str], ...] = ()
-    kept: tuple[tuple[str, str], ...] = ()  # sources that did not drain in time
+    releasing: tuple[tuple[str, str], ...] = ()  # drained and unloaded in the background
     retired: tuple[str, ...] = ()
     seconds: float = 0.0
     error: str | None = None
@@ -55,8 +57,7 @@ class MigrationReport:
 
     def as_dict(self) -> dict[str, object]:
         return {"outcome": self.outcome.value, "loaded": [list(x) for x in self.loaded],
-                "unloaded": [list(x) for x in self.unloaded],
-                "kept": [list(x) for x in self.kept], "retired": list(self.retired),
+                "releasing": [list(x) for x in self.releasing], "retired": list(self.retired),
                 "moved": list(self.moved), "seconds": round(self.seconds, 3),
                 "error": self.error}
 
@@ -102,6 +103,7 @@ async def execute(app: web.Application, migration: Migration) -> MigrationReport
         entry = fleet.adapters.get(adapter)
         if entry is None or entry.path is None:
             return f"{adapter}: not registered"
+        await app[RELEASES].wait(worker, adapter)  # moving back where it is being unloaded
         async with gate:
             try:
                 await load_adapter(session, fleet.workers[index[worker]].endpoint.url, adapter,
@@ -125,34 +127,13 @@ async def execute(app: web.Application, migration: Migration) -> MigrationReport
     # 2. switch routing in one step
     fleet.set_plan(target)
 
-    # 3. drain each source of what it lost, then unload
-    lost = {w: sorted(holding.get(w, frozenset()) - wanted[w]) for w in names}
-
-    async def release(worker: str, adapters: list[str]) -> tuple[list[str], list[str]]:
-        i = index[worker]
-        done, kept = [], []
-        if not await fleet.drained(i, adapters, cfg.read_timeout_s):
-            busy = [a for a in adapters if fleet.busy(i, [a])]
-            kept += busy
-            adapters = [a for a in adapters if a not in busy]
-        for a in adapters:
-            try:
-                await unload_adapter(session, fleet.workers[i].endpoint.url, a,
-                                     timeout=cfg.load_timeout_s)
-            except LoraCallError as exc:
-                logger.warning("%s; it stays loaded", exc)
-                kept.append(a)
-                continue
-            fleet.workers[i].resident.discard(a)
-            done.append(a)
-        return done, kept
-
-    released = await asyncio.gather(*(release(w, a) for w, a in lost.items() if a))
-    sources = [w for w, a in lost.items() if a]
-    unloaded = tuple((w, a) for w, (done, _) in zip(sources, released, strict=True)
-                     for a in done)
-    kept = tuple((w, a) for w, (_, k) in zip(sources, released, strict=True) for a in k)
-    fleet.set_plan(target)  # reinstall: residency changed
+    # 3. drain each source of what it lost, then unload: in the background, so a long
+    # request on a source does not hold up the next re-plan
+    releases = app[RELEASES]
+    releasing = tuple((w, a) for w in names
+                      for a in sorted(holding.get(w, frozenset()) - wanted[w]))
+    for worker, adapter in releasing:
+        releases.start(app, worker, adapter)
 
     # 4. retire what is left empty (highest-numbered first)
     retired = tuple(n for n in reversed(names)
@@ -160,9 +141,78 @@ async def execute(app: web.Application, migration: Migration) -> MigrationReport
     for n in retired:
         logger.info("worker %s retired (nothing placed on it)", n)
     metrics.migrations.labels(MigrationOutcome.OK).inc()
-    return MigrationReport(outcome=MigrationOutcome.OK, loaded=loaded, unloaded=unloaded,
-                           kept=kept, retired=retired, seconds=time.perf_counter() - started,
+    return MigrationReport(outcome=MigrationOutcome.OK, loaded=loaded, releasing=releasing,
+                           retired=retired, seconds=time.perf_counter() - started,
                            moved=migration.moved)
+
+
+class Releases:
+    """Sources draining and unloading what a migration moved away, one task per (worker,
+    adapter). Before unloading, a task checks that the current plan still routes nothing of
+    the adapter to the worker (a later re-plan may have moved it back); a load onto a worker
+    where the same adapter is being released waits for that release first."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.unloaded: list[tuple[str, str]] = []
+        self.kept: list[tuple[str, str]] = []  # not drained in time, or the unload failed
+
+    def start(self, app: web.Application, worker: str, adapter: str) -> None:
+        key = (worker, adapter)
+        if key in self.tasks:
+            return
+        task = asyncio.create_task(self._release(app, worker, adapter),
+                                   name=f"release {adapter} from {worker}")
+        self.tasks[key] = task
+        task.add_done_callback(lambda _: self.tasks.pop(key, None))
+
+    async def wait(self, worker: str, adapter: str) -> None:
+        task = self.tasks.get((worker, adapter))
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+    async def settled(self) -> None:
+        """Wait for every release in progress."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
+
+    async def _release(self, app: web.Application, worker: str, adapter: str) -> None:
+        cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
+        index = next(i for i, w in enumerate(fleet.workers) if w.endpoint.name == worker)
+        if not await fleet.drained(index, [adapter], cfg.drain_timeout_s):
+            logger.warning("%s did not drain %s in %.0f s; it stays loaded", worker, adapter,
+                           cfg.drain_timeout_s)
+            self.kept.append((worker, adapter))
+            return
+        if adapter in fleet.holding().get(worker, frozenset()):
+            return  # a later re-plan put it back here
+        try:
+            await unload_adapter(session, fleet.workers[index].endpoint.url, adapter,
+                                 timeout=cfg.load_timeout_s)
+        except LoraCallError as exc:
+            logger.warning("%s; it stays loaded", exc)
+            self.kept.append((worker, adapter))
+            return
+        fleet.workers[index].resident.discard(adapter)
+        self.unloaded.append((worker, adapter))
+
+
+async def releases_ctx(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: the background releases, cancelled at shutdown."""
+    app[RELEASES] = Releases()
+    yield
+    await app[RELEASES].close()
+
+
+async def settled(app: web.Application) -> None:
+    """Wait until the sources of past migrations have drained and unloaded."""
+    await app[RELEASES].settled()
 
 
 async def _unload_all(app: web.Application, pairs: tuple[tuple[str, str], ...]) -> None:

@@ -25,6 +25,7 @@ from gateway.keys import FLEET, REPLANNER
 from gateway.server.app import create_app
 from gateway.server.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.server.lora_api import list_adapters, unload_adapter
+from gateway.server.migrate import settled
 from gateway.server.planning import InitialPlan
 from planner.features import AdapterDemand
 from twin.catalog import get_gpu
@@ -151,6 +152,7 @@ async def _exercise(app: web.Application, server: TestServer,
         await asyncio.gather(*tasks)
 
     _check(result, failed, fleet.holding())
+    await settled(app)  # the source drains and unloads in the background
     on_w0 = await list_adapters(session, real_vllm.base_url, timeout=10)
     on_w1 = await list_adapters(session, second_vllm, timeout=10)
     assert set(MOVED) <= on_w0 and not set(MOVED) & on_w1  # loaded, then unloaded

@@ -17,6 +17,7 @@ from openai import AsyncOpenAI
 
 from gateway.keys import FLEET, REPLANNER
 from gateway.server.metrics import ReplanTrigger
+from gateway.server.migrate import settled
 from gateway.server.registry import WorkerStatus
 from tests.gateway.server.factories import Stack, demands, gateway_stack
 
@@ -92,6 +93,8 @@ async def test_fresh_replan_under_load_moves_adapters_and_retires_workers(
         assert not tally.failed, tally.failed[:5]
         assert tally.ok > 50
         assert fleet.gpus_active == result["planned_gpus"] < 8
+        assert result["migration"]["releasing"]
+        await settled(stack.app)  # the sources drain and unload in the background
         retired = set(result["diff"]["retired"])
         for i, w in enumerate(fleet.workers):
             if w.endpoint.name in retired:  # nothing routed, nothing left loaded
