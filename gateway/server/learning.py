@@ -5,9 +5,10 @@ surrogate's ``LatencyModel`` there (never on the serving loop).
 
 Below saturation throughput equals the offered load whatever a GPU's capacity, so it teaches
 nothing; latency shows how fast the workers really are at any load (PAPER.md, the planner
-issue). The running batch comes from scraping each worker's ``/metrics``
-(``scrape.WorkerGauges``); latencies and lengths from the gateway's own timings
-(``observer.Observer``).
+issue). The running batch and the engine's inter-token latency come from scraping each
+worker's ``/metrics`` (``scrape.WorkerGauges``; the gateway's own timings of streamed requests
+stand in when a worker's histogram has too few tokens); lengths and rates from the gateway's
+own accounting (``observer.Observer``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ class Learner:
             if seen is None or running is None or w.engine is None:
                 continue
             demands, itl, ttft, intervals = seen
+            engine_itl = self.gauges.itl(name, since)
+            if engine_itl is not None and engine_itl[1] >= self.online.min_tokens:
+                # the engine's own figure: free of the gateway's and the network's lag
+                itl, intervals = engine_itl[0] * cfg.time_scale, engine_itl[1]
             demands = [replace(d, rank=ranks.get(d.name, 0)) for d in demands]
             window = WorkerWindow(worker=name, engine=w.engine, adapters=tuple(demands),
                                   itl_s=itl, ttft_p50_s=ttft, running=running,

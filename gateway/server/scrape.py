@@ -1,8 +1,9 @@
 """Scraping each worker's ``/metrics`` for what only the worker knows: its running batch, its
-queue and its KV-cache use (vLLM's ``vllm:num_requests_running``,
-``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``; ``v1/metrics/loggers.py``).
+queue, its KV-cache use and its engine's inter-token latency (vLLM's
+``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``,
+``vllm:inter_token_latency_seconds``; ``v1/metrics/loggers.py``).
 
-Only those three gauges are read, by a line scan rather than a full exposition parse: a
+Only those series are read, by a line scan rather than a full exposition parse: a
 vLLM scrape runs to hundreds of lines of histograms the gateway does not need.
 
 Examples
@@ -21,7 +22,10 @@ from dataclasses import dataclass
 __all__ = ["GAUGES", "Sample", "WorkerGauges", "read_gauges"]
 
 GAUGES = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting",
-          "vllm:kv_cache_usage_perc": "kv_usage"}
+          "vllm:kv_cache_usage_perc": "kv_usage",
+          # the engine's own inter-token latency (a histogram: its running sum and count)
+          "vllm:inter_token_latency_seconds_sum": "itl_sum",
+          "vllm:inter_token_latency_seconds_count": "itl_count"}
 
 
 def read_gauges(text: str) -> dict[str, float]:
@@ -48,6 +52,8 @@ class Sample:
     running: float
     waiting: float
     kv_usage: float
+    itl_sum: float = 0.0
+    itl_count: float = 0.0
 
 
 class WorkerGauges:
@@ -61,7 +67,8 @@ class WorkerGauges:
         now = time.monotonic() if now is None else now
         q = self._samples[worker]
         q.append(Sample(now, gauges.get("running", 0.0), gauges.get("waiting", 0.0),
-                        gauges.get("kv_usage", 0.0)))
+                        gauges.get("kv_usage", 0.0), gauges.get("itl_sum", 0.0),
+                        gauges.get("itl_count", 0.0)))
         while q and q[0].at < now - self.keep_s:
             q.popleft()
 
@@ -69,6 +76,18 @@ class WorkerGauges:
         """Mean of ``field`` over the scrapes since ``since`` (None: no scrape)."""
         values = [getattr(s, field) for s in self._samples.get(worker, ()) if s.at >= since]
         return sum(values) / len(values) if values else None
+
+    def itl(self, worker: str, since: float) -> tuple[float, int] | None:
+        """The engine's mean inter-token latency since ``since`` and the intervals behind it,
+        from the histogram's sum and count (None: fewer than two scrapes, or a restart)."""
+        samples = [s for s in self._samples.get(worker, ()) if s.at >= since]
+        if len(samples) < 2:
+            return None
+        count = samples[-1].itl_count - samples[0].itl_count
+        total = samples[-1].itl_sum - samples[0].itl_sum
+        if count <= 0 or total < 0:
+            return None
+        return total / count, int(count)
 
     def last(self, worker: str) -> Sample | None:
         q = self._samples.get(worker)

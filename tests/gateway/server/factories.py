@@ -74,7 +74,7 @@ class Stack:
 async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, workers: int = 2,
                         shares: Sequence[dict[str, float]] | None = None,
                         time_scale: float = 200.0, roomy: bool = False,
-                        **overrides: Any) -> AsyncIterator[Stack]:
+                        slowdown: float = 1.0, **overrides: Any) -> AsyncIterator[Stack]:
     """``workers`` emulated workers (round-robin placement unless ``shares`` is given) and the
     gateway in front, served by aiohttp's test server (handler cancellation on). ``roomy``
     starts every worker with room for all the adapters (as an operator sizes a fleet that
@@ -86,12 +86,13 @@ async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, work
     if roomy:
         engine = fallback_engine(adapters, "a100-80gb", MAX_MODEL_LEN)
         plan = replace(plan, engines=(engine,) * workers)
-    fleet = await start_emulated(worker_configs(plan, served_model_name=BASE,
-                                                time_scale=time_scale))
+    fleet = await start_emulated([replace(c, slowdown=slowdown) for c in worker_configs(
+        plan, served_model_name=BASE, time_scale=time_scale)])
     try:
         values: dict[str, Any] = {"placement": PlacementMode.ROUND_ROBIN,
                                   "max_model_len": MAX_MODEL_LEN, "health_interval_s": 0.2,
-                                  "connect_timeout_s": 1.0}
+                                  "connect_timeout_s": 1.0,
+                                  "time_scale": time_scale}
         values.update(overrides)
         cfg = GatewayConfig(base_model=BASE, workers=tuple(
             WorkerEndpoint(n, u) for n, u in zip(names, fleet.urls, strict=True)),

@@ -1,0 +1,65 @@
+"""Online learning at the gateway: with emulated workers 20% slower than the profile, under a
+load that does not saturate them, the capacity scale the next plan assumes converges to about
+1/1.2 from the workers' own inter-token latency (scraped from /metrics); with workers that
+match the profile it stays near 1."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from openai import AsyncOpenAI
+
+from gateway.keys import GATEWAY_METRICS, REPLANNER
+from tests.gateway.server.factories import demands, gateway_stack
+
+# At 10x the emulator's own event-loop overhead per step (steps of ~3 ms wall) inflated the
+# engine's inter-token latency by ~30%; at 2x it is a few percent.
+TIME_SCALE = 2.0
+
+
+async def _learned_scale(tmp_path: Path, slowdown: float) -> tuple[float, int]:
+    names = [f"a{i}" for i in range(4)]
+    async with gateway_stack(tmp_path, demands(*names), workers=2, roomy=True,
+                             time_scale=TIME_SCALE, slowdown=slowdown, replan_interval_s=0,
+                             observe_window_s=4.0) as stack:
+        replanner = stack.app[REPLANNER]
+        stop = asyncio.Event()
+
+        async def client_loop(k: int) -> None:
+            async with AsyncOpenAI(base_url=stack.v1, api_key="x", max_retries=0,
+                                   timeout=30) as client:
+                i = k
+                while not stop.is_set():
+                    stream = await client.completions.create(
+                        model=names[i % len(names)], prompt="hello " * 20, max_tokens=48,
+                        stream=True)
+                    async for _ in stream:
+                        pass
+                    i += 1
+
+        tasks = [asyncio.create_task(client_loop(k)) for k in range(6)]
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 40
+            while replanner.learner.online.windows() < 6 and loop.time() < deadline:
+                await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        error = stack.app[GATEWAY_METRICS].registry.get_sample_value("gateway_surrogate_error")
+        assert error == pytest.approx(abs(1 / replanner.learner.capacity_scale - 1), abs=0.05)
+        return replanner.learner.capacity_scale, replanner.learner.online.windows()
+
+
+async def test_slower_workers_lower_the_capacity_scale(tmp_path: Path) -> None:
+    scale, windows = await _learned_scale(tmp_path, slowdown=1.2)
+    assert windows >= 6
+    assert scale == pytest.approx(1 / 1.2, rel=0.07)
+
+
+async def test_matching_workers_keep_it_near_one(tmp_path: Path) -> None:
+    scale, windows = await _learned_scale(tmp_path, slowdown=1.0)
+    assert windows >= 6
+    assert scale == pytest.approx(1.0, rel=0.07)
