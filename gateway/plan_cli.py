@@ -11,7 +11,6 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from planner.training import (
     DEFAULT_CLASSIFIER,
     DEFAULT_LATENCY,
     DEFAULT_REGRESSOR,
+    bundled_digest,
     bundled_rows,
     train,
 )
@@ -69,9 +69,8 @@ def register(sub: Any) -> None:
 
 def default_surrogate() -> Surrogate:
     """The surrogate trained on the bundled table, cached under ``$XDG_CACHE_HOME``."""
-    table = resources.files("planner") / "data" / "a100-80gb-llama-3.1-8b.csv"
-    key = hashlib.sha256(f"{DEFAULT_REGRESSOR}-{DEFAULT_CLASSIFIER}-{DEFAULT_LATENCY}".encode()
-                         + table.read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{DEFAULT_REGRESSOR}-{DEFAULT_CLASSIFIER}-{DEFAULT_LATENCY}-"
+                         f"{bundled_digest()}".encode()).hexdigest()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lorafleet"
     path = cache / f"surrogate-{key[:12]}.pkl"
     if path.is_file():

@@ -1,14 +1,21 @@
 """Training a surrogate from dataset rows (pure), and the bundled training table.
 
 The bundled table, ``planner/data/a100-80gb-llama-3.1-8b.csv``, is
-``lorafleet dataset --scenarios 4000 --seed 0`` (A100-80GB, Llama-3.1-8B, roofline-default).
+``lorafleet dataset --scenarios 4000 --seed 0`` (A100-80GB, Llama-3.1-8B, roofline-default);
+``a100-80gb-llama-3.1-8b-placement.csv`` beside it is ``lorafleet dataset --scenarios 1200
+--seed 1 --shape placement`` (workers as the placer builds them: a slot per adapter). The
+default surrogate learns them interleaved (``bundled_rows``): learned one after the other, the
+forests' drift detectors forget the first (bench/results/surrogate_placement.json).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TypeVar
 
 from planner.surrogate import Surrogate
 from planner.table import load_table
@@ -17,16 +24,23 @@ __all__ = [
     "DEFAULT_CLASSIFIER",
     "DEFAULT_LATENCY",
     "DEFAULT_REGRESSOR",
+    "bundled_digest",
     "bundled_rows",
+    "bundled_tables",
+    "interleave",
     "train",
 ]
 
+T = TypeVar("T")
+
 # Chosen by measurement (bench/surrogate.py, bench/results/surrogate.json): the ARF classifier
 # is the most accurate near the starvation boundary; for throughput (a correction to the
-# analytic share) a Hoeffding tree is within 0.4 points of ARF on placement-shaped saturated
-# samples (4.6% vs 4.2% SMAPE; linear 10%) at a third of its query time, which the placer
-# pays thousands of times; Hoeffding trees predict latency best.
-DEFAULT_REGRESSOR = "hoeffding"
+# analytic share) ARF: with the placement-shaped table it is the best on both held-out sets
+# (3.4% / 17.6% SMAPE on placement-shaped / sampled saturated samples; Hoeffding 5.2% / 20%),
+# and the Hoeffding tree's correction is not monotone there (it called one adapter at 0.5
+# req/s starved: no max-adapters bisection could start); ARF costs about 3x the query time.
+# Hoeffding trees predict latency best.
+DEFAULT_REGRESSOR = "arf"
 DEFAULT_CLASSIFIER = "arf"
 DEFAULT_LATENCY = "hoeffding"
 
@@ -44,7 +58,35 @@ def train(rows: Sequence[dict[str, float]], *, regressor: str = DEFAULT_REGRESSO
     return surrogate
 
 
+def bundled_tables(name: str = "a100-80gb-llama-3.1-8b") -> list[Traversable]:
+    """The bundled tables of ``name``: ``{name}.csv``, then ``{name}-placement.csv`` if any."""
+    data = resources.files("planner") / "data"
+    extra = data / f"{name}-placement.csv"
+    return [data / f"{name}.csv", *([extra] if extra.is_file() else [])]
+
+
+def interleave(*tables: Sequence[T]) -> list[T]:
+    """The rows of ``tables`` merged evenly, each table's rows in their order.
+
+    >>> interleave(["a", "b", "c", "d"], [1, 2])
+    ['a', 1, 'b', 'c', 2, 'd']
+    """
+    keyed = [((k + 0.5) / len(t), n, row) for n, t in enumerate(tables) for k, row in enumerate(t)]
+    return [row for *_, row in sorted(keyed, key=lambda e: (e[0], e[1]))]
+
+
 def bundled_rows(name: str = "a100-80gb-llama-3.1-8b") -> list[dict[str, float]]:
-    res = resources.files("planner") / "data" / f"{name}.csv"
-    with resources.as_file(res) as path:
-        return load_table(Path(path))
+    """Every row of the bundled tables, interleaved (``interleave``)."""
+    tables = []
+    for res in bundled_tables(name):
+        with resources.as_file(res) as path:
+            tables.append(load_table(Path(path)))
+    return interleave(*tables)
+
+
+def bundled_digest(name: str = "a100-80gb-llama-3.1-8b") -> str:
+    """SHA-256 of the bundled tables' bytes (keys a cache of a surrogate trained on them)."""
+    digest = hashlib.sha256()
+    for res in bundled_tables(name):
+        digest.update(res.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,51 @@
+"""The bundled training tables: the sampled one and the placement-shaped one, interleaved."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from planner.table import load_table
+from planner.training import bundled_digest, bundled_rows, bundled_tables, interleave
+
+DATA = Path(__file__).resolve().parents[2] / "planner" / "data"
+
+
+def test_both_tables_are_bundled_and_learned_interleaved() -> None:
+    names = [t.name for t in bundled_tables()]
+    assert names == ["a100-80gb-llama-3.1-8b.csv", "a100-80gb-llama-3.1-8b-placement.csv"]
+    sampled = load_table(DATA / names[0])
+    placement = load_table(DATA / names[1])
+    rows = bundled_rows()
+    assert len(rows) == len(sampled) + len(placement)
+    seeds = {r["seed"] for r in placement}
+    # Every quarter of the learning order holds about a quarter of the placement rows.
+    quarter = len(rows) // 4
+    for q in range(4):
+        share = sum(r["seed"] in seeds for r in rows[q * quarter:(q + 1) * quarter])
+        assert abs(share - len(placement) / 4) <= 2
+    # Each table keeps its own order.
+    assert [r for r in rows if r["seed"] in seeds] == placement
+
+
+def test_the_placement_table_is_placement_shaped() -> None:
+    placement = load_table(DATA / "a100-80gb-llama-3.1-8b-placement.csv")
+    thrashing = sum(r["adapter_slots"] < r["served_adapters"] for r in placement)
+    assert thrashing / len(placement) < 0.02
+    assert sum(0.7 <= r["load_ratio"] <= 1.4 for r in placement) / len(placement) > 0.5
+
+
+def test_interleave_keeps_every_row_once() -> None:
+    a, b, c = list(range(10)), list("xyz"), [None]
+    merged = interleave(a, b, c)
+    assert sorted(map(str, merged)) == sorted(map(str, a + b + c))
+    assert [m for m in merged if isinstance(m, int)] == a
+    assert interleave(a) == a
+
+
+def test_the_digest_covers_every_table() -> None:
+    """``default_surrogate``'s cache key: it changes when either table does."""
+    digest = hashlib.sha256()
+    for name in ("a100-80gb-llama-3.1-8b.csv", "a100-80gb-llama-3.1-8b-placement.csv"):
+        digest.update((DATA / name).read_bytes())
+    assert bundled_digest() == digest.hexdigest()
