@@ -59,6 +59,10 @@ def register(sub: Any) -> None:
                    "(default 60; 0: never)")
     p.add_argument("--replan-every", type=float, default=15.0, metavar="S",
                    help="wall seconds between re-plans (default 15; 0: never)")
+    p.add_argument("--headroom", type=float, default=0.8,
+                   help="plan each GPU for its load / headroom (default 0.8, against the "
+                   "planner's 0.9: slack for workers slower than the profile and for the "
+                   "shifting hot set; lower: shorter queues, more GPUs)")
     p.add_argument("--observe-window", type=float, default=20.0, metavar="S",
                    help="wall seconds of traffic each re-plan looks at (default 20)")
     p.add_argument("--slowdown", type=float, default=1.05,
@@ -86,6 +90,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--shift-every", f"must be >= 0, got {args.shift_every!r}")
     if not args.replan_every >= 0:
         raise ConfigError("--replan-every", f"must be >= 0, got {args.replan_every!r}")
+    if not 0 < args.headroom <= 1:
+        raise ConfigError("--headroom", f"must be in (0, 1], got {args.headroom!r}")
     if not args.observe_window > 0:
         raise ConfigError("--observe-window", f"must be > 0, got {args.observe_window!r}")
 
@@ -114,7 +120,8 @@ async def _run(args: argparse.Namespace, adapters: list[AdapterDemand], plan: In
 
     spec = FleetSpec(workers=args.workers, slowdown=args.slowdown, jitter=args.jitter,
                      time_scale=args.time_scale, seed=args.seed,
-                     replan_every_s=args.replan_every, observe_window_s=args.observe_window)
+                     replan_every_s=args.replan_every, observe_window_s=args.observe_window,
+                     headroom=args.headroom)
     load = LoadSpec(time_scale=args.time_scale, stream_fraction=args.stream_fraction,
                     concurrency=args.concurrency, drain_timeout_s=args.drain_seconds,
                     seed=args.seed)
@@ -171,7 +178,9 @@ def _demo(args: argparse.Namespace) -> int:
     if not args.json:
         console.print(f"planning {len(adapters)} adapters ({args.rate:g} req/s in all) "
                       f"for {args.workers} emulated A100-80GB workers ...")
-    plan, baselines = plan_demo(adapters, FleetSpec(workers=args.workers), default_surrogate())
+    plan, baselines = plan_demo(adapters, FleetSpec(workers=args.workers,
+                                                    headroom=args.headroom),
+                                default_surrogate())
     with tempfile.TemporaryDirectory(prefix="lorafleet-demo-") as folder, _loop_runner() as r:
         try:
             out = r.run(_run(args, adapters, plan, baselines, Path(folder), console))

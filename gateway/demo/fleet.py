@@ -47,6 +47,7 @@ class FleetSpec:
     seed: int = 0
     replan_every_s: float = 15.0  # wall seconds between periodic re-plans (0: never)
     observe_window_s: float = 20.0  # wall seconds of traffic a re-plan looks at
+    headroom: float = 0.9  # GPUs planned for load / headroom
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -62,7 +63,7 @@ def plan_demo(adapters: Sequence[AdapterDemand], spec: FleetSpec,
     fewest GPUs the same surrogate check accepts."""
     names = [f"w{i}" for i in range(spec.workers)]
     plan = from_planner(adapters, names, surrogate, gpu=spec.gpu, model=spec.model,
-                        profile=spec.profile)
+                        profile=spec.profile, headroom=spec.headroom)
     predictor = Predictor(surrogate, get_model(spec.model), get_gpu(spec.gpu),
                           load_profile(spec.profile), PlannerConfig())
     baselines = {"one_per_adapter": sum(1 for a in adapters if a.rank > 0),
@@ -117,7 +118,8 @@ async def start_demo(adapters: Sequence[AdapterDemand], plan: InitialPlan, spec:
         WorkerEndpoint(f"w{i}", "http://127.0.0.1:1") for i in range(spec.workers)),
         adapters=scaffold_entries(adapters, folder, base_model=spec.model), gpu=spec.gpu,
         model=spec.model, profile=spec.profile, port=0, replan_interval_s=spec.replan_every_s,
-        observe_window_s=spec.observe_window_s, time_scale=spec.time_scale)
+        observe_window_s=spec.observe_window_s, time_scale=spec.time_scale,
+        headroom=spec.headroom)
     configs = [replace(c, slowdown=spec.slowdown, jitter=spec.jitter) for c in worker_configs(
         plan, served_model_name=cfg.base_model, model=spec.model, gpu=spec.gpu,
         profile=spec.profile, time_scale=spec.time_scale, seed=spec.seed)]

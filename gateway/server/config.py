@@ -36,6 +36,7 @@ it on one line and exits with status 2). The file::
     move_budget: 8                    # adapters one periodic re-plan may move
     retire_margin: 0.85               # hysteresis: slack needed before a worker is emptied
     validate_replans: true            # check each re-plan in the cluster twin
+    headroom: 0.9                     # plan GPUs for load / headroom (lower: more latency slack)
     time_scale: 1                     # emulated workers this much faster than real time
     keys:                             # client API keys; none: an open gateway
       - {key_env: TEAM_A_KEY, name: team-a, adapters: [sql, chat], rate_limit: 5}
@@ -143,6 +144,7 @@ class GatewayConfig:
     move_budget: int = 8  # adapters a periodic re-plan may move beyond forced moves
     retire_margin: float = 0.85  # slack a worker's load must leave for another to retire
     validate_replans: bool = True  # check each re-plan in the cluster twin
+    headroom: float = 0.9  # plan each GPU for its offered load / headroom (latency slack)
     time_scale: float = 1.0  # emulated workers run this much faster than the profile
     # keys, admin API, state, shutdown (gateway/server/auth.py, admin.py, state.py)
     keys: tuple[KeySpec, ...] = ()
@@ -190,6 +192,8 @@ class GatewayConfig:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)!r}")
         if self.move_budget < 0:
             raise ConfigError("move_budget", f"must be >= 0, got {self.move_budget!r}")
+        if not 0 < self.headroom <= 1:
+            raise ConfigError("headroom", f"must be in (0, 1], got {self.headroom!r}")
         if not 0 < self.retire_margin <= 1:
             raise ConfigError("retire_margin", f"must be in (0, 1], got {self.retire_margin!r}")
         if self.max_body_bytes is not None and self.max_body_bytes < 1024:

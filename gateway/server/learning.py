@@ -72,7 +72,9 @@ class Learner:
         now = time.monotonic()
         since, self.last_window = self.last_window, now
         ranks = {n: a.demand.rank for n, a in fleet.adapters.items()}
-        windows = []
+        windows: list[WorkerWindow] = []
+        if observer.span(now) < cfg.observe_window_s:
+            return windows  # warming up: the first burst's prefills are not steady state
         for w in fleet.workers:
             name = w.endpoint.name
             seen = observer.worker_window(name, now=now, time_scale=cfg.time_scale)

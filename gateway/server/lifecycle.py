@@ -48,7 +48,8 @@ def make_plan(cfg: GatewayConfig) -> InitialPlan:
     from gateway.plan_cli import default_surrogate  # trains once, then cached on disk
 
     return from_planner(adapters, names, default_surrogate(), gpu=cfg.gpu, model=cfg.model,
-                        profile=cfg.profile, max_model_len=cfg.max_model_len)
+                        profile=cfg.profile, max_model_len=cfg.max_model_len,
+                        headroom=cfg.headroom)
 
 
 async def client_session(app: web.Application) -> AsyncIterator[None]:

@@ -88,11 +88,11 @@ def round_robin(adapters: Sequence[AdapterDemand], workers: Sequence[str], *,
 def from_planner(adapters: Sequence[AdapterDemand], workers: Sequence[str],
                  surrogate: Surrogate, *, gpu: str = "a100-80gb",
                  model: str = "llama-3.1-8b", profile: str = "roofline-default",
-                 max_model_len: int = 8192) -> InitialPlan:
+                 max_model_len: int = 8192, headroom: float = 0.9) -> InitialPlan:
     """The planner's fewest-GPU plan, checked (and repaired) in the cluster twin, mapped onto
     ``workers``."""
     specs = (get_model(model), get_gpu(gpu), load_profile(profile))
-    config = PlannerConfig(max_model_len=max_model_len)
+    config = PlannerConfig(max_model_len=max_model_len, headroom=headroom)
     plan = place(adapters, *specs, surrogate, config)
     predictor = Predictor(surrogate, *specs, config)
     checked = validate(plan, predictor)

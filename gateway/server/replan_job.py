@@ -44,6 +44,7 @@ class ReplanJob:
     fresh: bool = False
     validate: bool = True
     capacity_scale: float = 1.0
+    headroom: float = 0.9
     windows: tuple[WorkerWindow, ...] = ()  # observed since the last re-plan: training data
 
 
@@ -74,7 +75,7 @@ def warm() -> None:
 
 def _predictor(job: ReplanJob) -> Predictor:
     specs = (get_model(job.model), get_gpu(job.gpu), load_profile(job.profile))
-    config = PlannerConfig(max_model_len=job.max_model_len)
+    config = PlannerConfig(max_model_len=job.max_model_len, headroom=job.headroom)
     return Predictor(_surrogate(), *specs, config, capacity_scale=job.capacity_scale)
 
 

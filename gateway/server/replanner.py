@@ -86,7 +86,7 @@ class Replanner:
                          stability=Stability(move_budget=cfg.move_budget,
                                              retire_margin=cfg.retire_margin),
                          fresh=fresh, validate=cfg.validate_replans,
-                         capacity_scale=self.learner.capacity_scale,
+                         capacity_scale=self.learner.capacity_scale, headroom=cfg.headroom,
                          windows=self.learner.take())
 
     # -- planning off the loop ---------------------------------------------------------------
