@@ -198,7 +198,7 @@ class Replanner:
 
     async def run(self) -> None:
         """The periodic loop, and the down-worker watch."""
-        cfg = self.app[GATEWAY_CONFIG]
+        cfg, fleet = self.app[GATEWAY_CONFIG], self.app[FLEET]
         loop = asyncio.get_running_loop()
         next_at = loop.time() + cfg.replan_interval_s if cfg.replan_interval_s else None
         next_window = loop.time() + cfg.observe_window_s / 2
@@ -217,7 +217,7 @@ class Replanner:
             try:
                 if self._down_holders():
                     await self.replan(ReplanTrigger.WORKER_DOWN)
-                elif next_at is not None and loop.time() >= next_at:
+                elif next_at is not None and loop.time() >= next_at and fleet.adapters:
                     await self.replan(ReplanTrigger.PERIODIC)
                     next_at = loop.time() + cfg.replan_interval_s
             except Exception:
