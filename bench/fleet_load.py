@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import openai
 
+from gateway.demo.load import send
 from gateway.demo.workload import Arrivals
 from planner.features import AdapterDemand
 
@@ -96,35 +97,9 @@ def make_client(base_url: str) -> openai.AsyncOpenAI:
 
 
 async def _send(client: openai.AsyncOpenAI, adapter: AdapterDemand, a: Arrival) -> float | None:
-    """One request; the loop time of its first content chunk when streamed."""
-    loop = asyncio.get_running_loop()
-    prompt = "abcd" * int(adapter.input_tokens)  # the emulator counts 4 bytes a token
-    tokens = int(adapter.output_tokens)
-    if not a.stream:
-        done = await client.completions.create(model=adapter.name, prompt=prompt,
-                                               max_tokens=tokens)
-        if not done.choices:
-            raise ValueError("a completion without choices")
-        return None
-    first: float | None = None
-    if a.chat:
-        chunks = await client.chat.completions.create(
-            model=adapter.name, messages=[{"role": "user", "content": prompt}],
-            max_tokens=tokens, stream=True)
-        async with chunks:
-            async for c in chunks:
-                if first is None and c.choices and c.choices[0].delta.content:
-                    first = loop.time()
-    else:
-        pieces = await client.completions.create(model=adapter.name, prompt=prompt,
-                                                 max_tokens=tokens, stream=True)
-        async with pieces:
-            async for p in pieces:
-                if first is None and p.choices and p.choices[0].text:
-                    first = loop.time()
-    if first is None:
-        raise ValueError("a stream without content")
-    return first
+    """One request, as the demo sends it; the loop time of its first content chunk when
+    streamed."""
+    return await send(client, adapter, stream=a.stream, chat=a.chat)
 
 
 async def _one(client: openai.AsyncOpenAI, adapter: AdapterDemand, record: Record,

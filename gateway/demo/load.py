@@ -21,7 +21,7 @@ from gateway.demo.stats import DemoStats
 from gateway.demo.workload import Arrivals
 from planner.features import AdapterDemand
 
-__all__ = ["LoadSpec", "drive", "make_client"]
+__all__ = ["LoadSpec", "drive", "make_client", "send"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,7 +50,7 @@ def make_client(base_url: str, concurrency: int) -> openai.AsyncOpenAI:
                               timeout=600.0)
 
 
-async def _send(client: openai.AsyncOpenAI, adapter: AdapterDemand, *, stream: bool,
+async def send(client: openai.AsyncOpenAI, adapter: AdapterDemand, *, stream: bool,
                 chat: bool) -> float | None:
     """One request; the wall time of its first content chunk when streamed."""
     loop = asyncio.get_running_loop()
@@ -90,7 +90,7 @@ async def _one(client: openai.AsyncOpenAI, adapter: AdapterDemand, stats: DemoSt
     async with gate:
         stats.in_flight += 1
         try:
-            first = await _send(client, adapter, stream=stream, chat=chat)
+            first = await send(client, adapter, stream=stream, chat=chat)
         except (openai.APIError, ValueError) as exc:
             stats.fail(now=loop.time(), error=type(exc).__name__)
         else:

@@ -83,14 +83,17 @@ def fold(shares: Mapping[str, Mapping[str, float]], workers: list[str],
     return Placement(tuple(WorkerPlacement(name=w, shares=out[w]) for w in workers))
 
 
-async def execute(app: web.Application, migration: Migration) -> MigrationReport:
-    """Carry ``migration`` out on the app's fleet (see the module doc)."""
+async def execute(app: web.Application, migration: Migration,
+                  avoid: Collection[str] = ()) -> MigrationReport:
+    """Carry ``migration`` out on the app's fleet (see the module doc); ``avoid``: workers
+    being drained, which take none of the load folded from workers that do not run."""
     cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
     metrics = app[GATEWAY_METRICS]
     started = time.perf_counter()
     names = [w.endpoint.name for w in fleet.workers]
     index = {n: i for i, n in enumerate(names)}
-    target = fold(migration.shares, names, {w.endpoint.name for w in fleet.workers if w.up})
+    hosts = {w.endpoint.name for w in fleet.workers if w.up} - set(avoid)
+    target = fold(migration.shares, names, hosts)
     holding = fleet.holding()
     wanted = {wp.name: {k for k in wp.shares if k != BASE_MODEL} for wp in target.workers}
 

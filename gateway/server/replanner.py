@@ -124,7 +124,8 @@ class Replanner:
                                "are folded onto running workers", len(m.added),
                                ", ".join(m.added))
             if not dry_run and m.steps:
-                report = await execute(self.app, m)
+                draining = {self.app[FLEET].workers[i].endpoint.name for i in self.draining}
+                report = await execute(self.app, m, avoid=draining)
                 body["migration"] = report.as_dict()
                 if report.outcome is MigrationOutcome.OK:
                     self.migrations += len(m.moved)

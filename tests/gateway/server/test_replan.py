@@ -17,7 +17,7 @@ from openai import AsyncOpenAI
 
 from gateway.keys import FLEET, REPLANNER
 from gateway.server.metrics import ReplanTrigger
-from gateway.server.migrate import settled
+from gateway.server.migrate import fold, settled
 from gateway.server.registry import WorkerStatus
 from tests.gateway.server.factories import Stack, demands, gateway_stack
 
@@ -234,3 +234,10 @@ async def test_registered_adapter_is_placed_on_first_request(tmp_path: Path) -> 
         assert fleet.placed("a03")
         triggers = [h["trigger"] for h in stack.app[REPLANNER].history]
         assert triggers == ["on_demand"]  # one re-plan for all five requests
+
+
+def test_fold_puts_load_of_missing_workers_on_running_hosts_only() -> None:
+    shares = {"w0": {"a": 1.0}, "w1": {"b": 1.0}, "new-2": {"c": 1.0, "d": 1.0}}
+    placement = fold(shares, ["w0", "w1"], up={"w0"})  # w1 is being drained
+    assert [dict(w.shares) for w in placement.workers] == [
+        {"a": 1.0, "c": 1.0, "d": 1.0}, {"b": 1.0}]
