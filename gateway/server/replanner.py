@@ -33,7 +33,7 @@ from gateway.server.migrate import execute
 from gateway.server.planning import fallback_engine
 from gateway.server.registry import WorkerStatus
 from gateway.server.replan_job import ReplanJob, ReplanResult, run_job, warm
-from gateway.server.scaling import ScaleDirection, ScaleOutcome, Scaler
+from gateway.server.scaling import ScaleDirection, ScaleOutcome, Scaler, present
 from planner.features import AdapterDemand
 from planner.online import RunningWorker, Stability
 
@@ -144,6 +144,15 @@ class Replanner:
                         " (dry run)" if dry_run else "")
             return body
 
+    async def _scale_for_first_plan(self) -> None:
+        fleet = self.app[FLEET]
+        missing = (fleet.planned_gpus or 0) - len(present(fleet))
+        if missing > 0:
+            try:
+                await self.scaler.after(fleet, missing)
+            except Exception:
+                logger.exception("asking the actuator for %d more workers failed", missing)
+
     async def _scale(self, added: int, retired: bool) -> None:
         """Ask for ``added`` more workers, or (workers retired, or the last scale-down
         failed) fewer when the highest-numbered hold nothing."""
@@ -204,10 +213,14 @@ class Replanner:
         next_at = loop.time() + cfg.replan_interval_s if cfg.replan_interval_s else None
         next_window = loop.time() + cfg.observe_window_s / 2
         next_scrape = loop.time()
+        started = False
         while True:
             await asyncio.sleep(DOWN_CHECK_S)
             if not self.app[FLEET].synced:
                 continue
+            if not started:  # the first plan may already want more workers than run
+                started = True
+                await self._scale_for_first_plan()
             self._export_rates()
             if loop.time() >= next_scrape:
                 next_scrape = loop.time() + SCRAPE_INTERVAL_S

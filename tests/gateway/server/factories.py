@@ -74,7 +74,8 @@ class Stack:
 async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, workers: int = 2,
                         shares: Sequence[dict[str, float]] | None = None,
                         time_scale: float = 200.0, roomy: bool = False,
-                        slowdown: float = 1.0, **overrides: Any) -> AsyncIterator[Stack]:
+                        slowdown: float = 1.0, planned_gpus: int | None = None,
+                        **overrides: Any) -> AsyncIterator[Stack]:
     """``workers`` emulated workers (round-robin placement unless ``shares`` is given) and the
     gateway in front, served by aiohttp's test server (handler cancellation on). ``roomy``
     starts every worker with room for all the adapters (as an operator sizes a fleet that
@@ -86,6 +87,8 @@ async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, work
     if roomy:
         engine = fallback_engine(adapters, "a100-80gb", MAX_MODEL_LEN)
         plan = replace(plan, engines=(engine,) * workers)
+    if planned_gpus is not None:  # a plan that asked for more GPUs than run
+        plan = replace(plan, planned_gpus=planned_gpus)
     fleet = await start_emulated([replace(c, slowdown=slowdown) for c in worker_configs(
         plan, served_model_name=BASE, time_scale=time_scale)])
     try:

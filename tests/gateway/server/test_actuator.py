@@ -340,3 +340,16 @@ async def test_kubernetes_scale_up_is_discovered_and_placed_on(tmp_path: Path,
         await until(lambda: fleet.plan is not None and not fleet.plan.workers[top].shares,
                     timeout=60, what="its adapters re-planned away")
         assert fleet.router is not None and not fleet.router.placement.workers[top].shares
+
+
+async def test_first_plan_wanting_more_workers_asks_the_actuator(tmp_path: Path) -> None:
+    out = tmp_path / "scaled"
+    actuator = CommandActuator(f"echo {{workers}} >> {out}", timeout_s=10)
+    async with gateway_stack(tmp_path / "a", demands("x", "y"), workers=2, roomy=True,
+                             planned_gpus=3, replan_interval_s=0, actuator=actuator) as stack:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not out.exists() and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        assert counts(out) == [3]
+        assert stack.app[REPLANNER].scaler.last is not None
