@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peers_load import ROOT, LoadSpec, Service, measure
+from peers_load import ROOT, LoadSpec, Service, clean_json, measure
 from peers_services import BACKENDS, PEERS, backend_available, peer_available
 
 RATES = (25, 50, 100, 200, 400, 800, 1600)
@@ -257,17 +257,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _clean(value: Any) -> Any:
-    """NaN (a run with no successful request) as null, for strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="lorafleet's gateway against other proxies")
     parser.add_argument("--quick", action="store_true", help="short runs, rates up to 400/s")
@@ -300,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {what}: {why}")
     args.out.mkdir(parents=True, exist_ok=True)
     plot(section["rows"], args.out / "peers.png")
-    (args.out / "peers.json").write_text(json.dumps(_clean({
+    (args.out / "peers.json").write_text(json.dumps(clean_json({
         "setup": {"workers_per_backend": WORKERS, "request": "POST /v1/completions, model "
                   "'base', ~70-token prompt, max_tokens 16 (streaming: TTFT)",
                   "closed_loop_seconds": bench.seconds, "sweep_seconds": bench.sweep_seconds,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -308,3 +309,14 @@ def _client_main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _client_main(sys.argv[1:])
+
+
+def clean_json(value: Any) -> Any:
+    """NaN (a run with no successful request) as null, for strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_json(v) for v in value]
+    return value

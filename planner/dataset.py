@@ -89,11 +89,14 @@ def sample_specs(n: int, seed: int, model: ModelSpec, gpu: GpuSpec,
 
 
 def placement_shaped(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
-                     profile: CalibrationProfile, rng: np.random.Generator) -> SampleSpec | None:
+                     profile: CalibrationProfile, rng: np.random.Generator, *,
+                     near_boundary_s: float | None = NEAR_BOUNDARY_DURATION_S,
+                     ) -> SampleSpec | None:
     """``spec`` with a slot per LoRA adapter (or the most slots that fit memory; ``None`` when
     none do) and its offered load re-drawn as a multiple of the new analytic capacity: dense
     around 1, a log-uniform tail (the sampler of ``bench/surrogate.py``'s held-out workers),
-    and ``NEAR_BOUNDARY_DURATION_S`` long twin runs near the boundary."""
+    and ``near_boundary_s`` long twin runs near the boundary (``None``: no longer there than
+    elsewhere, as ``bench/surrogate.py``'s held-out workers)."""
     loras = max(1, sum(1 for a in spec.adapters if a.rank > 0))
     enough = next((s for s in SLOT_CANDIDATES if s >= loras), SLOT_CANDIDATES[-1])
     for slots in [enough, *(s for s in reversed(SLOT_CANDIDATES) if s < enough)]:
@@ -112,7 +115,8 @@ def placement_shaped(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
     scale = factor / f["load_ratio"]
     adapters = tuple(dataclasses.replace(a, rate=a.rate * scale) for a in spec.adapters)
     total = sum(a.rate for a in adapters)
-    duration = (NEAR_BOUNDARY_DURATION_S if NEAR_BOUNDARY[0] <= factor <= NEAR_BOUNDARY[1]
+    near = NEAR_BOUNDARY[0] <= factor <= NEAR_BOUNDARY[1]
+    duration = (near_boundary_s if near_boundary_s is not None and near
                 else float(min(600.0, max(240.0, 4000.0 / total))))
     return dataclasses.replace(spec, adapters=adapters, engine=engine, duration_s=duration)
 
