@@ -25,6 +25,7 @@ from aiohttp import web
 
 from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG
 from gateway.server.config import GatewayConfig, PlacementMode
+from gateway.server.lora_api import LoraCallError, list_adapters, load_adapter
 from gateway.server.planning import InitialPlan, from_planner, round_robin
 from gateway.server.registry import WorkerStatus
 from twin.routing import BASE_MODEL
@@ -62,21 +63,13 @@ async def client_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _resident(session: aiohttp.ClientSession, url: str, timeout: float) -> set[str]:
-    async with session.get(f"{url}/v1/models",
-                           timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-        resp.raise_for_status()
-        cards = (await resp.json()).get("data", [])
-    return {c["id"] for c in cards if isinstance(c, dict) and c.get("parent") is not None}
-
-
 async def sync_worker(app: web.Application, index: int) -> None:
     """Reconcile worker ``index`` with its ``/v1/models`` and load its planned adapters."""
     cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
     worker = fleet.workers[index]
     url = worker.endpoint.url
     try:
-        resident = await _resident(session, url, cfg.load_timeout_s)
+        resident = await list_adapters(session, url, timeout=cfg.load_timeout_s)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         logger.warning("worker %s (%s): cannot list its models: %r", worker.endpoint.name,
                        url, exc)
@@ -89,21 +82,13 @@ async def sync_worker(app: web.Application, index: int) -> None:
         entry = fleet.adapters.get(name)
         if entry is None or entry.path is None:
             continue
-        body = {"lora_name": name, "lora_path": entry.path}
         try:
-            async with session.post(f"{url}/v1/load_lora_adapter", json=body,
-                                    timeout=aiohttp.ClientTimeout(total=cfg.load_timeout_s),
-                                    ) as resp:
-                text = await resp.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            logger.warning("worker %s: loading %s failed: %r", worker.endpoint.name, name, exc)
+            await load_adapter(session, url, name, entry.path, timeout=cfg.load_timeout_s)
+        except LoraCallError as exc:
+            logger.warning("worker %s: %s", worker.endpoint.name, exc)
             continue
-        if resp.status == 200:
-            resident.add(name)
-            logger.info("worker %s: loaded %s", worker.endpoint.name, name)
-        else:
-            logger.warning("worker %s: loading %s failed (%d): %s", worker.endpoint.name, name,
-                           resp.status, text[:300])
+        resident.add(name)
+        logger.info("worker %s: loaded %s", worker.endpoint.name, name)
     fleet.set_resident(index, resident)
 
 

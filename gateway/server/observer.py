@@ -29,19 +29,9 @@ from dataclasses import dataclass, replace
 
 from planner.features import AdapterDemand
 
-__all__ = ["MIN_RATE", "Observer", "WorkerLatency"]
+__all__ = ["MIN_RATE", "Observer"]
 
 MIN_RATE = 1e-3  # req/s a registered adapter that saw no traffic is planned for (it keeps a slot)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerLatency:
-    """One worker's latencies over the window, from the gateway's own timings."""
-
-    requests: int
-    ttft_p50_s: float | None  # streamed requests only
-    itl_mean_s: float | None  # (e2e - ttft) / (completion tokens - 1), streamed requests
-    e2e_p50_s: float | None
 
 
 @dataclass(slots=True)
@@ -178,14 +168,3 @@ class Observer:
                 output_tokens=max(1.0, sum(outs) / len(outs)),
                 input_std=_std(ins), output_std=_std(outs)))
         return demands, itl, ttft, intervals
-
-    def worker_latency(self, worker: str, *, now: float) -> WorkerLatency:
-        """Latencies of the requests ``worker`` finished in the window."""
-        self._trim(now)
-        done = list(self._by_worker.get(worker, ()))
-        ttfts = [x.ttft for x in done if x.ttft is not None]
-        itls = [(x.e2e - x.ttft) / (x.completion - 1) for x in done
-                if x.ttft is not None and x.completion > 1]
-        return WorkerLatency(requests=len(done), ttft_p50_s=_p50(ttfts),
-                             itl_mean_s=sum(itls) / len(itls) if itls else None,
-                             e2e_p50_s=_p50([x.e2e for x in done]))

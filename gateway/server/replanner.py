@@ -53,7 +53,6 @@ class Replanner:
         self.lock = asyncio.Lock()
         self.history: deque[dict[str, Any]] = deque(maxlen=100)
         self.migrations = 0
-        self.planned_gpus: int | None = None
         self.learner = Learner(app)
         self.scaler = Scaler(app[GATEWAY_CONFIG].actuator, app[GATEWAY_METRICS])
         self.draining: set[int] = set()  # workers being drained: planned around
@@ -129,10 +128,10 @@ class Replanner:
                 body["migration"] = report.as_dict()
                 if report.outcome is MigrationOutcome.OK:
                     self.migrations += len(m.moved)
-                    self.planned_gpus = self.app[FLEET].planned_gpus = result.planned_gpus
+                    self.app[FLEET].planned_gpus = result.planned_gpus
                     await _persist(self.app)
             elif not dry_run:
-                self.planned_gpus = self.app[FLEET].planned_gpus = result.planned_gpus
+                self.app[FLEET].planned_gpus = result.planned_gpus
             if not dry_run and body.get("migration", {}).get("outcome") != "rolled_back":
                 await self._scale(len(m.added), bool(body.get("migration", {}).get("retired")))
             last = self.scaler.last

@@ -88,7 +88,3 @@ class WorkerGauges:
         if count <= 0 or total < 0:
             return None
         return total / count, int(count)
-
-    def last(self, worker: str) -> Sample | None:
-        q = self._samples.get(worker)
-        return q[-1] if q else None
