@@ -79,6 +79,7 @@ class Fleet:
         self.plan: Placement | None = None
         self.router: Router | None = None
         self.synced = False  # start-up reconciliation done (residency known)
+        self._placed: frozenset[str] = frozenset()  # what the plan names, for ``placed``
         self.inflight: Counter[tuple[int, str | None]] = Counter()  # (worker, adapter) -> n
         self.changed = asyncio.Event()  # set whenever a request finishes (drain waits on it)
         self.shutting_down = False  # SIGTERM: /ready answers 503 while requests finish
@@ -148,7 +149,7 @@ class Fleet:
 
     def placed(self, adapter: str) -> bool:
         """The plan routes ``adapter`` to some worker."""
-        return self.plan is not None and any(adapter in wp.shares for wp in self.plan.workers)
+        return adapter in self._placed
 
     def busy(self, index: int, adapters: Collection[str | None]) -> int:
         """Requests in flight on worker ``index`` for any of ``adapters``."""
@@ -255,6 +256,7 @@ class Fleet:
     def _install(self) -> None:
         if self.plan is None:
             return
+        self._placed = frozenset(k for wp in self.plan.workers for k in wp.shares)
         routed = tuple(WorkerPlacement(name=wp.name, shares={
             k: s for k, s in wp.shares.items()
             if k == BASE_MODEL or k in self.workers[i].resident})
@@ -309,7 +311,7 @@ class Fleet:
     def has_healthy_holder(self, adapter: str) -> bool:
         if self.router is None:
             return False
-        return any(self.workers[i].up for i, _ in self.router.placement.holders(adapter))
+        return any(self.workers[i].up for i, _ in self.router.holders(adapter))
 
     def done(self, index: int, adapter: str | None = None) -> None:
         """A request picked for worker ``index`` (and ``adapter``) finished or failed."""
