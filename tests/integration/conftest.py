@@ -31,10 +31,12 @@ from .server import (
     ServerError,
     build_tiny_model,
     free_port,
+    health_timeout,
     server_command,
     server_env,
     start_server,
     stop_server,
+    vllm_python,
     wait_healthy,
 )
 
@@ -77,7 +79,7 @@ def real_vllm(
     """
     if not real_vllm_enabled(request.config):
         pytest.skip(SKIP_REASON)
-    python = Path(os.environ.get("LORAFLEET_VLLM_PYTHON", REPO_ROOT / ".venv-vllm/bin/python"))
+    python = vllm_python()
     if not python.exists():
         pytest.fail(f"real-vLLM group enabled but {python} is missing: run `make vllm-env`")
     cache = Path(os.environ.get("LORAFLEET_TINY_MODEL_DIR", REPO_ROOT / ".cache/tiny-llama"))
@@ -98,8 +100,7 @@ def real_vllm(
     start = time.monotonic()
     proc = start_server(cmd, env, log_path)
     try:
-        timeout = float(os.environ.get("LORAFLEET_VLLM_HEALTH_TIMEOUT", "180"))
-        _or_fail(lambda: wait_healthy(proc, base_url, log_path, timeout_s=timeout))
+        _or_fail(lambda: wait_healthy(proc, base_url, log_path, timeout_s=health_timeout()))
         _timed("server_start_s", timings, start)
         print(f"\nreal vLLM at {base_url} (log {log_path}): {timings}", file=sys.stderr)
         start = time.monotonic()

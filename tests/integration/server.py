@@ -28,11 +28,13 @@ __all__ = [
     "ServerError",
     "build_tiny_model",
     "free_port",
+    "health_timeout",
     "log_tail",
     "server_command",
     "server_env",
     "start_server",
     "stop_server",
+    "vllm_python",
     "wait_healthy",
 ]
 
@@ -165,6 +167,16 @@ def log_tail(log_path: Path, lines: int = 40) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def vllm_python() -> Path:
+    """The vLLM venv's Python: ``LORAFLEET_VLLM_PYTHON``, else ``.venv-vllm/bin/python``."""
+    return Path(os.environ.get("LORAFLEET_VLLM_PYTHON", REPO_ROOT / ".venv-vllm/bin/python"))
+
+
+def health_timeout() -> float:
+    """Seconds to wait for ``/health``: ``LORAFLEET_VLLM_HEALTH_TIMEOUT``, else 180."""
+    return float(os.environ.get("LORAFLEET_VLLM_HEALTH_TIMEOUT", "180"))
 
 
 def wait_healthy(

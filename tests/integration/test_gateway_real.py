@@ -9,9 +9,7 @@ The second server starts here, pinned to the other core than the session's serve
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,10 +34,12 @@ from .server import (
     BASE_MODEL_NAME,
     RealVllm,
     free_port,
+    health_timeout,
     server_command,
     server_env,
     start_server,
     stop_server,
+    vllm_python,
     wait_healthy,
 )
 
@@ -52,16 +52,13 @@ KEPT = ("tiny-a-r8", "tiny-c-r8")
 @pytest.fixture(scope="module")
 def second_vllm(real_vllm: RealVllm, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[str]:
-    python = Path(os.environ.get("LORAFLEET_VLLM_PYTHON",
-                                 Path(__file__).parents[2] / ".venv-vllm/bin/python"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("real-vllm-2") / "server.log"
     base = real_vllm.cache_dir / "base"
-    proc = start_server(server_command(python, base, port, {}), server_env("1"), log)
+    proc = start_server(server_command(vllm_python(), base, port, {}), server_env("1"), log)
     try:
-        wait_healthy(proc, url, log, timeout_s=float(
-            os.environ.get("LORAFLEET_VLLM_HEALTH_TIMEOUT", "180")))
+        wait_healthy(proc, url, log, timeout_s=health_timeout())
         yield url
     finally:
         stop_server(proc)
