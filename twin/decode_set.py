@@ -27,6 +27,7 @@ class DecodeSet:
         self.members: set[Request] = set()
         self.streaming: set[Request] = set()
         self.lora_counts: Counter[int] = Counter()
+        self.lora_seqs = 0  # members that run an adapter
         self._residue = np.zeros(block_size, dtype=np.int64)
         self._sum_offsets = 0
         self._finish: list[tuple[int, int, Request]] = []
@@ -47,6 +48,7 @@ class DecodeSet:
             self.streaming.add(request)
         if request.lora_int_id:
             self.lora_counts[request.lora_int_id] += 1
+            self.lora_seqs += 1
         self._residue[request.decode_offset % self.block_size] += 1
         self._sum_offsets += request.decode_offset
         self._seq += 1
@@ -56,6 +58,7 @@ class DecodeSet:
         self.members.remove(request)
         self.streaming.discard(request)
         if request.lora_int_id:
+            self.lora_seqs -= 1
             self.lora_counts[request.lora_int_id] -= 1
             if not self.lora_counts[request.lora_int_id]:
                 del self.lora_counts[request.lora_int_id]

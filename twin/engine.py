@@ -236,6 +236,7 @@ class EngineCore:
         loads = self.lora_cache.prepare_step(loras) if loras else []
         load_ns = sum(r.duration_ns for r in loads)
         prefill_tokens = sum(c for _, c in prefills)
+        lora_tokens = self.decoding.lora_seqs + sum(c for r, c in prefills if r.lora_int_id)
         context += sum(r.num_computed_tokens + c for r, c in prefills)
         n_sched = len(self.decoding)
         if n_sched == 0 and not prefills:
@@ -246,15 +247,14 @@ class EngineCore:
                                  f"{head.num_tokens} tokens need more KV blocks than the "
                                  f"{self.num_blocks - 1} usable")
             return False  # everything runnable was preempted; the next step re-admits
-        seconds = self.step_model.predict(float(prefill_tokens), float(n_sched),
-                                          float(context), float(len(loras)))
+        seconds = self.step_model.predict(float(prefill_tokens), float(n_sched), float(context),
+                                          float(len(loras)), float(lora_tokens))
         duration = round(seconds * 1e9) + load_ns + self._pending_stall_ns
         self._pending_stall_ns = 0
         start = self.now_ns
         end = start + duration
-        for record in loads:
-            self._events.append(EngineEvent(EventKind.LORA_LOADED, start, None,
-                                            record.lora_int_id))
+        self._events.extend(EngineEvent(EventKind.LORA_LOADED, start, None, r.lora_int_id)
+                            for r in loads)
         if self.steps is not None:
             self.steps.append(StepRecord(
                 start_ns=start, duration_ns=duration, prefill_tokens=prefill_tokens,
@@ -455,7 +455,7 @@ class EngineCore:
         context = (dec.context_tokens(self.g) + n * j).astype(np.float64)
         zeros = np.zeros(k)
         seconds = self.step_model.predict(zeros, zeros + n, context,
-                                          zeros + len(dec.lora_counts))
+                                          zeros + len(dec.lora_counts), zeros + dec.lora_seqs)
         durations = np.rint(seconds * 1e9).astype(np.int64)
         ends = self.now_ns + np.cumsum(durations)
         starts = ends - durations

@@ -2,11 +2,21 @@
 
 A step is described by ``prefill_tokens`` (tokens of prompts/recomputes in the step),
 ``decode_seqs`` (requests computing one token), ``context_tokens`` (KV tokens the step attends
-over: for each scheduled request, its computed plus new tokens) and ``distinct_adapters``. The
+over: for each scheduled request, its computed plus new tokens), ``distinct_adapters`` and
+``lora_tokens`` (the step's tokens, prefill and decode, of requests that run an adapter). The
 worker's ``max_loras`` and ``max_lora_rank`` are bound at construction: vLLM's LoRA kernels run
 over every slot padded to the maximum rank, so many slots slow every step, even steps without
 adapters (the reference measured decode steps at batch 220 running 2x slower with 300 slots
 and one adapter in use).
+
+LoRA tokens cost on their own: on vLLM's CPU build a LoRA prefill token costs about 4x a base
+one. Its CPU kernels (``lora/ops/torch_ops``, used for prefill and decode alike) gather an
+adapter's weights for *every* token of a step that has any LoRA token, base tokens included,
+and skip LoRA only for a step with none; GPU kernels skip base tokens. ``LoRACoefficients``
+has a term for each: ``per_lora_token_s`` (tokens of LoRA requests) and
+``per_active_token_s`` / ``per_active_step_s`` (every token, and a constant, of a step with
+any LoRA token). Callers that do not count LoRA tokens (``lora_tokens=None``) get every token
+of a step with adapters counted as a LoRA token.
 
 Every model evaluates the same arithmetic on Python floats and on numpy arrays, so the
 engine's vectorised decode runs give bit-identical step times to stepping one at a time.
@@ -28,6 +38,7 @@ __all__ = [
     "RooflineCoefficients",
     "RooflineStepTime",
     "StepTimeModel",
+    "lora_features",
 ]
 
 Num = TypeVar("Num", float, np.ndarray)
@@ -38,18 +49,55 @@ class StepTimeModel(Protocol):
     """Step time in seconds; arguments are all floats or all equally long numpy arrays."""
 
     def predict(self, prefill_tokens: Num, decode_seqs: Num, context_tokens: Num,
-                distinct_adapters: Num) -> Num: ...
+                distinct_adapters: Num, lora_tokens: Num | None = None) -> Num: ...
+
+
+def lora_features(tokens: Num, distinct_adapters: Num, lora_tokens: Num | None
+                  ) -> tuple[Num, Num]:
+    """``(lora_tokens, active)``: the step's LoRA tokens (every token when not counted and
+    any adapter is in the step) and 1.0 if there is any, else 0.0 (same arithmetic on
+    floats and arrays).
+
+    Examples
+    --------
+    >>> lora_features(10.0, 1.0, None), lora_features(10.0, 0.0, None)
+    ((10.0, 1.0), (0.0, 0.0))
+    >>> lora_features(10.0, 2.0, 3.0)
+    (3.0, 1.0)
+    """
+    if isinstance(tokens, np.ndarray) or isinstance(lora_tokens, np.ndarray):
+        if lora_tokens is None:
+            lora_tokens = tokens * np.minimum(distinct_adapters, 1.0)
+        return lora_tokens, np.minimum(lora_tokens, 1.0)
+    if lora_tokens is None:
+        lora_tokens = tokens * min(float(distinct_adapters), 1.0)
+    return lora_tokens, min(float(lora_tokens), 1.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoRACoefficients:
     """LoRA cost per step: ``slots * (per_slot_s + per_slot_token_s * tokens) * rank_factor
-    + per_adapter_s * distinct_adapters``, ``rank_factor = 1 + rank_slope * (r / 8 - 1)``."""
+    + per_adapter_s * distinct_adapters + (per_lora_token_s * lora_tokens + active *
+    (per_active_step_s + per_active_token_s * tokens)) * rank_factor``, with ``active`` 1 for
+    a step with any LoRA token and ``rank_factor = 1 + rank_slope * (r / 8 - 1)`` for the
+    engine's ``max_lora_rank`` ``r`` (kernels pad every adapter to it)."""
 
     per_slot_s: float = 0.0
     per_slot_token_s: float = 0.0
     rank_slope: float = 0.0
     per_adapter_s: float = 0.0
+    per_lora_token_s: float = 0.0
+    per_active_step_s: float = 0.0
+    per_active_token_s: float = 0.0
+
+    def token_factors(self, engine: EngineConfig) -> tuple[float, float, float]:
+        """(per LoRA token, per step with LoRA, per token of such a step) seconds for this
+        engine; zeros without LoRA."""
+        if not engine.enable_lora:
+            return 0.0, 0.0, 0.0
+        rank = 1.0 + self.rank_slope * (engine.max_lora_rank / 8.0 - 1.0)
+        return (self.per_lora_token_s * rank, self.per_active_step_s * rank,
+                self.per_active_token_s * rank)
 
     def slot_factor(self, engine: EngineConfig) -> tuple[float, float]:
         """(constant, per-token) seconds of the slot overhead for this engine."""
@@ -79,6 +127,11 @@ class LinearStepTime:
     >>> m = LinearStepTime(LinearCoefficients(base_s=0.01, per_token_s=1e-5), EngineConfig())
     >>> round(m.predict(100.0, 10.0, 2000.0, 1.0), 6)
     0.0111
+    >>> lora = LoRACoefficients(per_lora_token_s=3e-5)
+    >>> m = LinearStepTime(LinearCoefficients(base_s=0.01, per_token_s=1e-5, lora=lora),
+    ...                    EngineConfig())
+    >>> round(m.predict(100.0, 10.0, 2000.0, 1.0, 10.0), 6)  # 10 of the 110 tokens are LoRA
+    0.0114
     """
 
     def __init__(self, coefficients: LinearCoefficients, engine: EngineConfig) -> None:
@@ -91,12 +144,15 @@ class LinearStepTime:
         self._per_seq = c.per_seq_s
         self._per_ctx = c.per_context_token_s
         self._per_adapter = c.lora.per_adapter_s if engine.enable_lora else 0.0
+        self._lora_tok, self._active, self._active_tok = c.lora.token_factors(engine)
 
     def predict(self, prefill_tokens: Num, decode_seqs: Num, context_tokens: Num,
-                distinct_adapters: Num) -> Num:
+                distinct_adapters: Num, lora_tokens: Num | None = None) -> Num:
         tokens = prefill_tokens + decode_seqs
+        lora, active = lora_features(tokens, distinct_adapters, lora_tokens)
         t = (self._base + self._per_token * tokens + self._per_seq * decode_seqs
-             + self._per_ctx * context_tokens + self._per_adapter * distinct_adapters)
+             + self._per_ctx * context_tokens + self._per_adapter * distinct_adapters
+             + self._lora_tok * lora + active * (self._active + self._active_tok * tokens))
         return t  # type: ignore[no-any-return]
 
 
@@ -138,14 +194,17 @@ class RooflineStepTime:
         self._per_adapter = ((c.lora.per_adapter_s + adapter_bytes / bandwidth)
                              if engine.enable_lora else 0.0)
         self._overlap = c.overlap
+        self._lora_tok, self._active, self._active_tok = c.lora.token_factors(engine)
 
     def predict(self, prefill_tokens: Num, decode_seqs: Num, context_tokens: Num,
-                distinct_adapters: Num) -> Num:
+                distinct_adapters: Num, lora_tokens: Num | None = None) -> Num:
         tokens = prefill_tokens + decode_seqs
+        lora, active = lora_features(tokens, distinct_adapters, lora_tokens)
         compute = self._s_per_token * tokens
         memory = self._weights_s + self._s_per_ctx * context_tokens
         vector = isinstance(compute, np.ndarray)
         hi = np.maximum(compute, memory) if vector else max(compute, memory)
         lo = (compute + memory) - hi
         return (self._base + hi + self._overlap * lo  # type: ignore[no-any-return]
-                + self._slot_tok * tokens + self._per_adapter * distinct_adapters)
+                + self._slot_tok * tokens + self._per_adapter * distinct_adapters
+                + self._lora_tok * lora + active * (self._active + self._active_tok * tokens))

@@ -48,9 +48,9 @@ class PerturbedStepTime:
         self._rng = np.random.default_rng(seed)
 
     def predict(self, prefill_tokens: Num, decode_seqs: Num, context_tokens: Num,
-                distinct_adapters: Num) -> Num:
+                distinct_adapters: Num, lora_tokens: Num | None = None) -> Num:
         base = self.inner.predict(prefill_tokens, decode_seqs, context_tokens,
-                                  distinct_adapters) * self.slowdown
+                                  distinct_adapters, lora_tokens) * self.slowdown
         if self.jitter == 0:
             return base
         j = self.jitter
