@@ -2,9 +2,11 @@
 
 Starts the real-vLLM integration group's server (``tests/integration/server.py``) pinned to
 CPU core 0 (``taskset`` plus ``VLLM_CPU_OMP_THREADS_BIND=0``) and runs this client on core 1;
-calibrates it with ``lorafleet calibrate``'s standard sweep (writing the shipped profile
-``twin/profiles/cpu-tiny-llama.json``) unless ``--profile`` names one; then runs each
-scenario below on the server and in the twin, which uses only that profile. The scenarios
+unless ``--profile`` names one, calibrates with ``lorafleet calibrate``'s standard sweep of
+servers started with each ``--calibrate-max-loras`` (one after the other, the scenarios'
+``max_loras`` 2 last), fitting one profile to the pooled rows (writing the shipped profile
+``twin/profiles/cpu-tiny-llama.json``); then runs each scenario below on the ``max_loras`` 2
+server and in the twin, which uses only that profile. The scenarios
 are not used by the calibration. One scenario runs twice on the server to measure the noise
 floor. Prints a table and writes ``bench/results/fidelity.json``.
 
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -30,9 +33,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.calibrate.calibrate import calibrate  # noqa: E402
+from gateway.calibrate.calibrate import build_profile  # noqa: E402
 from gateway.calibrate.client import ServerClient  # noqa: E402
-from gateway.calibrate.sweep import STANDARD, AdapterSource  # noqa: E402
+from gateway.calibrate.sweep import STANDARD, AdapterSource, SweepResult, run_sweep  # noqa: E402
 from gateway.calibrate.validate import Validation, relative_error, validate  # noqa: E402
 from tests.integration.server import (  # noqa: E402
     build_tiny_model,
@@ -51,7 +54,9 @@ from twin.simulate import simulate  # noqa: E402
 SHIPPED = ROOT / "twin/profiles/cpu-tiny-llama.json"
 OUT = ROOT / "bench/results/fidelity.json"
 SERVER_CORE, CLIENT_CORE = 0, 1
+HARDWARE = "2-core x86_64 VM, vLLM pinned to 1 core"
 NOISE_SCENARIO = "near-saturation-poisson-2"
+VALIDATION_MAX_LORAS = 2  # BASE's engine.max_loras
 
 BASE: dict[str, Any] = {
     "model": "tiny-llama",
@@ -113,18 +118,24 @@ def row(v: Validation) -> list[str]:
             + (" (borderline)" if v.borderline else ""), f"{v.speedup:,.0f}x"]
 
 
+async def sweep(url: str, adapters: dict[str, Path], console: Console) -> SweepResult:
+    """The standard calibration sweep of one server."""
+    sources = [AdapterSource(str(adapters["tiny-a-r8"]), 8),
+               AdapterSource(str(adapters["tiny-b-r16"]), 16)]
+    async with ServerClient(url) as client:
+        return await run_sweep(client, STANDARD, sources,
+                               progress=lambda m: console.print(m, highlight=False))
+
+
 async def run(url: str, args: argparse.Namespace, adapters: dict[str, Path],
-              console: Console) -> dict[str, Any]:
+              console: Console, sweeps: list[SweepResult]) -> dict[str, Any]:
     if args.profile:
         profile = load_profile(args.profile)
     else:
-        sources = [AdapterSource(str(adapters["tiny-a-r8"]), 8),
-                   AdapterSource(str(adapters["tiny-b-r16"]), 16)]
         started = time.perf_counter()
-        profile = await calibrate(url, sources, STANDARD, get_model("tiny-llama"),
-                                  name="cpu-tiny-llama",
-                                  hardware="2-core x86_64 VM, vLLM pinned to 1 core",
-                                  progress=lambda m: console.print(m, highlight=False))
+        sweeps = [*sweeps, await sweep(url, adapters, console)]
+        profile = build_profile(sweeps, get_model("tiny-llama"), name="cpu-tiny-llama",
+                                hardware=HARDWARE)
         save_profile(profile, SHIPPED)
         console.print(f"calibrated in {time.perf_counter() - started:.0f} s -> {SHIPPED}")
     sources = {8: str(adapters["tiny-a-r8"]), 16: str(adapters["tiny-b-r16"])}
@@ -151,26 +162,47 @@ async def run(url: str, args: argparse.Namespace, adapters: dict[str, Path],
             "scenarios": [v.to_dict() for v in results], "_validations": results}
 
 
+def serve(python: Path, cache: Path, max_loras: int) -> tuple[subprocess.Popen, str]:
+    """The tiny model served with ``--max-loras max_loras`` on the server core, healthy."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = Path(f"/tmp/lorafleet-fidelity-{port}.log")
+    cmd = ["taskset", "-c", str(SERVER_CORE), *server_command(python, cache / "base", port, {})]
+    cmd[cmd.index("--max-loras") + 1] = str(max_loras)
+    proc = start_server(cmd, server_env(str(SERVER_CORE)), log)
+    try:
+        wait_healthy(proc, url, log)
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc, url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=None,
                         help="use this profile instead of calibrating (name or path)")
     parser.add_argument("--duration", type=float, default=25.0, help="seconds per scenario")
+    parser.add_argument("--calibrate-max-loras", type=int, nargs="+", default=[1, 4, 2],
+                        help="--max-loras of the servers the calibration sweeps")
     args = parser.parse_args()
     console = Console()
     python = ROOT / ".venv-vllm/bin/python"
     cache = (ROOT / ".cache/tiny-llama").resolve()
     manifest = build_tiny_model(python, cache)
     adapters = {a["name"]: cache / a["path"] for a in manifest["adapters"]}
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = Path(f"/tmp/lorafleet-fidelity-{port}.log")
-    cmd = ["taskset", "-c", str(SERVER_CORE), *server_command(python, cache / "base", port, {})]
-    proc = start_server(cmd, server_env(str(SERVER_CORE)), log)
     os.sched_setaffinity(0, {CLIENT_CORE})
+    sweeps: list[SweepResult] = []
+    for max_loras in [] if args.profile else args.calibrate_max_loras:
+        if max_loras != VALIDATION_MAX_LORAS:
+            proc, url = serve(python, cache, max_loras)
+            try:
+                sweeps.append(asyncio.run(sweep(url, adapters, console)))
+            finally:
+                stop_server(proc)
+    proc, url = serve(python, cache, VALIDATION_MAX_LORAS)
     try:
-        wait_healthy(proc, url, log)
-        data = asyncio.run(run(url, args, adapters, console))
+        data = asyncio.run(run(url, args, adapters, console, sweeps))
     finally:
         stop_server(proc)
     validations: list[Validation] = data.pop("_validations")

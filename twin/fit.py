@@ -5,17 +5,23 @@
 latency while ``decode_seqs`` requests decode together), and **first-token rows**, the
 time to first token of requests sent alone or in a small burst, which is the per-request
 overhead (HTTP, tokenising) plus one prefill step. One least-squares fit, relative errors,
-finds ``base_s``, ``per_token_s``, ``per_seq_s``, ``per_context_token_s``, the LoRA
-``per_adapter_s`` and ``request_overhead_s`` together: decode rows separate the context
-cost from the batch cost, prefill rows separate the per-token from the per-sequence cost,
-and the overhead is what the first-token rows take beyond their step. Rows whose residual is
-an outlier (more than 4 median absolute deviations; a shared machine's hiccups) are dropped
-once and the fit repeated. Coefficients that come out negative are pinned to 0 and the rest
-refitted, so the model never predicts a step shorter for more work.
+finds the step coefficients and ``request_overhead_s`` together: decode rows separate the
+context cost from the batch cost, prefill rows separate the per-token from the per-sequence
+cost, rows of base-model, LoRA and mixed batches separate the cost of a LoRA request's
+tokens (``per_lora_token_s``) from that of every token of a step that runs any adapter
+(``per_active_token_s``, ``per_active_step_s``), rows from servers started with different
+``--max-loras`` give the slot terms, and the overhead is what the first-token rows take
+beyond their step; first-token rows measured on a busy engine (``busy`` = 1) give what it
+takes more there (``busy_overhead_s``). A column the rows cannot tell apart from the ones
+before it (e.g. the slot terms when every row has the same ``max_loras``) is left at 0.
+Rows whose residual is an outlier (more than 4 median absolute deviations; a shared
+machine's hiccups) are dropped once and the fit repeated. Coefficients that come out negative
+are pinned to 0 and the rest refitted, so the model never predicts a step shorter for more
+work.
 
-The LoRA slot terms (``per_slot_s``, ``per_slot_token_s``, ``rank_slope``) need servers
-started with several ``--max-loras`` / ``--max-lora-rank``; one server's slot cost is part of
-its ``base_s``, so a fitted profile is for the server's own ``max_loras`` and rank.
+A row's ``lora_tokens`` defaults to all its tokens when it has adapters (what the step model
+assumes when not told), and ``max_loras`` to none (no slot columns). ``rank_slope`` is not
+fitted: one ``--max-lora-rank`` is swept.
 """
 
 from __future__ import annotations
@@ -28,11 +34,14 @@ import numpy as np
 from twin.profile import LoadTimes
 from twin.step_time import LinearCoefficients, LoRACoefficients
 
-__all__ = ["COLUMNS", "LinearFit", "fit_linear", "fit_load_times"]
+__all__ = ["COLUMNS", "LinearFit", "fit_linear", "fit_load_times", "row_features"]
 
-#: The fitted unknowns, in the design matrix's column order.
+#: The fitted unknowns, in the design matrix's column order (earlier columns win a tie).
 COLUMNS = ("base_s", "per_token_s", "per_seq_s", "per_context_token_s", "per_adapter_s",
-           "request_overhead_s")
+           "per_lora_token_s", "per_active_step_s", "per_active_token_s", "per_slot_s",
+           "per_slot_token_s", "request_overhead_s", "busy_overhead_s")
+_LORA = ("per_adapter_s", "per_lora_token_s", "per_active_step_s", "per_active_token_s",
+         "per_slot_s", "per_slot_token_s")
 _OUTLIER_MADS = 4.0
 
 
@@ -42,22 +51,48 @@ class LinearFit:
 
     coefficients: LinearCoefficients
     request_overhead_s: float
+    busy_overhead_s: float = 0.0
     mean_relative_error: float
     rows_used: int
     rows_dropped: int
+    columns_fitted: tuple[str, ...] = ()
+
+
+def row_features(s: dict[str, float]) -> list[float]:
+    """One sample's design row, in ``COLUMNS`` order."""
+    tokens = s["prefill_tokens"] + s["decode_seqs"]
+    k = s["distinct_adapters"]
+    lora = s.get("lora_tokens", tokens if k > 0 else 0.0)
+    active = min(lora, 1.0)
+    slots = s.get("max_loras", 0.0)
+    overhead = s.get("includes_overhead", 0.0)
+    return [1.0, tokens, s["decode_seqs"], s["context_tokens"], k, lora, active,
+            active * tokens, slots, slots * tokens, overhead, overhead * s.get("busy", 0.0)]
 
 
 def _design(samples: Sequence[dict[str, float]]) -> tuple[np.ndarray, np.ndarray]:
-    x = np.array([[1.0, s["prefill_tokens"] + s["decode_seqs"], s["decode_seqs"],
-                   s["context_tokens"], s["distinct_adapters"], s.get("includes_overhead", 0.0)]
-                  for s in samples])
+    x = np.array([row_features(s) for s in samples])
     y = np.array([s["step_time_s"] for s in samples])
     return x, y
 
 
-def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares with negative coefficients pinned to 0 (an active-set loop)."""
-    free = [j for j in range(x.shape[1]) if np.any(x[:, j])]
+def _identifiable(x: np.ndarray) -> list[int]:
+    """Columns that add rank to the ones before them (scaled to unit norm)."""
+    norms = np.linalg.norm(x, axis=0)
+    keep: list[int] = []
+    for j in range(x.shape[1]):
+        if norms[j] == 0:
+            continue
+        trial = [*keep, j]
+        z = x[:, trial] / norms[trial]
+        if np.linalg.matrix_rank(z, tol=1e-8 * np.sqrt(len(x))) == len(trial):
+            keep.append(j)
+    return keep
+
+
+def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray, free: list[int]) -> np.ndarray:
+    """Least squares over ``free`` columns with negative coefficients pinned to 0."""
+    free = list(free)
     coef = np.zeros(x.shape[1])
     while free:
         sol, *_ = np.linalg.lstsq(x[:, free], y, rcond=None)
@@ -72,8 +107,9 @@ def fit_linear(samples: Sequence[dict[str, float]]) -> LinearFit:
     """Fit the linear step-time model and the per-request overhead.
 
     Each sample has ``prefill_tokens``, ``decode_seqs``, ``context_tokens``,
-    ``distinct_adapters``, ``step_time_s`` and, for first-token rows, ``includes_overhead``
-    = 1 (``step_time_s`` is then the time to first token).
+    ``distinct_adapters``, ``step_time_s``, optionally ``lora_tokens`` and ``max_loras``,
+    and, for first-token rows, ``includes_overhead`` = 1 (``step_time_s`` is then the time
+    to first token).
 
     Examples
     --------
@@ -89,29 +125,31 @@ def fit_linear(samples: Sequence[dict[str, float]]) -> LinearFit:
     >>> round(fit.request_overhead_s, 4), round(fit.coefficients.per_token_s, 6)
     (0.01, 5e-05)
     """
-    if len(samples) < len(COLUMNS):
-        raise ValueError(f"need at least {len(COLUMNS)} samples, got {len(samples)}")
+    if len(samples) < 6:
+        raise ValueError(f"need at least 6 samples, got {len(samples)}")
     x, y = _design(samples)
+    free = _identifiable(x)
     # Relative least squares: divide each row by its measurement.
     w = 1.0 / y
-    coef = _nonnegative_lstsq(x * w[:, None], y * w)
+    coef = _nonnegative_lstsq(x * w[:, None], y * w, free)
     rel = (x @ coef - y) / y
-    mad = float(np.median(np.abs(rel - np.median(rel)))) or 1e-12
+    # A floor of 0.1%: rows of an exact fit are not outliers of its rounding errors.
+    mad = max(float(np.median(np.abs(rel - np.median(rel)))), 1e-3)
     keep = np.abs(rel - np.median(rel)) <= _OUTLIER_MADS * 1.4826 * mad
-    if keep.sum() >= len(COLUMNS) and not keep.all():
-        coef = _nonnegative_lstsq(x[keep] * w[keep, None], y[keep] * w[keep])
+    if keep.sum() >= len(free) and not keep.all():
+        coef = _nonnegative_lstsq(x[keep] * w[keep, None], y[keep] * w[keep], free)
     rel = (x[keep] @ coef - y[keep]) / y[keep]
     c = dict(zip(COLUMNS, (float(v) for v in coef), strict=True))
-    # The adapter cost is shared across adapters present; with k adapters, per_adapter * k.
-    lora = LoRACoefficients(per_adapter_s=c["per_adapter_s"])
+    lora = LoRACoefficients(**{name: c[name] for name in _LORA})
     return LinearFit(
         coefficients=LinearCoefficients(base_s=c["base_s"], per_token_s=c["per_token_s"],
                                         per_seq_s=c["per_seq_s"],
                                         per_context_token_s=c["per_context_token_s"],
                                         lora=lora),
-        request_overhead_s=c["request_overhead_s"],
+        request_overhead_s=c["request_overhead_s"], busy_overhead_s=c["busy_overhead_s"],
         mean_relative_error=float(np.mean(np.abs(rel))),
-        rows_used=int(keep.sum()), rows_dropped=int((~keep).sum()))
+        rows_used=int(keep.sum()), rows_dropped=int((~keep).sum()),
+        columns_fitted=tuple(COLUMNS[j] for j in free))
 
 
 def fit_load_times(disk: Sequence[tuple[int, float]],

@@ -57,7 +57,9 @@ def _rank_path(text: str) -> tuple[int, str]:
 def register(sub: Any) -> None:
     """Add ``calibrate`` and ``validate`` to the ``lorafleet`` subcommands."""
     cal = sub.add_parser("calibrate", help="fit a twin profile to a running vLLM server")
-    cal.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
+    cal.add_argument("--url", required=True, action="append",
+                     help="the server, e.g. http://127.0.0.1:8000; repeat for servers of the "
+                     "same model started with other --max-loras (one profile fits them all)")
     cal.add_argument("--out", required=True, type=Path, help="profile JSON to write")
     cal.add_argument("--adapter", action="append", default=[], metavar="PATH",
                      help="an adapter folder the server can load (repeat for other ranks)")
@@ -66,7 +68,7 @@ def register(sub: Any) -> None:
     cal.add_argument("--name", default=None, help="profile name (default: --out's stem)")
     cal.add_argument("--hardware", default=None, help="hardware text for the profile source")
     cal.add_argument("--max-loras", type=int, default=None,
-                     help="the server's --max-loras (default: read from /metrics)")
+                     help="the servers' --max-loras (default: read from each /metrics)")
     cal.add_argument("--quick", action="store_true", help="a short sweep (tests, smoke runs)")
     cal.set_defaults(func=_calibrate)
     val = sub.add_parser("validate", help="run a scenario on a real server and in the twin")
@@ -110,7 +112,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: base {lin.base_s * 1e3:.2f} ms, "
           f"{lin.per_token_s * 1e6:.1f} us/token, {lin.per_seq_s * 1e6:.1f} us/seq, "
           f"{lin.per_context_token_s * 1e9:.1f} ns/context "
-          f"token, {lin.lora.per_adapter_s * 1e3:.2f} ms/adapter, overhead "
+          f"token, {lin.lora.per_adapter_s * 1e3:.2f} ms/adapter, LoRA "
+          f"{lin.lora.per_lora_token_s * 1e6:.1f} us/LoRA token + "
+          f"{lin.lora.per_active_token_s * 1e6:.1f} us/token and "
+          f"{lin.lora.per_active_step_s * 1e3:.2f} ms/step of a step with LoRA, overhead "
           f"{profile.request_overhead_s * 1e3:.1f} ms, fit error "
           f"{profile.source['fit']['mean_relative_error']:.1%}")
     return 0

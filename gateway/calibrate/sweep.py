@@ -2,25 +2,36 @@
 
 Every measurement goes through vLLM's HTTP API and ``/metrics`` (``ServerClient``):
 
-- **Decode steps** (per batch size, prompt length and number of distinct adapters): a burst
-  of ``B`` requests whose prompts fit one prefill step, each generating ``output_tokens``;
-  the mean step is the growth of ``vllm:inter_token_latency_seconds``'s sum over the growth
-  of its count across the burst (vLLM observes one inter-token latency per request per
-  decode step, so this is the step time weighted by the batch). Context per request is its
-  prompt plus half its output, on average over the burst.
-- **Prefill and per-request overhead**: requests sent one at a time (and one burst that
-  fills the token budget) with ``max_tokens=1``; the client's time to first token is the
-  overhead plus one prefill step (median of the repeats).
+- **Decode steps** (per batch size, prompt length, share of LoRA requests and number of
+  distinct adapters): a burst of ``B`` requests whose prompts fit one prefill step, each
+  generating ``output_tokens``, base-model and LoRA requests mixed by ``lora_shares``; the
+  mean step is the growth of ``vllm:inter_token_latency_seconds``'s sum over the growth of its
+  count across the burst (vLLM observes one inter-token latency per request per decode step,
+  so this is the step time weighted by the batch). Context per request is its prompt plus
+  half its output, on average over the burst.
+- **Prefill and per-request overhead**: requests sent one at a time (and bursts that fill the
+  token budget, base, LoRA and mixed) with ``max_tokens=1``; the client's time to first token
+  is the overhead plus one prefill step (median of the repeats).
+- **Overhead on a busy engine**: single requests sent at random moments while ``B`` others
+  decode (``busy_batches``); their time to first token is the overhead, the wait for the step
+  under way (half a step on average, as the twin waits) and a prefill step that carries the
+  ``B`` decodes. On one CPU core the API server and the engine share, this overhead is larger
+  than on an idle server; the twin charges the busy one.
 - **Adapter loads**: ``/v1/load_lora_adapter`` loads into vLLM's CPU LoRA cache, so its time
   less an HTTP round trip is the disk->CPU load, per rank; the CPU->GPU load is the time to
   first token of requests that cycle through ``max_loras + 1`` adapters (each needs a slot
   swap) less that of requests repeating one adapter.
+
+Every row carries the server's ``max_loras``, so sweeps of servers started with different
+``--max-loras`` pool into one fit (``twin.fit``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,12 +53,15 @@ class SweepPlan:
     repeats: int = 5
     load_repeats: int = 3
     token_budget: int = 2048  # prompts of one burst fit vLLM's CPU default budget
-    measure_base: bool = True
+    lora_shares: tuple[float, ...] = (0.0, 0.5, 1.0)  # LoRA requests' share of a batch
+    busy_batches: tuple[int, ...] = (4, 16)  # decodes running while busy probes are sent
+    busy_prompt: int = 96
+    busy_probes: int = 12
 
 
 STANDARD = SweepPlan()
 QUICK = SweepPlan(batches=(1, 8, 32, 96), prefill_prompts=(16, 256), repeats=3,
-                  load_repeats=2, measure_base=False)
+                  load_repeats=2, busy_batches=(8,), busy_probes=6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +129,22 @@ async def _burst(client: ServerClient, models: list[str], batch: int, prompt: in
     return ((after[0] - before[0]) / count if count > 0 else float("nan")), list(timings)
 
 
-def _row(prefill: float, decode: float, context: float, adapters: int, seconds: float,
-         *, overhead: bool, fit: bool) -> dict[str, float]:
+def _row(prefill: float, decode: float, context: float, adapters: int, seconds: float, *,
+         lora_tokens: float, max_loras: int, overhead: bool, busy: bool = False
+         ) -> dict[str, float]:
     return {"prefill_tokens": prefill, "decode_seqs": decode, "context_tokens": context,
-            "distinct_adapters": float(adapters), "step_time_s": seconds,
-            "includes_overhead": float(overhead), "used_in_fit": float(fit)}
+            "distinct_adapters": float(adapters), "lora_tokens": lora_tokens,
+            "max_loras": float(max_loras), "step_time_s": seconds,
+            "includes_overhead": float(overhead), "busy": float(busy)}
+
+
+def _mix(names: list[str], base: str, batch: int, share: float, k: int) -> list[str] | None:
+    """``batch`` model names, ``round(batch * share)`` of them cycling ``k`` adapters (None
+    when the batch cannot hold that mix)."""
+    n_lora = round(batch * share)
+    if (0 < share < 1 and not 0 < n_lora < batch) or n_lora < k:
+        return None
+    return [names[i % k] for i in range(n_lora)] + [base] * (batch - n_lora)
 
 
 async def _decode_rows(client: ServerClient, plan: SweepPlan, facts: ServerFacts,
@@ -127,18 +152,21 @@ async def _decode_rows(client: ServerClient, plan: SweepPlan, facts: ServerFacts
                        progress: Callable[[str], None]) -> None:
     out_tokens = plan.output_tokens
     longest = facts.max_model_len - out_tokens
-    sets = ([0] if plan.measure_base else []) + sorted({1, min(2, facts.max_loras)})
-    for k in sets:
-        models = names[:k] if k else [facts.base_model]
-        for batch in plan.batches:
-            if batch < k:
-                continue
-            for prompt in sorted({16, max(16, min(longest, plan.token_budget // batch))}):
-                itl, _ = await _burst(client, models, batch, prompt, out_tokens)
-                out.steps.append(_row(0.0, batch, batch * (prompt + out_tokens / 2), k, itl,
-                                      overhead=False, fit=k > 0))
-                progress(f"decode B={batch} prompt={prompt} adapters={k}: "
-                         f"{itl * 1e3:.2f} ms/step")
+    for share in plan.lora_shares:
+        ks = [0] if share == 0 else [1] if share < 1 else sorted({1, min(2, facts.max_loras)})
+        for k in ks:
+            for batch in plan.batches:
+                models = _mix(names, facts.base_model, batch, share, k)
+                if models is None:
+                    continue
+                n_lora = sum(m != facts.base_model for m in models)
+                for prompt in sorted({16, max(16, min(longest, plan.token_budget // batch))}):
+                    itl, _ = await _burst(client, models, batch, prompt, out_tokens)
+                    out.steps.append(_row(0.0, batch, batch * (prompt + out_tokens / 2), k,
+                                          itl, lora_tokens=float(n_lora),
+                                          max_loras=facts.max_loras, overhead=False))
+                    progress(f"decode B={batch} prompt={prompt} lora={n_lora} adapters={k}: "
+                             f"{itl * 1e3:.2f} ms/step")
 
 
 async def _first_token_rows(client: ServerClient, plan: SweepPlan, facts: ServerFacts,
@@ -146,23 +174,71 @@ async def _first_token_rows(client: ServerClient, plan: SweepPlan, facts: Server
                             progress: Callable[[str], None]) -> None:
     longest = facts.max_model_len - 1
     prompts = sorted({min(p, longest) for p in plan.prefill_prompts})
-    for k in ([0] if plan.measure_base else []) + [1]:
+    for k in (0, 1):
         model = names[0] if k else facts.base_model
         for prompt in prompts:
             ttft = [await _ttft(client, model, prompt) for _ in range(plan.repeats)]
             out.steps.append(_row(prompt, 0.0, prompt, k, statistics.median(ttft),
-                                  overhead=True, fit=k > 0))
+                                  lora_tokens=float(prompt * k), max_loras=facts.max_loras,
+                                  overhead=True))
             progress(f"first token prompt={prompt} adapters={k}: "
                      f"{statistics.median(ttft) * 1e3:.1f} ms")
-        batch = max(1, plan.token_budget // prompts[-1])
-        if batch > 1:
-            ttft = []
-            for _ in range(plan.repeats):
-                _, timings = await _burst(client, [model], batch, prompts[-1], 1)
-                ttft.append(statistics.median(t.ttft or 0.0 for t in timings))
-            tokens = batch * prompts[-1]
-            out.steps.append(_row(tokens, 0.0, tokens, k, statistics.median(ttft),
-                                  overhead=True, fit=k > 0))
+    batch = max(1, plan.token_budget // prompts[-1])
+    for share in sorted({0.0, 1.0, *plan.lora_shares}):
+        models = _mix(names, facts.base_model, batch, share, 1 if share else 0)
+        if batch < 2 or models is None:
+            continue
+        n_lora = sum(m != facts.base_model for m in models)
+        ttft = []
+        for _ in range(plan.repeats):
+            timings = await asyncio.gather(*(client.complete(m, prompts[-1], 1)
+                                             for m in models))
+            ttft.append(statistics.median(t.ttft or 0.0 for t in timings))
+        tokens = batch * prompts[-1]
+        out.steps.append(_row(tokens, 0.0, tokens, int(n_lora > 0), statistics.median(ttft),
+                              lora_tokens=float(n_lora * prompts[-1]),
+                              max_loras=facts.max_loras, overhead=True))
+
+
+async def _busy_rows(client: ServerClient, plan: SweepPlan, facts: ServerFacts,
+                     names: list[str], out: SweepResult, progress: Callable[[str], None],
+                     rng: random.Random) -> None:
+    """First tokens of single requests sent while ``B`` long requests decode."""
+    prompt, bg_prompt = plan.busy_prompt, 16
+    bg_tokens = facts.max_model_len - bg_prompt - 1
+    for batch in plan.busy_batches:
+        for k in (0, 1):
+            model = names[0] if k else facts.base_model
+            background = [asyncio.create_task(client.complete(model, bg_prompt, bg_tokens))
+                          for _ in range(batch)]
+            try:
+                started = time.perf_counter()
+                await asyncio.sleep(0.2)  # past their prefills
+                before = (await client.scrape()).histogram(ITL)
+                ttft, at = [], []
+                for _ in range(plan.busy_probes):
+                    await asyncio.sleep(rng.uniform(0.01, 0.04))
+                    at.append(time.perf_counter() - started)
+                    ttft.append(await _ttft(client, model, prompt))
+                after = (await client.scrape()).histogram(ITL)
+            finally:
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
+            if any(t.done() and not t.cancelled() for t in background):
+                progress(f"busy first token B={batch}: background ended early, row skipped")
+                continue
+            count = after[1] - before[1]
+            itl = (after[0] - before[0]) / count if count > 0 else float("nan")
+            decoded = bg_prompt + statistics.mean(at) / itl  # tokens per background request
+            wait = itl / 2  # the step under way when a probe arrives, on average
+            out.steps.append(_row(prompt, batch, prompt + batch * decoded, k,
+                                  statistics.median(ttft) - wait,
+                                  lora_tokens=float((prompt + batch) * k),
+                                  max_loras=facts.max_loras, overhead=True, busy=True))
+            progress(f"busy first token B={batch} adapters={k}: "
+                     f"{statistics.median(ttft) * 1e3:.1f} ms (step {itl * 1e3:.2f} ms)")
+            await asyncio.sleep(0.3)  # the aborted requests leave
 
 
 async def _ttft(client: ServerClient, model: str, prompt: int) -> float:
@@ -200,7 +276,7 @@ async def _swaps(client: ServerClient, plan: SweepPlan, names: list[str], rank: 
 
 
 async def run_sweep(client: ServerClient, plan: SweepPlan, sources: list[AdapterSource],
-                    *, max_loras: int | None = None,
+                    *, max_loras: int | None = None, seed: int = 0,
                     progress: Callable[[str], None] = lambda _: None) -> SweepResult:
     """Measure the server; the adapters it loads are unloaded again at the end."""
     if not sources:
@@ -221,6 +297,7 @@ async def run_sweep(client: ServerClient, plan: SweepPlan, sources: list[Adapter
         progress("slot swaps timed")
         await _decode_rows(client, plan, facts, names, out, progress)
         await _first_token_rows(client, plan, facts, names, out, progress)
+        await _busy_rows(client, plan, facts, names, out, progress, random.Random(seed))
     finally:
         for name in names:
             await client.unload_adapter(name)

@@ -26,7 +26,8 @@ TRUTH = CalibrationProfile(
     name="truth", kind="linear", source={"note": "test"},
     linear=LinearCoefficients(base_s=0.008, per_token_s=1.2e-4, per_seq_s=8e-5,
                               per_context_token_s=4e-7,
-                              lora=LoRACoefficients(per_adapter_s=0.006)),
+                              lora=LoRACoefficients(per_adapter_s=0.006,
+                                                    per_active_token_s=1.5e-4)),
     load=LoadTimes(disk_latency_s=0.04, disk_bytes_per_s=1e15, cpu_to_gpu_latency_s=0.012,
                    cpu_to_gpu_bytes_per_s=1e15),
     request_overhead_s=0.02)
@@ -74,16 +75,24 @@ def test_calibrate_recovers_the_emulated_profile(fitted: CalibrationProfile) -> 
     truth = LinearStepTime(TRUTH.linear, engine)
     fit = LinearStepTime(fitted.linear, engine)
     # Step times over the range swept, in wall seconds (the worker runs SCALE x faster).
-    for prefill, decode, ctx, k in ((0, 1, 40, 1), (0, 32, 32 * 60, 2), (0, 96, 96 * 40, 1),
-                                    (256, 0, 256, 1), (2048, 0, 2048, 1)):
-        want = truth.predict(float(prefill), float(decode), float(ctx), float(k)) / SCALE
-        got = fit.predict(float(prefill), float(decode), float(ctx), float(k))
-        assert got == pytest.approx(want, rel=0.15), (prefill, decode, ctx, k)
-    lora = fitted.linear.lora.per_adapter_s * SCALE
-    assert lora == pytest.approx(TRUTH.linear.lora.per_adapter_s, rel=0.25)
+    # Base-model, LoRA and mixed batches (the last number: LoRA tokens in the step).
+    for batch in ((0, 1, 40, 1, 1), (0, 32, 32 * 60, 2, 32), (0, 96, 96 * 40, 1, 96),
+                  (0, 32, 32 * 60, 0, 0), (0, 32, 32 * 60, 1, 16), (256, 0, 256, 1, 256),
+                  (2048, 0, 2048, 1, 2048), (2048, 0, 2048, 0, 0), (2048, 0, 2048, 1, 1024)):
+        args = [float(v) for v in batch]
+        want = truth.predict(*args) / SCALE
+        assert fit.predict(*args) == pytest.approx(want, rel=0.15), batch
+    lora = fitted.linear.lora
+    assert lora.per_adapter_s * SCALE == pytest.approx(TRUTH.linear.lora.per_adapter_s,
+                                                       rel=0.25)
+    # The LoRA cost falls on every token of a step with an adapter, not on LoRA tokens only.
+    assert lora.per_active_token_s * SCALE == pytest.approx(1.5e-4, rel=0.25)
+    assert lora.per_lora_token_s < 0.2 * lora.per_active_token_s
     # The overhead also holds the HTTP round trip and the event loop's lag (wall seconds,
-    # not scaled): at least the profile's, at most 15 ms more.
+    # not scaled): at least the profile's, at most 15 ms more, on a busy worker as on an
+    # idle one (the emulated worker's overhead does not grow with load).
     assert 0.8 * 0.02 / SCALE <= fitted.request_overhead_s <= 0.02 / SCALE + 0.015
+    assert fitted.source["fit"]["busy_overhead_s"] <= 0.01
     assert fitted.load.cpu_to_gpu_latency_s * SCALE == pytest.approx(0.012, rel=0.3)
     assert fitted.load.disk_latency_s * SCALE == pytest.approx(0.04, rel=0.3)
     assert fitted.source["fitted_by"] == "lorafleet calibrate"

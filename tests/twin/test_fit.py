@@ -1,0 +1,83 @@
+"""``twin.fit``: the linear fit recovers the coefficients that made its rows."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from twin.fit import fit_linear
+from twin.specs import EngineConfig
+from twin.step_time import LinearCoefficients, LinearStepTime, LoRACoefficients
+
+TRUTH = LinearCoefficients(
+    base_s=0.004, per_token_s=2e-5, per_seq_s=9e-5, per_context_token_s=1e-6,
+    lora=LoRACoefficients(per_adapter_s=4e-4, per_lora_token_s=1e-5, per_active_step_s=0.002,
+                          per_active_token_s=6e-5, per_slot_s=3e-4, per_slot_token_s=2e-6))
+OVERHEAD, BUSY = 0.003, 0.004
+
+
+def rows(max_loras: tuple[int, ...] = (1, 2, 4), mixed: bool = True) -> list[dict[str, float]]:
+    out = []
+    for ml in max_loras:
+        m = LinearStepTime(TRUTH, EngineConfig(max_loras=ml, max_lora_rank=8))
+
+        def row(p: float, b: float, ctx: float, k: float, lora: float, overhead: float = 0.0,
+                busy: float = 0.0, m: LinearStepTime = m, ml: int = ml) -> dict[str, float]:
+            t = m.predict(p, b, ctx, k, lora) + (OVERHEAD + BUSY * busy) * overhead
+            return {"prefill_tokens": p, "decode_seqs": b, "context_tokens": ctx,
+                    "distinct_adapters": k, "lora_tokens": lora, "max_loras": float(ml),
+                    "includes_overhead": overhead, "busy": busy, "step_time_s": t}
+
+        shares = (0.0, 0.5, 1.0) if mixed else (0.0, 1.0)
+        for b, c, share, k in itertools.product((1, 8, 32, 96), (24.0, 300.0), shares, (1, 2)):
+            n_lora = round(b * share)
+            if (0 < share < 1 and not 0 < n_lora < b) or (share == 0 and k > 1):
+                continue
+            out.append(row(0.0, b, b * c, k if n_lora else 0, n_lora))
+        for p, k in itertools.product((16.0, 128.0, 480.0, 1920.0), (0, 1)):
+            out.append(row(p, 0.0, p, k, p * k, overhead=1.0))
+        if mixed:
+            out.append(row(1920.0, 0.0, 1920.0, 1, 960.0, overhead=1.0))
+        for b, k in itertools.product((4, 16), (0, 1)):
+            out.append(row(96.0, b, 96 + b * 100.0, k, (96 + b) * k, overhead=1.0, busy=1.0))
+    return out
+
+
+def test_recovers_lora_token_slot_and_busy_terms() -> None:
+    fit = fit_linear(rows())
+    c, lora = fit.coefficients, fit.coefficients.lora
+    for got, want in ((c.base_s, TRUTH.base_s), (c.per_token_s, TRUTH.per_token_s),
+                      (c.per_seq_s, TRUTH.per_seq_s),
+                      (c.per_context_token_s, TRUTH.per_context_token_s),
+                      (lora.per_adapter_s, TRUTH.lora.per_adapter_s),
+                      (lora.per_lora_token_s, TRUTH.lora.per_lora_token_s),
+                      (lora.per_active_step_s, TRUTH.lora.per_active_step_s),
+                      (lora.per_active_token_s, TRUTH.lora.per_active_token_s),
+                      (lora.per_slot_s, TRUTH.lora.per_slot_s),
+                      (lora.per_slot_token_s, TRUTH.lora.per_slot_token_s),
+                      (fit.request_overhead_s, OVERHEAD), (fit.busy_overhead_s, BUSY)):
+        assert got == pytest.approx(want, rel=1e-6)
+    assert fit.mean_relative_error < 1e-9 and fit.rows_dropped == 0
+
+
+def test_one_max_loras_folds_the_slot_terms_into_base() -> None:
+    fit = fit_linear(rows(max_loras=(2,)))
+    lora = fit.coefficients.lora
+    assert lora.per_slot_s == 0 and lora.per_slot_token_s == 0
+    assert "per_slot_s" not in fit.columns_fitted
+    assert fit.coefficients.base_s == pytest.approx(TRUTH.base_s + 2 * TRUTH.lora.per_slot_s)
+    assert lora.per_active_token_s == pytest.approx(TRUTH.lora.per_active_token_s, rel=1e-6)
+    assert fit.mean_relative_error < 1e-9
+
+
+def test_without_mixed_batches_lora_tokens_and_active_tokens_are_one_column() -> None:
+    fit = fit_linear(rows(max_loras=(2,), mixed=False))
+    lora = fit.coefficients.lora
+    # Every LoRA row is all-LoRA: the two per-token terms cannot be told apart, and the
+    # earlier column takes both.
+    assert "per_active_token_s" not in fit.columns_fitted
+    assert lora.per_active_token_s == 0
+    assert lora.per_lora_token_s == pytest.approx(
+        TRUTH.lora.per_lora_token_s + TRUTH.lora.per_active_token_s, rel=1e-6)
+    assert fit.mean_relative_error < 1e-9
