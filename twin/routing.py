@@ -93,20 +93,20 @@ class Router:
         self._current: dict[str, list[float]] = {}
         self._rr = 0
         # (worker, share) per adapter, indexed once: routing a request does not scan workers
-        self._holders: dict[str, list[tuple[int, float]]] = {}
+        index: dict[str, list[tuple[int, float]]] = {}
         for i, w in enumerate(placement.workers):
             for name, share in w.shares.items():
                 if share > 0.0:
-                    self._holders.setdefault(name, []).append((i, share))
-        self._anywhere = [(i, 1.0) for i in range(n)]
+                    index.setdefault(name, []).append((i, share))
+        self._holders = {name: tuple(h) for name, h in index.items()}
+        self._anywhere = tuple((i, 1.0) for i in range(n))
 
-    def holders(self, adapter: str | None) -> list[tuple[int, float]]:
+    def holders(self, adapter: str | None) -> tuple[tuple[int, float], ...]:
         """(worker, share) of the workers that serve ``adapter``; base-model requests go
-        anywhere when no worker is named for them."""
-        holders = self._holders.get(BASE_MODEL if adapter is None else adapter, [])
-        if adapter is None and not holders:
-            return list(self._anywhere)
-        return list(holders)
+        anywhere when no worker is named for them. The router's own tuple: not copied."""
+        if adapter is None:
+            return self._holders.get(BASE_MODEL) or self._anywhere
+        return self._holders.get(adapter, ())
 
     def route(self, adapter: str | None, prefix_key: str | bytes | int | None = None) -> int:
         """The worker for a request of ``adapter`` (None: the base model); counts it.

@@ -29,6 +29,7 @@ from gateway.demo.stats import DemoStats
 from gateway.demo.view import plain_line, render, snapshot, summary, summary_table
 from gateway.demo.workload import Arrivals, demo_adapters
 from gateway.emulator.errors import StartupError
+from gateway.http import tune_gc
 from gateway.server.planning import InitialPlan
 from planner.features import AdapterDemand
 from twin.errors import ConfigError
@@ -126,6 +127,7 @@ async def _run(args: argparse.Namespace, adapters: list[AdapterDemand], plan: In
                     concurrency=args.concurrency, drain_timeout_s=args.drain_seconds,
                     seed=args.seed)
     fleet = await start_demo(adapters, plan, spec, folder)
+    tune_gc()  # this process now serves (gateway, workers and load) until the demo ends
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

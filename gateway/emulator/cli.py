@@ -23,7 +23,7 @@ from gateway.emulator.adapters import scaffold_adapter
 from gateway.emulator.app import create_app, serve
 from gateway.emulator.config import LoraModule, WorkerConfig
 from gateway.emulator.errors import StartupError
-from gateway.http import until_signalled
+from gateway.http import tune_gc, until_signalled
 from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
 from twin.profile import load_profile
@@ -151,6 +151,7 @@ async def _serve_until_stopped(apps: list[web.Application], host: str,
             runners.append(runner)
             address = runner.addresses[0]
             print(f"http://{host}:{address[1]}", flush=True)
+        tune_gc()
         await until_signalled()
     finally:
         for runner in runners:

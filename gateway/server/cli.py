@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.emulator.errors import StartupError
-from gateway.http import until_signalled
+from gateway.http import tune_gc, until_signalled
 from gateway.keys import FLEET
 from gateway.server.app import create_app, serve
 from gateway.server.config import (
@@ -157,6 +157,7 @@ async def _main(cfg: GatewayConfig, plan: InitialPlan | None,
         if not await _wait_ready(app):
             logger.warning("not ready after %.0f s; serving anyway", READY_TIMEOUT_S)
         print(f"http://{cfg.host}:{port}", flush=True)
+        tune_gc()
         await until_signalled()
     finally:
         if runner is not None:

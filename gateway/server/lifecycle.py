@@ -58,7 +58,10 @@ async def client_session(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s,
                                     sock_read=cfg.read_timeout_s)
     connector = aiohttp.TCPConnector(limit=cfg.max_connections)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    # No cookie jar: a gateway must not replay one worker's Set-Cookie on every client's
+    # requests (and filtering an empty jar per request is CPU for nothing).
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
         app[CLIENT_SESSION] = session
         yield
 

@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from gateway.keys import (
     CLIENT_SESSION,
@@ -180,7 +181,7 @@ async def _connect(call: _Call) -> tuple[int, aiohttp.ClientResponse]:
         worker = fleet.workers[index].endpoint
         upstream = None
         try:
-            upstream = await session.post(worker.url + call.path, data=call.payload,
+            upstream = await session.post(_url(worker.url, call.path), data=call.payload,
                                           headers=headers)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             fleet.set_status(index, WorkerStatus.DOWN)
@@ -217,6 +218,12 @@ async def _connect(call: _Call) -> tuple[int, aiohttp.ClientResponse]:
     raise ApiError.bad_gateway("the workers could not be reached")
 
 
+@functools.lru_cache(maxsize=1024)
+def _url(base: str, path: str) -> URL:
+    """A worker's endpoint URL, parsed once (aiohttp takes a ``URL`` as it is)."""
+    return URL(base + path)
+
+
 async def _lost_adapter(upstream: aiohttp.ClientResponse) -> bool:
     """A worker's 404 that names ``model``: it does not hold the adapter (any more)."""
     try:
@@ -248,11 +255,15 @@ async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
 
 
 def _record_usage(call: _Call, usage: Any) -> None:
-    if isinstance(usage, dict):
-        call.prompt_tokens = int(usage.get("prompt_tokens", 0))
-        call.completion_tokens = int(usage.get("completion_tokens", 0))
-        call.request.app[GATEWAY_METRICS].usage(call.label, call.prompt_tokens,
-                                                call.completion_tokens)
+    if not isinstance(usage, dict):
+        return
+    try:
+        prompt, completion = int(usage.get("prompt_tokens", 0)), \
+            int(usage.get("completion_tokens", 0))
+    except (TypeError, ValueError):  # not a vLLM usage object: nothing to count
+        return
+    call.prompt_tokens, call.completion_tokens = prompt, completion
+    call.request.app[GATEWAY_METRICS].usage(call.label, prompt, completion)
 
 
 async def _relay_body(call: _Call, upstream: aiohttp.ClientResponse,
@@ -264,11 +275,35 @@ async def _relay_body(call: _Call, upstream: aiohttp.ClientResponse,
     if upstream.status >= 500:
         raise ApiError.bad_gateway(f"worker {worker} failed with status {upstream.status}")
     if upstream.status == 200:
-        with contextlib.suppress(ValueError, AttributeError):  # not JSON: nothing to count
-            _record_usage(call, json.loads(data).get("usage"))
+        _record_usage(call, body_usage(data))
     headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json"),
                "X-Request-Id": call.rid}
     return web.Response(body=data, status=upstream.status, headers=headers), upstream.status
+
+
+_DECODER = json.JSONDecoder()
+
+
+def body_usage(data: bytes) -> Any:
+    """The ``usage`` object of a completion body (None: none, or not JSON), decoded alone:
+    vLLM writes it after the choices, and a ``"usage":`` inside generated text is escaped
+    (``\\"usage\\":``), so the last unescaped one is the top-level key.
+
+    Examples
+    --------
+    >>> body_usage(b'{"choices":[{"text":"\\\"usage\\\": 1"}],"usage":{"prompt_tokens":3}}')
+    {'prompt_tokens': 3}
+    >>> body_usage(b'{"choices":[]}') is None, body_usage(b'not json "usage": {') is None
+    (True, True)
+    """
+    at = data.rfind(b'"usage":')
+    if at < 0:
+        return None
+    try:
+        text = data[at + 8:].decode()
+        return _DECODER.raw_decode(text, len(text) - len(text.lstrip()))[0]
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def filter_usage(events: bytes, keep: bool, on_usage: Callable[[Any], None]) -> bytes:
@@ -329,7 +364,7 @@ async def _relay_stream(call: _Call,
             continue
         if first:
             call.ttft = time.perf_counter() - call.started
-            metrics.ttft.labels(call.label).observe(call.ttft)
+            metrics.first_token(call.label, call.ttft)
             first = False
         try:
             await out.write(ready)

@@ -289,7 +289,7 @@ class Fleet:
         router = self.router
         if router is None:
             raise self._unavailable("the gateway has no placement yet")
-        holders = [i for i, _ in router.holders(adapter)]
+        holders = router.holders(adapter)
         if not holders:
             raise self._unavailable(f"the adapter `{adapter}` is not loaded on any worker")
         if exclude is None:
@@ -298,7 +298,7 @@ class Fleet:
                 self.inflight[(index, adapter)] += 1
                 return index
             router.done(index)
-        others = [i for i in holders if self.workers[i].up and i != exclude]
+        others = [i for i, _ in holders if self.workers[i].up and i != exclude]
         if not others:
             raise self._unavailable("no healthy worker holds the requested model")
         room = [i for i in others if not self._full(i, limit)]
