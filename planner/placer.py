@@ -255,7 +255,37 @@ def place_with(adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan:
                             predicted_tps=verdict.predicted_tps,
                             offered_tps=verdict.offered_tps, starvation_proba=verdict.proba))
         queue = queue[take:]
-    return Plan(gpus=gpus, adapters=list(adapters))
+    by_name = {a.name: a for a in adapters}
+    return Plan(gpus=_consolidate(gpus, by_name, predictor), adapters=list(adapters))
+
+
+def _consolidate(gpus: list[GpuPlan], by_name: dict[str, AdapterDemand],
+                 predictor: Predictor) -> list[GpuPlan]:
+    """Empty the least loaded GPU into the others while they stay feasible (the prefix fill
+    cannot skip an adapter that does not fit to take a later one that would, so its last GPU
+    of a rank group is often nearly empty). Each of its adapters goes to the fullest GPU that
+    stays feasible with it (best fit, engine re-chosen); the GPU is dropped only if all move."""
+    gpus = list(gpus)
+    while len(gpus) > 1:
+        victim = min(gpus, key=lambda g: (g.offered_tps, -g.index))
+        others = {g.index: g for g in gpus if g is not victim}
+        for name, rate in sorted(victim.rates.items(), key=lambda kv: (-kv[1], kv[0])):
+            for g in sorted(others.values(), key=lambda g: (-g.offered_tps, g.index)):
+                members = [_with_rate(by_name[n], r) for n, r in g.rates.items()]
+                v = predictor.best(merged([*members, _with_rate(by_name[name], rate)]))
+                if v.feasible and v.engine is not None:
+                    rates = dict(g.rates)
+                    rates[name] = rates.get(name, 0.0) + rate
+                    others[g.index] = GpuPlan(index=g.index, engine=v.engine, rates=rates,
+                                              predicted_tps=v.predicted_tps,
+                                              offered_tps=v.offered_tps,
+                                              starvation_proba=v.proba)
+                    break
+            else:
+                return gpus  # this adapter fits nowhere else: keep the GPU
+        gpus = [replace(g, index=i) for i, g in enumerate(
+            sorted(others.values(), key=lambda g: g.index))]
+    return gpus
 
 
 def merged(items: Sequence[AdapterDemand]) -> list[AdapterDemand]:

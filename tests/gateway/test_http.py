@@ -7,7 +7,6 @@ import asyncio
 import gc
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI

@@ -155,3 +155,31 @@ def test_validation_by_groups_equals_one_cluster_run(surrogate, specs) -> None:
         workload_for(demand, 60, 0), RoutingPolicy.PLACEMENT)
     assert [w.to_dict() | {"wall_seconds": 0} for w in split.result.workers] == \
         [w.to_dict() | {"wall_seconds": 0} for w in joint.workers]
+
+
+def test_the_prefix_fills_nearly_empty_last_gpu_is_emptied_into_the_others(
+        surrogate, specs) -> None:
+    # Ranks 32, 16 and 8 are filled group by group, so each group's last GPU may hold a
+    # sliver; consolidation moves it where the surrogate says it still fits.
+    from gateway.demo.workload import demo_adapters
+    from planner.placer import _consolidate, _fill, _zigzag, merged, replicate
+
+    model, gpu, profile = specs
+    adapters = demo_adapters(10, total_rate=20.0, seed=0)
+    predictor = Predictor(surrogate, model, gpu, profile, PlannerConfig())
+    plan = place(adapters, model, gpu, profile, surrogate)
+    every = [n for g in plan.gpus for n in g.rates]
+    assert sorted(set(every)) == sorted(a.name for a in adapters)
+    assert all(predictor.best(merged([AdapterDemand(
+        name=n, rank=next(a.rank for a in adapters if a.name == n), rate=r,
+        input_tokens=1024, output_tokens=256) for n, r in g.rates.items()])).feasible
+        for g in plan.gpus)
+    # without consolidation the same fill needs a GPU more
+    items = replicate(adapters, predictor)
+    queue = [a for rank in (32, 16, 8) for a in _zigzag([a for a in items if a.rank == rank])]
+    prefix = 0
+    while queue:
+        take, _ = _fill(queue, predictor)
+        queue, prefix = queue[take:], prefix + 1
+    assert plan.num_gpus < prefix
+    assert _consolidate([], {}, predictor) == []
