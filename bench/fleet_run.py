@@ -123,7 +123,8 @@ async def run_gateway(setup: Setup, plan: InitialPlan, folder: Path, *,
             "planned_gpus": r["planned_gpus"], "gpus_active": r["gpus_active"],
             "moved": len(r["diff"]["moved"]), "retired": len(r["diff"]["retired"]),
             "outcome": r.get("migration", {}).get("outcome", "unchanged"),
-            "plan_s": r["plan_seconds"], "validate_s": r["validate_seconds"]}
+            "plan_s": r["plan_seconds"], "validate_s": r["validate_seconds"],
+            "capacity_scale": r["capacity_scale"], "validated": r["validated"]}
             for r in replans]
         moved = [r.get("migration", {}) for r in replans]
         initial = sum(len(w.shares) for w in plan.placement.workers)

@@ -72,6 +72,14 @@ class Stability:
     # A new GPU's settings are fixed for its life: its CPU LoRA tier gets room for this many
     # times the LoRAs placed on it (host memory only), so it can take more later.
     cpu_lora_room: float = 2.0
+    # Seconds (of the profile's time) the observed rates were counted over; 0: the rates are
+    # exact. A worker then stays put while feasible at its rates less ``noise_sigmas``
+    # standard deviations of their Poisson counting noise (``1 / sqrt(requests counted)``,
+    # at most ``max_noise``): at 7 req/s over 15 s a rate is only known to +-9%, and shedding
+    # on such a wobble moved adapters, opened a GPU and later emptied it again.
+    rate_window_s: float = 0.0
+    noise_sigmas: float = 1.0
+    max_noise: float = 0.2
 
     def __post_init__(self) -> None:
         if self.move_budget < 0:
@@ -85,6 +93,14 @@ class Stability:
         if self.cpu_lora_room < 1:
             raise ConfigError("stability.cpu_lora_room",
                               f"must be >= 1, got {self.cpu_lora_room!r}")
+        for name in ("rate_window_s", "noise_sigmas"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"stability.{name}", f"must be a finite number >= 0, "
+                                  f"got {value!r}")
+        if not 0 <= self.max_noise < 1:
+            raise ConfigError("stability.max_noise",
+                              f"must be in [0, 1), got {self.max_noise!r}")
         if not 0 <= self.proba_margin < 1:
             raise ConfigError("stability.proba_margin",
                               f"must be in [0, 1), got {self.proba_margin!r}")
@@ -95,6 +111,21 @@ class Stability:
         threshold = max(config.starvation_threshold - self.proba_margin, 0.0)
         return Predictor(predictor.surrogate, predictor.model, predictor.gpu, predictor.profile,
                          replace(config, starvation_threshold=threshold))
+
+
+def _stay_scale(rates: Mapping[str, float], stability: Stability) -> float:
+    """The factor on a worker's observed rates at which it must stay feasible to keep them.
+
+    >>> round(_stay_scale({"a": 5.0, "b": 2.0}, Stability(rate_window_s=15.0)), 3)
+    0.902
+    >>> _stay_scale({"a": 5.0}, Stability()), _stay_scale({"a": 0.01}, Stability(
+    ...     rate_window_s=15.0))
+    (1.0, 0.8)
+    """
+    counted = sum(rates.values()) * stability.rate_window_s
+    if counted <= 0 or stability.noise_sigmas == 0:
+        return 1.0
+    return 1.0 - min(stability.noise_sigmas / math.sqrt(counted), stability.max_noise)
 
 
 def _tokens(a: AdapterDemand, rate: float) -> float:
@@ -155,13 +186,14 @@ class _Board:
                 self.rates[i][name] = a.rate * (w / total if total > 0 else 1 / len(holders))
         return unplaced
 
-    def shed(self) -> list[Entry]:
-        """Workers predicted infeasible give up their heaviest adapters until feasible."""
+    def shed(self, stability: Stability) -> list[Entry]:
+        """Workers predicted infeasible (at their rates less the counting noise, see
+        ``Stability.rate_window_s``) give up their heaviest adapters until feasible."""
         out: list[Entry] = []
         for i in self.up():
             rates = self.rates[i]
             order = sorted(rates, key=lambda n: (-_tokens(self.demand[n], rates[n]), n))
-            while rates and not self.verdict(i, rates).feasible:
+            while rates and not self.verdict(i, rates, _stay_scale(rates, stability)).feasible:
                 name = order.pop(0)
                 out.append((name, rates.pop(name)))
         return out
@@ -316,7 +348,7 @@ def replan(demands: Sequence[AdapterDemand], workers: Sequence[RunningWorker],
     strict = stability.strict(predictor)
     board = _Board(demand, workers, predictor, strict)
     unplaced = board.start(workers, shares)
-    unplaced += board.shed()
+    unplaced += board.shed(stability)
     entries = _heaviest_first(demand, _split(unplaced, demand, strict, stability.fill_margin))
     left = board.put(entries, board.up(), 1 / stability.fill_margin)
     new = (_new_gpus(left, demand, strict, stability, len(workers))

@@ -140,6 +140,14 @@ class Observer:
             out.append(replace(d, rate=rate))
         return out
 
+    def counted_s(self, *, now: float, time_scale: float = 1.0,
+                  min_span_s: float | None = None) -> float:
+        """The seconds, in the workers' time, that ``demands`` counted its rates over (0:
+        the registered figures stand, exact as far as the planner knows)."""
+        need = self.window_s / 2 if min_span_s is None else min_span_s
+        span = self.span(now)
+        return 0.0 if span < need else span * time_scale
+
     def worker_window(self, worker: str, *, now: float, time_scale: float = 1.0
                       ) -> tuple[list[AdapterDemand], float, float, int] | None:
         """What ``worker`` served over the window, in the workers' time (``time_scale``):

@@ -83,7 +83,10 @@ class Replanner:
         return ReplanJob(demands=tuple(demands), workers=workers, gpu=cfg.gpu, model=cfg.model,
                          profile=cfg.profile, max_model_len=cfg.max_model_len,
                          stability=Stability(move_budget=cfg.move_budget,
-                                             retire_margin=cfg.retire_margin),
+                                             retire_margin=cfg.retire_margin,
+                                             rate_window_s=self.app[OBSERVER].counted_s(
+                                                 now=time.monotonic(),
+                                                 time_scale=cfg.time_scale)),
                          fresh=fresh, validate=cfg.validate_replans,
                          capacity_scale=self.learner.capacity_scale, headroom=cfg.headroom,
                          windows=self.learner.take())

@@ -205,6 +205,9 @@ def test_bad_input_names_the_field(predictor, args: dict[str, object], field: st
     ({"proba_margin": 1.0}, "stability.proba_margin"),
     ({"tries": -1}, "stability.tries"),
     ({"cpu_lora_room": 0.5}, "stability.cpu_lora_room"),
+    ({"rate_window_s": -1.0}, "stability.rate_window_s"),
+    ({"noise_sigmas": float("nan")}, "stability.noise_sigmas"),
+    ({"max_noise": 1.0}, "stability.max_noise"),
 ])
 def test_bad_stability_names_the_field(kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -218,3 +221,15 @@ def test_holdings_helper_round_trip(predictor) -> None:
     workers = running(plan, [f"w{i}" for i in range(plan.num_gpus)],
                       {a.name: a.rank for a in ads})
     assert set().union(*holdings(workers).values()) == {a.name for a in ads}
+
+
+def test_a_rise_within_counting_noise_moves_nothing_a_real_one_does(predictor) -> None:
+    ads = demands(40, seed=0, base=2.0)
+    workers = settled(ads, predictor)
+    noisy = Stability(rate_window_s=15.0)  # rates counted over 15 s: +-8-12% per worker
+    for factor, exact_moves, noisy_moves in ((1.12, True, False), (1.6, True, True)):
+        risen = [replace(a, rate=a.rate * factor) for a in ads]
+        for stability, moves in ((Stability(), exact_moves), (noisy, noisy_moves)):
+            plan = replan(risen, workers, predictor, stability)
+            migration, _ = step(risen, workers, plan)
+            assert bool(migration.moved or migration.added) is moves, (factor, stability)
