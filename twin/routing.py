@@ -21,6 +21,7 @@ takes the request unless its outstanding count exceeds the least loaded holder's
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -128,8 +129,7 @@ class Router:
                   prefix_key: str | bytes | int) -> int:
         """The holder ``prefix_key`` is drawn to (weighted rendezvous hashing; stable for a
         key whatever other holders come and go)."""
-        seed = _digest(prefix_key)
-        return max(holders, key=lambda h: (_score(seed, h[0], h[1]), -h[0]))[0]
+        return _rendezvous(_digest(prefix_key), tuple(holders))
 
     def _affine(self, holders: Sequence[tuple[int, float]],
                 prefix_key: str | bytes | int) -> int | None:
@@ -183,6 +183,13 @@ def _digest(key: str | bytes | int) -> int:
         return key & _MASK
     data = key.encode() if isinstance(key, str) else key
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+@functools.lru_cache(maxsize=4096)
+def _rendezvous(seed: int, holders: tuple[tuple[int, float], ...]) -> int:
+    """The holder with the highest weighted score for ``seed`` (cached: prompts that share a
+    prefix repeat the same key against the same holders)."""
+    return max(holders, key=lambda h: (_score(seed, h[0], h[1]), -h[0]))[0]
 
 
 def _score(seed: int, index: int, share: float) -> float:
