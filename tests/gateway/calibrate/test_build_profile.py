@@ -38,3 +38,14 @@ def test_one_sweep_folds_slots_into_base() -> None:
     profile = build_profile(sweep(2), get_model("tiny-llama"), name="one", hardware="test")
     assert profile.linear is not None and profile.linear.lora.per_slot_s == 0
     assert profile.source["server"]["max_loras"] == 2
+
+
+def test_mixed_batches_hold_the_share_of_lora_requests() -> None:
+    from gateway.calibrate.sweep import _mix
+
+    names = ["a", "b", "c"]
+    assert _mix(names, "base", 8, 0.5, 1) == ["a"] * 4 + ["base"] * 4
+    assert _mix(names, "base", 4, 1.0, 2) == ["a", "b", "a", "b"]
+    assert _mix(names, "base", 4, 0.0, 0) == ["base"] * 4
+    assert _mix(names, "base", 1, 0.5, 1) is None  # one request cannot be half LoRA
+    assert _mix(names, "base", 1, 1.0, 2) is None  # nor run two adapters
