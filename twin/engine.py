@@ -60,22 +60,23 @@ class EngineCore:
         KV blocks from the memory model (one is vLLM's null block).
     lora_load_ns
         ``(lora_int_id, tier) -> ns``: disk->CPU (``"cpu"``) or CPU->GPU (``"gpu"``) load time.
+    request_stall_ns
+        Engine time each added request takes from the next step (a CPU server's API process
+        shares the engine's core); decode runs then stop at every arrival.
     """
 
     def __init__(self, engine: EngineConfig, step_model: StepTimeModel, num_blocks: int, *,
                  lora_load_ns: Callable[[int, str], int] | None = None,
                  fast_path: bool = True, record_steps: bool = False,
-                 track_deferred: bool = False) -> None:
+                 track_deferred: bool = False, request_stall_ns: int = 0) -> None:
         if num_blocks - 1 < math.ceil(engine.max_model_len / engine.block_size):
             # vLLM refuses to start then (see twin.memory), so no request can be stranded.
             raise ValueError(f"{num_blocks} KV blocks cannot hold one max_model_len "
                              f"({engine.max_model_len}) sequence")
-        self.config = engine
-        self.step_model = step_model
-        self.num_blocks = num_blocks
+        self.config, self.step_model, self.num_blocks = engine, step_model, num_blocks
         self.free_blocks = num_blocks - 1  # the null block
-        self.fast_path = fast_path
-        self.track_deferred = track_deferred
+        self.fast_path, self.track_deferred = fast_path, track_deferred
+        self.request_stall_ns = request_stall_ns
         load = lora_load_ns or (lambda _id, _tier: 0)
         self.lora_cache = LoRACache(engine.max_loras, engine.cpu_loras,
                                     disk_load_ns=lambda i: load(i, "cpu"),
@@ -86,8 +87,7 @@ class EngineCore:
         self.prefilling: Request | None = None
         self.requests: dict[str, Request] = {}
         self.now_ns = 0
-        self.g = 0  # steps run so far
-        self.fast_steps = 0  # of which advanced inside decode runs
+        self.g, self.fast_steps = 0, 0  # steps run so far, of which inside decode runs
         self.steps = StepLog() if record_steps else None
         self.itl_ns: list[np.ndarray] = []  # per step: ITL value, with weight in itl_weight
         self.itl_weight: list[np.ndarray] = []
@@ -97,11 +97,8 @@ class EngineCore:
         self._lora_ids: dict[str, int] = {}
         self._lora_names: dict[int, str] = {}
         self._next_lora_id = itertools.count(1)
-        self.num_preemptions = 0
-        self.prompt_tokens = 0
-        self.generation_tokens = 0
-        self.num_finished = 0
-        self.num_aborted = 0
+        self.num_preemptions = self.prompt_tokens = self.generation_tokens = 0
+        self.num_finished = self.num_aborted = 0
 
     # -- requests and adapters -------------------------------------------------------------
 
@@ -141,6 +138,7 @@ class EngineCore:
             raise ValueError(f"duplicate request id {request.request_id!r}")
         request.max_tokens = min(request.max_tokens, limit - request.prompt_tokens)
         request.lora_int_id = self.lora_id(request.adapter)
+        self._pending_stall_ns += self.request_stall_ns
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
@@ -193,8 +191,8 @@ class EngineCore:
         pure_decode = self._step()
         if not (self.fast_path and pure_decode and self.decoding):
             return
-        bound = min(until_ns, arrival_ns) if self.admission_open else until_ns
-        self._decode_run(bound)
+        wake = self.admission_open or self.request_stall_ns
+        self._decode_run(min(until_ns, arrival_ns) if wake else until_ns)
 
     # -- one step --------------------------------------------------------------------------
 

@@ -12,8 +12,11 @@ tokens (``per_lora_token_s``) from that of every token of a step that runs any a
 (``per_active_token_s``, ``per_active_step_s``), rows from servers started with different
 ``--max-loras`` give the slot terms, and the overhead is what the first-token rows take
 beyond their step; first-token rows measured on a busy engine (``busy`` = 1) give what it
-takes more there (``busy_overhead_s``). A column the rows cannot tell apart from the ones
-before it (e.g. the slot terms when every row has the same ``max_loras``) is left at 0.
+takes more there (``busy_overhead_s``); rows of decode steps while requests arrive
+(``arrivals`` per step; a first-token row counts its own requests) give the engine time each
+request takes (``request_cpu_s``, the twin's ``request_stall_ns``). A column the rows cannot
+tell apart from the ones before it (e.g. the slot terms when every row has the same
+``max_loras``) is left at 0.
 Rows whose residual is an outlier (more than 4 median absolute deviations; a shared
 machine's hiccups) are dropped once and the fit repeated. Coefficients that come out negative
 are pinned to 0 and the rest refitted, so the model never predicts a step shorter for more
@@ -39,7 +42,7 @@ __all__ = ["COLUMNS", "LinearFit", "fit_linear", "fit_load_times", "row_features
 #: The fitted unknowns, in the design matrix's column order (earlier columns win a tie).
 COLUMNS = ("base_s", "per_token_s", "per_seq_s", "per_context_token_s", "per_adapter_s",
            "per_lora_token_s", "per_active_step_s", "per_active_token_s", "per_slot_s",
-           "per_slot_token_s", "request_overhead_s", "busy_overhead_s")
+           "per_slot_token_s", "request_overhead_s", "busy_overhead_s", "request_cpu_s")
 _LORA = ("per_adapter_s", "per_lora_token_s", "per_active_step_s", "per_active_token_s",
          "per_slot_s", "per_slot_token_s")
 _OUTLIER_MADS = 4.0
@@ -52,6 +55,7 @@ class LinearFit:
     coefficients: LinearCoefficients
     request_overhead_s: float
     busy_overhead_s: float = 0.0
+    request_cpu_s: float = 0.0
     mean_relative_error: float
     rows_used: int
     rows_dropped: int
@@ -67,7 +71,8 @@ def row_features(s: dict[str, float]) -> list[float]:
     slots = s.get("max_loras", 0.0)
     overhead = s.get("includes_overhead", 0.0)
     return [1.0, tokens, s["decode_seqs"], s["context_tokens"], k, lora, active,
-            active * tokens, slots, slots * tokens, overhead, overhead * s.get("busy", 0.0)]
+            active * tokens, slots, slots * tokens, overhead, overhead * s.get("busy", 0.0),
+            s.get("arrivals", 0.0)]
 
 
 def _design(samples: Sequence[dict[str, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -147,6 +152,7 @@ def fit_linear(samples: Sequence[dict[str, float]]) -> LinearFit:
                                         per_context_token_s=c["per_context_token_s"],
                                         lora=lora),
         request_overhead_s=c["request_overhead_s"], busy_overhead_s=c["busy_overhead_s"],
+        request_cpu_s=c["request_cpu_s"],
         mean_relative_error=float(np.mean(np.abs(rel))),
         rows_used=int(keep.sum()), rows_dropped=int((~keep).sum()),
         columns_fitted=tuple(COLUMNS[j] for j in free))

@@ -66,6 +66,9 @@ class CalibrationProfile:
     memory: MemoryOverheads = MemoryOverheads()
     load: LoadTimes = LoadTimes()
     request_overhead_s: float = 0.0
+    #: Engine time each request takes from its worker's steps (on a CPU server the API
+    #: process, which handles the request, shares the engine's core).
+    request_cpu_s: float = 0.0
     samples: list[dict[str, float]] = field(default_factory=list, compare=False)
 
     def __post_init__(self) -> None:

@@ -50,7 +50,8 @@ def build_engine(model: ModelSpec, gpu: GpuSpec, engine: EngineConfig,
 
     core = EngineCore(engine, step_model, plan.num_blocks, lora_load_ns=load_ns,
                       fast_path=fast_path, record_steps=record_steps,
-                      track_deferred=track_deferred)
+                      track_deferred=track_deferred,
+                      request_stall_ns=round(profile.request_cpu_s * 1e9))
     return core, plan
 
 

@@ -17,6 +17,9 @@ Every measurement goes through vLLM's HTTP API and ``/metrics`` (``ServerClient`
   under way (half a step on average, as the twin waits) and a prefill step that carries the
   ``B`` decodes. On one CPU core the API server and the engine share, this overhead is larger
   than on an idle server; the twin charges the busy one.
+- **Engine time per request**: decode steps of ``B`` requests while short requests arrive
+  (``arrival_rate``); beyond the arrivals' prefill tokens, each request takes engine time
+  (on one CPU core the API server handles it beside the engine).
 - **Adapter loads**: ``/v1/load_lora_adapter`` loads into vLLM's CPU LoRA cache, so its time
   less an HTTP round trip is the disk->CPU load, per rank; the CPU->GPU load is the time to
   first token of requests that cycle through ``max_loras + 1`` adapters (each needs a slot
@@ -57,11 +60,14 @@ class SweepPlan:
     busy_batches: tuple[int, ...] = (4, 16)  # decodes running while busy probes are sent
     busy_prompt: int = 96
     busy_probes: int = 12
+    arrival_batches: tuple[int, ...] = (16, 48)  # decodes running while requests arrive
+    arrival_rate: float = 40.0  # short requests per second sent meanwhile
+    arrival_output: int = 120
 
 
 STANDARD = SweepPlan()
 QUICK = SweepPlan(batches=(1, 8, 32, 96), prefill_prompts=(16, 256), repeats=3,
-                  load_repeats=2, busy_batches=(8,), busy_probes=6)
+                  load_repeats=2, busy_batches=(8,), busy_probes=6, arrival_batches=(16,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +136,12 @@ async def _burst(client: ServerClient, models: list[str], batch: int, prompt: in
 
 
 def _row(prefill: float, decode: float, context: float, adapters: int, seconds: float, *,
-         lora_tokens: float, max_loras: int, overhead: bool, busy: bool = False
-         ) -> dict[str, float]:
+         lora_tokens: float, max_loras: int, overhead: bool, busy: bool = False,
+         arrivals: float = 0.0) -> dict[str, float]:
     return {"prefill_tokens": prefill, "decode_seqs": decode, "context_tokens": context,
             "distinct_adapters": float(adapters), "lora_tokens": lora_tokens,
             "max_loras": float(max_loras), "step_time_s": seconds,
-            "includes_overhead": float(overhead), "busy": float(busy)}
+            "includes_overhead": float(overhead), "busy": float(busy), "arrivals": arrivals}
 
 
 def _mix(names: list[str], base: str, batch: int, share: float, k: int) -> list[str] | None:
@@ -180,7 +186,7 @@ async def _first_token_rows(client: ServerClient, plan: SweepPlan, facts: Server
             ttft = [await _ttft(client, model, prompt) for _ in range(plan.repeats)]
             out.steps.append(_row(prompt, 0.0, prompt, k, statistics.median(ttft),
                                   lora_tokens=float(prompt * k), max_loras=facts.max_loras,
-                                  overhead=True))
+                                  overhead=True, arrivals=1.0))
             progress(f"first token prompt={prompt} adapters={k}: "
                      f"{statistics.median(ttft) * 1e3:.1f} ms")
     batch = max(1, plan.token_budget // prompts[-1])
@@ -197,7 +203,7 @@ async def _first_token_rows(client: ServerClient, plan: SweepPlan, facts: Server
         tokens = batch * prompts[-1]
         out.steps.append(_row(tokens, 0.0, tokens, int(n_lora > 0), statistics.median(ttft),
                               lora_tokens=float(n_lora * prompts[-1]),
-                              max_loras=facts.max_loras, overhead=True))
+                              max_loras=facts.max_loras, overhead=True, arrivals=float(batch)))
 
 
 async def _busy_rows(client: ServerClient, plan: SweepPlan, facts: ServerFacts,
@@ -235,10 +241,48 @@ async def _busy_rows(client: ServerClient, plan: SweepPlan, facts: ServerFacts,
             out.steps.append(_row(prompt, batch, prompt + batch * decoded, k,
                                   statistics.median(ttft) - wait,
                                   lora_tokens=float((prompt + batch) * k),
-                                  max_loras=facts.max_loras, overhead=True, busy=True))
+                                  max_loras=facts.max_loras, overhead=True, busy=True,
+                                  arrivals=1.0))
             progress(f"busy first token B={batch} adapters={k}: "
                      f"{statistics.median(ttft) * 1e3:.1f} ms (step {itl * 1e3:.2f} ms)")
             await asyncio.sleep(0.3)  # the aborted requests leave
+
+
+async def _arrival_rows(client: ServerClient, plan: SweepPlan, facts: ServerFacts,
+                        names: list[str], out: SweepResult,
+                        progress: Callable[[str], None]) -> None:
+    """Decode steps of ``B`` LoRA requests while short LoRA requests (16-token prompt, one
+    token, so no inter-token latency of their own) arrive at ``arrival_rate``: per step,
+    their prefill tokens and the engine time each takes from the step (``request_cpu_s``)."""
+    prompt, short = 16, 16
+    for batch in plan.arrival_batches:
+        before = (await client.scrape()).histogram(ITL)
+        background = [asyncio.create_task(client.complete(names[0], prompt,
+                                                          plan.arrival_output))
+                      for _ in range(batch)]
+        extra: list[asyncio.Task[RequestTiming]] = []
+        start = time.perf_counter()
+        while not all(t.done() for t in background):
+            await asyncio.sleep(max(0.0, start + (len(extra) + 1) / plan.arrival_rate
+                                    - time.perf_counter()))
+            extra.append(asyncio.create_task(client.complete(names[0], short, 1)))
+        done = await asyncio.gather(*background, *extra)
+        after = (await client.scrape()).histogram(ITL)
+        failed = [t.error for t in done if t.error]
+        if failed:
+            raise CalibrationError(f"a sweep request failed: {failed[0]}")
+        count = after[1] - before[1]
+        steps = count / batch
+        if steps <= 0:
+            continue
+        itl = (after[0] - before[0]) / count
+        per_step = len(extra) / steps  # arrivals per step
+        context = batch * (prompt + plan.arrival_output / 2) + per_step * short
+        out.steps.append(_row(per_step * short, batch, context, 1, itl,
+                              lora_tokens=batch + per_step * short,
+                              max_loras=facts.max_loras, overhead=False, arrivals=per_step))
+        progress(f"decode B={batch} with {len(extra)} arrivals ({per_step:.2f}/step): "
+                 f"{itl * 1e3:.2f} ms/step")
 
 
 async def _ttft(client: ServerClient, model: str, prompt: int) -> float:
@@ -298,6 +342,7 @@ async def run_sweep(client: ServerClient, plan: SweepPlan, sources: list[Adapter
         await _decode_rows(client, plan, facts, names, out, progress)
         await _first_token_rows(client, plan, facts, names, out, progress)
         await _busy_rows(client, plan, facts, names, out, progress, random.Random(seed))
+        await _arrival_rows(client, plan, facts, names, out, progress)
     finally:
         for name in names:
             await client.unload_adapter(name)

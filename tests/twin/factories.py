@@ -16,7 +16,8 @@ PER_TOKEN_S = 1e-5
 
 
 def make_engine(*, num_blocks: int = 1000, load_ns: int = 0, fast_path: bool = True,
-                record_steps: bool = True, **engine: object) -> EngineCore:
+                record_steps: bool = True, request_stall_ns: int = 0,
+                **engine: object) -> EngineCore:
     """An engine with a simple linear step time: 10 ms + 10 us per token."""
     defaults: dict[str, object] = {"max_num_seqs": 8, "max_num_batched_tokens": 64,
                                    "max_loras": 2, "max_cpu_loras": 4, "block_size": 4,
@@ -25,7 +26,8 @@ def make_engine(*, num_blocks: int = 1000, load_ns: int = 0, fast_path: bool = T
     cfg = EngineConfig(**defaults)  # type: ignore[arg-type]
     model = LinearStepTime(LinearCoefficients(base_s=STEP_S, per_token_s=PER_TOKEN_S), cfg)
     return EngineCore(cfg, model, num_blocks, lora_load_ns=lambda _i, _t: load_ns,
-                      fast_path=fast_path, record_steps=record_steps, track_deferred=True)
+                      fast_path=fast_path, record_steps=record_steps, track_deferred=True,
+                      request_stall_ns=request_stall_ns)
 
 
 def make_request(adapter: str | None = None, prompt: int = 8, max_tokens: int = 4,

@@ -14,7 +14,7 @@ TRUTH = LinearCoefficients(
     base_s=0.004, per_token_s=2e-5, per_seq_s=9e-5, per_context_token_s=1e-6,
     lora=LoRACoefficients(per_adapter_s=4e-4, per_lora_token_s=1e-5, per_active_step_s=0.002,
                           per_active_token_s=6e-5, per_slot_s=3e-4, per_slot_token_s=2e-6))
-OVERHEAD, BUSY = 0.003, 0.004
+OVERHEAD, BUSY, CPU = 0.003, 0.004, 0.005
 
 
 def rows(max_loras: tuple[int, ...] = (1, 2, 4), mixed: bool = True) -> list[dict[str, float]]:
@@ -23,11 +23,14 @@ def rows(max_loras: tuple[int, ...] = (1, 2, 4), mixed: bool = True) -> list[dic
         m = LinearStepTime(TRUTH, EngineConfig(max_loras=ml, max_lora_rank=8))
 
         def row(p: float, b: float, ctx: float, k: float, lora: float, overhead: float = 0.0,
-                busy: float = 0.0, m: LinearStepTime = m, ml: int = ml) -> dict[str, float]:
-            t = m.predict(p, b, ctx, k, lora) + (OVERHEAD + BUSY * busy) * overhead
+                busy: float = 0.0, arrivals: float = 0.0, m: LinearStepTime = m,
+                ml: int = ml) -> dict[str, float]:
+            t = (m.predict(p, b, ctx, k, lora) + (OVERHEAD + BUSY * busy) * overhead
+                 + CPU * arrivals)
             return {"prefill_tokens": p, "decode_seqs": b, "context_tokens": ctx,
                     "distinct_adapters": k, "lora_tokens": lora, "max_loras": float(ml),
-                    "includes_overhead": overhead, "busy": busy, "step_time_s": t}
+                    "includes_overhead": overhead, "busy": busy, "arrivals": arrivals,
+                    "step_time_s": t}
 
         shares = (0.0, 0.5, 1.0) if mixed else (0.0, 1.0)
         for b, c, share, k in itertools.product((1, 8, 32, 96), (24.0, 300.0), shares, (1, 2)):
@@ -36,11 +39,16 @@ def rows(max_loras: tuple[int, ...] = (1, 2, 4), mixed: bool = True) -> list[dic
                 continue
             out.append(row(0.0, b, b * c, k if n_lora else 0, n_lora))
         for p, k in itertools.product((16.0, 128.0, 480.0, 1920.0), (0, 1)):
-            out.append(row(p, 0.0, p, k, p * k, overhead=1.0))
+            out.append(row(p, 0.0, p, k, p * k, overhead=1.0, arrivals=1.0))
+        out.append(row(1920.0, 0.0, 1920.0, 1, 1920.0, overhead=1.0, arrivals=4.0))
         if mixed:
-            out.append(row(1920.0, 0.0, 1920.0, 1, 960.0, overhead=1.0))
+            out.append(row(1920.0, 0.0, 1920.0, 1, 960.0, overhead=1.0, arrivals=4.0))
         for b, k in itertools.product((4, 16), (0, 1)):
-            out.append(row(96.0, b, 96 + b * 100.0, k, (96 + b) * k, overhead=1.0, busy=1.0))
+            out.append(row(96.0, b, 96 + b * 100.0, k, (96 + b) * k, overhead=1.0, busy=1.0,
+                           arrivals=1.0))
+        for b, per_step in ((16, 0.3), (48, 0.8)):  # decode steps while requests arrive
+            out.append(row(16 * per_step, b, b * 76.0 + 16 * per_step, 1, b + 16 * per_step,
+                           arrivals=per_step))
     return out
 
 
@@ -56,7 +64,8 @@ def test_recovers_lora_token_slot_and_busy_terms() -> None:
                       (lora.per_active_token_s, TRUTH.lora.per_active_token_s),
                       (lora.per_slot_s, TRUTH.lora.per_slot_s),
                       (lora.per_slot_token_s, TRUTH.lora.per_slot_token_s),
-                      (fit.request_overhead_s, OVERHEAD), (fit.busy_overhead_s, BUSY)):
+                      (fit.request_overhead_s, OVERHEAD), (fit.busy_overhead_s, BUSY),
+                      (fit.request_cpu_s, CPU)):
         assert got == pytest.approx(want, rel=1e-6)
     assert fit.mean_relative_error < 1e-9 and fit.rows_dropped == 0
 

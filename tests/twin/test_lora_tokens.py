@@ -143,3 +143,38 @@ def test_mixed_base_and_lora_fast_path_is_bit_identical() -> None:
                                                                 lora=LoRACoefficients())))
     quick, _ = simulate(plain)
     assert quick.e2e_p50_s < fast.e2e_p50_s
+
+
+def test_each_request_stalls_the_engine_and_the_fast_path_stays_exact() -> None:
+    engine = make_engine(request_stall_ns=3_000_000)
+    engine.add_request(make_request("a", prompt=8, max_tokens=2))
+    engine.add_request(make_request(None, prompt=8, max_tokens=2))
+    run_to_completion(engine)
+    plain = make_engine()
+    plain.add_request(make_request("a", prompt=8, max_tokens=2))
+    plain.add_request(make_request(None, prompt=8, max_tokens=2))
+    run_to_completion(plain)
+    assert engine.steps is not None and plain.steps is not None
+    # Both requests' engine time lands on the first step after they were added.
+    assert engine.steps.duration_ns[0] == plain.steps.duration_ns[0] + 6_000_000
+    assert engine.steps.duration_ns[1:] == plain.steps.duration_ns[1:]
+    # Overloaded (admission closed while requests arrive): stepping and decode runs agree.
+    profile = CalibrationProfile(name="cpu-like", kind="linear", source={}, linear=CPU_LIKE,
+                                 request_overhead_s=0.003, request_cpu_s=0.004)
+    sc = parse_scenario({
+        "model": "tiny-llama", "gpu": {"name": "cpu", "memory_gib": 24, "kv_cache_space_gib": 1},
+        "engine": {"max_loras": 2, "max_cpu_loras": 4, "max_lora_rank": 16,
+                   "max_model_len": 512, "max_num_seqs": 32},
+        "adapters": [{"name": "a", "rank": 8, "rate": 60.0}, {"name": "b", "rank": 8,
+                                                              "rate": 60.0}],
+        "lengths": {"input": {"dist": "uniform", "low": 32, "high": 160},
+                    "output": {"dist": "uniform", "low": 16, "high": 48}},
+        "arrivals": {"process": "poisson"}, "duration_s": 10, "seed": 2})
+    sc = replace(sc, profile=profile)
+    fast, fast_engine = simulate(sc, fast_path=True, record_steps=True)
+    slow, slow_engine = simulate(sc, fast_path=False, record_steps=True)
+    assert fast_engine.steps.duration_ns == slow_engine.steps.duration_ns
+    assert fast.throughput_tps == slow.throughput_tps and fast_engine.fast_steps > 0
+    assert fast_engine.request_stall_ns == 4_000_000
+    without, _ = simulate(replace(sc, profile=replace(profile, request_cpu_s=0.0)))
+    assert without.throughput_tps > fast.throughput_tps

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.calibrate.calibrate import build_profile
 from gateway.calibrate.sweep import ServerFacts, SweepResult
-from tests.twin.test_fit import BUSY, OVERHEAD, TRUTH, rows
+from tests.twin.test_fit import BUSY, CPU, OVERHEAD, TRUTH, rows
 from twin.catalog import get_model
 
 
@@ -30,6 +30,7 @@ def test_pooled_sweeps_fit_the_slot_terms_and_the_busy_overhead() -> None:
     # The twin charges the overhead measured on a busy engine; the idle one is kept.
     assert profile.request_overhead_s == pytest.approx(OVERHEAD + BUSY, rel=1e-6)
     assert profile.source["fit"]["idle_overhead_s"] == pytest.approx(OVERHEAD, rel=1e-6)
+    assert profile.request_cpu_s == pytest.approx(CPU, rel=1e-6)
     assert profile.source["server"]["max_loras"] == [1, 2, 4]
     assert len(profile.samples) == sum(len(rows(max_loras=(m,))) for m in (1, 2, 4))
 

@@ -30,7 +30,7 @@ TRUTH = CalibrationProfile(
                                                     per_active_token_s=1.5e-4)),
     load=LoadTimes(disk_latency_s=0.04, disk_bytes_per_s=1e15, cpu_to_gpu_latency_s=0.012,
                    cpu_to_gpu_bytes_per_s=1e15),
-    request_overhead_s=0.02)
+    request_overhead_s=0.02, request_cpu_s=0.004)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,8 @@ def test_calibrate_recovers_the_emulated_profile(fitted: CalibrationProfile) -> 
     # idle one (the emulated worker's overhead does not grow with load).
     assert 0.8 * 0.02 / SCALE <= fitted.request_overhead_s <= 0.02 / SCALE + 0.015
     assert fitted.source["fit"]["busy_overhead_s"] <= 0.01
+    # Each request's engine time shows in the decode steps while requests arrive.
+    assert fitted.request_cpu_s * SCALE == pytest.approx(0.004, rel=0.5)
     assert fitted.load.cpu_to_gpu_latency_s * SCALE == pytest.approx(0.012, rel=0.3)
     assert fitted.load.disk_latency_s * SCALE == pytest.approx(0.04, rel=0.3)
     assert fitted.source["fitted_by"] == "lorafleet calibrate"
