@@ -72,10 +72,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check twin planner gateway tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# Everything: the twin's speed, placement, the gateway's overhead, then the peers and the fleet
+# sections of bench/peers.py (about 30 minutes; PEERS_ARGS=--quick for short peer runs).
+bench: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python bench/twin_speed.py
 	$(BIN)/python bench/placement.py --sizes 8 50 200
 	$(BIN)/python bench/gateway_overhead.py
+	$(PEERS_VENV)/bin/python bench/peers.py $(PEERS_ARGS)
 
 # The proxies lorafleet is compared with (vllm-router, LiteLLM), in their own venv.
 PEERS_VENV  ?= .venv-peers
@@ -89,7 +92,8 @@ $(PEERS_STAMP): requirements/bench-peers.txt
 	$(PEERS_VENV)/bin/python -m pip install -q -r requirements/bench-peers.txt
 	touch $(PEERS_STAMP)
 
-# lorafleet against direct calls, vllm-router and LiteLLM (about 8 minutes; PEERS_ARGS=--quick).
+# lorafleet against direct calls, vllm-router and LiteLLM, then the fleet section (about 20
+# minutes; PEERS_ARGS=--quick for short runs, PEERS_ARGS='--sections peers' for the proxies only).
 bench-peers: $(STAMP) $(PEERS_STAMP)
 	$(PEERS_VENV)/bin/python bench/peers.py $(PEERS_ARGS)
 

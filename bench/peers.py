@@ -21,10 +21,12 @@ the run-to-run noise. Peers come from ``.venv-peers`` (``make peers-env``); a mi
 reported and skipped. Output: a rich table, ``bench/results/peers.json`` (one row per peer and
 backend) and ``bench/results/peers.png`` (latency against offered load).
 
-Sections: ``peers`` now; a ``fleet`` section (GPUs after re-planning against fixed policies)
-is to come with the re-planner, as another entry of ``SECTIONS``.
+Sections (``--sections``, both by default): ``peers`` (the above) and ``fleet``: GPUs after
+re-planning against fixed-fleet policies on emulated A100s (``bench/fleet.py``, run in the
+project's ``.venv`` as a subprocess, ``--fleet-args`` passed on; ``bench/results/fleet.json``).
 
-Run: ``.venv-peers/bin/python bench/peers.py [--quick]`` (``make bench-peers``).
+Run: ``.venv-peers/bin/python bench/peers.py [--quick]`` (``make bench-peers``; ``make bench``
+runs it after the twin, placement and gateway-overhead benchmarks).
 ``--vllm-client``: the same peers measured by vLLM's own ``bench serve`` client instead
 (``bench/peers_vllm_client.py``, ``bench/results/peers_vllm_client.json``).
 """
@@ -35,6 +37,8 @@ import argparse
 import json
 import math
 import os
+import shlex
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -201,6 +205,16 @@ def repeat_noise(bench: Bench, log_dir: Path, times: int) -> list[dict[str, floa
 SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {"peers": run_peers}
 
 
+def run_fleet(args: argparse.Namespace) -> int:
+    """The ``fleet`` section: ``bench/fleet.py`` in the project's venv (it runs the gateway
+    in-process); its table goes to this terminal, its rows to ``fleet.json``."""
+    cmd = [str(ROOT / ".venv/bin/python"), "-m", "bench.fleet",
+           *(["--quick"] if args.quick else []), *shlex.split(args.fleet_args),
+           "--out", str(args.out / "fleet.json")]
+    print(f"fleet section: {' '.join(cmd)}", flush=True)
+    return subprocess.run(cmd, cwd=ROOT, check=False).returncode
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -272,12 +286,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vllm-client", action="store_true",
                         help="measure with vLLM's own bench serve client instead "
                              "(bench/peers_vllm_client.py; instant backend)")
+    parser.add_argument("--sections", nargs="+", default=["peers", "fleet"],
+                        choices=["peers", "fleet"])
+    parser.add_argument("--fleet-args", default="",
+                        help="arguments for bench/fleet.py, one string (e.g. '--adapters 20')")
     args = parser.parse_args(argv)
     if args.vllm_client:
         from peers_vllm_client import main as vllm_client_main
         return vllm_client_main([*(["--quick"] if args.quick else []), "--peers", *args.peers,
                                  *(["--no-pin"] if args.no_pin else []), "--out",
                                  str(args.out)])
+    if "peers" in args.sections:
+        run_peers_section(args)
+    return run_fleet(args) if "fleet" in args.sections else 0
+
+
+def run_peers_section(args: argparse.Namespace) -> None:
     if "direct" not in args.peers:
         args.peers.insert(0, "direct")  # added latency is measured against it
     bench = Bench(args)
@@ -299,7 +323,6 @@ def main(argv: list[str] | None = None) -> int:
                   "cpu_count": os.cpu_count(), "quick": args.quick},
         "rows": section["rows"], "skipped": section["skipped"], "noise": noise}),
         indent=1, allow_nan=False, default=str) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
