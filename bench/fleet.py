@@ -293,7 +293,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--replan-every", type=float, default=10.0, help="wall s")
     p.add_argument("--observe-window", type=float, default=15.0, help="wall s")
     p.add_argument("--ttft-bound", type=float, default=10.0, help="simulated s")
-    p.add_argument("--steps", type=int, default=3, help="measured runs per search at most")
+    p.add_argument("--steps", type=int, default=4, help="measured runs per search at most")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/fleet.json")
