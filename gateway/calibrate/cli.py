@@ -116,7 +116,8 @@ def _calibrate(args: argparse.Namespace) -> int:
           f"{lin.lora.per_lora_token_s * 1e6:.1f} us/LoRA token + "
           f"{lin.lora.per_active_token_s * 1e6:.1f} us/token and "
           f"{lin.lora.per_active_step_s * 1e3:.2f} ms/step of a step with LoRA, overhead "
-          f"{profile.request_overhead_s * 1e3:.1f} ms, fit error "
+          f"{profile.request_overhead_s * 1e3:.1f} ms, engine time "
+          f"{profile.request_cpu_s * 1e3:.1f} ms/request, fit error "
           f"{profile.source['fit']['mean_relative_error']:.1%}")
     return 0
 
