@@ -9,7 +9,7 @@ over every slot padded to the maximum rank, so many slots slow every step, even 
 adapters (the reference measured decode steps at batch 220 running 2x slower with 300 slots
 and one adapter in use).
 
-LoRA tokens cost on their own: on vLLM's CPU build a LoRA prefill token costs about 4x a base
+LoRA tokens cost on their own: on vLLM's CPU build a LoRA token costs several times a base
 one. Its CPU kernels (``lora/ops/torch_ops``, used for prefill and decode alike) gather an
 adapter's weights for *every* token of a step that has any LoRA token, base tokens included,
 and skip LoRA only for a step with none; GPU kernels skip base tokens. ``LoRACoefficients``
