@@ -21,7 +21,7 @@ from rich.table import Table
 from planner.dataset import COLUMNS, SampleSpec, Shape, run_sample, sample_specs
 from planner.evaluate import evaluate, split
 from planner.ray_runner import RayUnavailableError, require_ray, run_on_ray
-from planner.surrogate import CLASSIFIERS, REGRESSORS, Surrogate
+from planner.surrogate import REGRESSORS, STARVATION_MODELS, Surrogate
 from planner.table import load_table, save_table
 from planner.training import DEFAULT_CLASSIFIER, DEFAULT_REGRESSOR, train
 from twin.catalog import get_gpu, get_model
@@ -105,7 +105,7 @@ def register_models(sub: Any) -> None:
     tr.add_argument("--data", type=Path, required=True, help="folder with data.csv")
     tr.add_argument("--out", type=Path, required=True, help="model file to write")
     tr.add_argument("--regressor", default=DEFAULT_REGRESSOR, choices=sorted(REGRESSORS))
-    tr.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=sorted(CLASSIFIERS))
+    tr.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=sorted(STARVATION_MODELS))
     tr.add_argument("--epochs", type=int, default=1)
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=_train)

@@ -9,8 +9,8 @@ from twin import get_gpu, get_model, load_profile
 
 @pytest.fixture(scope="session")
 def surrogate() -> Surrogate:
-    """A small surrogate trained on every 4th row of the bundled table (a few seconds)."""
-    return train(bundled_rows()[::4], regressor="arf", classifier="arf")
+    """A small surrogate (the default models) trained on every 4th bundled row (seconds)."""
+    return train(bundled_rows()[::4])
 
 
 @pytest.fixture(scope="session")

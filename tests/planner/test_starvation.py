@@ -1,0 +1,59 @@
+"""The starvation model on a learned capacity (``capacity-*``) and its fallback classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from planner.features import AdapterDemand, worker_features
+from planner.surrogate import STARVATION_MODELS, StarvationModel, Surrogate
+from twin.specs import EngineConfig
+
+
+def _rows(specs, slots: int, n: int, seed: int = 0) -> list[dict[str, float]]:
+    """Workers of 8 adapters whose true capacity is 0.8 of the analytic estimate: they serve
+    ``min(offered, 0.8 x estimate)`` and starve above 0.9 of the offered tokens."""
+    model, gpu, profile = specs
+    rng = np.random.default_rng(seed)
+    engine = EngineConfig(max_loras=slots, max_cpu_loras=8, max_lora_rank=16)
+    step = profile.step_model(model, gpu, engine)
+    rows = []
+    for _ in range(n):
+        rate, tokens = float(rng.uniform(0.5, 6.0)), float(rng.uniform(200, 1200))
+        adapters = [AdapterDemand(name=f"a{i}", rank=16, rate=rate, input_tokens=tokens,
+                                  output_tokens=tokens / 4) for i in range(8)]
+        x = worker_features(adapters, engine, model, gpu, step, profile.memory)
+        served = min(x["offered_tps"], 0.8 * x["est_capacity_tps"])
+        rows.append({**x, "throughput_tps": served, "ideal_tps": x["offered_tps"],
+                     "starved": float(served < 0.9 * x["offered_tps"]),
+                     "any_adapter_starved": 0.0})
+    return rows
+
+
+def test_the_capacity_model_learns_the_boundary_from_saturated_rows(specs) -> None:
+    model = StarvationModel("capacity-linear")
+    for _ in range(3):
+        for row in _rows(specs, slots=8, n=300):
+            model.learn_one(row, bool(row["starved"]), row["throughput_tps"], row["ideal_tps"])
+    test = _rows(specs, slots=8, n=200, seed=1)
+    # Starved when 0.9 x offered > 0.8 x estimate: load ratio above 0.889.
+    wrong = [r for r in test if model.predict_one(r) != bool(r["starved"])
+             and abs(r["load_ratio"] - 0.8 / 0.9) > 0.02]
+    assert not wrong
+    assert model.predict_proba_one({**test[0], "load_ratio": 0.6}) < 0.01
+
+
+def test_workers_whose_slots_thrash_get_the_classifier(specs) -> None:
+    model = StarvationModel("capacity-linear")
+    rows = _rows(specs, slots=2, n=50)
+    assert all(r["active_ratio"] > 1 for r in rows)
+    for row in rows:  # no capacity is learned from thrashing workers
+        model.learn_one(row, bool(row["starved"]), row["throughput_tps"], row["ideal_tps"])
+    assert model._capacity is not None and model._capacity["LinearRegression"].weights == {}
+
+
+def test_models_are_named_and_unknown_ones_rejected() -> None:
+    assert "capacity-arf" in STARVATION_MODELS and "arf" in STARVATION_MODELS
+    with pytest.raises(ValueError, match="model"):
+        StarvationModel("capacity-nope")
+    assert Surrogate.create().starvation.model == "capacity-arf"
