@@ -89,7 +89,8 @@ class Learner:
             demands = [replace(d, rank=ranks.get(d.name, 0)) for d in demands]
             window = WorkerWindow(worker=name, engine=w.engine, adapters=tuple(demands),
                                   itl_s=itl, ttft_p50_s=ttft, running=running,
-                                  tokens=intervals)
+                                  tokens=intervals,
+                                  waiting=self.gauges.mean(name, "waiting", since) or 0.0)
             self.online.observe(window)
             windows.append(window)
         self.pending += windows

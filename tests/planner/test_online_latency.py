@@ -93,6 +93,8 @@ def test_windows_without_evidence_are_skipped(specs) -> None:
     assert online.observe(idle).skipped is SkipReason.IDLE
     assert online.observe(dataclasses.replace(base, itl_s=math.nan)).skipped \
         is SkipReason.NO_LATENCY
+    queued = dataclasses.replace(base, tokens=1000, waiting=2.0)  # a queue: not steady
+    assert online.observe(queued).skipped is SkipReason.QUEUED
     assert online.windows() == 0 and online.capacity_scale() == 1.0
     slow = dataclasses.replace(base, tokens=1000, itl_s=10.0)  # absurdly slow: clamped
     assert online.observe(slow).ratio is not None
