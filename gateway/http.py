@@ -40,8 +40,8 @@ def tune_gc() -> None:
     are freed by reference counting; the cyclic collector only catches the rare cycle."""
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(GC_GEN0_THRESHOLD, gc.get_threshold()[0]), gen1, gen2)
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(GC_GEN0_THRESHOLD, gen0), gen1, gen2)
 
 
 async def until_signalled() -> None:

@@ -58,11 +58,6 @@ class Placement:
 
     workers: tuple[WorkerPlacement, ...]
 
-    def holders(self, adapter: str) -> list[tuple[int, float]]:
-        """(worker index, share) of the workers that hold ``adapter``."""
-        return [(i, w.shares[adapter]) for i, w in enumerate(self.workers)
-                if w.shares.get(adapter, 0.0) > 0.0]
-
 
 class Router:
     """Picks a worker per request; keeps the outstanding count per worker.

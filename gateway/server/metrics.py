@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from gateway.server.registry import Fleet
 
@@ -52,11 +53,10 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        # Labelled children of the per-request series, by label values (labels are bounded:
-        # registered adapters and UNKNOWN, HTTP statuses)
-        self._per_request: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._per_usage: dict[str, tuple[Any, Any]] = {}
-        self._per_ttft: dict[str, Any] = {}
+        # Labelled children of the per-request series, by metric and label values (labels
+        # are bounded: registered adapters and UNKNOWN, HTTP statuses): ``labels()`` takes a
+        # lock and builds tuples, once per child here
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         self.requests = Counter("gateway_requests", "Requests answered, by HTTP status.",
                                 ["adapter", "status"], registry=r)
         self.ttft = Histogram("gateway_ttft_seconds", "Time to the first streamed token.",
@@ -127,25 +127,20 @@ class GatewayMetrics:
         self.outstanding.labels(name).set_function(partial(fleet.outstanding, index))
         self.worker_up.labels(name).set_function(partial(_up, fleet, index))
 
+    def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe(self, adapter: str, status: int, e2e_s: float) -> None:
-        children = self._per_request.get((adapter, status))
-        if children is None:  # labels() takes a lock and builds tuples: once per pair
-            children = (self.requests.labels(adapter, str(status)), self.e2e.labels(adapter))
-            self._per_request[(adapter, status)] = children
-        children[0].inc()
-        children[1].observe(e2e_s)
+        self._child(self.requests, adapter, str(status)).inc()
+        self._child(self.e2e, adapter).observe(e2e_s)
 
     def first_token(self, adapter: str, ttft_s: float) -> None:
-        child = self._per_ttft.get(adapter)
-        if child is None:
-            child = self._per_ttft[adapter] = self.ttft.labels(adapter)
-        child.observe(ttft_s)
+        self._child(self.ttft, adapter).observe(ttft_s)
 
     def usage(self, adapter: str, prompt: int, completion: int) -> None:
-        children = self._per_usage.get(adapter)
-        if children is None:
-            children = (self.tokens.labels(adapter, "prompt"),
-                        self.tokens.labels(adapter, "completion"))
-            self._per_usage[adapter] = children
-        children[0].inc(prompt)
-        children[1].inc(completion)
+        self._child(self.tokens, adapter, "prompt").inc(prompt)
+        self._child(self.tokens, adapter, "completion").inc(completion)

@@ -123,8 +123,7 @@ class Observer:
         stand. Rates are divided by ``time_scale`` (workers that run ``k`` times faster than
         real time serve ``k`` times the load of the profile the planner knows).
         """
-        need = self.window_s / 2 if min_span_s is None else min_span_s
-        if self.span(now) < need:
+        if not self.counted_s(now=now, min_span_s=min_span_s):
             return list(registered)
         rates = self.rates(now=now)
         out = []
