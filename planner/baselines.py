@@ -42,9 +42,7 @@ def _gpu(index: int, adapters: Sequence[AdapterDemand], predictor: Predictor,
         verdict = predictor.best(adapters) if max_loras is None else predictor.check(
             adapters, predictor.engine_for(adapters, max_loras))
     engine = verdict.engine or predictor.engine_for(adapters, min(loras, max_loras or loras))
-    return GpuPlan(index=index, engine=engine, rates={a.name: a.rate for a in adapters},
-                   predicted_tps=verdict.predicted_tps, offered_tps=verdict.offered_tps,
-                   starvation_proba=verdict.proba)
+    return GpuPlan.judged(index, engine, {a.name: a.rate for a in adapters}, verdict)
 
 
 def one_per_adapter(adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan:

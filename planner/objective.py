@@ -269,9 +269,7 @@ def spread(adapters: Sequence[AdapterDemand], predictor: Predictor, gpus: int,
         items = merged(group)
         engine = lp.engine_and_latency(items)[0]
         v = predictor.check(items, engine) if items else Verdict(True, engine, 0.0, 0.0, 0.0)
-        out.append(GpuPlan(index=i, engine=engine, rates={a.name: a.rate for a in items},
-                           predicted_tps=v.predicted_tps, offered_tps=v.offered_tps,
-                           starvation_proba=v.proba))
+        out.append(GpuPlan.judged(i, engine, {a.name: a.rate for a in items}, v))
     return Plan(gpus=out, adapters=list(adapters))
 
 

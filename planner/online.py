@@ -295,9 +295,7 @@ def _new_gpus(entries: Sequence[Entry], demand: Mapping[str, AdapterDemand],
         engine = replace(g.engine, max_cpu_loras=max(
             g.engine.max_loras, math.ceil(loras * stability.cpu_lora_room)))
         v = predictor.check([replace(demand[n], rate=r) for n, r in real.items()], engine)
-        gpus.append(GpuPlan(index=first + g.index, engine=engine, rates=real,
-                            predicted_tps=v.predicted_tps, offered_tps=v.offered_tps,
-                            starvation_proba=v.proba))
+        gpus.append(GpuPlan.judged(first + g.index, engine, real, v))
     return gpus
 
 
@@ -359,8 +357,6 @@ def replan(demands: Sequence[AdapterDemand], workers: Sequence[RunningWorker],
     for i, w in enumerate(workers):
         rates = board.rates[i]
         v = board.verdict(i, rates) if rates else Verdict(True, w.engine, 0.0, 0.0, 0.0)
-        gpus.append(GpuPlan(index=i, engine=w.engine, rates=dict(sorted(rates.items())),
-                            predicted_tps=v.predicted_tps, offered_tps=v.offered_tps,
-                            starvation_proba=v.proba))
+        gpus.append(GpuPlan.judged(i, w.engine, dict(sorted(rates.items())), v))
     return Plan(gpus=[*gpus, *new], adapters=list(demands),
                 workers=tuple(w.name for w in workers))

@@ -76,6 +76,14 @@ class GpuPlan:
     offered_tps: float
     starvation_proba: float
 
+    @classmethod
+    def judged(cls, index: int, engine: EngineConfig, rates: dict[str, float],
+               verdict: Verdict) -> GpuPlan:
+        """GPU ``index`` serving ``rates`` with ``engine``, as ``verdict`` predicts it."""
+        return cls(index=index, engine=engine, rates=rates,
+                   predicted_tps=verdict.predicted_tps, offered_tps=verdict.offered_tps,
+                   starvation_proba=verdict.proba)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
@@ -251,9 +259,7 @@ def place_with(adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan:
         rates: dict[str, float] = {}
         for a in queue[:take]:
             rates[a.name] = rates.get(a.name, 0.0) + a.rate
-        gpus.append(GpuPlan(index=len(gpus), engine=verdict.engine, rates=rates,
-                            predicted_tps=verdict.predicted_tps,
-                            offered_tps=verdict.offered_tps, starvation_proba=verdict.proba))
+        gpus.append(GpuPlan.judged(len(gpus), verdict.engine, rates, verdict))
         queue = queue[take:]
     by_name = {a.name: a for a in adapters}
     return Plan(gpus=_consolidate(gpus, by_name, predictor), adapters=list(adapters))
@@ -276,10 +282,7 @@ def _consolidate(gpus: list[GpuPlan], by_name: dict[str, AdapterDemand],
                 if v.feasible and v.engine is not None:
                     rates = dict(g.rates)
                     rates[name] = rates.get(name, 0.0) + rate
-                    others[g.index] = GpuPlan(index=g.index, engine=v.engine, rates=rates,
-                                              predicted_tps=v.predicted_tps,
-                                              offered_tps=v.offered_tps,
-                                              starvation_proba=v.proba)
+                    others[g.index] = GpuPlan.judged(g.index, v.engine, rates, v)
                     break
             else:
                 return gpus  # this adapter fits nowhere else: keep the GPU
