@@ -156,7 +156,8 @@ def row(policy: str, gpus: int | None, out: dict[str, Any], setup: Setup,
             "client_late_p99_s": out["client_late_p99_s"], "errors": out["errors"],
             "ttft_p99_s_by_window": out["ttft_p99_s_by_window"],
             "gpus_every_5_wall_s": out["gpus_every_5_wall_s"],
-            "replan_log": out.get("replan_log", []), **extra}
+            "replan_log": out.get("replan_log", []),
+            "latency_windows": out.get("latency_windows", []), **extra}
 
 
 async def measure_all(args: argparse.Namespace, setup: Setup, predictor: Predictor,

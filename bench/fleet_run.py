@@ -25,7 +25,7 @@ from bench.fleet_load import Arrival, drive, make_client, summarize
 from bench.fleet_prefer import create_proxy, state_of
 from gateway.demo.fleet import DemoFleet, FleetSpec, start_demo
 from gateway.emulator.app import serve as serve_worker
-from gateway.keys import EMULATED_WORKER
+from gateway.keys import EMULATED_WORKER, REPLANNER
 from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
 from gateway.server.planning import InitialPlan
 from planner.features import AdapterDemand
@@ -126,6 +126,10 @@ async def run_gateway(setup: Setup, plan: InitialPlan, folder: Path, *,
             "plan_s": r["plan_seconds"], "validate_s": r["validate_seconds"],
             "capacity_scale": r["capacity_scale"], "validated": r["validated"]}
             for r in replans]
+        out["latency_windows"] = [{
+            "worker": o.worker, "ratio": None if o.ratio is None else round(o.ratio, 3),
+            "skipped": o.skipped.value if o.skipped else None}
+            for o in fleet.app[REPLANNER].learner.observed]
         moved = [r.get("migration", {}) for r in replans]
         initial = sum(len(w.shares) for w in plan.placement.workers)
         out.update(workers=len(plan.engines), replans=len(replans),

@@ -91,6 +91,11 @@ class WorkerWindow:
         requests that finished (whose rates and lengths the window has) are not the load the
         batch was built from, and the comparison is off by the transient: on the fleet bench,
         windows of queueing workers gave ratios of 1.2-1.8 for workers 1.05x slower.
+    dispatched, completed
+        Requests sent to the worker and finished by it within the window (``None``: not
+        counted). Their difference is the change in its in-flight count: about zero in a
+        steady state, large while it fills up or drains after a migration, when the batch of
+        the window's start is not the batch of its end.
     """
 
     worker: str
@@ -102,6 +107,8 @@ class WorkerWindow:
     tokens: int
     distinct_adapters: float | None = None
     waiting: float = 0.0
+    dispatched: int | None = None
+    completed: int | None = None
 
 
 class SkipReason(enum.Enum):
@@ -111,6 +118,7 @@ class SkipReason(enum.Enum):
     IDLE = "idle"
     NO_LATENCY = "no_latency"
     QUEUED = "queued"  # requests waited in the worker's queue: not a steady state
+    UNSTEADY = "unsteady"  # the in-flight count moved: the worker filled up or drained
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,6 +191,11 @@ class OnlineLatency:
     min_tokens, min_running, max_waiting
         A window qualifies with at least this many ITL intervals and this mean batch, and at
         most this mean queue (``WorkerWindow.waiting``).
+    steady_sigmas
+        A window qualifies only if its in-flight count (``dispatched - completed``) moved by
+        at most this many standard deviations of its steady-state change. In a steady state
+        the requests in flight are about Poisson with mean ``running`` (an M/G/inf count),
+        so the change between two instants a window apart has variance ``2 * running``.
     bounds
         The scale is clamped into ``[lo, hi]``.
 
@@ -198,7 +211,7 @@ class OnlineLatency:
     def __init__(self, model: ModelSpec, gpu: GpuSpec, profile: CalibrationProfile, *,
                  latency: LatencyModel | None = None, recent: int = 10, min_windows: int = 3,
                  min_tokens: int = 200, min_running: float = 1.0, max_waiting: float = 0.5,
-                 bounds: tuple[float, float] = (0.5, 1.5)) -> None:
+                 steady_sigmas: float = 3.0, bounds: tuple[float, float] = (0.5, 1.5)) -> None:
         if recent < 1 or min_windows < 1:
             raise ValueError("recent and min_windows: must be >= 1")
         if not 0 < bounds[0] <= 1.0 <= bounds[1]:
@@ -212,6 +225,7 @@ class OnlineLatency:
         self.min_tokens = min_tokens
         self.min_running = min_running
         self.max_waiting = max_waiting
+        self.steady_sigmas = steady_sigmas
         self.bounds = bounds
         self._ratios: dict[str, deque[float]] = {}
         self._steps: dict[EngineConfig, StepTimeModel] = {}
@@ -233,7 +247,8 @@ class OnlineLatency:
         expected = expected_step_s(window, step, itl)
         skipped = (SkipReason.TOO_FEW_TOKENS if window.tokens < self.min_tokens
                    else SkipReason.IDLE if window.running < self.min_running
-                   else SkipReason.QUEUED if window.waiting > self.max_waiting else None)
+                   else SkipReason.QUEUED if window.waiting > self.max_waiting
+                   else SkipReason.UNSTEADY if not self.steady(window) else None)
         if skipped is not None or expected <= 0:
             return WindowObservation(worker=window.worker, observed_itl_s=itl,
                                      expected_itl_s=expected, ratio=None,
@@ -242,6 +257,14 @@ class OnlineLatency:
         self._ratios.setdefault(window.worker, deque(maxlen=self.recent)).append(ratio)
         return WindowObservation(worker=window.worker, observed_itl_s=itl,
                                  expected_itl_s=expected, ratio=ratio)
+
+    def steady(self, window: WorkerWindow) -> bool:
+        """Whether the window's in-flight count stayed within ``steady_sigmas`` of its
+        steady-state change (always, when the window did not count its requests)."""
+        if window.dispatched is None or window.completed is None:
+            return True
+        moved = abs(window.dispatched - window.completed)
+        return moved <= self.steady_sigmas * math.sqrt(2 * max(window.running, 1.0))
 
     def _learn(self, window: WorkerWindow) -> None:
         if self.latency is None or not any(a.rate > 0 for a in window.adapters):

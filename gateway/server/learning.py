@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import replace
 
 import aiohttp
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, OBSERVER
 from gateway.server.scrape import WorkerGauges, read_gauges
-from planner.online_latency import OnlineLatency, WorkerWindow
+from planner.online_latency import OnlineLatency, WindowObservation, WorkerWindow
 from twin.catalog import get_gpu, get_model
 from twin.profile import load_profile
 
@@ -44,6 +45,7 @@ class Learner:
         self.online = OnlineLatency(get_model(cfg.model), get_gpu(cfg.gpu),
                                     load_profile(cfg.profile))
         self.pending: list[WorkerWindow] = []  # for the planning process's LatencyModel
+        self.observed: deque[WindowObservation] = deque(maxlen=1000)  # newest last
         self.last_window = time.monotonic()
 
     @property
@@ -77,21 +79,22 @@ class Learner:
             return windows  # warming up: the first burst's prefills are not steady state
         for w in fleet.workers:
             name = w.endpoint.name
-            seen = observer.worker_window(name, now=now, time_scale=cfg.time_scale)
+            seen = observer.worker_window(name, now=now, since=since, time_scale=cfg.time_scale)
             running = self.gauges.mean(name, "running", since)
             if seen is None or running is None or w.engine is None:
                 continue
-            demands, itl, ttft, intervals = seen
+            itl, intervals = seen.itl_s, seen.intervals
             engine_itl = self.gauges.itl(name, since)
             if engine_itl is not None and engine_itl[1] >= self.online.min_tokens:
                 # the engine's own figure: free of the gateway's and the network's lag
                 itl, intervals = engine_itl[0] * cfg.time_scale, engine_itl[1]
-            demands = [replace(d, rank=ranks.get(d.name, 0)) for d in demands]
+            demands = [replace(d, rank=ranks.get(d.name, 0)) for d in seen.demands]
             window = WorkerWindow(worker=name, engine=w.engine, adapters=tuple(demands),
-                                  itl_s=itl, ttft_p50_s=ttft, running=running,
+                                  itl_s=itl, ttft_p50_s=seen.ttft_p50_s, running=running,
                                   tokens=intervals,
-                                  waiting=self.gauges.mean(name, "waiting", since) or 0.0)
-            self.online.observe(window)
+                                  waiting=self.gauges.mean(name, "waiting", since) or 0.0,
+                                  dispatched=seen.dispatched, completed=seen.completed)
+            self.observed.append(self.online.observe(window))
             windows.append(window)
         self.pending += windows
         metrics = self.app[GATEWAY_METRICS]

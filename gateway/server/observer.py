@@ -4,7 +4,10 @@ sliding window, and per-worker latencies from its own timings.
 The replanner turns the window into the planner's ``AdapterDemand`` list: observed rates (in
 the workers' time: divided by ``time_scale`` when emulated workers run faster than real time)
 and observed mean lengths, falling back to the registered figures until the window has seen
-enough. Pure bookkeeping: no I/O, the clock is passed in.
+enough. The latency learner reads one worker's traffic over its own interval
+(``worker_window``): what was sent to the worker and what it finished, so that a worker whose
+load changed in the interval (filling up after a migration, draining after one) can be told
+from one in a steady state. Pure bookkeeping: no I/O, the clock is passed in.
 
 Examples
 --------
@@ -29,7 +32,7 @@ from dataclasses import dataclass, replace
 
 from planner.features import AdapterDemand
 
-__all__ = ["MIN_RATE", "Observer"]
+__all__ = ["MIN_RATE", "Observer", "WorkerTraffic"]
 
 MIN_RATE = 1e-3  # req/s a registered adapter that saw no traffic is planned for (it keeps a slot)
 
@@ -42,6 +45,28 @@ class _Done:
     completion: int
     ttft: float | None
     e2e: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerTraffic:
+    """One worker's traffic over an interval, in the workers' time.
+
+    ``demands``: per adapter the rate of requests *sent* to the worker in the interval (the
+    load its batch was built from; rank left to the caller) and the mean and deviation of
+    the lengths of the requests it finished over the whole window (more samples; lengths do
+    not drift with a migration). ``itl_s`` (token-weighted mean inter-token latency),
+    ``ttft_p50_s`` and ``intervals`` (the ITL intervals behind it) from the streamed requests
+    finished in the interval. ``dispatched`` and ``completed``: requests sent to and finished by
+    the worker within the interval: their difference is how much the worker's in-flight count
+    changed (about zero in a steady state).
+    """
+
+    demands: tuple[AdapterDemand, ...]
+    itl_s: float
+    ttft_p50_s: float
+    intervals: int
+    dispatched: int
+    completed: int
 
 
 def _std(values: list[float]) -> float:
@@ -75,12 +100,17 @@ class Observer:
         self._arrivals: dict[str, deque[float]] = defaultdict(deque)
         self._done: dict[str, deque[_Done]] = defaultdict(deque)
         self._by_worker: dict[str, deque[_Done]] = defaultdict(deque)
+        self._sent: dict[str, deque[tuple[float, str]]] = defaultdict(deque)
 
     def arrival(self, adapter: str, *, now: float) -> None:
         """A request for ``adapter`` (``twin.routing.BASE_MODEL`` for the base model)."""
         if self.started is None:
             self.started = now
         self._arrivals[adapter].append(now)
+
+    def dispatched(self, adapter: str, worker: str, *, now: float) -> None:
+        """A request for ``adapter`` sent to ``worker`` (a retry elsewhere counts again)."""
+        self._sent[worker].append((now, adapter))
 
     def finished(self, adapter: str, worker: str, *, prompt_tokens: int,
                  completion_tokens: int, e2e_s: float, now: float,
@@ -99,6 +129,9 @@ class Observer:
             for q in queues.values():
                 while q and q[0].at < cut:
                     q.popleft()
+        for sent in self._sent.values():
+            while sent and sent[0][0] < cut:
+                sent.popleft()
 
     def span(self, now: float) -> float:
         """Seconds the window covers so far (less than ``window_s`` just after start)."""
@@ -147,31 +180,38 @@ class Observer:
         span = self.span(now)
         return 0.0 if span < need else span * time_scale
 
-    def worker_window(self, worker: str, *, now: float, time_scale: float = 1.0
-                      ) -> tuple[list[AdapterDemand], float, float, int] | None:
-        """What ``worker`` served over the window, in the workers' time (``time_scale``):
-        per-adapter demands (observed rate and length means and deviations; rank filled in
-        by the caller), token-weighted mean ITL, median TTFT and the ITL intervals behind it;
-        None when it streamed nothing to time."""
+    def worker_window(self, worker: str, *, now: float, since: float | None = None,
+                      time_scale: float = 1.0) -> WorkerTraffic | None:
+        """What ``worker`` was sent and served from ``since`` to ``now`` (default: the whole
+        window; at most the window), in the workers' time (``time_scale``); None when it
+        streamed nothing to time in the interval."""
         self._trim(now)
         done = list(self._by_worker.get(worker, ()))
-        timed = [x for x in done if x.ttft is not None and x.completion > 1]
-        span = self.span(now)
-        if not timed or span <= 0:
+        start = max(now - self.span(now), since if since is not None else -math.inf)
+        interval = now - start
+        timed = [x for x in done if x.at >= start and x.ttft is not None and x.completion > 1]
+        if not timed or interval <= 0:
             return None
         intervals = sum(x.completion - 1 for x in timed)
         itl = sum(x.e2e - (x.ttft or 0.0) for x in timed) / intervals * time_scale
         ttft = (_p50([x.ttft for x in timed if x.ttft is not None]) or 0.0) * time_scale
+        sent: dict[str, int] = defaultdict(int)
+        for at, adapter in self._sent.get(worker, ()):
+            if at >= start:
+                sent[adapter] += 1
         by: dict[str, list[_Done]] = defaultdict(list)
         for x in done:
             by[x.adapter].append(x)
         demands = []
-        for name, xs in sorted(by.items()):
-            ins = [float(x.prompt) for x in xs]
-            outs = [float(x.completion) for x in xs]
+        for name in sorted(set(by) | set(sent)):
+            xs = by.get(name, [])
+            ins = [float(x.prompt) for x in xs] or [1.0]
+            outs = [float(x.completion) for x in xs] or [1.0]
             demands.append(AdapterDemand(
-                name=name, rank=8, rate=len(xs) / span / time_scale,
+                name=name, rank=8, rate=sent.get(name, 0) / interval / time_scale,
                 input_tokens=max(1.0, sum(ins) / len(ins)),
                 output_tokens=max(1.0, sum(outs) / len(outs)),
                 input_std=_std(ins), output_std=_std(outs)))
-        return demands, itl, ttft, intervals
+        return WorkerTraffic(demands=tuple(demands), itl_s=itl, ttft_p50_s=ttft,
+                             intervals=intervals, dispatched=sum(sent.values()),
+                             completed=sum(1 for x in done if x.at >= start))

@@ -238,6 +238,7 @@ async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
     fleet = call.request.app[FLEET]
     call.worker = fleet.workers[index].endpoint.name
     call.request[UPSTREAM_WORKER] = call.worker  # for the access log
+    call.request.app[OBSERVER].dispatched(call.label, call.worker, now=time.monotonic())
     finished = False
     try:
         if call.stream and upstream.status == 200:

@@ -9,6 +9,8 @@ import pytest
 
 from gateway.cli import main
 from twin.profile import load_profile
+from twin.specs import EngineConfig
+from twin.step_time import LinearStepTime
 
 from .server import RealVllm
 
@@ -27,7 +29,10 @@ def test_calibrate_then_validate_on_real_vllm(real_vllm: RealVllm, tmp_path: Pat
     lin = profile.linear
     # A decode step of the tiny model on one CPU core: milliseconds, growing with the batch.
     assert 1e-4 < lin.base_s + lin.lora.per_adapter_s < 0.1
-    assert lin.per_token_s + lin.per_seq_s > 0
+    # Which term carries the batch's cost (per token, per sequence, per LoRA token) is the
+    # fit's choice: the sweep's batches are mostly LoRA batches. The step must grow with it.
+    step = LinearStepTime(lin, EngineConfig(max_loras=2, max_lora_rank=16))
+    assert step.predict(0, 32, 32 * 80, 1) > step.predict(0, 1, 80, 1)
     assert 0 < profile.request_overhead_s < 0.5
     scenario = tmp_path / "s.yaml"
     scenario.write_text(

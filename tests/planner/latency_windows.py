@@ -48,8 +48,9 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
 def gateway_windows(engine: EngineCore, ranks: dict[str, int], *, worker: str,
                     window_s: float = 60.0, scrape_s: float = 5.0,
                     warmup_s: float = 60.0) -> list[WorkerWindow]:
-    """Windows of a finished twin run as the gateway sees them: per window, the requests that
-    finished in it (rates, ``usage`` lengths, TTFT, ITL from their stream), the mean of
+    """Windows of a finished twin run as the gateway sees them (``Observer.worker_window``):
+    per window, the requests sent in it (rates) and the requests that finished in it
+    (``usage`` lengths, TTFT, ITL from their stream), both counts, the mean of
     ``vllm:num_requests_running`` scraped every ``scrape_s``, and the mean distinct adapters
     among the requests in flight at those scrapes."""
     assert engine.steps is not None, "run the twin with record_steps=True"
@@ -62,6 +63,10 @@ def gateway_windows(engine: EngineCore, ranks: dict[str, int], *, worker: str,
     while t0 + window_s <= end_s:
         lo, hi = round(t0 * 1e9), round((t0 + window_s) * 1e9)
         done = [r for r in requests if lo <= r.finish_ns < hi]  # type: ignore[operator]
+        sent: dict[str, int] = {}
+        for r in engine.requests.values():
+            if lo <= r.arrival_ns < hi:
+                sent[r.adapter or "<base>"] = sent.get(r.adapter or "<base>", 0) + 1
         by_adapter: dict[str, list[tuple[int, int]]] = {}
         for r in done:
             by_adapter.setdefault(r.adapter or "<base>", []).append(
@@ -71,7 +76,7 @@ def gateway_windows(engine: EngineCore, ranks: dict[str, int], *, worker: str,
             mi, si = _stats([x for x, _ in lens])
             mo, so = _stats([y for _, y in lens])
             adapters.append(AdapterDemand(name=name, rank=ranks.get(name, 0),
-                                          rate=len(lens) / window_s, input_tokens=mi,
+                                          rate=sent.get(name, 0) / window_s, input_tokens=mi,
                                           output_tokens=mo, input_std=si, output_std=so))
         gaps = sum(r.finish_ns - r.first_token_ns for r in done  # type: ignore[operator]
                    if r.num_output_tokens > 1)
@@ -88,6 +93,7 @@ def gateway_windows(engine: EngineCore, ranks: dict[str, int], *, worker: str,
             worker=worker, engine=engine.config, adapters=tuple(adapters),
             itl_s=gaps / tokens / 1e9 if tokens else math.nan,
             ttft_p50_s=float(np.median(ttft)) if ttft else math.nan,
-            running=batch, tokens=tokens, distinct_adapters=distinct))
+            running=batch, tokens=tokens, distinct_adapters=distinct,
+            dispatched=sum(sent.values()), completed=len(done)))
         t0 += window_s
     return out

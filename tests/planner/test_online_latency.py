@@ -18,6 +18,7 @@ from planner.validate import validate, workload_for
 from tests.planner.latency_windows import gateway_windows, perturbed
 from twin import Scenario, simulate
 from twin.specs import EngineConfig
+from twin.workload import ArrivalSpec
 
 ENGINE = EngineConfig(max_loras=8, max_cpu_loras=8, max_lora_rank=16)
 
@@ -74,6 +75,34 @@ def test_scale_stays_at_one_when_workers_match_the_profile(specs, jitter: float)
     assert online.capacity_scale() == pytest.approx(1.0, abs=0.03)
 
 
+def test_a_load_change_is_not_read_as_a_speed_change(specs) -> None:
+    """The load drops to 30% and comes back (a migration takes adapters away, another brings
+    them): the window in which the worker fills up again reads the profile 1.4x off when its
+    rates come from the requests that finished (the gateway's view before it counted what
+    it sent); the steadiness test skips it, and the scale still finds the slowdown."""
+    model, gpu, profile = specs
+    step = profile.step_model(model, gpu, ENGINE)
+    f = worker_features(_adapters(1.0), ENGINE, model, gpu, step, profile.memory)
+    adapters = _adapters(0.6 * f["est_capacity_tps"] / (512 + 128) / 1.2)
+    workload = dataclasses.replace(workload_for(adapters, 400.0, 1), arrivals=ArrivalSpec(
+        piecewise=((0.0, 1.0), (200.0, 0.3), (300.0, 1.0))))
+    scenario = Scenario(name="step", model=model, gpu=gpu, engine=ENGINE,
+                        profile=perturbed(profile, slowdown=1.2, seed=3), workload=workload)
+    _, engine = simulate(scenario, record_steps=True)
+    windows = gateway_windows(engine, {a.name: a.rank for a in adapters}, worker="w0",
+                              window_s=15.0, warmup_s=30.0)
+    online = OnlineLatency(model, gpu, profile)
+    skipped = [i for i, w in enumerate(windows)
+               if online.observe(w).skipped is SkipReason.UNSTEADY]
+    refill = (300 - 30) // 15  # the window that starts when the load comes back
+    assert refill in skipped and len(skipped) <= 3
+    w = windows[refill]
+    by_completions = dataclasses.replace(w, adapters=tuple(
+        dataclasses.replace(a, rate=a.rate * w.completed / w.dispatched) for a in w.adapters))
+    assert w.itl_s / expected_step_s(by_completions, step, w.itl_s) > 1.3  # what it hides
+    assert online.capacity_scale() == pytest.approx(1 / 1.2, rel=0.03)
+
+
 def test_estimated_distinct_adapters_agree_with_observed(specs) -> None:
     model, gpu, profile = specs
     step = profile.step_model(model, gpu, ENGINE)
@@ -95,9 +124,14 @@ def test_windows_without_evidence_are_skipped(specs) -> None:
         is SkipReason.NO_LATENCY
     queued = dataclasses.replace(base, tokens=1000, waiting=2.0)  # a queue: not steady
     assert online.observe(queued).skipped is SkipReason.QUEUED
+    # 4 running: the in-flight count may move by 3 * sqrt(8) = 8.5 requests in a window
+    filling = dataclasses.replace(base, tokens=1000, dispatched=40, completed=31)
+    assert online.observe(filling).skipped is SkipReason.UNSTEADY
+    draining = dataclasses.replace(filling, dispatched=31, completed=40)
+    assert online.observe(draining).skipped is SkipReason.UNSTEADY
     assert online.windows() == 0 and online.capacity_scale() == 1.0
-    slow = dataclasses.replace(base, tokens=1000, itl_s=10.0)  # absurdly slow: clamped
-    assert online.observe(slow).ratio is not None
+    slow = dataclasses.replace(base, tokens=1000, itl_s=10.0, dispatched=40, completed=32)
+    assert online.observe(slow).ratio is not None  # absurdly slow, but steady: clamped
     assert online.capacity_scale() == online.bounds[0]
 
 
