@@ -13,6 +13,8 @@ per process.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import cache
@@ -27,7 +29,9 @@ from planner.validate import validate
 from twin.catalog import get_gpu, get_model
 from twin.profile import load_profile
 
-__all__ = ["ReplanJob", "ReplanResult", "run_job", "warm"]
+__all__ = ["ReplanJob", "ReplanResult", "exit_with_parent", "run_job", "warm"]
+
+PARENT_CHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +70,20 @@ def _surrogate() -> Surrogate:
     from gateway.plan_cli import default_surrogate  # trains once, then cached on disk
 
     return default_surrogate()
+
+
+def exit_with_parent(parent: int, every_s: float = PARENT_CHECK_S) -> None:
+    """The planning process's initializer: exit as soon as the gateway process that started
+    it is gone. A gateway killed (``SIGKILL``, or a supervisor's timeout after ``SIGTERM``)
+    cannot shut its pool down, and the worker, which holds its own end of the task pipe,
+    would otherwise live on as an orphan, a re-plan's CPU-bound work included."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def warm() -> None:

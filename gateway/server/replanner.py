@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -32,7 +33,13 @@ from gateway.server.metrics import MigrationOutcome, ReplanTrigger
 from gateway.server.migrate import execute
 from gateway.server.planning import fallback_engine
 from gateway.server.registry import WorkerStatus
-from gateway.server.replan_job import ReplanJob, ReplanResult, run_job, warm
+from gateway.server.replan_job import (
+    ReplanJob,
+    ReplanResult,
+    exit_with_parent,
+    run_job,
+    warm,
+)
 from gateway.server.scaling import ScaleDirection, ScaleOutcome, Scaler, present
 from planner.features import AdapterDemand
 from planner.online import RunningWorker, Stability
@@ -272,7 +279,8 @@ def _executor() -> ProcessPoolExecutor:
     global _POOL
     if _POOL is None:
         _POOL = ProcessPoolExecutor(max_workers=1,
-                                    mp_context=multiprocessing.get_context("spawn"))
+                                    mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=exit_with_parent, initargs=(os.getpid(),))
     return _POOL
 
 
