@@ -103,6 +103,36 @@ def test_a_load_change_is_not_read_as_a_speed_change(specs) -> None:
     assert online.capacity_scale() == pytest.approx(1 / 1.2, rel=0.03)
 
 
+def _at_ratios(online: OnlineLatency, ratios: list[float]) -> None:
+    """Windows whose observed ITL is ``ratio`` times the profile's (no prefill, no context:
+    the expected step does not depend on the observed one)."""
+    idle = tuple(dataclasses.replace(a, rate=0.0) for a in _adapters(1.0))
+    base = WorkerWindow(worker="w", engine=ENGINE, adapters=idle, itl_s=1.0, ttft_p50_s=0.1,
+                        running=20.0, tokens=1000, distinct_adapters=4.0)
+    expected = expected_step_s(base, online._step(ENGINE), 1.0)
+    for r in ratios:
+        assert online.observe(dataclasses.replace(base, itl_s=r * expected)).ratio \
+            == pytest.approx(r)
+
+
+def test_the_scale_moves_only_as_far_as_the_windows_agree(specs) -> None:
+    """Windows that scatter from 0.7 to 1.4 (the fleet bench's) around a median of 0.87 do
+    not move the scale; windows that agree move it all the way; in between, part way."""
+    scattered = [0.7, 1.4, 0.8, 1.25, 0.75, 1.3, 0.85, 0.82, 0.9, 1.1]
+    plain = OnlineLatency(*specs, confidence=0.0)
+    _at_ratios(plain, scattered)
+    assert plain.ratio() == pytest.approx(math.sqrt(0.85 * 0.9))  # the (geometric) median
+    online = OnlineLatency(*specs)
+    _at_ratios(online, scattered)
+    assert online.ratio() == 1.0 and online.capacity_scale() == 1.0
+    agreeing = OnlineLatency(*specs)
+    _at_ratios(agreeing, [1.19, 1.21, 1.2, 1.18, 1.22, 1.2])
+    assert agreeing.ratio() == pytest.approx(1.2, rel=0.015)
+    between = OnlineLatency(*specs)
+    _at_ratios(between, [0.7, 0.75, 0.8, 0.85, 0.9, 0.78, 0.82, 0.8])
+    assert 0.8 < between.ratio() < 0.9
+
+
 def test_estimated_distinct_adapters_agree_with_observed(specs) -> None:
     model, gpu, profile = specs
     step = profile.step_model(model, gpu, ENGINE)
