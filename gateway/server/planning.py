@@ -16,10 +16,12 @@ Examples
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from planner.features import AdapterDemand
+from planner.online import Stability
 from planner.placer import PlannerConfig, Predictor, place
 from planner.surrogate import Surrogate
 from planner.validate import repair, validate
@@ -88,9 +90,13 @@ def round_robin(adapters: Sequence[AdapterDemand], workers: Sequence[str], *,
 def from_planner(adapters: Sequence[AdapterDemand], workers: Sequence[str],
                  surrogate: Surrogate, *, gpu: str = "a100-80gb",
                  model: str = "llama-3.1-8b", profile: str = "roofline-default",
-                 max_model_len: int = 8192, headroom: float = 0.9) -> InitialPlan:
+                 max_model_len: int = 8192, headroom: float = 0.9,
+                 cpu_lora_room: float = Stability().cpu_lora_room) -> InitialPlan:
     """The planner's fewest-GPU plan, checked (and repaired) in the cluster twin, mapped onto
-    ``workers``."""
+    ``workers``. Each worker's CPU LoRA tier gets room for ``cpu_lora_room`` times the LoRAs
+    it starts with (host memory only), as the re-planner gives the GPUs it adds: the engine
+    options are fixed for a worker's life, and a worker whose CPU tier is full cannot take an
+    adapter when a shifted load must be rebalanced over the running GPUs."""
     specs = (get_model(model), get_gpu(gpu), load_profile(profile))
     config = PlannerConfig(max_model_len=max_model_len, headroom=headroom)
     plan = place(adapters, *specs, surrogate, config)
@@ -120,7 +126,7 @@ def from_planner(adapters: Sequence[AdapterDemand], workers: Sequence[str],
     final = []
     for w, engine in enumerate(engines):
         engine = engine or fallback
-        loras = sum(1 for k in shares[w] if k != BASE_MODEL)
+        loras = math.ceil(sum(1 for k in shares[w] if k != BASE_MODEL) * cpu_lora_room)
         if engine.cpu_loras < loras:
             engine = replace(engine, max_cpu_loras=loras)
         final.append(engine)

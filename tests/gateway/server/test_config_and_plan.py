@@ -98,4 +98,8 @@ def test_planner_plan_maps_gpus_onto_workers() -> None:
     folded = from_planner(ads, ["w0", "w1"], _Stub(1))  # type: ignore[arg-type]
     assert folded.planned_gpus == 4 and folded.gpus_active == 2
     assert sorted(len(w.shares) for w in folded.placement.workers) == [2, 2]
-    assert all(e.cpu_loras >= 2 for e in folded.engines)
+    # CPU LoRA room for twice the adapters each starts with (re-plans can move more in)
+    assert [e.cpu_loras for e in plan.engines[:1]] == [8]
+    assert all(e.cpu_loras >= 4 for e in folded.engines)
+    tight = from_planner(ads, ["w0"], _Stub(4), cpu_lora_room=1.0)  # type: ignore[arg-type]
+    assert tight.engines[0].cpu_loras == 4
