@@ -88,9 +88,11 @@ def main() -> None:
     parser.add_argument("--out", default="placement.json", help="file under bench/results")
     parser.add_argument("--baselines-twin-max", type=int, default=200,
                         help="confirm baselines in the twin up to this many adapters")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes for the twin (default: one per core)")
     args = parser.parse_args()
     # Independent groups of GPUs are simulated in parallel, one process per core.
-    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+    with ProcessPoolExecutor(args.workers) as pool:
         rows = [run(n, not args.no_validate, n <= args.baselines_twin_max, pool,
                     args.rate_per_adapter) for n in args.sizes]
     table = Table(title="placer vs baselines (A100-80GB, Llama-3.1-8B, Zipf rates)")

@@ -8,10 +8,21 @@
    near the boundary).
 2. The label noise floor: the first placement-shaped held-out workers run again with another
    workload seed; the macro-F1 between the two runs' labels bounds what any model can reach.
-3. The placement metric: for populations of identical adapters, the largest number one GPU
-   serves without starvation, found by bisection in the twin (240 s runs; a 2400 s run's
-   answer beside it) and with the surrogate; the mean relative error (the predecessor paper
-   reports 7.2%).
+3. The placement metric: for populations of identical adapters on a fixed ``max_loras``, the
+   largest number one GPU serves without starvation, found by bisection in the twin and with
+   the surrogate; the mean relative error (the predecessor paper reports 7.2%).
+   The truth is the twin's verdict in runs of ``planner.validate.VALIDATION_S`` (180 s), the
+   median of ``TRUTH_SEEDS`` workload seeds' answers (one run's moves by a few adapters). The
+   verdict depends on the run length: an adapter is starved when it is under-served and its
+   longest wait exceeds a tenth of the run, so where the slots thrash a longer run admits
+   more adapters (0.5 req/s rank-8 adapters on 16 slots: 23-25 at 180 s, 25 at 240 s, 28 at
+   600 s, 33-34 at 2400 s, 35 at 9600 s), which only means that waits of minutes pass as
+   not starved. The 180 s run is the test every plan must pass (the gateway's plans and
+   re-plans, ``lorafleet plan``, bench/placement.py), and what the surrogate is for is to
+   predict it; the bench also reports the answer of one ``NEAR_BOUNDARY_DURATION_S`` run
+   (the run length of the placement-shaped training labels near the boundary, chosen there
+   against label noise, not bias: with a slot per adapter the answer barely moves with the
+   run length) and the longest wait of any adapter at that answer.
 
 Prints tables and writes ``bench/results/surrogate.json``. Run:
 ``.venv/bin/python bench/surrogate.py [--data planner/data/a100-80gb-llama-3.1-8b.csv]``.
@@ -22,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -45,8 +57,9 @@ from planner.placer import PlannerConfig, Predictor
 from planner.surrogate import REGRESSORS, STARVATION_MODELS, analytic_share
 from planner.table import load_table, save_table
 from planner.training import interleave, train
-from planner.validate import workload_for
+from planner.validate import VALIDATION_S, workload_for
 from twin import Scenario, get_gpu, get_model, load_profile, simulate
+from twin.results import SimulationResult
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2  # processes for twin runs (--workers)
@@ -148,13 +161,18 @@ def population(n: int, rate: float, rank: int, tokens: tuple[float, float]) -> l
                           output_std=tokens[1] / 2) for i in range(n)]
 
 
-def twin_ok(adapters: list[AdapterDemand], predictor: Predictor, slots: int,
-            duration_s: float = 240.0) -> bool:
-    """No starvation in a twin run of ``duration_s``."""
+def twin_result(adapters: list[AdapterDemand], predictor: Predictor, slots: int,
+                duration_s: float, seed: int) -> SimulationResult:
     engine = predictor.engine_for(adapters, min(slots, len(adapters)))
     scenario = Scenario(name="pop", model=MODEL, gpu=GPU, profile=PROFILE, engine=engine,
-                        workload=workload_for(adapters, duration_s, 1))
-    result, _ = simulate(scenario)
+                        workload=workload_for(adapters, duration_s, seed))
+    return simulate(scenario)[0]
+
+
+def twin_ok(adapters: list[AdapterDemand], predictor: Predictor, slots: int,
+            duration_s: float = VALIDATION_S, seed: int = 1) -> bool:
+    """No starvation (of the worker or any adapter) in a twin run of ``duration_s``."""
+    result = twin_result(adapters, predictor, slots, duration_s, seed)
     return not (result.starved or result.starved_adapters)
 
 
@@ -163,7 +181,7 @@ def surrogate_ok(adapters: list[AdapterDemand], predictor: Predictor, slots: int
                                                                         len(adapters)))).feasible
 
 
-def largest(ok, hi: int = 256) -> int:
+def largest(ok: Callable[[int], bool], hi: int = 256) -> int:
     if not ok(1):
         return 0
     lo = 1
@@ -176,29 +194,42 @@ def largest(ok, hi: int = 256) -> int:
     return lo
 
 
+# (rate req/s, rank, (input, output) tokens, max_loras): populations of identical adapters.
+POPULATIONS: tuple[tuple[float, int, tuple[float, float], int], ...] = (
+    (0.5, 8, (512, 128), 16), (0.2, 16, (512, 128), 16), (1.0, 8, (256, 64), 32),
+    (0.1, 32, (1024, 256), 8), (0.3, 16, (2048, 64), 32), (0.05, 8, (512, 256), 64))
+TRUTH_SEEDS = (1, 2, 3)
+
+
 def max_adapters_error(train_rows: list[dict[str, float]]) -> list[dict[str, object]]:
+    """Per population: the twin's largest feasible count (the median over ``TRUTH_SEEDS`` of
+    ``VALIDATION_S`` runs), the surrogate's, and for reference a
+    ``NEAR_BOUNDARY_DURATION_S`` run's with the longest wait of any adapter there."""
     s = train(train_rows)
     # Bisection with the check itself (no extra headroom): the surrogate's own boundary.
     predictor = Predictor(s, MODEL, GPU, PROFILE, PlannerConfig(headroom=1.0))
     out = []
-    for rate, rank, tokens, slots in [(0.5, 8, (512, 128), 16), (0.2, 16, (512, 128), 16),
-                                      (1.0, 8, (256, 64), 32), (0.1, 32, (1024, 256), 8),
-                                      (0.3, 16, (2048, 64), 32), (0.05, 8, (512, 256), 64)]:
+    for rate, rank, tokens, slots in POPULATIONS:
         def pop(n: int, rate: float = rate, rank: int = rank,
                 tokens: tuple[float, float] = tokens) -> list[AdapterDemand]:
             return population(n, rate, rank, tokens)
 
-        truth = largest(lambda n, s=slots: twin_ok(pop(n), predictor, s))  # type: ignore[misc]
-        # Runs as long as the placement-shaped labels' near the boundary, for comparison: most
-        # of these populations have fewer slots than adapters, and an adapter is starved when
-        # its longest wait exceeds a tenth of the run, so a longer run lets more adapters in.
-        long = largest(lambda n, s=slots: twin_ok(pop(n), predictor, s,  # type: ignore[misc]
-                                                  NEAR_BOUNDARY_DURATION_S))
+        def ok(n: int, duration_s: float = VALIDATION_S, seed: int = 1,
+               pop: Callable[[int], list[AdapterDemand]] = pop, slots: int = slots) -> bool:
+            return twin_ok(pop(n), predictor, slots, duration_s, seed)
+
+        per_seed = [largest(lambda n, seed=seed: ok(n, seed=seed))  # type: ignore[misc]
+                    for seed in TRUTH_SEEDS]
+        truth = int(statistics.median(per_seed))
+        long = largest(lambda n: ok(n, NEAR_BOUNDARY_DURATION_S))  # type: ignore[misc]
+        wait = max(a.max_wait_s for a in twin_result(
+            pop(long), predictor, slots, NEAR_BOUNDARY_DURATION_S, 1).adapters)
         guess = largest(lambda n, s=slots: surrogate_ok(pop(n), predictor, s))  # type: ignore[misc]
         out.append({"rate": rate, "rank": rank, "tokens": tokens, "max_loras": slots,
                     "twin_max_adapters": truth, "surrogate_max_adapters": guess,
                     "relative_error": abs(guess - truth) / max(truth, 1),
-                    "twin_max_adapters_2400s_run": long})
+                    "twin_max_adapters_per_seed": per_seed,
+                    "twin_max_adapters_2400s_run": long, "max_wait_s_2400s_run": wait})
     return out
 
 
@@ -259,8 +290,7 @@ def main() -> None:
     console.print(f"label noise floor: {floor}")
     placement = max_adapters_error(train_rows)
     t2 = Table(title="largest number of adapters one GPU serves without starvation")
-    for c in ("rate", "rank", "tokens", "max_loras", "twin_max_adapters",
-              "surrogate_max_adapters", "relative_error", "twin_max_adapters_2400s_run"):
+    for c in placement[0]:
         t2.add_column(c.replace("_", " "), justify="right")
     for r in placement:
         t2.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()])
@@ -272,6 +302,8 @@ def main() -> None:
     (out / "surrogate.json").write_text(json.dumps(
         {"train_rows": len(train_rows), "extra_data": [str(p) for p in args.extra_data],
          "placement_near_boundary_run_s": NEAR_BOUNDARY_DURATION_S,
+         "max_adapters_truth": {"run_s": VALIDATION_S, "seeds": TRUTH_SEEDS,
+                                "reduce": "median"},
          "comparison": comparison, "analytic_alone": baseline, "noise_floor": floor,
          "max_adapters": placement, "max_adapters_mean_relative_error": mean_err},
         indent=1, default=list) + "\n")

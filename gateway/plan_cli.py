@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+import planner.surrogate as surrogate_module
 from planner.baselines import lower_bound
 from planner.inputs import load_adapters
 from planner.latency_estimate import LatencyEstimate
@@ -68,9 +69,11 @@ def register(sub: Any) -> None:
 
 
 def default_surrogate() -> Surrogate:
-    """The surrogate trained on the bundled table, cached under ``$XDG_CACHE_HOME``."""
+    """The surrogate trained on the bundled table, cached under ``$XDG_CACHE_HOME`` (keyed by
+    the models' names, the tables and ``planner/surrogate.py``, where their settings are)."""
+    models = hashlib.sha256(Path(surrogate_module.__file__).read_bytes()).hexdigest()
     key = hashlib.sha256(f"{DEFAULT_REGRESSOR}-{DEFAULT_CLASSIFIER}-{DEFAULT_LATENCY}-"
-                         f"{bundled_digest()}".encode()).hexdigest()
+                         f"{bundled_digest()}-{models}".encode()).hexdigest()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lorafleet"
     path = cache / f"surrogate-{key[:12]}.pkl"
     if path.is_file():

@@ -7,9 +7,13 @@ both sides of the starvation boundary are dense: the placer lives there. Same se
 Pure: ``run_sample`` is a function of its arguments; writing the table is the caller's job.
 
 Two shapes (``Shape``): ``SAMPLED`` draws the slot count at random (mostly fewer slots than
-adapters: slot thrashing); ``PLACEMENT`` gives every adapter a slot, as the placer builds
-workers (the largest slot count that fits memory when that many do not), re-draws the load
-around the new analytic capacity and runs the twin longer near the boundary (less label noise).
+adapters: slot thrashing) and runs the twin as long as the planner checks a plan
+(``planner.validate.VALIDATION_S``: where slots thrash, the starvation verdict moves with the
+run length, and that check is what the surrogate predicts); ``PLACEMENT`` gives every adapter
+a slot, as the placer builds workers (the largest slot count that fits memory when that many
+do not), re-draws the load around the new analytic capacity and runs the twin longer near the
+boundary (less label noise; with a slot per adapter the verdict barely moves with the run
+length).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 
 from planner.features import FEATURES, AdapterDemand, worker_features
 from planner.placer import SLOT_CANDIDATES
+from planner.validate import VALIDATION_S
 from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
 from twin.scenario import Scenario
@@ -174,8 +179,10 @@ def _draw(rng: np.random.Generator, seed: int, model: ModelSpec, gpu: GpuSpec,
                                  input_tokens=a.input_tokens, output_tokens=a.output_tokens,
                                  input_std=a.input_std, output_std=a.output_std, cv=a.cv)
                    for a in adapters)
-    duration = float(min(600.0, max(180.0, 2000.0 / total_rate)))
-    return SampleSpec(seed=seed, adapters=scaled, engine=engine, cv=cv, duration_s=duration)
+    # As long as the planner's twin check of a plan (VALIDATION_S): where the slots thrash, the
+    # verdict moves with the run length (an adapter is starved when it waits a tenth of it).
+    return SampleSpec(seed=seed, adapters=scaled, engine=engine, cv=cv,
+                      duration_s=VALIDATION_S)
 
 
 def run_sample(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,

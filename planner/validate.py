@@ -27,7 +27,12 @@ from twin.results import SimulationResult
 from twin.routing import BASE_MODEL, Placement, RoutingPolicy, WorkerPlacement
 from twin.workload import AdapterLoad, LengthDist, Workload
 
-__all__ = ["Validation", "baselines_in_twin", "repair", "validate"]
+__all__ = ["VALIDATION_S", "Validation", "baselines_in_twin", "repair", "validate"]
+
+# Twin seconds a plan is checked for (the gateway's plans and re-plans, ``lorafleet plan``'s
+# default, bench/placement.py): the acceptance test of every plan, so also the run length at
+# which bench/surrogate.py scores the surrogate's largest feasible adapters per GPU.
+VALIDATION_S = 180.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,8 +96,8 @@ def _simulate_part(task: tuple[Any, ...]) -> ClusterResult:
                             RoutingPolicy.PLACEMENT, arrivals)
 
 
-def validate(plan: Plan, predictor: Predictor, *, duration_s: float = 180.0, seed: int = 0,
-             map_fn: Callable[..., Iterable[ClusterResult]] = map) -> Validation:
+def validate(plan: Plan, predictor: Predictor, *, duration_s: float = VALIDATION_S,
+             seed: int = 0, map_fn: Callable[..., Iterable[ClusterResult]] = map) -> Validation:
     """Run the plan in the cluster twin. Workers that share no adapter are simulated as
     separate groups (pass a process pool's ``map`` as ``map_fn`` to run them in parallel);
     the arrivals are generated once for the whole plan, so the result does not depend on it.
@@ -136,7 +141,8 @@ def validate(plan: Plan, predictor: Predictor, *, duration_s: float = 180.0, see
 
 
 def repair(plan: Plan, predictor: Predictor, validation: Validation, *,
-           duration_s: float = 180.0, seed: int = 0, rounds: int = 4, tighten: float = 0.85,
+           duration_s: float = VALIDATION_S, seed: int = 0, rounds: int = 4,
+           tighten: float = 0.85,
            map_fn: Callable[..., Iterable[ClusterResult]] = map) -> tuple[Plan, Validation]:
     """Re-place the load of the GPUs the twin finds starving, with a stricter margin each
     round (``headroom`` times ``tighten``), keeping the GPUs it accepted; at most ``rounds``

@@ -49,3 +49,14 @@ def test_the_digest_covers_every_table() -> None:
     for name in ("a100-80gb-llama-3.1-8b.csv", "a100-80gb-llama-3.1-8b-placement.csv"):
         digest.update((DATA / name).read_bytes())
     assert bundled_digest() == digest.hexdigest()
+
+
+def test_the_sampled_table_is_what_the_dataset_command_makes_now(specs) -> None:
+    """Its first rows are ``run_sample`` of ``lorafleet dataset --seed 0``'s first workers (so
+    the table follows the sampler, e.g. its run length: ``planner.validate.VALIDATION_S``)."""
+    from planner.dataset import run_sample, sample_specs
+
+    model, gpu, profile = specs
+    table = load_table(DATA / "a100-80gb-llama-3.1-8b.csv")
+    for spec, row in zip(sample_specs(3, 0, model, gpu, profile), table, strict=False):
+        assert run_sample(spec, model, gpu, profile) == row
