@@ -76,15 +76,9 @@ class Stability:
     # exact. A worker then stays put while feasible at its rates less ``noise_sigmas``
     # standard deviations of their Poisson counting noise (``1 / sqrt(requests counted)``,
     # at most ``max_noise``): at 7 req/s over 15 s a rate is only known to +-9%, and shedding
-    # on such a wobble moved adapters, opened a GPU and later emptied it again. One sigma
-    # was not enough: a worker planned to the boundary reads above it by more than one
-    # sigma on 16% of re-plans from noise alone, so a 4-GPU fleet re-planning every 10 s
-    # opened a fifth GPU within 20 s in each of three bench/fleet.py runs (at 1.3 sigma).
-    # Two sigmas: 2.3% per worker and re-plan. A real overload below two sigmas is what the
-    # plan's ``headroom`` (10%) absorbs; two sigmas stay inside it once a worker's window
-    # counts 400 requests (the gateway's default 60 s window at 7 req/s), not at 15 s.
+    # on such a wobble moved adapters, opened a GPU and later emptied it again.
     rate_window_s: float = 0.0
-    noise_sigmas: float = 2.0
+    noise_sigmas: float = 1.0
     max_noise: float = 0.2
 
     def __post_init__(self) -> None:
@@ -123,7 +117,7 @@ def _stay_scale(rates: Mapping[str, float], stability: Stability) -> float:
     """The factor on a worker's observed rates at which it must stay feasible to keep them.
 
     >>> round(_stay_scale({"a": 5.0, "b": 2.0}, Stability(rate_window_s=15.0)), 3)
-    0.805
+    0.902
     >>> _stay_scale({"a": 5.0}, Stability()), _stay_scale({"a": 0.01}, Stability(
     ...     rate_window_s=15.0))
     (1.0, 0.8)
@@ -194,25 +188,14 @@ class _Board:
 
     def shed(self, stability: Stability) -> list[Entry]:
         """Workers predicted infeasible (at their rates less the counting noise, see
-        ``Stability.rate_window_s``) give up adapters until feasible: each time the heaviest
-        one another running worker takes (moved there now), else the heaviest of all (to
-        the entries returned, for new GPUs if nothing else takes them). Shedding the
-        heaviest first opened a GPU for a hot adapter when a shifted load needed only a
-        lighter one moved between the GPUs already running."""
+        ``Stability.rate_window_s``) give up their heaviest adapters until feasible."""
         out: list[Entry] = []
-        scale = 1 / stability.fill_margin
         for i in self.up():
             rates = self.rates[i]
+            order = sorted(rates, key=lambda n: (-_tokens(self.demand[n], rates[n]), n))
             while rates and not self.verdict(i, rates, _stay_scale(rates, stability)).feasible:
-                order = sorted(rates, key=lambda n: (-_tokens(self.demand[n], rates[n]), n))
-                others = [j for j in self.up() if j != i and self.rates[j]]
-                move = next(((n, j) for n in order for j in others
-                             if self.fits(j, n, rates[n], scale)), None)
-                if move is None:
-                    out.append((order[0], rates.pop(order[0])))
-                else:
-                    name, j = move
-                    self.rates[j][name] = self.rates[j].get(name, 0.0) + rates.pop(name)
+                name = order.pop(0)
+                out.append((name, rates.pop(name)))
         return out
 
     def fits(self, i: int, name: str, rate: float, scale: float) -> bool:

@@ -227,35 +227,9 @@ def test_a_rise_within_counting_noise_moves_nothing_a_real_one_does(predictor) -
     ads = demands(40, seed=0, base=2.0)
     workers = settled(ads, predictor)
     noisy = Stability(rate_window_s=15.0)  # rates counted over 15 s: +-8-12% per worker
-    for factor, exact_moves, noisy_moves in ((1.12, True, False), (1.2, True, False),
-                                             (1.6, True, True)):
+    for factor, exact_moves, noisy_moves in ((1.12, True, False), (1.6, True, True)):
         risen = [replace(a, rate=a.rate * factor) for a in ads]
         for stability, moves in ((Stability(), exact_moves), (noisy, noisy_moves)):
             plan = replan(risen, workers, predictor, stability)
             migration, _ = step(risen, workers, plan)
             assert bool(migration.moved or migration.added) is moves, (factor, stability)
-    # One sigma (the old default) sheds at 1.2x: a rise a 15 s count cannot tell from noise.
-    one_sigma = Stability(rate_window_s=15.0, noise_sigmas=1.0)
-    risen = [replace(a, rate=a.rate * 1.2) for a in ads]
-    migration, _ = step(risen, workers, replan(risen, workers, predictor, one_sigma))
-    assert migration.moved or migration.added
-
-
-def test_a_rotated_popularity_is_rebalanced_on_the_running_gpus(predictor) -> None:
-    """The three coldest adapters take the three hottest's rates (the fleet bench's shift):
-    the total is unchanged, and moving a lighter adapter between the running GPUs restores
-    them. Shedding the overloaded worker's heaviest adapter first fit it on no running GPU
-    and opened a fifth (this instance: 5 GPUs, 1 added)."""
-    ads = demands(40, seed=1, base=2.0)
-    workers = settled(ads, predictor)
-    assert len(workers) == 4
-    rates = {a.name: a.rate for a in ads}
-    order = sorted(ads, key=lambda a: a.rate)
-    for cold, hot in zip(order[:3], reversed(order[-3:]), strict=True):
-        rates[cold.name], rates[hot.name] = rates[hot.name], rates[cold.name]
-    rotated = [replace(a, rate=rates[a.name]) for a in ads]
-    plan = replan(rotated, workers, predictor)
-    migration, _ = step(rotated, workers, plan)
-    check(plan, rotated, workers, predictor)
-    assert migration.moved and not migration.added
-    assert sum(1 for g in plan.gpus if g.rates) == 4
