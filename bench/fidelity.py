@@ -8,7 +8,7 @@ servers started with each ``--calibrate-max-loras`` (one after the other, the sc
 ``twin/profiles/cpu-tiny-llama.json``); then runs each scenario below on the ``max_loras`` 2
 server and in the twin, which uses only that profile. The scenarios
 are not used by the calibration. One scenario runs twice on the server to measure the noise
-floor. Prints a table and writes ``bench/results/fidelity.json``.
+floor (throughput and TTFT p50). Prints a table and writes ``bench/results/fidelity.json``.
 
 Run: ``.venv/bin/python bench/fidelity.py [--profile cpu-tiny-llama] [--duration 25]``
 (needs ``make vllm-env``; about 10 minutes).
@@ -140,7 +140,7 @@ async def run(url: str, args: argparse.Namespace, adapters: dict[str, Path],
         console.print(f"calibrated in {time.perf_counter() - started:.0f} s -> {SHIPPED}")
     sources = {8: str(adapters["tiny-a-r8"]), 16: str(adapters["tiny-b-r16"])}
     results: list[Validation] = []
-    noise = float("nan")
+    noise = noise_ttft = float("nan")
     cap = capacity(profile, args.duration)
     console.print(f"twin capacity (2 adapters, Poisson): {cap:.1f} req/s")
     for i, (name, count, load, zipf, arrivals) in enumerate(SCENARIOS):
@@ -152,13 +152,16 @@ async def run(url: str, args: argparse.Namespace, adapters: dict[str, Path],
         if name == NOISE_SCENARIO:
             again = await validate(url, s, sources)
             noise = relative_error(again.real.throughput_tps, v.real.throughput_tps)
+            noise_ttft = relative_error(again.real.ttft_p50_s, v.real.ttft_p50_s)
             console.print(f"noise floor: second real run {again.real.throughput_tps:,.0f} "
-                          f"tok/s ({noise:.1%})")
+                          f"tok/s ({noise:.1%}), TTFT p50 {again.real.ttft_p50_s * 1e3:.0f} "
+                          f"ms ({noise_ttft:.1%})")
     async with ServerClient(url) as client:
         version = await client.version()
     return {"vllm_version": version, "profile": profile.name, "twin_capacity_rps": cap,
             "profile_source": {k: profile.source.get(k) for k in ("hardware", "date", "fit")},
-            "noise_throughput_error": noise, "duration_s": args.duration,
+            "noise_throughput_error": noise, "noise_ttft_p50_error": noise_ttft,
+            "duration_s": args.duration,
             "scenarios": [v.to_dict() for v in results], "_validations": results}
 
 
