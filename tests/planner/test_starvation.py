@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from planner.features import AdapterDemand, worker_features
-from planner.surrogate import STARVATION_MODELS, StarvationModel, Surrogate
+from planner.surrogate import (
+    STARVATION_MODELS,
+    NearestRegressor,
+    StarvationModel,
+    Surrogate,
+    transform,
+)
 from twin.specs import EngineConfig
 
 
@@ -53,7 +61,31 @@ def test_workers_whose_slots_thrash_get_the_classifier(specs) -> None:
 
 
 def test_models_are_named_and_unknown_ones_rejected() -> None:
-    assert "capacity-arf" in STARVATION_MODELS and "arf" in STARVATION_MODELS
+    assert {"capacity-arf", "capacity-nearest", "arf"} <= set(STARVATION_MODELS)
     with pytest.raises(ValueError, match="model"):
         StarvationModel("capacity-nope")
-    assert Surrogate.create().starvation.model == "capacity-arf"
+    assert Surrogate.create().starvation.model == "capacity-nearest"
+
+
+def test_an_unsaturated_worker_raises_a_capacity_below_what_it_served(specs) -> None:
+    model = StarvationModel("capacity-nearest")
+    row = _rows(specs, slots=8, n=1)[0]
+    capacity = model._capacity
+    assert capacity is not None
+    est = row["est_capacity_tps"]
+    # Served all it was offered, half the estimate: no news to a model at the estimate.
+    model.learn_one(row, False, 0.5 * est, 0.5 * est)
+    assert capacity.predict_one(transform(row)) == 0.0
+    # Served all of 1.2 x the estimate: the capacity is at least that.
+    model.learn_one(row, False, 1.2 * est, 1.2 * est)
+    assert capacity.predict_one(transform(row)) == pytest.approx(math.log(1.2))
+
+
+def test_the_nearest_regressor_uses_its_features_and_window() -> None:
+    knn = NearestRegressor(n_neighbors=1, features=("a",), window=2)
+    for a, y in [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]:
+        knn.learn_one({"a": a, "ignored": -a}, y)
+    assert knn.predict_one({"a": 0.0, "ignored": 5.0}) == 2.0  # (0, 1) left the window
+    assert NearestRegressor().predict_one({"a": 1.0}) == 0.0
+    with pytest.raises(ValueError):
+        NearestRegressor(n_neighbors=0)
