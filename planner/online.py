@@ -39,7 +39,7 @@ from twin.errors import ConfigError
 from twin.routing import BASE_MODEL
 from twin.specs import ALLOWED_LORA_RANKS, EngineConfig
 
-__all__ = ["RunningWorker", "Stability", "replan"]
+__all__ = ["RunningWorker", "Stability", "replan", "with_cpu_room"]
 
 Entry = tuple[str, float]  # (adapter, rate) of unplaced load
 
@@ -274,6 +274,21 @@ def _split(entries: Iterable[Entry], demand: Mapping[str, AdapterDemand],
     return out
 
 
+def with_cpu_room(engine: EngineConfig, loras: int, room: float) -> EngineConfig:
+    """``engine`` with a CPU LoRA tier for ``room`` times the ``loras`` it starts with
+    (``Stability.cpu_lora_room``; never lowered): a worker's engine options are fixed for its
+    life, and one whose CPU tier is full cannot take an adapter when a shifted load must be
+    rebalanced over the running GPUs.
+
+    >>> with_cpu_room(EngineConfig(max_loras=4), 3, 2.0).cpu_loras
+    6
+    >>> with_cpu_room(EngineConfig(max_loras=8), 3, 2.0).cpu_loras
+    8
+    """
+    need = math.ceil(loras * room)
+    return replace(engine, max_cpu_loras=need) if engine.cpu_loras < need else engine
+
+
 def _new_gpus(entries: Sequence[Entry], demand: Mapping[str, AdapterDemand],
               predictor: Predictor, stability: Stability, first: int) -> list[GpuPlan]:
     """Fresh GPUs for ``entries``, set up by the placer with ``fill_margin`` to spare, their
@@ -291,9 +306,8 @@ def _new_gpus(entries: Sequence[Entry], demand: Mapping[str, AdapterDemand],
     gpus = []
     for g in place_with(items, predictor).gpus:
         real = {n: r * margin for n, r in g.rates.items()}
-        loras = sum(1 for n in real if demand[n].rank > 0)
-        engine = replace(g.engine, max_cpu_loras=max(
-            g.engine.max_loras, math.ceil(loras * stability.cpu_lora_room)))
+        engine = with_cpu_room(g.engine, sum(1 for n in real if demand[n].rank > 0),
+                               stability.cpu_lora_room)
         v = predictor.check([replace(demand[n], rate=r) for n, r in real.items()], engine)
         gpus.append(GpuPlan.judged(first + g.index, engine, real, v))
     return gpus

@@ -16,12 +16,11 @@ Examples
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from planner.features import AdapterDemand
-from planner.online import Stability
+from planner.online import Stability, with_cpu_room
 from planner.placer import PlannerConfig, Predictor, place
 from planner.surrogate import Surrogate
 from planner.validate import repair, validate
@@ -94,9 +93,8 @@ def from_planner(adapters: Sequence[AdapterDemand], workers: Sequence[str],
                  cpu_lora_room: float = Stability().cpu_lora_room) -> InitialPlan:
     """The planner's fewest-GPU plan, checked (and repaired) in the cluster twin, mapped onto
     ``workers``. Each worker's CPU LoRA tier gets room for ``cpu_lora_room`` times the LoRAs
-    it starts with (host memory only), as the re-planner gives the GPUs it adds: the engine
-    options are fixed for a worker's life, and a worker whose CPU tier is full cannot take an
-    adapter when a shifted load must be rebalanced over the running GPUs."""
+    it starts with (host memory only), as the re-planner gives the GPUs it adds
+    (``planner.online.with_cpu_room``)."""
     specs = (get_model(model), get_gpu(gpu), load_profile(profile))
     config = PlannerConfig(max_model_len=max_model_len, headroom=headroom)
     plan = place(adapters, *specs, surrogate, config)
@@ -125,11 +123,8 @@ def from_planner(adapters: Sequence[AdapterDemand], workers: Sequence[str],
     fallback = plan.gpus[0].engine
     final = []
     for w, engine in enumerate(engines):
-        engine = engine or fallback
-        loras = math.ceil(sum(1 for k in shares[w] if k != BASE_MODEL) * cpu_lora_room)
-        if engine.cpu_loras < loras:
-            engine = replace(engine, max_cpu_loras=loras)
-        final.append(engine)
+        loras = sum(1 for k in shares[w] if k != BASE_MODEL)
+        final.append(with_cpu_room(engine or fallback, loras, cpu_lora_room))
     placement = Placement(tuple(WorkerPlacement(name=name, shares=s)
                                 for name, s in zip(workers, shares, strict=True)))
     return InitialPlan(placement=placement, engines=tuple(final), planned_gpus=plan.num_gpus)
