@@ -3,9 +3,9 @@
 1. Every regressor x classifier pair on the held-out split of the training table: throughput
    SMAPE on saturated samples, starvation macro-F1 (all, near the boundary), latency SMAPE,
    training time and time per prediction.
-   Held out: the sampled table's every-5th row, and 400 placement-shaped workers
-   (``placement_specs``) labelled as the placement-shaped training table is (2400 s twin runs
-   near the boundary).
+   Held out: the sampled table's every-5th row, and 400 placement-shaped workers from each
+   of two seeds (``placement_specs``; the default models' figures also per seed), labelled
+   as the placement-shaped training table is (2400 s twin runs near the boundary).
 2. The label noise floor: the first placement-shaped held-out workers run again with another
    workload seed; the macro-F1 between the two runs' labels bounds what any model can reach.
 3. The placement metric: for populations of identical adapters on a fixed ``max_loras``, the
@@ -92,7 +92,8 @@ def placement_table(n: int, seed: int, path: Path) -> None:
 
 
 def compare(train_rows: list[dict[str, float]],
-            held_out: dict[str, list[dict[str, float]]]) -> list[dict[str, object]]:
+            held_out: dict[str, list[dict[str, float]]],
+            capacity_rows: list[dict[str, float]]) -> list[dict[str, object]]:
     """Each regressor (with the logistic classifier) and each classifier (with the linear
     regressor): the two models are independent, so this covers every pair."""
     pairs = [(reg, "logistic") for reg in REGRESSORS]
@@ -100,7 +101,7 @@ def compare(train_rows: list[dict[str, float]],
     out = []
     for reg, clf in pairs:
         started = time.perf_counter()
-        s = train(train_rows, regressor=reg, classifier=clf)
+        s = train(train_rows, regressor=reg, classifier=clf, capacity_rows=capacity_rows)
         row: dict[str, object] = {"regressor": reg, "classifier": clf,
                                   "train_s": time.perf_counter() - started}
         for name, rows in held_out.items():
@@ -201,11 +202,12 @@ POPULATIONS: tuple[tuple[float, int, tuple[float, float], int], ...] = (
 TRUTH_SEEDS = (1, 2, 3)
 
 
-def max_adapters_error(train_rows: list[dict[str, float]]) -> list[dict[str, object]]:
+def max_adapters_error(train_rows: list[dict[str, float]],
+                       capacity_rows: list[dict[str, float]]) -> list[dict[str, object]]:
     """Per population: the twin's largest feasible count (the median over ``TRUTH_SEEDS`` of
     ``VALIDATION_S`` runs), the surrogate's, and for reference a
     ``NEAR_BOUNDARY_DURATION_S`` run's with the longest wait of any adapter there."""
-    s = train(train_rows)
+    s = train(train_rows, capacity_rows=capacity_rows)
     # Bisection with the check itself (no extra headroom): the surrogate's own boundary.
     predictor = Predictor(s, MODEL, GPU, PROFILE, PlannerConfig(headroom=1.0))
     out = []
@@ -250,7 +252,12 @@ def main() -> None:
                         default=ROOT / "planner/data/a100-80gb-llama-3.1-8b.csv")
     parser.add_argument("--extra-data", type=Path, nargs="*", default=[],
                         help="more training tables (e.g. placement-shaped ones)")
-    parser.add_argument("--placement-samples", type=int, default=400)
+    parser.add_argument("--capacity-data", type=Path, nargs="*", default=[],
+                        help="tables only the starvation model's capacity learns (e.g. more "
+                        "placement-shaped rows)")
+    parser.add_argument("--placement-samples", type=int, default=400,
+                        help="placement-shaped held-out workers per --placement-seeds")
+    parser.add_argument("--placement-seeds", type=int, nargs="+", default=[202, 303])
     parser.add_argument("--placement-eval", type=Path, default=None,
                         help="cache of the placement-shaped held-out table (made if absent)")
     parser.add_argument("--noise-samples", type=int, default=150)
@@ -265,11 +272,14 @@ def main() -> None:
     train_rows, test_rows = split(rows)
     # Learned interleaved, as the default surrogate learns the bundled tables.
     train_rows = interleave(train_rows, *(load_table(extra) for extra in args.extra_data))
-    specs = placement_specs(args.placement_samples, 202)
+    capacity_rows = interleave(*(load_table(extra) for extra in args.capacity_data))
+    by_seed = {seed: placement_specs(args.placement_samples, seed)
+               for seed in args.placement_seeds}
+    specs = [spec for part in by_seed.values() for spec in part]
     held = cached(args.placement_eval, lambda: placement_rows(specs))
     held_out = {"dataset": test_rows, "placement": held}
     console = Console(width=200)
-    comparison = compare(train_rows, held_out)
+    comparison = compare(train_rows, held_out, capacity_rows)
     cols = ["throughput_smape_saturated", "starvation_f1", "starvation_f1_near_boundary",
             "ttft_smape", "itl_smape", "predict_us"]
     for name, part in held_out.items():
@@ -282,13 +292,22 @@ def main() -> None:
             table.add_row(str(r["regressor"]), str(r["classifier"]),
                           *[f"{ev[c]:.3f}" for c in cols], f"{r['train_s']:.1f}")
         console.print(table)
+    default = train(train_rows, capacity_rows=capacity_rows)
+    per_seed, start = {}, 0
+    for seed, part in by_seed.items():
+        per_seed[seed] = evaluate(default, held[start:start + len(part)]).to_dict()
+        start += len(part)
+    console.print("default models, placement-shaped held-out near-boundary starvation F1 per "
+                  "seed: " + ", ".join(f"{seed}: {ev['starvation_f1_near_boundary']:.3f} "
+                                       f"({ev['near_boundary']} workers)"
+                                       for seed, ev in per_seed.items()))
     baseline = {name: analytic(part) for name, part in held_out.items()}
     console.print(f"analytic estimate alone: {baseline}")
     again = cached(args.noise_eval,
                    lambda: placement_rows(specs[:args.noise_samples], 1))[:args.noise_samples]
     floor = {"placement": label_agreement(held[:len(again)], again)}
     console.print(f"label noise floor: {floor}")
-    placement = max_adapters_error(train_rows)
+    placement = max_adapters_error(train_rows, capacity_rows)
     t2 = Table(title="largest number of adapters one GPU serves without starvation")
     for c in placement[0]:
         t2.add_column(c.replace("_", " "), justify="right")
@@ -301,10 +320,14 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "surrogate.json").write_text(json.dumps(
         {"train_rows": len(train_rows), "extra_data": [str(p) for p in args.extra_data],
+         "capacity_rows": len(capacity_rows),
+         "capacity_data": [str(p) for p in args.capacity_data],
+         "placement_seeds": args.placement_seeds,
          "placement_near_boundary_run_s": NEAR_BOUNDARY_DURATION_S,
          "max_adapters_truth": {"run_s": VALIDATION_S, "seeds": TRUTH_SEEDS,
                                 "reduce": "median"},
-         "comparison": comparison, "analytic_alone": baseline, "noise_floor": floor,
+         "comparison": comparison, "default_per_placement_seed": per_seed,
+         "analytic_alone": baseline, "noise_floor": floor,
          "max_adapters": placement, "max_adapters_mean_relative_error": mean_err},
         indent=1, default=list) + "\n")
 

@@ -35,6 +35,7 @@ from planner.training import (
     DEFAULT_CLASSIFIER,
     DEFAULT_LATENCY,
     DEFAULT_REGRESSOR,
+    bundled_capacity_rows,
     bundled_digest,
     bundled_rows,
     train,
@@ -81,7 +82,7 @@ def default_surrogate() -> Surrogate:
             return Surrogate.load(path)
         except Exception:
             path.unlink(missing_ok=True)
-    surrogate = train(bundled_rows())
+    surrogate = train(bundled_rows(), capacity_rows=bundled_capacity_rows())
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     surrogate.save(tmp)

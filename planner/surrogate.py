@@ -138,15 +138,15 @@ class NearestRegressor:
 # ranks (adapter_slots, max_lora_rank, kv_tokens, expected_active; slot_coverage is 1). By
 # backward elimination on validation folds of the placement-shaped table: pooled
 # near-boundary macro-F1 0.944-0.947 with every feature but the load's, 0.950-0.954 with
-# these (means over four fold layouts, 4-8 neighbours); on rows unseen while choosing, a tie
-# at 6 neighbours (0.965).
+# these (means over four fold layouts, 4-8 neighbours). 10 neighbours once the capacity
+# also learns the bundled capacity table (planner/training.py).
 CAPACITY_FEATURES: tuple[str, ...] = (
     "std_rate", "max_size", "mean_size", "std_size", "served_adapters", "mean_input",
     "mean_output", "std_input", "std_output", "burstiness", "base_rate", "active_ratio",
     "lora_pressure", "est_capacity_tps")
 CAPACITY_REGRESSORS: dict[str, Callable[[int], Any]] = {
     **REGRESSORS,
-    "nearest": lambda seed: NearestRegressor(n_neighbors=6, features=CAPACITY_FEATURES),
+    "nearest": lambda seed: NearestRegressor(n_neighbors=10, features=CAPACITY_FEATURES),
 }
 
 CAPACITY_PREFIX = "capacity-"
@@ -228,11 +228,17 @@ class StarvationModel:
         """Learn the label ``y``; with ``served`` (tokens/s) and ``offered`` (the tokens/s
         that arrived), a worker's capacity too: what a saturated one served, and at least
         what an unsaturated one served."""
-        t = transform(x)
-        self._est.learn_one(t, bool(y))
-        if (self._capacity is None or served is None or offered is None or served <= 0
-                or x["active_ratio"] > 1.0):
+        self._est.learn_one(transform(x), bool(y))
+        if served is not None and offered is not None:
+            self.learn_capacity(x, served, offered)
+
+    def learn_capacity(self, x: Mapping[str, float], served: float, offered: float) -> None:
+        """Learn only the capacity (no label; nothing for a plain classifier or a worker
+        whose slots thrash): what a saturated worker served, and at least what an
+        unsaturated one served."""
+        if self._capacity is None or served <= 0 or x["active_ratio"] > 1.0:
             return
+        t = transform(x)
         level = math.log(served / x["est_capacity_tps"])
         if served < SATURATED * offered or float(self._capacity.predict_one(t)) < level:
             self._capacity.learn_one(t, level)
@@ -295,6 +301,11 @@ class Surrogate:
                                   row["throughput_tps"], row["ideal_tps"])
         self.latency.learn_one(row, row)
         self.samples_seen += 1
+
+    def learn_capacity_row(self, row: Mapping[str, float]) -> None:
+        """Learn one dataset row into the starvation model's capacity only
+        (``StarvationModel.learn_capacity``)."""
+        self.starvation.learn_capacity(row, row["throughput_tps"], row["ideal_tps"])
 
     def save(self, path: str | Path) -> None:
         Path(path).write_bytes(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))

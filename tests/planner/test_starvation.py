@@ -89,3 +89,27 @@ def test_the_nearest_regressor_uses_its_features_and_window() -> None:
     assert NearestRegressor().predict_one({"a": 1.0}) == 0.0
     with pytest.raises(ValueError):
         NearestRegressor(n_neighbors=0)
+
+
+def test_capacity_rows_teach_the_capacity_and_nothing_else(specs) -> None:
+    """``train(capacity_rows=...)``: those rows reach only the starvation model's capacity
+    (the forests and the fallback classifier never see them)."""
+    from planner.training import train
+
+    rows = _rows(specs, slots=8, n=60)
+    more = _rows(specs, slots=8, n=60, seed=1)
+    plain = train(rows)
+    extra = train(rows, capacity_rows=more)
+    assert plain.samples_seen == extra.samples_seen == len(rows)
+    cap_plain, cap_extra = plain.starvation._capacity, extra.starvation._capacity
+    assert isinstance(cap_plain, NearestRegressor) and isinstance(cap_extra, NearestRegressor)
+    assert len(cap_extra._rows) > len(cap_plain._rows)
+    probe = transform(more[0])
+    assert plain.throughput.predict_one(more[0]) == extra.throughput.predict_one(more[0])
+    assert plain.starvation._est.predict_proba_one(probe) == \
+        extra.starvation._est.predict_proba_one(probe)
+    # A thrashing worker's row teaches the capacity nothing.
+    thrash = _rows(specs, slots=2, n=1)[0]
+    before = len(cap_extra._rows)
+    extra.learn_capacity_row(thrash)
+    assert len(cap_extra._rows) == before

@@ -6,7 +6,14 @@ import hashlib
 from pathlib import Path
 
 from planner.table import load_table
-from planner.training import bundled_digest, bundled_rows, bundled_tables, interleave
+from planner.training import (
+    bundled_capacity_rows,
+    bundled_capacity_tables,
+    bundled_digest,
+    bundled_rows,
+    bundled_tables,
+    interleave,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "planner" / "data"
 
@@ -43,10 +50,23 @@ def test_interleave_keeps_every_row_once() -> None:
     assert interleave(a) == a
 
 
+def test_the_capacity_table_holds_more_placement_shaped_workers() -> None:
+    """Only the capacity learns it: placement-shaped workers other than the placement
+    table's (the sampler's next 1200 of the same seed)."""
+    assert [t.name for t in bundled_capacity_tables()] == ["a100-80gb-llama-3.1-8b-capacity.csv"]
+    more = bundled_capacity_rows()
+    placement = load_table(DATA / "a100-80gb-llama-3.1-8b-placement.csv")
+    assert len(more) == 1200
+    assert not {r["seed"] for r in more} & {r["seed"] for r in placement}
+    assert sum(r["adapter_slots"] < r["served_adapters"] for r in more) / len(more) < 0.02
+    assert sum(0.7 <= r["load_ratio"] <= 1.4 for r in more) / len(more) > 0.5
+
+
 def test_the_digest_covers_every_table() -> None:
-    """``default_surrogate``'s cache key: it changes when either table does."""
+    """``default_surrogate``'s cache key: it changes when any table does."""
     digest = hashlib.sha256()
-    for name in ("a100-80gb-llama-3.1-8b.csv", "a100-80gb-llama-3.1-8b-placement.csv"):
+    for name in ("a100-80gb-llama-3.1-8b.csv", "a100-80gb-llama-3.1-8b-placement.csv",
+                 "a100-80gb-llama-3.1-8b-capacity.csv"):
         digest.update((DATA / name).read_bytes())
     assert bundled_digest() == digest.hexdigest()
 
@@ -59,4 +79,19 @@ def test_the_sampled_table_is_what_the_dataset_command_makes_now(specs) -> None:
     model, gpu, profile = specs
     table = load_table(DATA / "a100-80gb-llama-3.1-8b.csv")
     for spec, row in zip(sample_specs(3, 0, model, gpu, profile), table, strict=False):
+        assert run_sample(spec, model, gpu, profile) == row
+
+
+def test_the_capacity_table_is_the_samplers_next_placement_workers(specs) -> None:
+    """Its first rows are ``run_sample`` of workers 1201-1203 of ``lorafleet dataset
+    --scenarios 2400 --seed 1 --shape placement`` (the placement table holds the first 1200)."""
+    from itertools import islice
+
+    from planner.dataset import Shape, run_sample, sample_specs
+
+    model, gpu, profile = specs
+    table = load_table(DATA / "a100-80gb-llama-3.1-8b-capacity.csv")
+    drawn = islice(sample_specs(2400, 1, model, gpu, profile, shape=Shape.PLACEMENT),
+                   1200, 1203)
+    for spec, row in zip(drawn, table[:3], strict=True):
         assert run_sample(spec, model, gpu, profile) == row
