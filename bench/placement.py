@@ -78,6 +78,14 @@ def run(n: int, validate_plan: bool, baselines_twin: bool, pool: ProcessPoolExec
     return row
 
 
+def _cell(row: dict[str, object], col: str) -> str:
+    value = row.get(col, "-")
+    confirmed = row.get("baselines_confirmed")
+    if isinstance(confirmed, dict) and confirmed.get(col) is False:
+        return f"none <= {value}"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="*", default=[8, 50, 200, 1000])
@@ -86,7 +94,7 @@ def main() -> None:
     parser.add_argument("--rate-per-adapter", type=float, default=None,
                         help="mean req/s per adapter (default 0.5 up to 8 adapters, else 0.6)")
     parser.add_argument("--out", default="placement.json", help="file under bench/results")
-    parser.add_argument("--baselines-twin-max", type=int, default=200,
+    parser.add_argument("--baselines-twin-max", type=int, default=1000,
                         help="confirm baselines in the twin up to this many adapters")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes for the twin (default: one per core)")
@@ -102,9 +110,10 @@ def main() -> None:
     for c in cols:
         table.add_column(c.replace("_", " "), justify="right")
     for r in rows:
-        table.add_row(*[f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, "-"))
-                        for c in cols])
+        table.add_row(*[_cell(r, c) for c in cols])
     Console(width=200).print(table)
+    print("none <= N: the twin starved the baseline at every GPU count up to N (round robin and "
+          "first fit never replicate an adapter that one GPU cannot carry)")
     out = ROOT / "bench/results"
     out.mkdir(exist_ok=True)
     (out / args.out).write_text(json.dumps(rows, indent=1) + "\n")
