@@ -124,7 +124,8 @@ async def run_gateway(setup: Setup, plan: InitialPlan, folder: Path, *,
             "moved": len(r["diff"]["moved"]), "retired": len(r["diff"]["retired"]),
             "outcome": r.get("migration", {}).get("outcome", "unchanged"),
             "plan_s": r["plan_seconds"], "validate_s": r["validate_seconds"],
-            "capacity_scale": r["capacity_scale"], "validated": r["validated"]}
+            "capacity_scale": r["capacity_scale"], "validated": r["validated"],
+            "repairs": r.get("repairs", 0)}
             for r in replans]
         out["latency_windows"] = [{
             "worker": o.worker, "ratio": None if o.ratio is None else round(o.ratio, 3),

@@ -63,6 +63,8 @@ def event_line(r: dict[str, Any], start_wall: float) -> str:
         text += f", retired {', '.join(retired)}"
     if r.get("validated") is not None:
         text += ", twin: " + ("ok" if r["validated"] else f"starves {', '.join(r['starved'])}")
+        if r.get("repairs"):
+            text += f" after {r['repairs']} stricter re-plan(s)"
     if r.get("capacity_scale", 1.0) != 1.0:
         text += f", capacity x{r['capacity_scale']:.2f}"
     return text + f" ({outcome})"

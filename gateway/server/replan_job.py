@@ -9,6 +9,13 @@ per process.
   a worker, within the move budget.
 - ``fresh`` (an operator's ``{"fresh": true}``): ``planner.placer.place`` from scratch, mapped
   onto the workers by ``planner.migration.diff`` to move as few adapters as possible.
+
+Either plan is checked in the cluster twin; one it rejects is planned again with a stricter
+margin (the placer's ``headroom`` times ``REPAIR_TIGHTEN``, as ``planner.validate.repair``
+does offline), at most ``REPAIR_ROUNDS`` times, so a consolidation the twin says would starve
+a worker is not carried out, and a worker it finds starving sheds load (or a GPU opens). The
+last plan is carried out either way, with the twin's verdict reported: a fleet that must grow
+is better served by a plan the twin doubts than by none.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 from planner.features import AdapterDemand
@@ -32,6 +39,8 @@ from twin.profile import load_profile
 __all__ = ["ReplanJob", "ReplanResult", "exit_with_parent", "run_job", "warm"]
 
 PARENT_CHECK_S = 1.0
+REPAIR_ROUNDS = 2
+REPAIR_TIGHTEN = 0.85  # planner.validate.repair's default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,7 +71,8 @@ class ReplanResult:
     validated: bool | None  # None: validation off
     starved: tuple[str, ...]  # workers the twin finds starving
     plan_seconds: float
-    validate_seconds: float
+    validate_seconds: float  # the twin's checks, and the repairs' plans between them
+    repairs: int = 0  # plans made again because the twin rejected the one before
 
 
 @cache
@@ -111,32 +121,46 @@ def _learn(job: ReplanJob, predictor: Predictor) -> None:
         online.observe(window)
 
 
+def _plan(job: ReplanJob, predictor: Predictor) -> Plan:
+    if job.fresh:
+        return place(job.demands, predictor.model, predictor.gpu, predictor.profile,
+                     predictor.surrogate, predictor.config)
+    return replan(job.demands, job.workers, predictor, job.stability)
+
+
+def _tightened(predictor: Predictor) -> Predictor:
+    config = replace(predictor.config, headroom=predictor.config.headroom * REPAIR_TIGHTEN)
+    return Predictor(predictor.surrogate, predictor.model, predictor.gpu, predictor.profile,
+                     config)
+
+
 def run_job(job: ReplanJob) -> ReplanResult:
-    """Learn, plan, check in the cluster twin, and diff against what the workers hold now."""
+    """Learn, plan, check in the cluster twin (planning again with a stricter margin what it
+    rejects), and diff against what the workers hold now."""
     predictor = _predictor(job)
     _learn(job, predictor)
     names = [w.name for w in job.workers]
     current = {w.name: w.adapters for w in job.workers}
     ranks = {d.name: d.rank for d in job.demands}
     started = time.perf_counter()
-    plan: Plan
-    if job.fresh:
-        plan = place(job.demands, predictor.model, predictor.gpu, predictor.profile,
-                     predictor.surrogate, predictor.config)
-        migration = diff(current, plan, names, new_names=_new_name, ranks=ranks)
-    else:
-        plan = replan(job.demands, job.workers, predictor, job.stability)
-        migration = diff(current, plan, names, new_names=_new_name, ranks=ranks)
+    plan = _plan(job, predictor)
     plan_s = time.perf_counter() - started
     validated: bool | None = None
     starved: tuple[str, ...] = ()
+    repairs = 0
     started = time.perf_counter()
     if job.validate and plan.gpus:
         checked = validate(plan, predictor)
+        while not checked.ok and repairs < REPAIR_ROUNDS:
+            repairs += 1
+            predictor = _tightened(predictor)
+            plan = _plan(job, predictor)
+            checked = validate(plan, predictor)
         validated = checked.ok
         starved = tuple(names[i] if i < len(names) else _new_name(i)
                         for i in checked.starved_gpus)
     validate_s = time.perf_counter() - started
+    migration = diff(current, plan, names, new_names=_new_name, ranks=ranks)
     used = [g for g in plan.gpus if g.rates]
     gpus = tuple({"gpu": g.index, "adapters": sorted(g.rates),
                   "max_loras": g.engine.max_loras,
@@ -144,4 +168,4 @@ def run_job(job: ReplanJob) -> ReplanResult:
                   "offered_tps": round(g.offered_tps, 1)} for g in used)
     return ReplanResult(migration=migration, planned_gpus=len(used), gpus=gpus,
                         validated=validated, starved=starved, plan_seconds=plan_s,
-                        validate_seconds=validate_s)
+                        validate_seconds=validate_s, repairs=repairs)

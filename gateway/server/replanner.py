@@ -120,6 +120,7 @@ class Replanner:
                 "trigger": trigger.value, "dry_run": dry_run, "fresh": fresh,
                 "planned_gpus": result.planned_gpus, "gpus": list(result.gpus),
                 "validated": result.validated, "starved": list(result.starved),
+                "repairs": result.repairs,
                 "plan_seconds": round(result.plan_seconds, 3),
                 "validate_seconds": round(result.validate_seconds, 3),
                 "diff": {"moved": list(m.moved), "retired": list(m.retired),

@@ -1,0 +1,83 @@
+"""One re-plan in the planning process: a plan the cluster twin rejects is planned again with
+a stricter margin before it is carried out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway.server import replan_job
+from gateway.server.replan_job import REPAIR_ROUNDS, REPAIR_TIGHTEN, ReplanJob, run_job
+from planner.features import AdapterDemand
+from planner.online import RunningWorker
+from planner.placer import Plan, Predictor
+from planner.training import bundled_rows, train
+from twin.specs import EngineConfig
+
+
+@dataclass
+class FakeTwin:
+    """``validate`` that rejects the first ``rejections`` plans (GPU 0 starving) and records
+    the margin each plan was made with."""
+
+    rejections: int
+    headrooms: list[float] = field(default_factory=list)
+
+    @dataclass(frozen=True)
+    class Verdict:
+        ok: bool
+        starved_gpus: list[int]
+
+    def __call__(self, plan: Plan, predictor: Predictor) -> FakeTwin.Verdict:
+        self.headrooms.append(predictor.config.headroom)
+        ok = len(self.headrooms) > self.rejections
+        return FakeTwin.Verdict(ok=ok, starved_gpus=[] if ok else [0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_surrogate():
+    surrogate = train(bundled_rows()[::8])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(replan_job, "_surrogate", lambda: surrogate)
+        yield
+
+
+def _job(fresh: bool = False) -> ReplanJob:
+    demands = tuple(AdapterDemand(name=f"a{i}", rank=8, rate=0.5, input_tokens=512,
+                                  output_tokens=128) for i in range(6))
+    engine = EngineConfig(max_loras=8, max_cpu_loras=8, max_lora_rank=8)
+    workers = (RunningWorker("w0", engine, frozenset(d.name for d in demands)),
+               RunningWorker("w1", engine, frozenset()))
+    return ReplanJob(demands=demands, workers=workers, gpu="a100-80gb", model="llama-3.1-8b",
+                     profile="roofline-default", max_model_len=8192, fresh=fresh,
+                     headroom=0.9)
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_rejected_plan_is_planned_again_with_a_stricter_margin(monkeypatch, fresh) -> None:
+    twin = FakeTwin(rejections=1)
+    monkeypatch.setattr(replan_job, "validate", twin)
+    result = run_job(_job(fresh))
+    assert result.validated is True and result.repairs == 1 and result.starved == ()
+    assert twin.headrooms == pytest.approx([0.9, 0.9 * REPAIR_TIGHTEN])
+
+
+def test_repairs_stop_after_their_rounds_and_report_the_verdict(monkeypatch) -> None:
+    twin = FakeTwin(rejections=99)
+    monkeypatch.setattr(replan_job, "validate", twin)
+    result = run_job(_job())
+    assert result.validated is False and result.repairs == REPAIR_ROUNDS
+    assert result.starved == ("w0",)
+    assert len(twin.headrooms) == REPAIR_ROUNDS + 1
+    # The last plan is carried out all the same: every adapter stays routed somewhere.
+    routed = set().union(*(set(s) for s in result.migration.shares.values()))
+    assert {f"a{i}" for i in range(6)} <= routed
+
+
+def test_an_accepted_plan_is_not_planned_again(monkeypatch) -> None:
+    twin = FakeTwin(rejections=0)
+    monkeypatch.setattr(replan_job, "validate", twin)
+    result = run_job(_job())
+    assert result.validated is True and result.repairs == 0 and len(twin.headrooms) == 1
+    assert result.planned_gpus == 1  # six light adapters stay on w0
