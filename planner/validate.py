@@ -27,12 +27,15 @@ from twin.results import SimulationResult
 from twin.routing import BASE_MODEL, Placement, RoutingPolicy, WorkerPlacement
 from twin.workload import AdapterLoad, LengthDist, Workload
 
-__all__ = ["VALIDATION_S", "Validation", "baselines_in_twin", "repair", "validate"]
+__all__ = ["REPAIR_TIGHTEN", "VALIDATION_S", "Validation", "baselines_in_twin", "repair",
+           "validate"]
 
 # Twin seconds a plan is checked for (the gateway's plans and re-plans, ``lorafleet plan``'s
 # default, bench/placement.py): the acceptance test of every plan, so also the run length at
 # which bench/surrogate.py scores the surrogate's largest feasible adapters per GPU.
 VALIDATION_S = 180.0
+# Each repair round's margin: the placer's ``headroom`` times this.
+REPAIR_TIGHTEN = 0.85
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,7 +145,7 @@ def validate(plan: Plan, predictor: Predictor, *, duration_s: float = VALIDATION
 
 def repair(plan: Plan, predictor: Predictor, validation: Validation, *,
            duration_s: float = VALIDATION_S, seed: int = 0, rounds: int = 4,
-           tighten: float = 0.85,
+           tighten: float = REPAIR_TIGHTEN,
            map_fn: Callable[..., Iterable[ClusterResult]] = map) -> tuple[Plan, Validation]:
     """Re-place the load of the GPUs the twin finds starving, with a stricter margin each
     round (``headroom`` times ``tighten``), keeping the GPUs it accepted; at most ``rounds``

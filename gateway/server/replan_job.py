@@ -32,7 +32,7 @@ from planner.online import RunningWorker, Stability, replan
 from planner.online_latency import OnlineLatency, WorkerWindow
 from planner.placer import Plan, PlannerConfig, Predictor, place
 from planner.surrogate import Surrogate
-from planner.validate import validate
+from planner.validate import REPAIR_TIGHTEN, validate
 from twin.catalog import get_gpu, get_model
 from twin.profile import load_profile
 
@@ -40,7 +40,6 @@ __all__ = ["ReplanJob", "ReplanResult", "exit_with_parent", "run_job", "warm"]
 
 PARENT_CHECK_S = 1.0
 REPAIR_ROUNDS = 2
-REPAIR_TIGHTEN = 0.85  # planner.validate.repair's default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.server import replan_job
-from gateway.server.replan_job import REPAIR_ROUNDS, REPAIR_TIGHTEN, ReplanJob, run_job
+from gateway.server.replan_job import REPAIR_ROUNDS, ReplanJob, run_job
 from planner.features import AdapterDemand
 from planner.online import RunningWorker
 from planner.placer import Plan, Predictor
 from planner.training import bundled_rows, train
+from planner.validate import REPAIR_TIGHTEN
 from twin.specs import EngineConfig
 
 
