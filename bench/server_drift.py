@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -43,26 +42,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fidelity import CLIENT_CORE, HARDWARE, VALIDATION_MAX_LORAS, serve  # noqa: E402
+from gateway.calibrate.prom import parse_metrics  # noqa: E402
 from tests.integration.server import build_tiny_model, stop_server  # noqa: E402
 
 OUT = ROOT / "bench/results/server_drift.json"
 COUNTERS = ("vllm:iteration_tokens_total_count", "vllm:iteration_tokens_total_sum",
-            "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
-
-
-def counters(text: str) -> dict[str, float]:
-    """The ``COUNTERS`` of a Prometheus exposition, summed over their label sets.
-
-    >>> text = 'vllm:prompt_tokens_total{engine="0",model_name="m"} 64.0'
-    >>> counters(text)["vllm:prompt_tokens_total"], counters(text)["vllm:generation_tokens_total"]
-    (64.0, 0)
-    """
-    out = {}
-    for name in COUNTERS:
-        values = re.findall(r"^" + re.escape(name) + r"(?:\{[^}]*\})? ([0-9.e+-]+)$", text,
-                            re.M)
-        out[name] = sum(float(v) for v in values)
-    return out
+            "vllm:prompt_tokens_total", "vllm:generation_tokens_total")  # summed over labels
 
 
 class Load:
@@ -82,7 +67,8 @@ class Load:
 
     async def counters(self) -> dict[str, float]:
         async with self.session.get(f"{self.url}/metrics") as resp:
-            return counters(await resp.text())
+            scrape = parse_metrics(await resp.text())
+        return {name: scrape.total(name) for name in COUNTERS}
 
     async def phase(self, shape: str) -> dict[str, Any]:
         n, length = self.args.concurrency, self.args.phase_s
