@@ -54,7 +54,7 @@ from planner.dataset import (
 from planner.evaluate import evaluate, macro_f1, near_boundary, smape, split, starved
 from planner.features import AdapterDemand
 from planner.placer import PlannerConfig, Predictor
-from planner.surrogate import REGRESSORS, STARVATION_MODELS, analytic_share
+from planner.surrogate import REGRESSORS, STARVATION_MODELS, Surrogate, analytic_share
 from planner.table import load_table, save_table
 from planner.training import interleave, train
 from planner.validate import VALIDATION_S, workload_for
@@ -202,12 +202,10 @@ POPULATIONS: tuple[tuple[float, int, tuple[float, float], int], ...] = (
 TRUTH_SEEDS = (1, 2, 3)
 
 
-def max_adapters_error(train_rows: list[dict[str, float]],
-                       capacity_rows: list[dict[str, float]]) -> list[dict[str, object]]:
+def max_adapters_error(s: Surrogate) -> list[dict[str, object]]:
     """Per population: the twin's largest feasible count (the median over ``TRUTH_SEEDS`` of
-    ``VALIDATION_S`` runs), the surrogate's, and for reference a
+    ``VALIDATION_S`` runs), the surrogate ``s``'s, and for reference a
     ``NEAR_BOUNDARY_DURATION_S`` run's with the longest wait of any adapter there."""
-    s = train(train_rows, capacity_rows=capacity_rows)
     # Bisection with the check itself (no extra headroom): the surrogate's own boundary.
     predictor = Predictor(s, MODEL, GPU, PROFILE, PlannerConfig(headroom=1.0))
     out = []
@@ -307,7 +305,7 @@ def main() -> None:
                    lambda: placement_rows(specs[:args.noise_samples], 1))[:args.noise_samples]
     floor = {"placement": label_agreement(held[:len(again)], again)}
     console.print(f"label noise floor: {floor}")
-    placement = max_adapters_error(train_rows, capacity_rows)
+    placement = max_adapters_error(default)
     t2 = Table(title="largest number of adapters one GPU serves without starvation")
     for c in placement[0]:
         t2.add_column(c.replace("_", " "), justify="right")
