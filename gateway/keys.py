@@ -20,16 +20,19 @@ if TYPE_CHECKING:
     from gateway.server.registry import Fleet
     from gateway.server.replanner import Replanner
     from gateway.server.state import StateKeeper
+    from gateway.server.upstream import UpstreamPool
 
 __all__ = ["ADMIN_TOKEN", "API_KEY", "CLIENT_SESSION", "EMULATED_WORKER", "FLEET",
            "GATEWAY_CONFIG", "GATEWAY_METRICS", "KEYRING", "OBSERVER", "RELEASES", "REPLANNER",
-           "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER", "UPSTREAM_WORKER"]
+           "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER", "UPSTREAM_POOL",
+           "UPSTREAM_WORKER"]
 
 EMULATED_WORKER: web.AppKey[EmulatedWorker] = web.AppKey("emulated_worker")
 
 # The gateway (gateway/server/).
 GATEWAY_CONFIG: web.AppKey[GatewayConfig] = web.AppKey("gateway_config")
 CLIENT_SESSION = web.AppKey("gateway_client_session", ClientSession)
+UPSTREAM_POOL: web.AppKey[UpstreamPool] = web.AppKey("gateway_upstream_pool")  # request path
 FLEET: web.AppKey[Fleet] = web.AppKey("gateway_fleet")
 GATEWAY_METRICS: web.AppKey[GatewayMetrics] = web.AppKey("gateway_metrics")
 OBSERVER: web.AppKey[Observer] = web.AppKey("gateway_observer")

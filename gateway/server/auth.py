@@ -22,8 +22,8 @@ Keys are compared in constant time: the SHA-256 of the presented key against eac
 key's with ``hmac.compare_digest``, every key checked (vLLM's scheme).
 
 ``worker_api_key_env`` names an environment variable whose value is sent to the workers as
-``Authorization: Bearer`` on every call (the app's client session carries it as a default
-header), as a vLLM started with ``--api-key`` requires on its ``/v1/*`` routes: proxied
+``Authorization: Bearer`` on every call (the app's client session and upstream pool carry it
+as a default header), as a vLLM started with ``--api-key`` requires on its ``/v1/*`` routes: proxied
 requests, ``/v1/models`` and LoRA load/unload.
 
 Examples
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.keys import API_KEY, CLIENT_SESSION, KEYRING, REQUEST_MODEL
+from gateway.keys import API_KEY, CLIENT_SESSION, KEYRING, REQUEST_MODEL, UPSTREAM_POOL
 from gateway.server.errors import ApiError
 from twin.errors import ConfigError
 
@@ -302,11 +302,12 @@ def worker_key(cfg: GatewayConfig, environ: Mapping[str, str] | None = None) -> 
 
 def upstream_auth(secret: str | None) -> Callable[[web.Application], AsyncIterator[None]]:
     """A ``cleanup_ctx`` that makes ``secret`` a default ``Authorization: Bearer`` header of
-    the app's client session (register it after the session's own context)."""
+    the app's client session and upstream pool (register it after their context)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         if secret is not None:
             app[CLIENT_SESSION].headers["Authorization"] = f"Bearer {secret}"
+            app[UPSTREAM_POOL].headers["Authorization"] = f"Bearer {secret}"
         yield
 
     return ctx

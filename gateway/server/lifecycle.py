@@ -1,6 +1,7 @@
 """Background work of the gateway, as ``cleanup_ctx`` managers.
 
-- ``client_session``: the app's one ``ClientSession`` to the workers.
+- ``client_session``: the app's one ``ClientSession`` to the workers (control calls) and its
+  ``UpstreamPool`` (the proxied requests, ``gateway/server/upstream.py``).
 - ``bootstrap``: make the initial plan (in a thread, off the serving loop), reconcile each
   worker's residency with its ``/v1/models``, load what the plan puts where it is missing
   (vLLM's ``/v1/load_lora_adapter``), then install the placement: the gateway is ready. With
@@ -23,11 +24,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG
+from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, UPSTREAM_POOL
 from gateway.server.config import GatewayConfig, PlacementMode
 from gateway.server.lora_api import LoraCallError, list_adapters, load_adapter
 from gateway.server.planning import InitialPlan, from_planner, round_robin
 from gateway.server.registry import WorkerStatus
+from gateway.server.upstream import UpstreamPool
 from twin.routing import BASE_MODEL
 
 __all__ = ["background", "bootstrap", "client_session", "health_checks", "make_plan",
@@ -63,7 +65,14 @@ async def client_session(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                      cookie_jar=aiohttp.DummyCookieJar()) as session:
         app[CLIENT_SESSION] = session
-        yield
+        pool = UpstreamPool(connect_timeout_s=cfg.connect_timeout_s,
+                            read_timeout_s=cfg.read_timeout_s,
+                            max_connections=cfg.max_connections)
+        app[UPSTREAM_POOL] = pool
+        try:
+            yield
+        finally:
+            await pool.close()
 
 
 async def sync_worker(app: web.Application, index: int) -> None:

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -27,23 +26,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from gateway.keys import (
-    CLIENT_SESSION,
     FLEET,
     GATEWAY_CONFIG,
     GATEWAY_METRICS,
     OBSERVER,
     REPLANNER,
+    UPSTREAM_POOL,
     UPSTREAM_WORKER,
 )
 from gateway.server.errors import ApiError, request_id
 from gateway.server.metrics import UNKNOWN
 from gateway.server.protocol import SamplingRequest
 from gateway.server.registry import WorkerStatus
+from gateway.server.upstream import (
+    ConnectFailed,
+    Disconnected,
+    ReadTimeout,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 __all__ = ["forward"]
 
@@ -169,11 +173,11 @@ async def forward(request: web.Request, path: str, raw: bytes, body: dict[str, A
                 now=time.monotonic())
 
 
-async def _connect(call: _Call) -> tuple[int, aiohttp.ClientResponse]:
+async def _connect(call: _Call) -> tuple[int, UpstreamResponse]:
     """(worker index, response with its headers read); the caller owns both."""
     fleet = call.request.app[FLEET]
-    session = call.request.app[CLIENT_SESSION]
-    headers = {"Content-Type": "application/json", "X-Request-Id": call.rid}
+    pool = call.request.app[UPSTREAM_POOL]
+    headers = {"X-Request-Id": call.rid}
     limit = call.request.app[GATEWAY_CONFIG].max_outstanding_per_worker
     exclude: int | None = None
     for attempt in range(2):
@@ -181,14 +185,13 @@ async def _connect(call: _Call) -> tuple[int, aiohttp.ClientResponse]:
         worker = fleet.workers[index].endpoint
         upstream = None
         try:
-            upstream = await session.post(_url(worker.url, call.path), data=call.payload,
-                                          headers=headers)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            upstream = await pool.post(worker.url, call.path, call.payload, headers)
+        except ConnectFailed as exc:
             fleet.set_status(index, WorkerStatus.DOWN)
             logger.warning("request %s: cannot reach %s: %s", call.rid, worker.name, exc)
-        except aiohttp.ServerTimeoutError:
+        except ReadTimeout:
             raise ApiError.bad_gateway(f"worker {worker.name} timed out") from None
-        except aiohttp.ClientConnectionError as exc:
+        except Disconnected as exc:
             logger.warning("request %s: %s dropped the connection: %r", call.rid, worker.name,
                            exc)
         finally:
@@ -218,17 +221,11 @@ async def _connect(call: _Call) -> tuple[int, aiohttp.ClientResponse]:
     raise ApiError.bad_gateway("the workers could not be reached")
 
 
-@functools.lru_cache(maxsize=1024)
-def _url(base: str, path: str) -> URL:
-    """A worker's endpoint URL, parsed once (aiohttp takes a ``URL`` as it is)."""
-    return URL(base + path)
-
-
-async def _lost_adapter(upstream: aiohttp.ClientResponse) -> bool:
+async def _lost_adapter(upstream: UpstreamResponse) -> bool:
     """A worker's 404 that names ``model``: it does not hold the adapter (any more)."""
     try:
         error = json.loads(await upstream.read()).get("error", {})
-    except (ValueError, AttributeError, aiohttp.ClientError):
+    except (ValueError, AttributeError, UpstreamError):
         return False
     return isinstance(error, dict) and error.get("param") == "model"
 
@@ -267,17 +264,17 @@ def _record_usage(call: _Call, usage: Any) -> None:
     call.request.app[GATEWAY_METRICS].usage(call.label, prompt, completion)
 
 
-async def _relay_body(call: _Call, upstream: aiohttp.ClientResponse,
+async def _relay_body(call: _Call, upstream: UpstreamResponse,
                       worker: str) -> tuple[web.StreamResponse, int]:
     try:
         data = await upstream.read()
-    except aiohttp.ClientError as exc:
+    except UpstreamError as exc:
         raise ApiError.bad_gateway(f"worker {worker} failed mid-response: {exc}") from None
     if upstream.status >= 500:
         raise ApiError.bad_gateway(f"worker {worker} failed with status {upstream.status}")
     if upstream.status == 200:
         _record_usage(call, body_usage(data))
-    headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json"),
+    headers = {"Content-Type": upstream.headers.get("content-type", "application/json"),
                "X-Request-Id": call.rid}
     return web.Response(body=data, status=upstream.status, headers=headers), upstream.status
 
@@ -335,7 +332,7 @@ def filter_usage(events: bytes, keep: bool, on_usage: Callable[[Any], None]) -> 
 
 
 async def _relay_stream(call: _Call,
-                        upstream: aiohttp.ClientResponse) -> tuple[web.StreamResponse, int]:
+                        upstream: UpstreamResponse) -> tuple[web.StreamResponse, int]:
     out = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                       "Cache-Control": "no-cache", "X-Request-Id": call.rid})
     try:
@@ -346,8 +343,8 @@ async def _relay_stream(call: _Call,
     pending, first, status = b"", True, 200
     while True:
         try:
-            data = await upstream.content.readany()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            data = await upstream.readany()
+        except UpstreamError as exc:
             logger.warning("request %s: upstream stream failed: %r", call.rid, exc)
             error = ApiError.bad_gateway("the worker failed mid-stream")
             pending, status = b"data: " + json.dumps(error.body()).encode() + b"\n\n", 502
