@@ -162,7 +162,10 @@ async def test_body_until_eof_without_a_length() -> None:
 
 
 async def test_refused_connection_is_connect_failed() -> None:
-    async with server(read_request) as (url, _):
+    async def nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pass
+
+    async with server(nothing) as (url, _):
         pass  # closed: nothing listens on its port any more
     p = pool()
     with pytest.raises(ConnectFailed):
