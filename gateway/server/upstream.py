@@ -14,6 +14,7 @@ Behaviour kept from the ``ClientSession`` it replaces:
 - ``connect_timeout_s`` to connect (``ConnectFailed``: refused, unreachable, timed out);
   ``read_timeout_s`` with no byte from the worker (``ReadTimeout``), like aiohttp's
   ``sock_read``; a connection dropped before the response ends is ``Disconnected``.
+- A connection idle for ``MAX_IDLE_S`` (4 s, under vLLM's 5 s keep-alive) is not reused.
 - At most ``max_connections`` open connections in all (aiohttp's ``TCPConnector(limit=)``):
   past it an idle one is closed, or the request waits for one to be released.
 - ``release()`` returns a connection whose response was read to the end and that the worker
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+import time
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -35,6 +37,11 @@ __all__ = ["ConnectFailed", "Disconnected", "ReadTimeout", "UpstreamError", "Ups
            "UpstreamResponse"]
 
 HIGH_WATER = 64 * 1024  # bytes of body buffered before the socket pauses
+# A connection idle this long is not reused: vLLM's server (uvicorn) closes kept-alive
+# connections after VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s by default (vllm/envs.py,
+# entrypoints/launchers/api_server/entry.py), and a request written as that close is in
+# flight would fail.
+MAX_IDLE_S = 4.0
 
 
 class UpstreamError(Exception):
@@ -81,6 +88,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.paused = False
+        self.idle_since = 0.0
         self.waiter: asyncio.Future[None] | None = None
         self._begin()
 
@@ -170,6 +178,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self.closed = True
+        self.pool._forget(self)
 
 
 class UpstreamResponse:
@@ -230,8 +239,9 @@ class UpstreamPool:
     """Kept-alive connections to the workers, reused per origin (LIFO: the warmest)."""
 
     def __init__(self, *, connect_timeout_s: float, read_timeout_s: float,
-                 max_connections: int = 1024) -> None:
+                 max_connections: int = 1024, max_idle_s: float = MAX_IDLE_S) -> None:
         self.connect_timeout_s = connect_timeout_s
+        self.max_idle_s = max_idle_s
         self.read_timeout_s = read_timeout_s
         self.max_connections = max_connections
         self.headers: dict[str, str] = {}  # sent on every request (a worker API key)
@@ -277,11 +287,24 @@ class UpstreamPool:
         lines.append(b"\r\n")
         return b"".join(lines)
 
+    def _reuse(self, origin: _Origin) -> _Connection | None:
+        """The most recently released live connection to ``origin``; those idle past
+        ``MAX_IDLE_S`` are closed (the oldest sit at the left)."""
+        idle = origin.idle
+        if idle:
+            stale = time.monotonic() - self.max_idle_s
+            while idle and (idle[0].closed or idle[0].idle_since < stale):
+                idle.popleft()._drop()
+            while idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    return conn
+        return None
+
     async def _acquire(self, origin: _Origin) -> _Connection:
-        while origin.idle:
-            conn = origin.idle.pop()
-            if not conn.closed:
-                return conn
+        conn = self._reuse(origin)
+        if conn is not None:
+            return conn
         while len(self._open) >= self.max_connections:
             idle = next((o for o in self._origins.values() if o.idle), None)
             if idle is not None:
@@ -294,10 +317,9 @@ class UpstreamPool:
             finally:
                 if waiter in self._waiting:
                     self._waiting.remove(waiter)
-            while origin.idle:  # released to this origin meanwhile
-                conn = origin.idle.pop()
-                if not conn.closed:
-                    return conn
+            conn = self._reuse(origin)  # released to this origin meanwhile
+            if conn is not None:
+                return conn
         return await self._connect(origin)
 
     async def _connect(self, origin: _Origin) -> _Connection:
@@ -325,6 +347,7 @@ class UpstreamPool:
 
     def _done(self, conn: _Connection, *, reuse: bool) -> None:
         if reuse and conn.keep_alive and not conn.closed:
+            conn.idle_since = time.monotonic()
             conn.origin.idle.append(conn)
             self._wake_one()
         else:

@@ -254,6 +254,25 @@ async def test_a_connection_the_worker_closed_while_idle_is_not_reused() -> None
     assert len(conns) == 2
 
 
+async def test_a_connection_idle_past_the_limit_is_not_reused() -> None:
+    async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(ok(b"{}"))
+            await writer.drain()
+
+    async with server(keep) as (url, conns):
+        p = UpstreamPool(connect_timeout_s=2, read_timeout_s=5, max_idle_s=0.2)
+        for pause in (0.0, 0.05, 0.4):  # reused, reused, then too old: a new connection
+            await asyncio.sleep(pause)
+            resp = await p.post(url, "/x", b"{}", {})
+            await resp.read()
+            resp.release()
+        assert p.open_connections == 1
+        await p.close()
+    assert len(conns) == 2
+
+
 async def test_max_connections_queues_the_next_request() -> None:
     go = asyncio.Event()
 
