@@ -26,6 +26,11 @@ LORAFLEET = str(ROOT / ".venv/bin/lorafleet")
 PEERS_BIN = ROOT / ".venv-peers/bin"
 VLLM_PYTHON = ROOT / ".venv-vllm/bin/python"
 TINY_MODEL = ROOT / ".cache/tiny-llama/base"
+# As the integration tests start it (tests/integration/server.py): 1 GiB of KV cache (else
+# vLLM's CPU backend reserves 92% of the host's memory and refuses to start on a busy one),
+# nothing downloaded.
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 BackendStarter = Callable[[int, Path, "str | None"], Service]
 PeerStarter = Callable[[list[str], Path, "str | None"], Service]
@@ -47,7 +52,8 @@ def start_vllm(workers: int, log_dir: Path, cpus: str | None) -> Service:
         *taskset(cpus), str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(TINY_MODEL), "--served-model-name", "base", "--host", "127.0.0.1",
         "--port", str(port), "--dtype", "float32", "--max-model-len", "512", "--seed", "0"],
-        log_dir=log_dir, ready=[f"http://127.0.0.1:{port}/health"], timeout_s=300)
+        log_dir=log_dir, ready=[f"http://127.0.0.1:{port}/health"], timeout_s=300,
+        env=VLLM_ENV | ({"VLLM_CPU_OMP_THREADS_BIND": cpus} if cpus else {}))
 
 
 BACKENDS: dict[str, BackendStarter] = {
