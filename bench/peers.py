@@ -1,8 +1,9 @@
 """lorafleet's gateway against other proxies in front of the same backends (issue 10).
 
 For each backend (``bench/peers_services.py``: two emulated workers with the ``instant``
-profile, two with an A100-80GB + Llama-3.1-8B profile in real time; real vLLM on a CPU with
-``--backends vllm-cpu-tiny``) and each peer (``direct``: the client calls the workers in turn;
+profile, two with an A100-80GB + Llama-3.1-8B profile in real time; one real vLLM CPU server
+with the integration tests' tiny Llama, ``vllm-cpu-tiny``, where ``make test-vllm`` has built
+``.venv-vllm`` and the model, else reported as skipped) and each peer (``direct``: the client calls the workers in turn;
 ``lorafleet``; the Rust ``vllm-router`` with round-robin and cache-aware policies;
 ``litellm``), in one run:
 
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs, rates up to 400/s")
     parser.add_argument("--seconds", type=float, default=3.0, help="per closed-loop run")
     parser.add_argument("--sweep-seconds", type=float, default=2.5, help="per sweep point")
-    parser.add_argument("--backends", nargs="+", default=["instant", "a100-llama8b"],
+    parser.add_argument("--backends", nargs="+",
+                        default=["instant", "a100-llama8b", "vllm-cpu-tiny"],
                         choices=list(BACKENDS))
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
     parser.add_argument("--repeat-noise", type=int, default=3,
