@@ -3,9 +3,9 @@
 For each backend (``bench/peers_services.py``: two emulated workers with the ``instant``
 profile, two with an A100-80GB + Llama-3.1-8B profile in real time; one real vLLM CPU server
 with the integration tests' tiny Llama, ``vllm-cpu-tiny``, where ``make test-vllm`` has built
-``.venv-vllm`` and the model, else reported as skipped) and each peer (``direct``: the client calls the workers in turn;
-``lorafleet``; the Rust ``vllm-router`` with round-robin and cache-aware policies;
-``litellm``), in one run:
+``.venv-vllm`` and the model, else reported as skipped) and each peer (``direct``: the client
+calls the workers in turn; ``lorafleet``; the Rust ``vllm-router`` with round-robin and
+cache-aware policies; ``litellm``), in one run:
 
 - added latency, p50 and p99, at concurrency 1 and 32 (closed loop), non-streaming (16 tokens)
   and time to first token streaming: the peer's percentile minus ``direct``'s;
