@@ -304,8 +304,8 @@ def repair_latency(plan: Plan, predictor: LatencyPredictor, validation: Validati
             for name, rate in plan.gpus[i].rates.items():
                 rates[name] = rates.get(name, 0.0) + rate
         moved = [dataclasses.replace(by_name[n], rate=r) for n, r in rates.items()]
-        stricter = Predictor(lp.surrogate, lp.model, lp.gpu, lp.profile, dataclasses.replace(
-            lp.config, headroom=lp.config.headroom * tighten))
+        stricter = lp.with_config(dataclasses.replace(lp.config,
+                                                      headroom=lp.config.headroom * tighten))
         assert lp.target_s is not None
         lp = LatencyPredictor(stricter, lp.metric, lp.target_s * tighten)
         fresh = place_with(moved, lp)

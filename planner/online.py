@@ -109,8 +109,7 @@ class Stability:
         """``predictor`` with the starvation threshold lowered by ``proba_margin``."""
         config = predictor.config
         threshold = max(config.starvation_threshold - self.proba_margin, 0.0)
-        return Predictor(predictor.surrogate, predictor.model, predictor.gpu, predictor.profile,
-                         replace(config, starvation_threshold=threshold))
+        return predictor.with_config(replace(config, starvation_threshold=threshold))
 
 
 def _stay_scale(rates: Mapping[str, float], stability: Stability) -> float:

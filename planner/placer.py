@@ -133,6 +133,11 @@ class Predictor:
                        else replace(config, capacity_scale=capacity_scale))
         self.calls = 0
 
+    def with_config(self, config: PlannerConfig) -> Predictor:
+        """A ``Predictor`` on the same surrogate and specs with ``config`` (a stricter
+        margin: another ``headroom`` or ``starvation_threshold``)."""
+        return Predictor(self.surrogate, self.model, self.gpu, self.profile, config)
+
     def engine_for(self, adapters: Sequence[AdapterDemand], max_loras: int) -> EngineConfig:
         ranks = [a.rank for a in adapters if a.rank > 0]
         top = max(ranks, default=8)

@@ -127,12 +127,6 @@ def _plan(job: ReplanJob, predictor: Predictor) -> Plan:
     return replan(job.demands, job.workers, predictor, job.stability)
 
 
-def _tightened(predictor: Predictor) -> Predictor:
-    config = replace(predictor.config, headroom=predictor.config.headroom * REPAIR_TIGHTEN)
-    return Predictor(predictor.surrogate, predictor.model, predictor.gpu, predictor.profile,
-                     config)
-
-
 def run_job(job: ReplanJob) -> ReplanResult:
     """Learn, plan, check in the cluster twin (planning again with a stricter margin what it
     rejects), and diff against what the workers hold now."""
@@ -152,7 +146,9 @@ def run_job(job: ReplanJob) -> ReplanResult:
         checked = validate(plan, predictor)
         while not checked.ok and repairs < REPAIR_ROUNDS:
             repairs += 1
-            predictor = _tightened(predictor)
+            config = predictor.config
+            predictor = predictor.with_config(
+                replace(config, headroom=config.headroom * REPAIR_TIGHTEN))
             plan = _plan(job, predictor)
             checked = validate(plan, predictor)
         validated = checked.ok
