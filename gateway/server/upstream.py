@@ -174,7 +174,22 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(ReadTimeout(
                 f"no response for {self.pool.read_timeout_s:g} s"))
 
+    def resume(self) -> None:
+        """Read from the socket again if flow control paused it."""
+        if self.paused and self.transport is not None:
+            self.transport.resume_reading()
+            self.paused = False
+
+    def take(self) -> bytes:
+        """The body bytes buffered so far (the socket resumes)."""
+        data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()
+        self.buffered = 0
+        self.resume()
+        return data
+
     def _drop(self) -> None:
+        """Close the connection and free its slot in the pool."""
         if self.transport is not None:
             self.transport.close()
         self.closed = True
@@ -202,13 +217,7 @@ class UpstreamResponse:
             if conn.complete:
                 return b""
             await conn.wait()
-        data = b"".join(conn.body) if len(conn.body) > 1 else conn.body[0]
-        conn.body.clear()
-        conn.buffered = 0
-        if conn.paused and conn.transport is not None:
-            conn.transport.resume_reading()
-            conn.paused = False
-        return data
+        return conn.take()
 
     async def read(self) -> bytes:
         """The whole (rest of the) body."""
@@ -216,14 +225,9 @@ class UpstreamResponse:
         while not conn.complete:
             if conn.error is not None:
                 raise conn.error
-            if conn.paused and conn.transport is not None:
-                conn.transport.resume_reading()  # read() buffers it all anyway
-                conn.paused = False
+            conn.resume()  # read() buffers it all anyway
             await conn.wait()
-        data = b"".join(conn.body)
-        conn.body.clear()
-        conn.buffered = 0
-        return data
+        return conn.take()
 
     def release(self) -> None:
         """Done with the response: its connection is kept for the next request if the body
@@ -340,7 +344,6 @@ class UpstreamPool:
             raise ConnectFailed(f"cannot connect to {origin.host}:{origin.port}: "
                                 f"{exc or type(exc).__name__}") from None
         except BaseException:
-            self._forget(conn)
             conn._drop()
             raise
         return conn
@@ -352,7 +355,6 @@ class UpstreamPool:
             self._wake_one()
         else:
             conn._drop()
-            self._forget(conn)
 
     def _forget(self, conn: _Connection) -> None:
         if conn in self._open:
@@ -370,7 +372,6 @@ class UpstreamPool:
         """Close every connection."""
         for conn in list(self._open):
             conn._drop()
-        self._open.clear()
         for origin in self._origins.values():
             origin.idle.clear()
         await asyncio.sleep(0)  # let the transports close
