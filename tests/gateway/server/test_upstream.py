@@ -65,6 +65,32 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
             + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
 
 
+def answer_once(response: bytes, *, hold: bool = False) -> Handler:
+    """A handler that reads one request, writes ``response`` as it is, then closes (``hold``:
+    keeps the connection open until the client closes it)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response)
+        await writer.drain()
+        if hold:
+            await reader.read()
+
+    return handle
+
+
+def never_answer(dropped: asyncio.Event) -> Handler:
+    """A handler that reads one request, answers nothing and sets ``dropped`` when the client
+    closes the connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()  # until the client closes
+        dropped.set()
+
+    return handle
+
+
 async def test_keep_alive_reuses_one_connection_and_sends_the_headers() -> None:
     seen: list[tuple[bytes, dict[str, str], bytes]] = []
 
@@ -128,12 +154,7 @@ async def test_chunked_stream_arrives_chunk_by_chunk() -> None:
 async def test_a_large_body_pauses_the_socket_and_arrives_whole() -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB
 
-    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(ok(payload))
-        await writer.drain()
-
-    async with server(big) as (url, _):
+    async with server(answer_once(ok(payload))) as (url, _):
         p = pool()
         resp = await p.post(url, "/x", b"{}", {})
         await asyncio.sleep(0.2)  # the body arrives while nobody reads it
@@ -147,11 +168,7 @@ async def test_a_large_body_pauses_the_socket_and_arrives_whole() -> None:
 
 
 async def test_body_until_eof_without_a_length() -> None:
-    async def old(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-        await writer.drain()
-
+    old = answer_once(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
     async with server(old) as (url, _):
         p = pool()
         resp = await p.post(url, "/x", b"{}", {})
@@ -177,12 +194,7 @@ async def test_refused_connection_is_connect_failed() -> None:
 async def test_silent_worker_is_a_read_timeout_and_the_connection_is_dropped() -> None:
     dropped = asyncio.Event()
 
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        await reader.read()  # until the client closes
-        dropped.set()
-
-    async with server(silent) as (url, _):
+    async with server(never_answer(dropped)) as (url, _):
         p = pool(read=0.2)
         with pytest.raises(ReadTimeout):
             await p.post(url, "/x", b"{}", {})
@@ -192,16 +204,8 @@ async def test_silent_worker_is_a_read_timeout_and_the_connection_is_dropped() -
 
 
 async def test_dropped_mid_body_and_invalid_responses_are_disconnected() -> None:
-    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-        await writer.drain()
-
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"this is not http\r\n\r\n")
-        await writer.drain()
-        await reader.read()
+    cut = answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    garbage = answer_once(b"this is not http\r\n\r\n", hold=True)
 
     async with server(cut) as (url, _):
         p = pool()
@@ -220,12 +224,7 @@ async def test_dropped_mid_body_and_invalid_responses_are_disconnected() -> None
 async def test_cancelled_request_closes_its_connection() -> None:
     dropped = asyncio.Event()
 
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        await reader.read()
-        dropped.set()
-
-    async with server(slow) as (url, _):
+    async with server(never_answer(dropped)) as (url, _):
         p = pool()
         task = asyncio.create_task(p.post(url, "/x", b"{}", {}))
         await asyncio.sleep(0.1)
@@ -238,11 +237,7 @@ async def test_cancelled_request_closes_its_connection() -> None:
 
 
 async def test_a_connection_the_worker_closed_while_idle_is_not_reused() -> None:
-    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(ok(b"{}"))  # says nothing of closing, then closes (a keep-alive timeout)
-        await writer.drain()
-
+    once = answer_once(ok(b"{}"))  # says nothing of closing, then closes (a keep-alive timeout)
     async with server(once) as (url, conns):
         p = pool()
         for _ in range(2):
