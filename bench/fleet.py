@@ -31,6 +31,12 @@ adapters with the lowest rates when sent (all streamed). Adapter loads: LoRA loa
 workers' engines made (vLLM's LRU cache misses, runtime loads included; vLLM exports no
 load counter). Prints a table; writes ``bench/results/fleet.json``.
 
+The load lasts 180 simulated seconds and rotates every 60: long enough for an overloaded
+GPU's queue to show. With 60 s rotating every 30 (the earlier default), round-robin passed
+on 5 GPUs with one GPU offered 10.3 req/s, about 1.2x what it serves (the twin puts it at 79%
+served at steady state): its queue drained in the next phase before any rare request
+waited 10 s. Over 180 s the same fleet starves.
+
 Gateway, workers and client share one uvloop process (as ``lorafleet demo``); each row notes
 the process's CPU share, the loop's p99 lag and how late the client sent. Time scale 1 is
 the default because the shared 2-core machine did not keep up at 2 (loop lag over 1 s, 554
@@ -283,9 +289,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    "searched policy (at its starting count)")
     p.add_argument("--adapters", type=int, default=40)
     p.add_argument("--rate", type=float, default=30.0, help="req/s per simulated second")
-    p.add_argument("--seconds", type=float, default=60.0, help="simulated s of arrivals")
+    p.add_argument("--seconds", type=float, default=180.0, help="simulated s of arrivals")
     p.add_argument("--time-scale", type=float, default=1.0)
-    p.add_argument("--shift-every", type=float, default=30.0, help="simulated s (0: never)")
+    p.add_argument("--shift-every", type=float, default=60.0, help="simulated s (0: never)")
     p.add_argument("--stream-fraction", type=float, default=0.1,
                    help="streamed share of the non-rare requests (rare ones all stream)")
     p.add_argument("--slowdown", type=float, default=1.05)
@@ -294,7 +300,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--replan-every", type=float, default=10.0, help="wall s")
     p.add_argument("--observe-window", type=float, default=15.0, help="wall s")
     p.add_argument("--ttft-bound", type=float, default=10.0, help="simulated s")
-    p.add_argument("--steps", type=int, default=4, help="measured runs per search at most")
+    p.add_argument("--steps", type=int, default=5, help="measured runs per search at most")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/fleet.json")

@@ -34,6 +34,7 @@ it on one line and exits with status 2). The file::
     replan_interval_s: 60             # 0: re-plan only on demand (admin, drain, worker down)
     observe_window_s: 60              # rates and lengths the re-plan uses
     move_budget: 8                    # adapters one periodic re-plan may move
+    surge_replan: true                # re-plan at once when an adapter's load jumps
     retire_margin: 0.85               # hysteresis: slack needed before a worker is emptied
     validate_replans: true            # check each re-plan in the cluster twin
     headroom: 0.9                     # plan GPUs for load / headroom (lower: more latency slack)
@@ -142,6 +143,9 @@ class GatewayConfig:
     replan_interval_s: float = 60.0  # 0: only on POST /admin/replan, a drain or a worker down
     observe_window_s: float = 60.0  # the observer's sliding window
     move_budget: int = 8  # adapters a periodic re-plan may move beyond forced moves
+    # With periodic re-planning on: re-plan as soon as an adapter's recent traffic is well
+    # above the rate it was planned for (gateway/server/observer.py, ``Observer.surging``).
+    surge_replan: bool = True
     retire_margin: float = 0.85  # slack a worker's load must leave for another to retire
     validate_replans: bool = True  # check each re-plan in the cluster twin
     headroom: float = 0.9  # plan each GPU for its offered load / headroom (latency slack)
@@ -254,7 +258,7 @@ _STRINGS = frozenset({"base_model", "gpu", "model", "profile", "host"})
 _INTS = frozenset({"port", "max_model_len", "max_body_bytes", "retry_after_s",
                    "max_connections", "move_budget", "max_outstanding_per_worker",
                    "prefix_affinity_chars"})
-_BOOLS = frozenset({"validate_replans"})
+_BOOLS = frozenset({"validate_replans", "surge_replan"})
 
 
 def _scalar(key: str, value: Any) -> Any:

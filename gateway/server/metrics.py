@@ -41,6 +41,7 @@ class ReplanTrigger(enum.StrEnum):
     STARTUP = "startup"
     ON_DEMAND = "on_demand"  # a request for a registered adapter that no worker holds
     DISCOVERY = "discovery"  # discovery found a worker: place adapters on it
+    SURGE = "surge"  # an adapter's recent traffic is well above the rate it was planned for
 
 
 def _up(fleet: Fleet, index: int) -> float:

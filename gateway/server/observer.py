@@ -25,16 +25,23 @@ Examples
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from planner.features import AdapterDemand
 
-__all__ = ["MIN_RATE", "Observer", "WorkerTraffic"]
+__all__ = ["MIN_RATE", "SHIFT_Z", "Observer", "WorkerTraffic"]
 
 MIN_RATE = 1e-3  # req/s a registered adapter that saw no traffic is planned for (it keeps a slot)
+# How far (in standard deviations of Poisson counting noise) an adapter's count over the
+# recent part of the window must stray from what a rate predicts before the recent rate is
+# believed: a stray that far is a change of rate, not chance (p < 1e-4 per adapter and check).
+SHIFT_Z = 4.0
+RECENT_SHARE = 1 / 3  # the recent part: this share of the window, at least MIN_RECENT_S
+MIN_RECENT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -74,6 +81,18 @@ def _std(values: list[float]) -> float:
         return 0.0
     mean = sum(values) / len(values)
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _strays(count: int, expected: float, *, above: bool = False) -> bool:
+    """Whether ``count`` arrivals are ``SHIFT_Z`` standard deviations from the ``expected``
+    of a Poisson count (above it only, with ``above``); the 1 added to the variance keeps a
+    count or two of a near-idle adapter from passing.
+
+    >>> _strays(35, 0.9), _strays(8, 35.0), _strays(30, 35.0), _strays(8, 35.0, above=True)
+    (True, True, False, False)
+    """
+    z = (count - expected) / math.sqrt(expected + 1.0)
+    return z >= SHIFT_Z if above else abs(z) >= SHIFT_Z
 
 
 def _p50(values: list[float]) -> float | None:
@@ -147,18 +166,62 @@ class Observer:
             return {}
         return {k: len(q) / span for k, q in self._arrivals.items() if q}
 
+    def recent_s(self, now: float) -> float:
+        """The recent part of the window (0 while the window spans no more than it)."""
+        recent = max(MIN_RECENT_S, self.window_s * RECENT_SHARE)
+        return recent if self.span(now) > recent else 0.0
+
+    def _recent_counts(self, now: float, recent: float) -> dict[str, int]:
+        cut = now - recent
+        out = {}
+        for name, times in self._arrivals.items():
+            k = len(times) - bisect.bisect_left(times, cut)
+            if k:
+                out[name] = k
+        return out
+
+    def tracked_rates(self, *, now: float) -> dict[str, float]:
+        """``rates``, except where an adapter's recent count strays ``SHIFT_Z`` standard
+        deviations from what its window rate predicts: its rate changed inside the window,
+        and the recent rate is the one that holds now (a hot set that rotated is seen within
+        seconds instead of a window later, both the adapters that heated and those that
+        cooled)."""
+        rates = self.rates(now=now)
+        recent = self.recent_s(now)
+        if not recent:
+            return rates
+        counts = self._recent_counts(now, recent)
+        out = dict(rates)
+        for name, rate in rates.items():
+            count = counts.get(name, 0)
+            if _strays(count, rate * recent):
+                out[name] = count / recent
+        return out
+
+    def surging(self, planned: Mapping[str, float], *, now: float) -> list[str]:
+        """The adapters whose recent count is ``SHIFT_Z`` standard deviations above what
+        their ``planned`` rate (requests per wall second) predicts: load the placement was not
+        planned for (an adapter missing from ``planned`` is taken as planned at 0)."""
+        self._trim(now)
+        recent = self.recent_s(now)
+        if not recent:
+            return []
+        return sorted(name for name, count in self._recent_counts(now, recent).items()
+                      if _strays(count, planned.get(name, 0.0) * recent, above=True))
+
     def demands(self, registered: Iterable[AdapterDemand], *, now: float,
                 time_scale: float = 1.0, min_span_s: float | None = None
                 ) -> list[AdapterDemand]:
         """``registered`` with observed rates and mean lengths where the window has them.
 
         Until the window spans ``min_span_s`` (default: half of it) the registered figures
-        stand. Rates are divided by ``time_scale`` (workers that run ``k`` times faster than
-        real time serve ``k`` times the load of the profile the planner knows).
+        stand. Rates are ``tracked_rates``, divided by ``time_scale`` (workers that run ``k``
+        times faster than real time serve ``k`` times the load of the profile the planner
+        knows).
         """
         if not self.counted_s(now=now, min_span_s=min_span_s):
             return list(registered)
-        rates = self.rates(now=now)
+        rates = self.tracked_rates(now=now)
         out = []
         for d in registered:
             key = d.name

@@ -1,5 +1,7 @@
-"""The replanner: every ``replan_interval_s``, on ``POST /admin/replan``, on a drain and when a
-worker holding adapters goes down, it plans again from what the observer saw and migrates.
+"""The replanner: every ``replan_interval_s``, on ``POST /admin/replan``, on a drain, when a
+worker holding adapters goes down and (with periodic re-planning on and ``surge_replan``) as
+soon as an adapter's recent traffic is well above the rate the placement was planned for, it
+plans again from what the observer saw and migrates.
 
 The snapshot (observed demands, the workers' fixed engine options and holdings) goes to a
 process of its own (``replan_job.run_job``: surrogate, placer, cluster twin), never the
@@ -65,17 +67,23 @@ class Replanner:
         self.draining: set[int] = set()  # workers being drained: planned around
         self._handled_down: set[str] = set()
         self._placing: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Requests per wall second each adapter was planned for by the last re-plan carried
+        # out (None before the first): a surge is measured against these.
+        self.planned: dict[str, float] | None = None
 
     # -- the snapshot ----------------------------------------------------------------------
 
-    def demands(self) -> list[AdapterDemand]:
-        """Registered adapters (and the base model's rank-0 entry) with observed load."""
+    def registered(self) -> list[AdapterDemand]:
+        """Registered adapters (and the base model's rank-0 entry) with their given rates."""
         cfg, fleet = self.app[GATEWAY_CONFIG], self.app[FLEET]
         registered = [a.demand for a in cfg.adapters if a.demand.rank == 0]
         registered += [a.demand for a in fleet.adapters.values()]
-        registered = [replace(d, name=cfg.base_model) if d.rank == 0 else d for d in registered]
-        return self.app[OBSERVER].demands(registered, now=time.monotonic(),
-                                          time_scale=cfg.time_scale)
+        return [replace(d, name=cfg.base_model) if d.rank == 0 else d for d in registered]
+
+    def demands(self) -> list[AdapterDemand]:
+        """``registered`` with observed load."""
+        return self.app[OBSERVER].demands(self.registered(), now=time.monotonic(),
+                                          time_scale=self.app[GATEWAY_CONFIG].time_scale)
 
     def snapshot(self, *, fresh: bool = False) -> ReplanJob:
         cfg, fleet = self.app[GATEWAY_CONFIG], self.app[FLEET]
@@ -112,7 +120,11 @@ class Replanner:
         metrics = self.app[GATEWAY_METRICS]
         async with self.lock:
             started = time.perf_counter()
-            result = await self.compute(self.snapshot(fresh=fresh))
+            job = self.snapshot(fresh=fresh)
+            result = await self.compute(job)
+            if not dry_run:
+                scale = self.app[GATEWAY_CONFIG].time_scale
+                self.planned = {d.name: d.rate * scale for d in job.demands}
             metrics.replan_seconds.observe(time.perf_counter() - started)
             metrics.replans.labels(trigger.value).inc()
             m = result.migration
@@ -223,6 +235,7 @@ class Replanner:
         next_at = loop.time() + cfg.replan_interval_s if cfg.replan_interval_s else None
         next_window = loop.time() + cfg.observe_window_s / 2
         next_scrape = loop.time()
+        next_surge = loop.time()
         started = False
         while True:
             await asyncio.sleep(DOWN_CHECK_S)
@@ -230,6 +243,8 @@ class Replanner:
                 continue
             if not started:  # the first plan may already want more workers than run
                 started = True
+                if self.planned is None:  # the first plan was made for the registered rates
+                    self.planned = {d.name: d.rate * cfg.time_scale for d in self.registered()}
                 await self._scale_for_first_plan()
             self._export_rates()
             if loop.time() >= next_scrape:
@@ -244,10 +259,25 @@ class Replanner:
                 elif next_at is not None and loop.time() >= next_at and fleet.adapters:
                     await self.replan(ReplanTrigger.PERIODIC)
                     next_at = loop.time() + cfg.replan_interval_s
+                elif next_at is not None and loop.time() >= next_surge and self._surging():
+                    # The surge's evidence is the recent part of the window: wait that long
+                    # before another surge re-plan, so each one rests on fresh arrivals.
+                    next_surge = loop.time() + self.app[OBSERVER].recent_s(time.monotonic())
+                    await self.replan(ReplanTrigger.SURGE)
             except Exception:
                 logger.exception("re-plan failed; the placement is unchanged")
                 if next_at is not None:
                     next_at = loop.time() + cfg.replan_interval_s
+
+    def _surging(self) -> bool:
+        """An adapter's recent traffic is well above its planned rate (``Observer.surging``),
+        with ``surge_replan`` on."""
+        if not self.app[GATEWAY_CONFIG].surge_replan or self.planned is None:
+            return False
+        names = self.app[OBSERVER].surging(self.planned, now=time.monotonic())
+        if names:
+            logger.info("load above the plan for %s: re-planning now", ", ".join(names[:5]))
+        return bool(names)
 
     def _export_rates(self) -> None:
         cfg, metrics = self.app[GATEWAY_CONFIG], self.app[GATEWAY_METRICS]

@@ -45,6 +45,7 @@ def test_good_config(tmp_path: Path) -> None:
     ({"port": 70000}, "port"),
     ({"read_timeout_s": 0}, "read_timeout_s"),
     ({"max_body_bytes": 10}, "max_body_bytes"),
+    ({"surge_replan": "yes"}, "surge_replan"),
     ({"colour": "blue"}, "colour"),
 ])
 def test_bad_field_is_named(change: dict[str, Any], field: str) -> None:

@@ -4,6 +4,8 @@ worker shows them apart)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from gateway.server.observer import Observer
@@ -57,3 +59,49 @@ def test_worker_window_is_none_without_timed_requests() -> None:
     _serve(obs, "a", "w0", 1.0, 2.0)
     assert obs.worker_window("w0", now=3.0, since=2.5) is None  # finished before the interval
     assert obs.worker_window("w0", now=3.0) is not None
+
+
+def _poisson(obs: Observer, adapter: str, rate: float, start: float, end: float,
+             rng: random.Random) -> None:
+    t = start + rng.expovariate(rate)
+    while t < end:
+        obs.arrival(adapter, now=t)
+        t += rng.expovariate(rate)
+
+
+def test_tracked_rates_follow_a_rotated_hot_set_within_the_recent_part() -> None:
+    obs, rng = Observer(window_s=30.0), random.Random(3)
+    _poisson(obs, "was-hot", 6.0, 0.0, 60.0, rng)
+    _poisson(obs, "was-cold", 0.2, 0.0, 60.0, rng)
+    rotated = Observer(window_s=30.0)  # the same until 50 s, then the two swap rates
+    rng = random.Random(3)
+    _poisson(rotated, "was-hot", 6.0, 0.0, 50.0, rng)
+    _poisson(rotated, "was-cold", 0.2, 0.0, 50.0, rng)
+    _poisson(rotated, "was-hot", 0.2, 50.0, 60.0, rng)
+    _poisson(rotated, "was-cold", 6.0, 50.0, 60.0, rng)
+    window = rotated.rates(now=60.0)  # 2/3 of the window still from before the swap
+    tracked = rotated.tracked_rates(now=60.0)
+    assert window["was-hot"] > 3.5 and window["was-cold"] < 2.5
+    assert tracked["was-hot"] < 1.0 and tracked["was-cold"] > 4.0
+    assert obs.tracked_rates(now=60.0) == obs.rates(now=60.0)  # no swap: the window stands
+
+
+def test_steady_poisson_traffic_keeps_the_window_rates() -> None:
+    obs, rng = Observer(window_s=15.0), random.Random(0)
+    for now in range(5, 301, 5):
+        for name, rate in (("a", 7.0), ("b", 1.0), ("c", 0.1)):
+            _poisson(obs, name, rate, now - 5.0, float(now), rng)
+        assert obs.tracked_rates(now=float(now)) == obs.rates(now=float(now)), now
+
+
+def test_surging_names_adapters_well_above_their_planned_rate() -> None:
+    obs, rng = Observer(window_s=15.0), random.Random(1)
+    _poisson(obs, "steady", 3.0, 0.0, 30.0, rng)
+    _poisson(obs, "jumped", 0.2, 0.0, 25.0, rng)
+    _poisson(obs, "jumped", 5.0, 25.0, 30.0, rng)
+    _poisson(obs, "unplanned", 2.0, 20.0, 30.0, rng)
+    planned = {"steady": 3.0, "jumped": 0.2}
+    assert obs.surging(planned, now=30.0) == ["jumped", "unplanned"]
+    assert obs.surging({**planned, "jumped": 5.0, "unplanned": 2.0}, now=30.0) == []
+    assert obs.surging({"steady": 30.0, "jumped": 50.0, "unplanned": 20.0}, now=30.0) == []
+    assert Observer(window_s=15.0).surging(planned, now=1.0) == []  # nothing seen yet

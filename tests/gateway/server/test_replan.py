@@ -8,7 +8,7 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import openai
@@ -241,3 +241,27 @@ def test_fold_puts_load_of_missing_workers_on_running_hosts_only() -> None:
     placement = fold(shares, ["w0", "w1"], up={"w0"})  # w1 is being drained
     assert [dict(w.shares) for w in placement.workers] == [
         {"a": 1.0, "c": 1.0, "d": 1.0}, {"b": 1.0}]
+
+
+@pytest.mark.parametrize("surge_replan", [True, False])
+async def test_a_jump_in_an_adapters_traffic_replans_at_once(tmp_path: Path,
+                                                             surge_replan: bool) -> None:
+    """Planned at a trickle (0.001 req/s of the profile's time: 0.2 req/s at time scale 200),
+    ``a00`` then gets about 20 req/s: a surge re-plan within seconds, where the periodic one
+    is an hour away; none with ``surge_replan`` off."""
+    names = _names(2)
+    trickle = [replace(d, rate=0.001) for d in demands(*names)]
+    async with gateway_stack(tmp_path, trickle, workers=2, roomy=True,
+                             replan_interval_s=3600, observe_window_s=3.0,
+                             surge_replan=surge_replan) as stack:
+        replanner = stack.app[REPLANNER]
+        async with AsyncOpenAI(base_url=stack.v1, api_key="x", max_retries=0) as client:
+            for _ in range(120):  # about 6 s at 20 req/s
+                await client.completions.create(model="a00", prompt="x", max_tokens=1)
+                await asyncio.sleep(0.05)
+                if any(h["trigger"] == "surge" for h in replanner.history):
+                    break
+        triggers = [h["trigger"] for h in replanner.history]
+        assert ("surge" in triggers) is surge_replan, triggers
+        if surge_replan:  # planned for what it now gets: the surge does not fire again
+            assert replanner.planned is not None and replanner.planned["a00"] > 5.0
