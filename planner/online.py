@@ -12,8 +12,8 @@ it can:
    freed per move, so the fewest moves.
 3. Unplaced load goes to the running workers (its former holders first, then by index: the
    low-numbered fill up, the high-numbered empty out) where it fits the fixed engine (rank
-   within ``max_lora_rank``, LoRAs within ``max_cpu_loras``; past ``max_loras`` only if the
-   surrogate says so) with ``fill_margin`` to spare; what fits nowhere goes onto new GPUs that
+   within ``max_lora_rank``, LoRAs within ``max_loras``, the GPU slots) with ``fill_margin``
+   to spare; what fits nowhere goes onto new GPUs that
    ``planner.placer`` sets up, appended after the running workers. An adapter more than one
    GPU carries is split into equal replicas first.
 4. If no GPU was added, the least loaded workers (ties: highest index first) are emptied into
@@ -198,6 +198,16 @@ class _Board:
         return out
 
     def fits(self, i: int, name: str, rate: float, scale: float) -> bool:
+        """Whether worker ``i`` takes ``rate`` more of ``name``. Never a LoRA past its GPU
+        slots: vLLM's scheduler skips a waiting request whose LoRA is new to the step while
+        the step holds ``max_loras`` LoRAs (vllm/v1/core/sched/scheduler.py, ``schedule``),
+        so while the other adapters keep requests running, one adapter too many waits
+        without end; the surrogate's verdict, a throughput test, cannot see that (on the fleet
+        bench a 17th adapter moved onto a 16-slot worker waited 25 s)."""
+        loras = {n for n in self.rates[i] if self.demand[n].rank > 0}
+        if self.demand[name].rank > 0 and name not in loras and (
+                len(loras) >= self.workers[i].engine.max_loras):
+            return False
         trial = dict(self.rates[i])
         trial[name] = trial.get(name, 0.0) + rate
         # Both: the surrogate is not monotone in the rates, and the plan must hold at them.

@@ -56,6 +56,8 @@ def check(plan: Plan, ads: list[AdapterDemand], workers: list[RunningWorker],
             assert g.engine == workers[i].engine  # fixed
             assert workers[i].up or not g.rates
         assert len(loras) <= g.engine.cpu_loras
+        if i < len(workers) and any(a.name not in workers[i].adapters for a in loras):
+            assert len(loras) <= g.engine.max_loras  # nothing received past the GPU slots
         assert all(a.rank <= g.engine.max_lora_rank for a in loras)
         if g.rates and (i < len(workers) or len(g.rates) > 1):
             assert predictor.check([replace(by_name[n], rate=r) for n, r in g.rates.items()],
@@ -178,6 +180,20 @@ def test_fixed_engines_bound_rank_and_cpu_loras(predictor) -> None:
     assert "big" not in plan.gpus[0].rates
     assert 1 <= len(plan.gpus[0].rates) <= 2
     assert plan.num_gpus >= 2
+
+
+def test_a_running_worker_receives_no_lora_past_its_gpu_slots(predictor) -> None:
+    """Four light adapters fit its throughput and its CPU tier, but it has two GPU slots:
+    vLLM would leave a third adapter's requests waiting while the other two keep theirs
+    running, so the other two go to a new GPU."""
+    engine = EngineConfig(max_loras=2, max_cpu_loras=8, max_lora_rank=8, max_model_len=8192)
+    worker = RunningWorker("w0", engine, frozenset({"s0", "s1"}))
+    ads = [AdapterDemand(name=f"s{i}", rank=8, rate=0.02) for i in range(4)]
+    assert predictor.check(ads, engine).feasible  # the surrogate alone would allow it
+    plan = replan(ads, [worker], predictor)
+    check(plan, ads, [worker], predictor)
+    assert set(plan.gpus[0].rates) == {"s0", "s1"}
+    assert {n for g in plan.gpus[1:] for n in g.rates} == {"s2", "s3"}
 
 
 @pytest.mark.parametrize(("args", "field"), [
