@@ -203,7 +203,8 @@ class _Board:
         the step holds ``max_loras`` LoRAs (vllm/v1/core/sched/scheduler.py, ``schedule``),
         so while the other adapters keep requests running, one adapter too many waits
         without end; the surrogate's verdict, a throughput test, cannot see that (on the fleet
-        bench a 17th adapter moved onto a 16-slot worker waited 25 s)."""
+        bench a run that moved a 17th adapter onto a 16-slot worker reached a streamed TTFT
+        p99 of 25 s)."""
         loras = {n for n in self.rates[i] if self.demand[n].rank > 0}
         if self.demand[name].rank > 0 and name not in loras and (
                 len(loras) >= self.workers[i].engine.max_loras):

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -67,8 +67,10 @@ class Replanner:
         self.draining: set[int] = set()  # workers being drained: planned around
         self._handled_down: set[str] = set()
         self._placing: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        # Requests per wall second each adapter was planned for by the last re-plan carried
-        # out (None before the first): a surge is measured against these.
+        # Requests per wall second each adapter was planned for: the registered rates until
+        # the first re-plan, then those of the last one computed that was not a dry run (its
+        # migration may still roll back). None before the loop starts. Surges are measured
+        # against these.
         self.planned: dict[str, float] | None = None
 
     # -- the snapshot ----------------------------------------------------------------------
@@ -123,8 +125,7 @@ class Replanner:
             job = self.snapshot(fresh=fresh)
             result = await self.compute(job)
             if not dry_run:
-                scale = self.app[GATEWAY_CONFIG].time_scale
-                self.planned = {d.name: d.rate * scale for d in job.demands}
+                self.planned = self._wall_rates(job.demands)
             metrics.replan_seconds.observe(time.perf_counter() - started)
             metrics.replans.labels(trigger.value).inc()
             m = result.migration
@@ -244,7 +245,7 @@ class Replanner:
             if not started:  # the first plan may already want more workers than run
                 started = True
                 if self.planned is None:  # the first plan was made for the registered rates
-                    self.planned = {d.name: d.rate * cfg.time_scale for d in self.registered()}
+                    self.planned = self._wall_rates(self.registered())
                 await self._scale_for_first_plan()
             self._export_rates()
             if loop.time() >= next_scrape:
@@ -268,6 +269,11 @@ class Replanner:
                 logger.exception("re-plan failed; the placement is unchanged")
                 if next_at is not None:
                     next_at = loop.time() + cfg.replan_interval_s
+
+    def _wall_rates(self, demands: Iterable[AdapterDemand]) -> dict[str, float]:
+        """Requests per wall second of ``demands`` (theirs are in the workers' time)."""
+        scale = self.app[GATEWAY_CONFIG].time_scale
+        return {d.name: d.rate * scale for d in demands}
 
     def _surging(self) -> bool:
         """An adapter's recent traffic is well above its planned rate (``Observer.surging``),
