@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -20,16 +21,17 @@ GC_GEN0_THRESHOLD = 20_000
 
 
 async def serve(app: web.Application, host: str, port: int, *,
-                shutdown_timeout: float = 60.0) -> web.AppRunner:
+                shutdown_timeout: float = 60.0,
+                site: Callable[[web.AppRunner], web.BaseSite] | None = None) -> web.AppRunner:
     """Serve ``app`` with handler cancellation on (a client that leaves cancels its handler,
     which aborts its request); the caller cleans the runner up. ``runner.cleanup()`` shuts
     down gracefully: it closes the listening sockets, lets requests in flight (streams
     included) finish for up to ``shutdown_timeout`` seconds, cancels the rest, then runs the
-    app's cleanup."""
+    app's cleanup. ``site`` makes the listening site (default: aiohttp's ``TCPSite``)."""
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await (web.TCPSite(runner, host, port) if site is None else site(runner)).start()
     return runner
 
 

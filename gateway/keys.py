@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     from gateway.server.upstream import UpstreamPool
 
 __all__ = ["ADMIN_TOKEN", "API_KEY", "CLIENT_SESSION", "EMULATED_WORKER", "FLEET",
-           "GATEWAY_CONFIG", "GATEWAY_METRICS", "KEYRING", "OBSERVER", "RELEASES", "REPLANNER",
-           "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER", "UPSTREAM_POOL",
-           "UPSTREAM_WORKER"]
+           "GATEWAY_CONFIG", "GATEWAY_METRICS", "KEYRING", "METRICS_TOKEN", "OBSERVER",
+           "RELEASES", "REPLANNER", "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER",
+           "UPSTREAM_POOL", "UPSTREAM_WORKER"]
 
 EMULATED_WORKER: web.AppKey[EmulatedWorker] = web.AppKey("emulated_worker")
 
@@ -42,6 +42,7 @@ REQUEST_ID = web.RequestKey("gateway_request_id", str)
 # Keys, admin token, state (gateway/server/auth.py, admin.py, state.py, access.py).
 KEYRING: web.AppKey[KeyRing] = web.AppKey("gateway_keyring")
 ADMIN_TOKEN: web.AppKey[bytes | None] = web.AppKey("gateway_admin_token_digest")
+METRICS_TOKEN: web.AppKey[bytes | None] = web.AppKey("gateway_metrics_token_digest")
 STATE_KEEPER: web.AppKey[StateKeeper | None] = web.AppKey("gateway_state_keeper")
 API_KEY: web.RequestKey[ApiKey] = web.RequestKey("gateway_api_key")
 REQUEST_MODEL = web.RequestKey("gateway_request_model", str)

@@ -4,15 +4,13 @@ output_tokens}`` (rate in requests/s, token counts as means; optional ``input_st
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from planner.features import AdapterDemand
+from planner.features import AdapterDemand, adapter_name_error, demand_error
 from twin.errors import ConfigError
-from twin.specs import ALLOWED_LORA_RANKS
 
 __all__ = ["load_adapters", "parse_adapters"]
 
@@ -24,8 +22,9 @@ def _num(item: dict[str, Any], key: str, field: str, default: float | None = Non
     value = item.get(key, default)
     if value is None:
         raise ConfigError(f"{field}.{key}", "is required")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{field}.{key}", f"must be a number, got {value!r}")
+    error = demand_error(key, value)
+    if error is not None:
+        raise ConfigError(f"{field}.{key}", error)
     return float(value)
 
 
@@ -50,19 +49,17 @@ def parse_adapters(data: Any, max_lora_rank: int = 512) -> list[AdapterDemand]:
         if name in seen:
             raise ConfigError(f"{field}.name", f"duplicate adapter name {name!r}")
         seen.add(name)
+        name_error = adapter_name_error(name)
+        if name_error is not None:
+            raise ConfigError(f"{field}.name", name_error)
         rank = _num(item, "rank", field)
-        if rank != 0 and (rank not in ALLOWED_LORA_RANKS or rank > max_lora_rank):
+        if rank > max_lora_rank:
             raise ConfigError(f"{field}.rank", f"must be 0 (base model) or one of vLLM's ranks "
                               f"up to {max_lora_rank}, got {item['rank']!r}")
         rate = _num(item, "rate", field)
-        if rate < 0:
-            raise ConfigError(f"{field}.rate", f"must be >= 0, got {rate}")
         values = {k: _num(item, k, field, d) for k, d in
                   (("input_tokens", 512), ("output_tokens", 128), ("input_std", 0),
                    ("output_std", 0), ("cv", 1))}
-        for key in ("input_tokens", "output_tokens"):
-            if values[key] < 1:
-                raise ConfigError(f"{field}.{key}", f"must be >= 1, got {values[key]}")
         out.append(AdapterDemand(name=name, rank=int(rank), rate=rate, **values))
     return out
 

@@ -217,6 +217,9 @@ def _zigzag(items: list[AdapterDemand]) -> list[AdapterDemand]:
     return out
 
 
+MAX_REPLICAS = 1024  # GPUs one adapter may be split over
+
+
 def replicate(adapters: Sequence[AdapterDemand], predictor: Predictor) -> list[AdapterDemand]:
     """Split adapters that one GPU cannot carry into equal-rate replicas."""
     out = []
@@ -225,7 +228,9 @@ def replicate(adapters: Sequence[AdapterDemand], predictor: Predictor) -> list[A
             out.append(a)
             continue
         cap = predictor.alone_capacity(a)
-        parts = math.ceil(a.rate / cap) if cap > 0 else 1
+        # At most MAX_REPLICAS: past that the load is beyond any fleet, and the plan says so
+        # (its replicas overloaded) instead of placing without end.
+        parts = min(MAX_REPLICAS, math.ceil(a.rate / cap)) if cap > 0 else 1
         out.extend([_with_rate(a, a.rate / parts)] * parts)
     return out
 

@@ -32,8 +32,8 @@ from twin.step_time import (
     StepTimeModel,
 )
 
-__all__ = ["INSTANT", "CalibrationProfile", "LoadTimes", "bundled_profiles", "instant_profile",
-           "load_profile", "save_profile"]
+__all__ = ["INSTANT", "PROFILE_ALIASES", "CalibrationProfile", "LoadTimes", "bundled_profiles",
+           "instant_profile", "load_profile", "save_profile"]
 
 INSTANT = "instant"
 
@@ -136,9 +136,19 @@ def instant_profile() -> CalibrationProfile:
         request_overhead_s=0.0)
 
 
+# Short names of bundled profiles (the issues and scenario examples write ``roofline``).
+PROFILE_ALIASES = {"roofline": "roofline-default"}
+
+
 def load_profile(name_or_path: str | Path) -> CalibrationProfile:
-    """Load a bundled profile by name, ``instant`` (``instant_profile``), or a profile JSON
-    file by path."""
+    """Load a bundled profile by name (or a ``PROFILE_ALIASES`` short name), ``instant``
+    (``instant_profile``), or a profile JSON file by path.
+
+    Examples
+    --------
+    >>> load_profile("roofline") == load_profile("roofline-default")
+    True
+    """
     if name_or_path == INSTANT:
         return instant_profile()
     path = Path(name_or_path)
@@ -148,7 +158,8 @@ def load_profile(name_or_path: str | Path) -> CalibrationProfile:
         except OSError as exc:
             raise ConfigError("profile", f"cannot read {path}: {exc.strerror}") from None
     else:
-        res = resources.files("twin") / "profiles" / f"{name_or_path}.json"
+        name = PROFILE_ALIASES.get(str(name_or_path), str(name_or_path))
+        res = resources.files("twin") / "profiles" / f"{name}.json"
         if not res.is_file():
             raise ConfigError("profile", f"unknown profile {str(name_or_path)!r}; bundled: "
                               f"{bundled_profiles()} or {INSTANT!r}")

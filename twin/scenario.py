@@ -1,7 +1,7 @@
 """Scenario files (YAML): one worker's model, GPU, profile, engine options and workload.
 
 Every invalid value raises ``ConfigError`` naming the field by its dotted path, e.g.
-``engine.max_loras: must be an integer >= 1, got 0``.
+``engine.max_loras: must be an integer in [1, 16777216], got 0``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from twin.errors import ConfigError
 __all__ = [
     "ALLOWED_LORA_RANKS",
     "GIB",
+    "MAX_ENGINE_INT",
     "AdapterSpec",
     "EngineConfig",
     "GpuSpec",
@@ -24,6 +25,9 @@ __all__ = [
 GIB = 1 << 30
 
 # vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+# No engine option is larger (vLLM sets no bound; this one keeps every product of options
+# exact and every loop over them finite): 16.7 million tokens, sequences or LoRA slots.
+MAX_ENGINE_INT = 1 << 24
 ALLOWED_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
@@ -172,8 +176,9 @@ class EngineConfig:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_loras", "block_size",
                      "max_model_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(name, f"must be an integer >= 1, got {value!r}")
+            if not isinstance(value, int) or not 1 <= value <= MAX_ENGINE_INT:
+                raise ConfigError(name, f"must be an integer in [1, {MAX_ENGINE_INT}], "
+                                  f"got {value!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("gpu_memory_utilization",
                               f"must be in (0, 1], got {self.gpu_memory_utilization!r}")
@@ -181,6 +186,10 @@ class EngineConfig:
             # vllm/config/lora.py validates with a Literal of the allowed ranks.
             raise ConfigError("max_lora_rank", f"must be one of {list(ALLOWED_LORA_RANKS)}, "
                               f"got {self.max_lora_rank!r}")
+        if self.max_cpu_loras is not None and (not isinstance(self.max_cpu_loras, int)
+                                               or self.max_cpu_loras > MAX_ENGINE_INT):
+            raise ConfigError("max_cpu_loras", f"must be an integer in [1, {MAX_ENGINE_INT}], "
+                              f"got {self.max_cpu_loras!r}")
         if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
             # vllm/config/lora.py LoRAConfig.verify_with_... : same wording.
             raise ConfigError("max_cpu_loras", f"max_cpu_loras ({self.max_cpu_loras}) must be "

@@ -4,9 +4,11 @@
 spaces, else one is made (32 random hex digits, like ``uuid4().hex``). It is sent upstream
 (vLLM uses it as its request id), returned on the response, and written in the access log.
 
-The access log is one logfmt line per request on the logger ``lorafleet.access`` (INFO):
+The access log is one logfmt line per request on the logger ``lorafleet.access`` (INFO; the
+probes and scrapes of ``/health``, ``/ready`` and ``/metrics`` at DEBUG unless they fail):
 ``method``, ``path``, ``model``, ``status``, ``worker``, ``duration_ms``, ``request_id`` and
-``key`` (the client key's name), ``-`` for what a request does not have. A client that left
+``key`` (the client key's name), ``-`` for what a request does not have; a path or model name
+past 200 characters is cut. A client that left
 is logged with status 499, as nginx does.
 
 Examples
@@ -29,10 +31,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from gateway.keys import API_KEY, REQUEST_ID, REQUEST_MODEL, UPSTREAM_WORKER
+from gateway.server.errors import clip
 
 __all__ = ["ACCESS_LOGGER", "access_middleware", "logfmt", "new_request_id", "valid_request_id"]
 
 ACCESS_LOGGER = "lorafleet.access"
+QUIET_PATHS = frozenset({"/metrics", "/health", "/ready"})
 MAX_REQUEST_ID = 128
 CLIENT_CLOSED = 499
 
@@ -86,11 +90,15 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = exc.status
         raise
     finally:
-        if logger.isEnabledFor(logging.INFO):
+        # Probes and scrapes (every few seconds, from Kubernetes and Prometheus) at DEBUG
+        # unless they fail; every other request at INFO.
+        level = logging.DEBUG if request.path in QUIET_PATHS and status < 400 else logging.INFO
+        if logger.isEnabledFor(level):
             key = request.get(API_KEY)
-            logger.info("%s", logfmt({
-                "method": request.method, "path": request.path,
-                "model": request.get(REQUEST_MODEL), "status": status,
+            model = request.get(REQUEST_MODEL)
+            logger.log(level, "%s", logfmt({
+                "method": request.method, "path": clip(request.path, 200),
+                "model": None if model is None else clip(str(model), 200), "status": status,
                 "worker": request.get(UPSTREAM_WORKER),
                 "duration_ms": f"{(time.perf_counter() - started) * 1000:.1f}",
                 "request_id": request[REQUEST_ID], "key": key.name if key else None}))

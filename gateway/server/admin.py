@@ -31,20 +31,27 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from gateway.keys import ADMIN_TOKEN, CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS
 from gateway.openai_schema import OpenAIBody
 from gateway.server.auth import AuthError
-from gateway.server.config import AdapterEntry
-from gateway.server.errors import ApiError
+from gateway.server.config import AdapterEntry, AdapterOrigin
+from gateway.server.errors import ApiError, clip
 from gateway.server.lora_api import LoraCallError, unload_adapter
-from gateway.server.protocol import parse_body
-from planner.features import AdapterDemand
+from gateway.server.protocol import parse_body, read_json
+from planner.features import (
+    MAX_CV,
+    MAX_RATE,
+    MAX_TOKENS,
+    AdapterDemand,
+    adapter_name_error,
+)
 from twin.routing import BASE_MODEL
 from twin.specs import ALLOWED_LORA_RANKS
 
-__all__ = ["AddAdapterRequest", "add_admin_routes", "admin_middleware", "token_digest"]
+__all__ = ["AddAdapterRequest", "add_admin_routes", "admin_middleware", "check_bearer",
+           "token_digest"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,39 +63,56 @@ def token_digest(token: str | None) -> bytes | None:
     return hashlib.sha256(token.encode()).digest() if token else None
 
 
+def check_bearer(request: web.Request, expected: bytes | None, *, env: str, what: str,
+                 name: str) -> None:
+    """The request carries ``Authorization: Bearer <token>`` whose digest is ``expected``
+    (compared in constant time): 401 otherwise (``Incorrect <name>.``), 403 when no token
+    is configured (``env`` unset in the gateway's environment: ``what`` is then off)."""
+    if expected is None:
+        raise ApiError(HTTPStatus.FORBIDDEN, "PermissionDeniedError",
+                       f"{what} is disabled: no token is configured (set {env} in the "
+                       "gateway's environment).")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError(HTTPStatus.UNAUTHORIZED, "invalid_request_error",
+                        f"{what} needs Authorization: Bearer <{name}>.", None)
+    if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).digest(), expected):
+        raise AuthError(HTTPStatus.UNAUTHORIZED, "invalid_request_error",
+                        f"Incorrect {name}.", "invalid_api_key")
+
+
 @web.middleware
 async def admin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path != PREFIX and not request.path.startswith(PREFIX + "/"):
         return await handler(request)
-    expected = request.app[ADMIN_TOKEN]
-    if expected is None:
-        env = request.app[GATEWAY_CONFIG].admin_token_env
-        raise ApiError(HTTPStatus.FORBIDDEN, "PermissionDeniedError",
-                       f"The admin API is disabled: no admin token is configured (set {env} "
-                       "in the gateway's environment).")
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthError(HTTPStatus.UNAUTHORIZED, "invalid_request_error",
-                        "The admin API needs Authorization: Bearer <admin token>.", None)
-    if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).digest(), expected):
-        raise AuthError(HTTPStatus.UNAUTHORIZED, "invalid_request_error",
-                        "Incorrect admin token.", "invalid_api_key")
+    check_bearer(request, request.app[ADMIN_TOKEN],
+                 env=request.app[GATEWAY_CONFIG].admin_token_env, what="The admin API",
+                 name="admin token")
     return await handler(request)
 
 
 class AddAdapterRequest(OpenAIBody):
-    """``POST /admin/adapters``; unknown fields are refused (a typo is not ignored)."""
+    """``POST /admin/adapters``; unknown fields are refused (a typo is not ignored), and every
+    number is bounded as in the config (``planner.features.demand_error``)."""
 
     model_config = OpenAIBody.model_config | {"extra": "forbid"}
 
-    name: str = Field(min_length=1, max_length=256, pattern=r"^[^\s/]+$")
-    path: str = Field(min_length=1)
-    rate: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    input_tokens: float = Field(default=512.0, ge=1, allow_inf_nan=False)
-    output_tokens: float = Field(default=128.0, ge=1, allow_inf_nan=False)
-    input_std: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    output_std: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    cv: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    name: str
+    path: str = Field(min_length=1, max_length=4096)
+    rate: float = Field(default=0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)
+    input_tokens: float = Field(default=512.0, ge=1, le=MAX_TOKENS, allow_inf_nan=False)
+    output_tokens: float = Field(default=128.0, ge=1, le=MAX_TOKENS, allow_inf_nan=False)
+    input_std: float = Field(default=0.0, ge=0, le=MAX_TOKENS, allow_inf_nan=False)
+    output_std: float = Field(default=0.0, ge=0, le=MAX_TOKENS, allow_inf_nan=False)
+    cv: float = Field(default=1.0, gt=0, le=MAX_CV, allow_inf_nan=False)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        error = adapter_name_error(value)
+        if error is not None:
+            raise ValueError(error)
+        return value
 
 
 def read_rank(path: str) -> int:
@@ -108,10 +132,7 @@ def read_rank(path: str) -> int:
 
 
 async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError as exc:
-        raise ApiError.bad_request(f"JSON decode error: {exc}") from None
+    return (await read_json(request))[1]
 
 
 async def placement(request: web.Request) -> web.Response:
@@ -158,7 +179,7 @@ async def add_adapter(request: web.Request) -> web.Response:
     demand = AdapterDemand(name=body.name, rank=rank, rate=body.rate,
                            input_tokens=body.input_tokens, output_tokens=body.output_tokens,
                            input_std=body.input_std, output_std=body.output_std, cv=body.cv)
-    entry = AdapterEntry(demand, body.path)
+    entry = AdapterEntry(demand, body.path, AdapterOrigin.ADMIN)
     try:
         fleet.register(entry)
     except ValueError:  # registered by another request while the rank was read
@@ -173,7 +194,7 @@ async def remove_adapter(request: web.Request) -> web.Response:
     cfg, fleet = app[GATEWAY_CONFIG], app[FLEET]
     if name not in fleet.adapters:
         raise ApiError(HTTPStatus.NOT_FOUND, "NotFoundError",
-                       f"The adapter `{name}` does not exist.", "name")
+                       f"The adapter `{clip(name)}` does not exist.", "name")
     fleet.retire(name)
     try:
         loop = asyncio.get_running_loop()

@@ -25,6 +25,7 @@ from gateway.keys import (
     GATEWAY_CONFIG,
     GATEWAY_METRICS,
     KEYRING,
+    METRICS_TOKEN,
     OBSERVER,
     STATE_KEEPER,
 )
@@ -35,6 +36,7 @@ from gateway.server.config import GatewayConfig
 from gateway.server.discovery import discovery
 from gateway.server.errors import error_middleware
 from gateway.server.lifecycle import bootstrap, client_session, health_checks
+from gateway.server.listener import ConnectionGuard, GuardedSite, ListenerLimits
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.migrate import releases_ctx
 from gateway.server.observer import Observer
@@ -42,8 +44,9 @@ from gateway.server.planning import InitialPlan
 from gateway.server.registry import Fleet
 from gateway.server.replan_routes import add_replan_routes
 from gateway.server.replanner import replanning
+from gateway.server.restore import restore
 from gateway.server.routes import add_routes
-from gateway.server.state import FileStateStore, StateKeeper, keep_state, restore
+from gateway.server.state import FileStateStore, StateKeeper, keep_state
 
 __all__ = ["create_app", "serve"]
 
@@ -61,14 +64,18 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
         (or restored from ``cfg.state_file``, which also restores the adapter registry).
     """
     store = FileStateStore(cfg.state_file) if cfg.state_file else None
-    cfg, plan = restore(cfg, plan, None if store is None else store.load())
+    restored = restore(cfg, plan, None if store is None else store.load())
+    cfg, plan = restored.cfg, restored.plan
     app = web.Application(middlewares=[access_middleware, error_middleware, auth_middleware,
                                        admin_middleware], client_max_size=cfg.body_limit)
     app[GATEWAY_CONFIG] = cfg
     app[KEYRING] = KeyRing.resolve(cfg.keys)
     app[ADMIN_TOKEN] = token_digest(os.environ.get(cfg.admin_token_env))
+    app[METRICS_TOKEN] = None if cfg.metrics_token_env is None else token_digest(
+        os.environ.get(cfg.metrics_token_env))
     fleet = Fleet(cfg.base_model, cfg.workers, {a.demand.name: a for a in cfg.adapters},
                   cfg.routing, cfg.retry_after_s)
+    fleet.stale, fleet.dropped = restored.stale, restored.dropped
     app[FLEET] = fleet
     fleet.planned_gpus = None if plan is None else plan.planned_gpus
     app[STATE_KEEPER] = None if store is None else StateKeeper(store, fleet)
@@ -98,7 +105,13 @@ async def _stop_serving(app: web.Application) -> None:
 
 
 async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve the gateway; at ``runner.cleanup()`` (SIGTERM) requests in flight get
-    ``drain_timeout_s`` to finish before they are cancelled, then the state is saved."""
-    return await http.serve(app, host, port,
-                            shutdown_timeout=app[GATEWAY_CONFIG].drain_timeout_s)
+    """Serve the gateway (its listener guarded: ``gateway/server/listener.py``); at
+    ``runner.cleanup()`` (SIGTERM) requests in flight get ``drain_timeout_s`` to finish
+    before they are cancelled, then the state is saved."""
+    cfg = app[GATEWAY_CONFIG]
+    guard = ConnectionGuard(ListenerLimits(
+        header_timeout_s=cfg.client_header_timeout_s,
+        max_connections=cfg.client_max_connections,
+        max_connections_per_address=cfg.client_max_connections_per_address))
+    return await http.serve(app, host, port, shutdown_timeout=cfg.drain_timeout_s,
+                            site=lambda runner: GuardedSite(runner, host, port, guard=guard))

@@ -67,6 +67,7 @@ __all__ = ["ApiKey", "AuthError", "KeyRing", "KeySpec", "TokenBucket", "auth_mid
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 GUARDED_PREFIX = "/v1/"
+MAX_KEY_RATE = 1e6  # requests/s (and burst) one key may be given
 _KEY_FIELDS = frozenset({"key", "key_env", "name", "adapters", "rate_limit", "burst"})
 
 
@@ -93,8 +94,9 @@ def _positive(item: Mapping[str, Any], key: str, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            math.isfinite(value) and value > 0):
-        raise ConfigError(f"{where}.{key}", f"must be a number > 0, got {value!r}")
+            math.isfinite(value) and 0 < value <= MAX_KEY_RATE):
+        raise ConfigError(f"{where}.{key}", f"must be a number in (0, {MAX_KEY_RATE:g}], "
+                          f"got {value!r}")
     return float(value)
 
 

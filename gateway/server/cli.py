@@ -175,7 +175,8 @@ def _run(cfg: GatewayConfig, plan: InitialPlan | None, spec: EmulateSpec | None)
     with loop_runner, contextlib.suppress(KeyboardInterrupt):
         try:
             loop_runner.run(_main(cfg, plan, spec))
-        except StartupError as exc:  # an emulated worker vLLM would refuse to start
+        except (StartupError, ConfigError) as exc:  # an emulated worker vLLM would refuse
+            # to start; a state file that is not a valid lorafleet state
             print(f"lorafleet: serve: {exc}", file=sys.stderr)
             return 2
     return 0

@@ -24,6 +24,11 @@ it on one line and exits with status 2). The file::
     port: 8080
     max_model_len: 8192               # the body limit is derived from it
     max_body_bytes: null              # or an explicit limit
+    client_header_timeout_s: 10       # a request's head must arrive within it
+    client_body_timeout_s: 60         # its body within it after the head
+    client_max_connections: 8192      # open client connections in all (past it: 503, closed)
+    client_max_connections_per_address: 1024   # from one IP (0: no limit; behind an ingress
+                                      # every client shares its address)
     connect_timeout_s: 5
     read_timeout_s: 600
     load_timeout_s: 60
@@ -44,6 +49,8 @@ it on one line and exits with status 2). The file::
       - {key: sk-literal, name: ops, adapters: "*", rate_limit: 50, burst: 100}
     worker_api_key_env: VLLM_API_KEY  # sent to the workers as Authorization: Bearer
     admin_token_env: LORAFLEET_ADMIN_TOKEN   # the admin API's bearer token (unset: 403)
+    metrics_token_env: LORAFLEET_METRICS_TOKEN  # GET /metrics needs it as a bearer token
+                                      # (unset in the config: /metrics is open)
     state_file: /var/lib/lorafleet/state.json  # placement + registry, restored at start-up
     drain_timeout_s: 30               # SIGTERM: how long in-flight requests may finish
 
@@ -71,7 +78,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.server.auth import KeySpec, parse_keys
-from planner.features import AdapterDemand
+from planner.features import MAX_TOKENS, AdapterDemand
 from planner.inputs import parse_adapters
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
@@ -80,13 +87,33 @@ from twin.specs import EngineConfig
 if TYPE_CHECKING:  # kube.py imports this module
     from gateway.server.kube import Actuator, KubeDiscovery
 
-__all__ = ["AdapterEntry", "GatewayConfig", "PlacementMode", "WorkerEndpoint", "load_config",
-           "parse_config", "read_config"]
+__all__ = ["AdapterEntry", "AdapterOrigin", "GatewayConfig", "PlacementMode", "WorkerEndpoint",
+           "load_config", "parse_config", "read_config"]
 
-_SECURITY = ("keys", "worker_api_key_env", "admin_token_env", "state_file")
+_SECURITY = ("keys", "worker_api_key_env", "admin_token_env", "metrics_token_env",
+             "state_file")
 _FLEET = ("discovery", "actuator", "worker_engine")  # gateway/server/kube.py, planning.py
 _ENGINE_FIELDS = ("max_loras", "max_cpu_loras", "max_lora_rank", "max_num_seqs",
                   "max_num_batched_tokens", "max_model_len", "gpu_memory_utilization")
+
+MAX_SECONDS = 7 * 24 * 3600.0  # a week: no timeout or interval longer
+# Every number of the config, bounded (name: low, high, low excluded): no value an admin can
+# give overflows a computation or asks for resources no machine has.
+_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "max_model_len": (0, MAX_TOKENS, True), "connect_timeout_s": (0, MAX_SECONDS, True),
+    "read_timeout_s": (0, MAX_SECONDS, True), "load_timeout_s": (0, MAX_SECONDS, True),
+    "health_interval_s": (0, MAX_SECONDS, True), "retry_after_s": (0, 3600, True),
+    "max_connections": (0, 1_000_000, True), "observe_window_s": (0, MAX_SECONDS, True),
+    "time_scale": (0, 10_000, True), "drain_timeout_s": (0, MAX_SECONDS, True),
+    "replan_interval_s": (0, MAX_SECONDS, False),
+    "max_outstanding_per_worker": (0, 1_000_000, False),
+    "prefix_affinity_chars": (0, 1 << 20, False), "move_budget": (0, 100_000, False),
+    "headroom": (0, 1, True), "retire_margin": (0, 1, True),
+    "max_body_bytes": (1024, 1 << 30, False),
+    "client_header_timeout_s": (0, 3600, True), "client_body_timeout_s": (0, 3600, True),
+    "client_max_connections": (0, 1_000_000, True),
+    "client_max_connections_per_address": (0, 1_000_000, False),
+}
 
 BYTES_PER_TOKEN = 64  # JSON-escaped text runs to a few bytes a token; 16x margin over ~4
 
@@ -106,13 +133,22 @@ class WorkerEndpoint:
     url: str
 
 
+class AdapterOrigin(enum.StrEnum):
+    """Where a registered adapter came from: the config is the source of truth for what it
+    lists; an adapter added through the admin API stays (in the state file) until removed."""
+
+    CONFIG = "config"  # listed in gateway.yaml (or --adapters)
+    ADMIN = "admin"  # added by POST /admin/adapters
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterEntry:
-    """A registered adapter: its expected load (for the planner) and the path workers load it
-    from (``None`` only for the base model's rank-0 entry)."""
+    """A registered adapter: its expected load (for the planner), the path workers load it
+    from (``None`` only for the base model's rank-0 entry) and where it was registered."""
 
     demand: AdapterDemand
     path: str | None
+    origin: AdapterOrigin = AdapterOrigin.CONFIG
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,7 +172,13 @@ class GatewayConfig:
     load_timeout_s: float = 60.0
     health_interval_s: float = 2.0
     retry_after_s: int = 1
-    max_connections: int = 1024
+    max_connections: int = 1024  # connections to each worker (the upstream pool)
+    # what clients may hold of the gateway's listener (gateway/server/listener.py)
+    client_header_timeout_s: float = 10.0  # a request's head must arrive within it (nginx's
+    # client_header_timeout), counted from the connection or the previous response
+    client_body_timeout_s: float = 60.0  # and its body within it after the head
+    client_max_connections: int = 8192  # open client connections in all (then 503, closed)
+    client_max_connections_per_address: int = 1024  # from one IP address (0: no limit)
     max_outstanding_per_worker: int = 512  # 0: unlimited; else 429 when all holders are full
     prefix_affinity_chars: int = 256  # 0: no prefix affinity
     # re-planning (gateway/server/replanner.py)
@@ -154,6 +196,7 @@ class GatewayConfig:
     keys: tuple[KeySpec, ...] = ()
     worker_api_key_env: str | None = None
     admin_token_env: str = "LORAFLEET_ADMIN_TOKEN"
+    metrics_token_env: str | None = None  # set: GET /metrics needs this bearer token
     state_file: str | None = None
     drain_timeout_s: float = 30.0
     # the fleet's size and source (gateway/server/kube.py, discovery.py)
@@ -180,28 +223,15 @@ class GatewayConfig:
                 raise ConfigError(f"adapters[{i}].path", "is required for a LoRA adapter")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"must be in 0..65535, got {self.port}")
-        for name in ("max_model_len", "connect_timeout_s", "read_timeout_s", "load_timeout_s",
-                     "health_interval_s", "retry_after_s", "max_connections"):
+        for name, (low, high, open_low) in _BOUNDS.items():
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(name, f"must be > 0, got {value!r}")
-        for name in ("observe_window_s", "time_scale", "drain_timeout_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(name, f"must be > 0, got {value!r}")
-        if not (math.isfinite(self.replan_interval_s) and self.replan_interval_s >= 0):
-            raise ConfigError("replan_interval_s", f"must be >= 0, got {self.replan_interval_s!r}")
-        for name in ("max_outstanding_per_worker", "prefix_affinity_chars"):
-            if getattr(self, name) < 0:
-                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)!r}")
-        if self.move_budget < 0:
-            raise ConfigError("move_budget", f"must be >= 0, got {self.move_budget!r}")
-        if not 0 < self.headroom <= 1:
-            raise ConfigError("headroom", f"must be in (0, 1], got {self.headroom!r}")
-        if not 0 < self.retire_margin <= 1:
-            raise ConfigError("retire_margin", f"must be in (0, 1], got {self.retire_margin!r}")
-        if self.max_body_bytes is not None and self.max_body_bytes < 1024:
-            raise ConfigError("max_body_bytes", f"must be >= 1024, got {self.max_body_bytes}")
+            if value is None and name == "max_body_bytes":
+                continue
+            if not (math.isfinite(value) and (low < value if open_low else low <= value)
+                    and value <= high):
+                shown = f"{value:g}" if isinstance(value, float) else repr(value)
+                raise ConfigError(name, f"must be in {'(' if open_low else '['}{low:g}, "
+                                  f"{high:g}], got {shown}")
 
     @property
     def body_limit(self) -> int:
@@ -257,7 +287,8 @@ def _adapters(items: Any) -> tuple[AdapterEntry, ...]:
 _STRINGS = frozenset({"base_model", "gpu", "model", "profile", "host"})
 _INTS = frozenset({"port", "max_model_len", "max_body_bytes", "retry_after_s",
                    "max_connections", "move_budget", "max_outstanding_per_worker",
-                   "prefix_affinity_chars"})
+                   "prefix_affinity_chars", "client_max_connections",
+                   "client_max_connections_per_address"})
 _BOOLS = frozenset({"validate_replans", "surge_replan"})
 
 
@@ -324,11 +355,23 @@ def parse_config(data: Any) -> GatewayConfig:
         if not isinstance(workers, list) or not workers:
             raise ConfigError("workers", "must be a non-empty list of {url, name?}")
     values = {k: _scalar(k, v) for k, v in data.items() if k in _SCALARS}
+    _known_specs(values)
     values.update(_security(data))
     adapters = _adapters(data.get("adapters", []))
     values.update(_fleet(data, adapters, values))
     return GatewayConfig(workers=tuple(_worker(w, i) for i, w in enumerate(workers)),
                          adapters=adapters, **values)
+
+
+def _known_specs(values: dict[str, Any]) -> None:
+    """``gpu``, ``model`` and ``profile`` name what the planner knows (else every re-plan
+    would fail later, in the planning process): ``ConfigError`` naming the field."""
+    from twin.catalog import get_gpu, get_model
+    from twin.profile import load_profile
+
+    get_gpu(values.get("gpu", "a100-80gb"))
+    get_model(values.get("model", "llama-3.1-8b"))
+    load_profile(values.get("profile", "roofline-default"))
 
 
 def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],

@@ -83,6 +83,9 @@ async def start_emulated(configs: Sequence[WorkerConfig],
     return fleet
 
 
+MAX_EMULATED = 256  # emulated workers one gateway process runs
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EmulateSpec:
     """``emulate:`` in ``gateway.yaml``: an emulated fleet started in the gateway's process
@@ -105,7 +108,7 @@ def parse_emulate(data: Any) -> EmulateSpec:
     >>> parse_emulate({"count": 0})
     Traceback (most recent call last):
     ...
-    twin.errors.ConfigError: emulate.count: must be an integer >= 1, got 0
+    twin.errors.ConfigError: emulate.count: must be an integer in [1, 256], got 0
     """
     if isinstance(data, int) and not isinstance(data, bool):
         data = {"count": data}
@@ -116,19 +119,22 @@ def parse_emulate(data: Any) -> EmulateSpec:
     if unknown:
         raise ConfigError(f"emulate.{unknown[0]}", "unknown field")
     ints: dict[str, int] = {}
-    for name, low in (("count", 1), ("seed", 0)):
+    for name, low, high in (("count", 1, MAX_EMULATED), ("seed", 0, 2**32 - 1)):
         raw = data.get(name, 0)
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < low:
-            raise ConfigError(f"emulate.{name}", f"must be an integer >= {low}, got {raw!r}")
+        if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
+            raise ConfigError(f"emulate.{name}", f"must be an integer in [{low}, {high}], "
+                              f"got {raw!r}")
         ints[name] = raw
     values: dict[str, float] = {}
-    for name, default, floor in (("time_scale", 1.0, 0.0), ("slowdown", 1.0, 0.0),
-                                 ("jitter", 0.0, -1.0)):
+    for name, default, floor, ceiling in (("time_scale", 1.0, 0.0, 10_000.0),
+                                          ("slowdown", 1.0, 0.0, 100.0),
+                                          ("jitter", 0.0, -1.0, 10.0)):
         value = data.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not math.isfinite(value) or not value > floor:
-            want = "> 0" if floor == 0 else ">= 0"
-            raise ConfigError(f"emulate.{name}", f"must be a number {want}, got {value!r}")
+                or not math.isfinite(value) or not floor < value <= ceiling:
+            bottom = "(0" if floor == 0 else "[0"
+            raise ConfigError(f"emulate.{name}", f"must be a number in {bottom}, {ceiling:g}], "
+                              f"got {value!r}")
         values[name] = float(value)
     return EmulateSpec(count=ints["count"], seed=ints["seed"], **values)
 

@@ -19,6 +19,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,11 +30,62 @@ from aiohttp import web
 
 from gateway.keys import REQUEST_ID
 
-__all__ = ["ApiError", "GatewayError", "error_middleware", "request_id"]
+__all__ = ["ApiError", "GatewayError", "clip", "error_middleware", "error_type", "request_id",
+           "restyled"]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_type(status: int) -> str:
+    """The error ``type`` for an HTTP status: its phrase as one word ending in ``Error``,
+    the style of vLLM's own errors (``BadRequestError``, ``NotFoundError``).
+
+    >>> error_type(400), error_type(405), error_type(413)
+    ('BadRequestError', 'MethodNotAllowedError', 'RequestEntityTooLargeError')
+    """
+    name = HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+    return name if name.endswith("Error") else name + "Error"
+
+
+def clip(text: str, limit: int = 256) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was (a client's 100 KB model
+    name is not echoed whole into the log or an error body).
+
+    >>> clip("x" * 300, 4)
+    'xxxx... (300 characters)'
+    """
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+_PHRASES = {status.phrase: status for status in HTTPStatus}
+
+
+def restyled(data: bytes) -> bytes:
+    """A worker's error body in the gateway's style: vLLM answers a request that fails its
+    validation with the HTTP phrase as the type (``"Bad Request"``), its other errors and the
+    gateway's with one word (``"BadRequestError"``); the phrase becomes the word. Anything
+    else is passed through as it came.
+
+    Examples
+    --------
+    >>> restyled(b'{"error": {"message": "m", "type": "Bad Request", "code": 400}}')
+    b'{"error": {"message": "m", "type": "BadRequestError", "code": 400}}'
+    >>> restyled(b'{"error": {"type": "InvalidUserInput"}}')
+    b'{"error": {"type": "InvalidUserInput"}}'
+    """
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        return data
+    error = body.get("error") if isinstance(body, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    if not isinstance(kind, str) or kind not in _PHRASES:
+        return data
+    assert isinstance(error, dict)
+    error["type"] = error_type(_PHRASES[kind])
+    return json.dumps(body).encode()
 
 
 class GatewayError(Exception):
@@ -67,7 +119,7 @@ class ApiError(GatewayError):
     @classmethod
     def model_not_found(cls, model: str) -> ApiError:
         return cls(HTTPStatus.NOT_FOUND, "NotFoundError",
-                   f"The model `{model}` does not exist.", param="model")
+                   f"The model `{clip(model)}` does not exist.", param="model")
 
     @classmethod
     def bad_request(cls, message: str, param: str | None = None) -> ApiError:
@@ -75,7 +127,7 @@ class ApiError(GatewayError):
 
     @classmethod
     def too_large(cls, limit: int) -> ApiError:
-        return cls(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RequestEntityTooLarge",
+        return cls(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RequestEntityTooLargeError",
                    f"The request body exceeds the limit of {limit} bytes.")
 
     @classmethod
@@ -113,7 +165,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = ApiError(HTTPStatus(exc.status), exc.reason.replace(" ", ""), exc.reason)
+        error = ApiError(HTTPStatus(exc.status), error_type(exc.status), exc.reason)
         response = error.response(rid)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]

@@ -56,6 +56,8 @@ __all__ = ["SERVICE_ACCOUNT_DIR", "Actuator", "ActuatorError", "CommandActuator"
 
 logger = logging.getLogger(__name__)
 
+_MAX_S = 7 * 24 * 3600.0  # no timeout or interval longer than a week (config.MAX_SECONDS)
+
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MERGE_PATCH = "application/merge-patch+json"
 _TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -328,8 +330,10 @@ def from_config(data: Any, field: str = "actuator") -> Actuator:
             raise ConfigError(f"{field}.command", f"only {{workers}} may be substituted: "
                               f"{exc!r}") from None
         timeout = data.get("timeout_s", 60.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError(f"{field}.timeout_s", f"must be a number > 0, got {timeout!r}")
+        if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                or not 0 < timeout <= _MAX_S):
+            raise ConfigError(f"{field}.timeout_s", f"must be a number in (0, {_MAX_S:g}], "
+                              f"got {timeout!r}")
         return CommandActuator(template, float(timeout))
     statefulset = _str(data, "statefulset", field)
     assert statefulset is not None
@@ -377,6 +381,7 @@ def discovery_from_config(data: Any, field: str = "discovery") -> KubeDiscovery:
         raise ConfigError(f"{field}.port", f"must be in 1..65535, got {port!r}")
     interval = data.get("interval_s", 10.0)
     if (isinstance(interval, bool) or not isinstance(interval, int | float)
-            or not 0 < interval < float("inf")):
-        raise ConfigError(f"{field}.interval_s", f"must be a number > 0, got {interval!r}")
+            or not 0 < interval <= _MAX_S):
+        raise ConfigError(f"{field}.interval_s", f"must be a number in (0, {_MAX_S:g}], "
+                          f"got {interval!r}")
     return KubeDiscovery(_kube_api(data, field), selector, port, float(interval))

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, UPSTREAM_POOL
 from gateway.server.config import GatewayConfig, PlacementMode
-from gateway.server.lora_api import LoraCallError, list_adapters, load_adapter
+from gateway.server.lora_api import LoraCallError, list_adapters, load_adapter, unload_adapter
 from gateway.server.planning import InitialPlan, from_planner, round_robin
 from gateway.server.registry import WorkerStatus
 from gateway.server.upstream import UpstreamPool
@@ -89,6 +89,16 @@ async def sync_worker(app: web.Application, index: int) -> None:
         fleet.set_resident(index, set())
         return
     fleet.set_status(index, WorkerStatus.UP)
+    for name in sorted(resident & (fleet.stale | fleet.dropped) - worker.refreshed):
+        try:  # a copy from before a restart whose config changed or dropped the adapter
+            await unload_adapter(session, url, name, timeout=cfg.load_timeout_s)
+        except LoraCallError as exc:
+            logger.warning("worker %s: %s", worker.endpoint.name, exc)
+            continue
+        worker.refreshed.add(name)
+        resident.discard(name)
+        logger.info("worker %s: unloaded %s (%s)", worker.endpoint.name, name,
+                    "dropped from the config" if name in fleet.dropped else "changed")
     planned = set() if fleet.plan is None else set(fleet.plan.workers[index].shares)
     for name in sorted(planned - resident - {BASE_MODEL}):
         entry = fleet.adapters.get(name)

@@ -31,7 +31,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from planner.features import AdapterDemand
+from planner.features import MAX_RATE, MAX_TOKENS, AdapterDemand
 
 __all__ = ["MIN_RATE", "SHIFT_Z", "Observer", "WorkerTraffic"]
 
@@ -225,13 +225,15 @@ class Observer:
         out = []
         for d in registered:
             key = d.name
-            rate = max(MIN_RATE, rates.get(key, 0.0) / time_scale)
+            # Clamped to what a registered adapter may declare (``planner.features``): a flood
+            # of requests must not make a demand the planner refuses.
+            rate = min(MAX_RATE, max(MIN_RATE, rates.get(key, 0.0) / time_scale))
             done = self._done.get(key)
             if done:
                 prompt = sum(x.prompt for x in done) / len(done)
                 completion = sum(x.completion for x in done) / len(done)
-                d = replace(d, input_tokens=max(1, math.ceil(prompt)),
-                            output_tokens=max(1, math.ceil(completion)))
+                d = replace(d, input_tokens=min(MAX_TOKENS, max(1, math.ceil(prompt))),
+                            output_tokens=min(MAX_TOKENS, max(1, math.ceil(completion))))
             out.append(replace(d, rate=rate))
         return out
 
@@ -271,10 +273,11 @@ class Observer:
             ins = [float(x.prompt) for x in xs] or [1.0]
             outs = [float(x.completion) for x in xs] or [1.0]
             demands.append(AdapterDemand(
-                name=name, rank=8, rate=sent.get(name, 0) / interval / time_scale,
-                input_tokens=max(1.0, sum(ins) / len(ins)),
-                output_tokens=max(1.0, sum(outs) / len(outs)),
-                input_std=_std(ins), output_std=_std(outs)))
+                name=name, rank=8,
+                rate=min(MAX_RATE, sent.get(name, 0) / interval / time_scale),
+                input_tokens=min(MAX_TOKENS, max(1.0, sum(ins) / len(ins))),
+                output_tokens=min(MAX_TOKENS, max(1.0, sum(outs) / len(outs))),
+                input_std=min(MAX_TOKENS, _std(ins)), output_std=min(MAX_TOKENS, _std(outs))))
         return WorkerTraffic(demands=tuple(demands), itl_s=itl, ttft_p50_s=ttft,
                              intervals=intervals, dispatched=sum(sent.values()),
                              completed=sum(1 for x in done if x.at >= start))

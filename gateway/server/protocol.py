@@ -7,15 +7,20 @@ these models).
 
 from __future__ import annotations
 
+import asyncio
+import json
+from http import HTTPStatus
 from typing import Any, TypeVar
 
+from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
+from gateway.keys import GATEWAY_CONFIG
 from gateway.openai_schema import OpenAIBody, StreamOptions, validation_message
 from gateway.server.errors import ApiError
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "SamplingRequest", "StreamOptions",
-           "parse_body"]
+           "parse_body", "read_json"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -54,3 +59,28 @@ def parse_body(model: type[M], data: object) -> M:
     except ValidationError as exc:
         message, param = validation_message(exc)
         raise ApiError.bad_request(message, param) from None
+
+
+async def read_json(request: web.Request) -> tuple[bytes, Any]:
+    """The request's body and its JSON: read within ``client_body_timeout_s`` (else 408, as
+    nginx's ``client_body_timeout``) and up to the body limit (else 413); 400 if it is not
+    JSON or nests deeper than the parser goes (a 30,000-deep array), never a 500."""
+    cfg = request.app[GATEWAY_CONFIG]
+    limit = cfg.body_limit
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError.too_large(limit)
+    try:
+        async with asyncio.timeout(cfg.client_body_timeout_s):
+            raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError.too_large(limit) from None
+    except TimeoutError:
+        raise ApiError(HTTPStatus.REQUEST_TIMEOUT, "RequestTimeoutError",
+                       f"The request body did not arrive within {cfg.client_body_timeout_s:g} "
+                       "s.") from None
+    try:
+        return raw, json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError.bad_request(f"JSON decode error: {exc}") from None
+    except RecursionError:
+        raise ApiError.bad_request("JSON decode error: the body nests too deeply") from None

@@ -37,7 +37,7 @@ from gateway.keys import (
     UPSTREAM_POOL,
     UPSTREAM_WORKER,
 )
-from gateway.server.errors import ApiError, request_id
+from gateway.server.errors import ApiError, request_id, restyled
 from gateway.server.metrics import UNKNOWN
 from gateway.server.protocol import SamplingRequest
 from gateway.server.registry import WorkerStatus
@@ -274,6 +274,8 @@ async def _relay_body(call: _Call, upstream: UpstreamResponse,
         raise ApiError.bad_gateway(f"worker {worker} failed with status {upstream.status}")
     if upstream.status == 200:
         _record_usage(call, body_usage(data))
+    elif upstream.status >= 400:
+        data = restyled(data)
     headers = {"Content-Type": upstream.headers.get("content-type", "application/json"),
                "X-Request-Id": call.rid}
     return web.Response(body=data, status=upstream.status, headers=headers), upstream.status

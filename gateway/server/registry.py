@@ -45,6 +45,7 @@ class WorkerState:
     status: WorkerStatus = WorkerStatus.UP
     resident: set[str] = field(default_factory=set)
     engine: EngineConfig | None = None
+    refreshed: set[str] = field(default_factory=set)  # stale copies unloaded (``Fleet.stale``)
 
     @property
     def up(self) -> bool:
@@ -85,6 +86,11 @@ class Fleet:
         self.shutting_down = False  # SIGTERM: /ready answers 503 while requests finish
         self.planned_gpus: int | None = None  # GPUs the plan asked for, when known
         self.removing: set[str] = set()  # adapters being removed (admin API)
+        # From the state file at start-up (gateway/server/restore.py): adapters whose path or
+        # rank the config changed (a worker's copy is unloaded, then loaded from the new path)
+        # and those it no longer lists (unloaded where held).
+        self.stale: frozenset[str] = frozenset()
+        self.dropped: frozenset[str] = frozenset()
         self._listeners: list[Callable[[], None]] = []
         self._joiners: list[Callable[[int], None]] = []
 

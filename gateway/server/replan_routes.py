@@ -18,9 +18,9 @@ from aiohttp import web
 
 from gateway.keys import FLEET, REPLANNER
 from gateway.openai_schema import OpenAIBody
-from gateway.server.errors import ApiError
+from gateway.server.errors import ApiError, clip
 from gateway.server.metrics import ReplanTrigger
-from gateway.server.protocol import parse_body
+from gateway.server.protocol import parse_body, read_json
 
 __all__ = ["ReplanRequest", "add_replan_routes"]
 
@@ -37,10 +37,7 @@ class ReplanRequest(OpenAIBody):
 async def _body(request: web.Request) -> Any:
     if not request.can_read_body:
         return {}
-    try:
-        return await request.json()
-    except ValueError as exc:
-        raise ApiError.bad_request(f"JSON decode error: {exc}") from None
+    return (await read_json(request))[1]
 
 
 async def replan(request: web.Request) -> web.Response:
@@ -58,8 +55,8 @@ def _worker(request: web.Request) -> int:
     for i, w in enumerate(request.app[FLEET].workers):
         if w.endpoint.name == name:
             return i
-    raise ApiError(HTTPStatus.NOT_FOUND, "NotFoundError", f"The worker `{name}` does not exist.",
-                   "name")
+    raise ApiError(HTTPStatus.NOT_FOUND, "NotFoundError",
+                   f"The worker `{clip(name)}` does not exist.", "name")
 
 
 async def drain(request: web.Request) -> web.Response:

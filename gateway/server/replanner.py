@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, OBSERVER
+from gateway.server import planning_process
 from gateway.server.errors import ApiError
 from gateway.server.learning import SCRAPE_INTERVAL_S, Learner
 from gateway.server.lifecycle import background
@@ -38,7 +37,6 @@ from gateway.server.registry import WorkerStatus
 from gateway.server.replan_job import (
     ReplanJob,
     ReplanResult,
-    exit_with_parent,
     run_job,
     warm,
 )
@@ -51,6 +49,12 @@ __all__ = ["Replanner", "replanning"]
 logger = logging.getLogger(__name__)
 
 DOWN_CHECK_S = 1.0
+# Re-plans the fleet needs now: their adapters are unserved (a worker down, an adapter not
+# placed) or an operator waits (a drain). One that fails is retried after RETRY_FIRST_S,
+# doubling up to RETRY_MAX_S, until one succeeds.
+FORCED = frozenset({ReplanTrigger.WORKER_DOWN, ReplanTrigger.DRAIN, ReplanTrigger.ON_DEMAND})
+RETRY_FIRST_S = 2.0
+RETRY_MAX_S = 16.0
 _LOST = (WorkerStatus.DOWN, WorkerStatus.GONE)  # their adapters are re-planned elsewhere
 
 
@@ -72,6 +76,10 @@ class Replanner:
         # migration may still roll back). None before the loop starts. Surges are measured
         # against these.
         self.planned: dict[str, float] | None = None
+        # A forced re-plan that failed, retried by the loop (``replan``).
+        self.owed: ReplanTrigger | None = None
+        self._retry_in = RETRY_FIRST_S
+        self._retry_at = 0.0
 
     # -- the snapshot ----------------------------------------------------------------------
 
@@ -112,13 +120,51 @@ class Replanner:
 
     async def compute(self, job: ReplanJob) -> ReplanResult:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_executor(), run_job, job)
+        try:
+            return await asyncio.wrap_future(planning_process.submit(run_job, job), loop=loop)
+        except BrokenProcessPool:  # the planning process died (killed, out of memory)
+            planning_process.reset()  # the next re-plan starts a new one
+            raise
 
     # -- one re-plan -------------------------------------------------------------------------
 
     async def replan(self, trigger: ReplanTrigger, *, dry_run: bool = False,
                      fresh: bool = False) -> dict[str, Any]:
-        """Plan again and (unless ``dry_run``) migrate; returns what happened."""
+        """Plan again and (unless ``dry_run``) migrate; returns what happened. A forced
+        re-plan that fails (a worker down, a drain, an adapter to place) is owed: the loop
+        tries again within ``RETRY_FIRST_S``, backing off to ``RETRY_MAX_S``, until one
+        succeeds, instead of leaving the adapters unserved until the next period."""
+        try:
+            body = await self._replan(trigger, dry_run=dry_run, fresh=fresh)
+        except Exception:
+            if trigger in FORCED and not dry_run:
+                self._owe(trigger)
+            raise
+        if not dry_run:
+            self._paid()
+        return body
+
+    def _owe(self, trigger: ReplanTrigger) -> None:
+        loop = asyncio.get_running_loop()
+        self._retry_in = RETRY_FIRST_S if self.owed is None else min(RETRY_MAX_S,
+                                                                      self._retry_in * 2)
+        self.owed = trigger
+        self._retry_at = loop.time() + self._retry_in
+        logger.warning("re-plan (%s) failed: retrying in %.0f s", trigger.value,
+                       self._retry_in)
+
+    def _paid(self) -> None:
+        """A re-plan went through: nothing is owed, and drained workers left empty are
+        reported drained (also after a drain's re-plan that succeeded on a retry)."""
+        self.owed = None
+        fleet = self.app[FLEET]
+        holding = fleet.holding()
+        for i in sorted(self.draining):
+            if i < len(fleet.workers) and not holding[fleet.workers[i].endpoint.name]:
+                fleet.set_status(i, WorkerStatus.DRAINING)
+
+    async def _replan(self, trigger: ReplanTrigger, *, dry_run: bool,
+                      fresh: bool) -> dict[str, Any]:
         metrics = self.app[GATEWAY_METRICS]
         async with self.lock:
             started = time.perf_counter()
@@ -190,16 +236,18 @@ class Replanner:
     async def drain(self, index: int) -> dict[str, Any]:
         """An operator's drain of worker ``index``: route nothing new to it, re-plan its
         adapters elsewhere (its in-flight requests finish), report it retired."""
-        fleet = self.app[FLEET]
         self.draining.add(index)  # routed as before until the migration moves its adapters
         try:
-            body = await self.replan(ReplanTrigger.DRAIN)
-        except BaseException:
+            return await self.replan(ReplanTrigger.DRAIN)
+        except Exception as exc:  # still draining: the loop retries the re-plan
+            logger.exception("the drain's re-plan failed")
+            raise ApiError.unavailable(
+                f"the drain's re-plan failed ({type(exc).__name__}); it is retried within "
+                f"{self._retry_in:.0f} s, and GET /admin/workers shows the worker drained "
+                "once its adapters moved", max(1, round(self._retry_in))) from None
+        except BaseException:  # cancelled: no drain
             self.draining.discard(index)
             raise
-        if not fleet.holding()[fleet.workers[index].endpoint.name]:
-            fleet.set_status(index, WorkerStatus.DRAINING)
-        return body
 
     async def ensure_placed(self, adapter: str, timeout: float) -> None:
         """Place a registered adapter that no worker holds (a re-plan puts it somewhere and
@@ -257,6 +305,8 @@ class Replanner:
             try:
                 if self._down_holders():
                     await self.replan(ReplanTrigger.WORKER_DOWN)
+                elif self.owed is not None and loop.time() >= self._retry_at:
+                    await self.replan(self.owed)
                 elif next_at is not None and loop.time() >= next_at and fleet.adapters:
                     await self.replan(ReplanTrigger.PERIODIC)
                     next_at = loop.time() + cfg.replan_interval_s
@@ -307,20 +357,6 @@ class Replanner:
         return fresh
 
 
-_POOL: ProcessPoolExecutor | None = None
-
-
-def _executor() -> ProcessPoolExecutor:
-    """The planning process (one per gateway process, started on first use: the surrogate
-    is loaded once and stays warm between re-plans)."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ProcessPoolExecutor(max_workers=1,
-                                    mp_context=multiprocessing.get_context("spawn"),
-                                    initializer=exit_with_parent, initargs=(os.getpid(),))
-    return _POOL
-
-
 async def _persist(app: web.Application) -> None:
     """Write the state file, when the gateway keeps one."""
     try:
@@ -339,6 +375,9 @@ async def replanning(app: web.Application) -> AsyncIterator[None]:
     replanner = Replanner(app)
     app[REPLANNER] = replanner
     if app[FLEET].adapters:  # the first re-plan should not wait for imports and training
-        _executor().submit(warm)
-    async with background(replanner.run(), "replanner"):
-        yield
+        planning_process.submit(warm)
+    try:
+        async with background(replanner.run(), "replanner"):
+            yield
+    finally:
+        planning_process.stop_planning()

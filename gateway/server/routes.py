@@ -1,12 +1,13 @@
 """HTTP glue of the gateway's OpenAI-compatible surface.
 
 ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``
-(alive), ``GET /ready`` (a placement and a healthy worker), ``GET /metrics``.
+(alive), ``GET /ready`` (a placement and a healthy worker), ``GET /metrics`` (open, or behind
+a bearer token with ``metrics_token_env``: the series name every adapter, which client keys
+otherwise hide from each other).
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS
+from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, METRICS_TOKEN
+from gateway.server.admin import check_bearer
 from gateway.server.auth import check_model, visible
 from gateway.server.errors import ApiError
 from gateway.server.protocol import (
@@ -22,6 +24,7 @@ from gateway.server.protocol import (
     CompletionRequest,
     SamplingRequest,
     parse_body,
+    read_json,
 )
 from gateway.server.proxy import forward
 
@@ -31,17 +34,7 @@ _CREATED = int(time.time())
 
 
 async def _read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
-    limit = request.app[GATEWAY_CONFIG].body_limit
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError.too_large(limit)
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError.too_large(limit) from None
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError.bad_request(f"JSON decode error: {exc}") from None
+    raw, body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError.bad_request("the request body must be a JSON object")
     return raw, body
@@ -99,6 +92,10 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    env = request.app[GATEWAY_CONFIG].metrics_token_env
+    if env is not None:  # adapter names are in the series: scrapes need the token
+        check_bearer(request, request.app[METRICS_TOKEN], env=env, what="/metrics",
+                     name="metrics token")
     data = generate_latest(request.app[GATEWAY_METRICS].registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -7,15 +7,15 @@ directory fsynced), so a crash leaves the old state or the new one, never half o
 - Written when the plan is installed or replaced and whenever the registry changes (the fleet
   tells ``StateKeeper``), by ``persist(app)`` on demand (the migration executor calls it),
   and once more at shutdown after in-flight requests finished.
-- Read by ``create_app``: when the file exists, the registry and the placement it holds are
-  restored instead of planning afresh (the placement only if it names the same workers; else
-  the gateway plans over the restored registry), and the usual start-up reconciliation with
-  each worker's ``/v1/models`` loads what the placement wants and a worker lacks.
+- Read by ``create_app``: when the file exists, the registry is merged with the config's and
+  the placement it holds is restored instead of planning afresh (``gateway/server/restore.py``),
+  and the usual start-up reconciliation with each worker's ``/v1/models`` loads what the
+  placement wants and a worker lacks.
 
 Examples
 --------
 >>> import tempfile
->>> from planner.features import AdapterDemand
+>>> from planner.features import AdapterDemand, adapter_name_error, demand_error
 >>> from gateway.server.config import AdapterEntry
 >>> sql = AdapterEntry(AdapterDemand(name="sql", rank=8, rate=2.0), "/ad/sql")
 >>> state = GatewayState(placement={"w0": {"sql": 1.0}, "w1": {}}, adapters=(sql,))
@@ -43,16 +43,16 @@ from typing import Any, ClassVar, Protocol
 from aiohttp import web
 
 from gateway.keys import FLEET, STATE_KEEPER
-from gateway.server.config import AdapterEntry, GatewayConfig
+from gateway.server.config import AdapterEntry, AdapterOrigin
 from gateway.server.planning import InitialPlan
 from gateway.server.registry import Fleet
-from planner.features import AdapterDemand
+from planner.features import AdapterDemand, adapter_name_error, demand_error
 from twin.errors import ConfigError
 from twin.routing import Placement, WorkerPlacement
 from twin.specs import EngineConfig
 
 __all__ = ["FileStateStore", "GatewayState", "StateKeeper", "StateStore", "keep_state",
-           "persist", "restore", "snapshot"]
+           "persist", "snapshot"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class GatewayState:
     for the base model), the registered adapters, the plan's GPU count if known, and the
     engine options each worker runs with (worker name -> ``EngineConfig``) if known."""
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: each adapter records its origin (config or admin API)
 
     placement: Mapping[str, Mapping[str, float]]
     adapters: tuple[AdapterEntry, ...]
@@ -73,28 +73,40 @@ class GatewayState:
     def to_json(self) -> dict[str, Any]:
         return {"version": self.VERSION, "planned_gpus": self.planned_gpus,
                 "placement": {w: dict(s) for w, s in self.placement.items()},
-                "adapters": [{**dataclasses.asdict(a.demand), "path": a.path}
-                             for a in self.adapters],
+                "adapters": [{**dataclasses.asdict(a.demand), "path": a.path,
+                              "origin": a.origin.value} for a in self.adapters],
                 "engines": {w: dataclasses.asdict(e) for w, e in self.engines.items()}}
 
     @classmethod
     def from_json(cls, data: Any) -> GatewayState:
-        """Parse a saved state; ``ConfigError`` (field ``state_file``) if it is not one."""
-        try:
-            if data["version"] != cls.VERSION:
-                raise ValueError(f"version {data['version']!r}, expected {cls.VERSION}")
-            placement = {str(w): {str(k): float(v) for k, v in shares.items()}
-                         for w, shares in data["placement"].items()}
-            adapters = tuple(
-                AdapterEntry(AdapterDemand(**{k: v for k, v in a.items() if k != "path"}),
-                             a["path"])
-                for a in data["adapters"])
-            planned = data.get("planned_gpus")
-            engines = {str(w): EngineConfig(**e) for w, e in data.get("engines", {}).items()}
-            return cls(placement=placement, adapters=adapters, engines=engines,
-                       planned_gpus=None if planned is None else int(planned))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ConfigError("state_file", f"not a lorafleet state: {exc!r}") from None
+        """Parse a saved state (version 1, without origins, reads as added through the admin
+        API: kept unless the config lists it); ``ConfigError`` naming the field under
+        ``state_file`` if it is not one, every number bounded as in the config."""
+        if not isinstance(data, dict):
+            raise ConfigError("state_file", "not a lorafleet state: not a JSON object")
+        if data.get("version") not in (1, cls.VERSION):
+            raise ConfigError("state_file.version", f"must be 1 or {cls.VERSION}, got "
+                              f"{data.get('version')!r}")
+        for key in ("placement", "adapters"):
+            if key not in data:
+                raise ConfigError(f"state_file.{key}", "is required")
+        placement = _placement(data["placement"])
+        items = data["adapters"]
+        if not isinstance(items, list):
+            raise ConfigError("state_file.adapters", "must be a list")
+        adapters = tuple(_saved_adapter(a, f"state_file.adapters[{i}]")
+                         for i, a in enumerate(items))
+        planned = data.get("planned_gpus")
+        if planned is not None and (isinstance(planned, bool) or not isinstance(planned, int)
+                                    or not 0 <= planned <= MAX_WORKERS):
+            raise ConfigError("state_file.planned_gpus", f"must be an integer in "
+                              f"[0, {MAX_WORKERS}], got {planned!r}")
+        engines = data.get("engines", {})
+        if not isinstance(engines, dict):
+            raise ConfigError("state_file.engines", "must be a mapping of worker names")
+        return cls(placement=placement, adapters=adapters, planned_gpus=planned,
+                   engines={str(w): _engine(e, f"state_file.engines.{w}")
+                            for w, e in engines.items()})
 
     def plan(self, workers: Sequence[str],
              engines: Sequence[EngineConfig] | None = None) -> InitialPlan | None:
@@ -113,6 +125,69 @@ class GatewayState:
         if planned is None:
             planned = sum(1 for w in placement.workers if w.shares)
         return InitialPlan(placement=placement, engines=tuple(engines), planned_gpus=planned)
+
+
+MAX_WORKERS = 100_000  # bounds a saved GPU count
+
+
+def _placement(data: Any) -> dict[str, dict[str, float]]:
+    if not isinstance(data, dict):
+        raise ConfigError("state_file.placement", "must be a mapping of worker names")
+    out: dict[str, dict[str, float]] = {}
+    for worker, shares in data.items():
+        if not isinstance(shares, dict):
+            raise ConfigError(f"state_file.placement.{worker}", "must be a mapping "
+                              "{adapter: share}")
+        for name, share in shares.items():
+            if (isinstance(share, bool) or not isinstance(share, int | float)
+                    or not 0 <= share <= 1):  # NaN fails too
+                raise ConfigError(f"state_file.placement.{worker}.{name}",
+                                  f"must be a share in [0, 1], got {share!r}")
+        out[str(worker)] = {str(k): float(v) for k, v in shares.items()}
+    return out
+
+
+def _saved_adapter(item: Any, field: str) -> AdapterEntry:
+    if not isinstance(item, dict):
+        raise ConfigError(field, "must be a mapping")
+    known = {f.name for f in dataclasses.fields(AdapterDemand)} | {"path", "origin"}
+    unknown = sorted(set(item) - known)
+    if unknown:
+        raise ConfigError(f"{field}.{unknown[0]}", "unknown field")
+    name = item.get("name")
+    error = adapter_name_error(name)
+    if error is not None:
+        raise ConfigError(f"{field}.name", error)
+    for key in ("rank", "rate"):
+        if key not in item:
+            raise ConfigError(f"{field}.{key}", "is required")
+    for key, value in item.items():
+        if key in ("name", "path", "origin"):
+            continue
+        error = demand_error(key, value)
+        if error is not None:
+            raise ConfigError(f"{field}.{key}", error)
+    path = item.get("path")
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{field}.path", f"must be a non-empty string, got {path!r}")
+    try:
+        origin = AdapterOrigin(item.get("origin", AdapterOrigin.ADMIN.value))
+    except ValueError:
+        raise ConfigError(f"{field}.origin", f"must be one of "
+                          f"{[o.value for o in AdapterOrigin]}, got {item['origin']!r}") from None
+    demand = AdapterDemand(**{k: v for k, v in item.items() if k not in ("path", "origin")})
+    return AdapterEntry(demand, path, origin)
+
+
+def _engine(data: Any, field: str) -> EngineConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(field, "must be a mapping of engine options")
+    try:
+        return EngineConfig(**data)
+    except ConfigError as exc:
+        raise exc.nested(field) from None
+    except TypeError as exc:  # an unknown option
+        raise ConfigError(field, str(exc)) from None
 
 
 class StateStore(Protocol):
@@ -173,27 +248,6 @@ def snapshot(fleet: Fleet) -> GatewayState:
     engines = {w.endpoint.name: w.engine for w in fleet.workers if w.engine is not None}
     return GatewayState(placement=placement, adapters=tuple(fleet.adapters.values()),
                         planned_gpus=fleet.planned_gpus, engines=engines)
-
-
-def restore(cfg: GatewayConfig, plan: InitialPlan | None,
-            state: GatewayState | None) -> tuple[GatewayConfig, InitialPlan | None]:
-    """``cfg`` with the saved registry (its rank-0 entries kept: they are the base model's
-    load) and the saved placement as the plan; unchanged without a state. The placement is
-    dropped, with a warning, when it names other workers than ``cfg``: the gateway then
-    plans afresh over the saved registry."""
-    if state is None:
-        return cfg, plan
-    base = tuple(a for a in cfg.adapters if a.demand.rank == 0)
-    cfg = dataclasses.replace(cfg, adapters=base + state.adapters)
-    names = [w.name for w in cfg.workers]
-    restored = state.plan(names, None if plan is None else plan.engines)
-    if restored is None:
-        logger.warning("the state file's placement (workers %s) does not fit workers %s; "
-                       "planning afresh", sorted(state.placement), names)
-        return cfg, plan
-    logger.info("restored %d adapters and the placement from the state file",
-                len(state.adapters))
-    return cfg, restored
 
 
 class StateKeeper:

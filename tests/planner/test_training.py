@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from planner.table import load_table
 from planner.training import (
     bundled_capacity_rows,
@@ -16,6 +18,10 @@ from planner.training import (
 )
 
 DATA = Path(__file__).resolve().parents[2] / "planner" / "data"
+# A row made again on another CPU may differ in the last bits: numpy picks SIMD kernels per
+# CPU (an AMD EPYC without AVX-512 summed 1468.553760825118 where the table holds
+# 1468.5537608251177). Far tighter than any change of the sampler or the twin would be.
+ROW_REL = 1e-9
 
 
 def test_both_tables_are_bundled_and_learned_interleaved() -> None:
@@ -79,7 +85,7 @@ def test_the_sampled_table_is_what_the_dataset_command_makes_now(specs) -> None:
     model, gpu, profile = specs
     table = load_table(DATA / "a100-80gb-llama-3.1-8b.csv")
     for spec, row in zip(sample_specs(3, 0, model, gpu, profile), table, strict=False):
-        assert run_sample(spec, model, gpu, profile) == row
+        assert run_sample(spec, model, gpu, profile) == pytest.approx(row, rel=ROW_REL)
 
 
 def test_the_capacity_table_is_the_samplers_next_placement_workers(specs) -> None:
@@ -94,4 +100,4 @@ def test_the_capacity_table_is_the_samplers_next_placement_workers(specs) -> Non
     drawn = islice(sample_specs(2400, 1, model, gpu, profile, shape=Shape.PLACEMENT),
                    1200, 1203)
     for spec, row in zip(drawn, table[:3], strict=True):
-        assert run_sample(spec, model, gpu, profile) == row
+        assert run_sample(spec, model, gpu, profile) == pytest.approx(row, rel=ROW_REL)
