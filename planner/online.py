@@ -37,7 +37,7 @@ from planner.features import AdapterDemand
 from planner.placer import GpuPlan, Plan, Predictor, Verdict, place_with
 from twin.errors import ConfigError
 from twin.routing import BASE_MODEL
-from twin.specs import ALLOWED_LORA_RANKS, EngineConfig
+from twin.specs import EngineConfig
 
 __all__ = ["RunningWorker", "Stability", "replan", "with_cpu_room"]
 
@@ -340,9 +340,6 @@ def _validated(demands: Sequence[AdapterDemand], workers: Sequence[RunningWorker
     for k, a in enumerate(demands):
         if a.name in demand or a.name == BASE_MODEL:
             raise ConfigError(f"demands[{k}].name", f"{a.name!r} is repeated or reserved")
-        if a.rank > ALLOWED_LORA_RANKS[-1]:
-            raise ConfigError(f"demands[{k}].rank", f"{a.rank} is above vLLM's largest "
-                              f"max_lora_rank ({ALLOWED_LORA_RANKS[-1]})")
         demand[a.name] = a
     names = [w.name for w in workers]
     for k, name in enumerate(names):

@@ -179,6 +179,8 @@ class GuardedSite(web.TCPSite):
             return _Handler(server, self.guard, loop=loop, **kwargs)
 
         self._server = await loop.create_server(factory, self._host, self._port,
-                                                reuse_address=self._reuse_address)
+                                                backlog=self._backlog,
+                                                reuse_address=self._reuse_address,
+                                                reuse_port=self._reuse_port)
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

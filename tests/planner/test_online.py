@@ -200,18 +200,22 @@ def test_a_running_worker_receives_no_lora_past_its_gpu_slots(predictor) -> None
     ({"ads": ["a", "a"]}, "demands[1].name"),
     ({"ads": [BASE_MODEL]}, "demands[0].name"),
     ({"names": ["w0", "w0"]}, "workers[1].name"),
-    ({"rank": 1024}, "demands[0].rank"),
 ])
 def test_bad_input_names_the_field(predictor, args: dict[str, object], field: str) -> None:
     names = args.get("ads", ["a"])
-    ads = [AdapterDemand(name=str(n), rank=int(args.get("rank", 8)), rate=0.1)  # type: ignore[call-overload]
-           for n in names]  # type: ignore[union-attr]
+    ads = [AdapterDemand(name=str(n), rank=8, rate=0.1) for n in names]  # type: ignore[union-attr]
     engine = EngineConfig(max_loras=1, max_lora_rank=8)
     workers = [RunningWorker(str(n), engine, frozenset())
                for n in args.get("names", ["w0"])]  # type: ignore[union-attr]
     with pytest.raises(ConfigError) as info:
         replan(ads, workers, predictor)
     assert info.value.field == field
+
+
+def test_a_rank_vllm_does_not_take_is_no_demand() -> None:
+    """The online re-plan's input can hold no such rank: the demand refuses it."""
+    with pytest.raises(ValueError, match=r"^rank: must be 0 \(the base model\) or one of"):
+        AdapterDemand(name="a", rank=1024, rate=0.1)
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [

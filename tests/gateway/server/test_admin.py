@@ -92,6 +92,15 @@ async def test_add_adapter_reads_its_rank(stack: Stack, tmp_path: Path) -> None:
     ({"name": "n", "path": "/x", "ranks": 8}, "ranks"),
     ({"name": "a b", "path": "/x"}, "name"),
     ({"name": "n", "path": "/no/such/folder"}, "path"),
+    # Every number bounded as in the config: a rate of 1e308 was saved and then stopped
+    # every re-plan (OverflowError), failover included.
+    ({"name": "n", "path": "/x", "rate": 1e308}, "rate"),
+    ({"name": "n", "path": "/x", "input_tokens": 1e12}, "input_tokens"),
+    ({"name": "n", "path": "/x", "cv": 1e9}, "cv"),
+    ({"name": "..", "path": "/x"}, "name"),
+    ({"name": ".hidden", "path": "/x"}, "name"),
+    ({"name": "a\\b", "path": "/x"}, "name"),
+    ({"name": "x" * 257, "path": "/x"}, "name"),
 ])
 async def test_bad_adapter_bodies_name_the_field(stack: Stack, body: dict[str, Any],
                                                  param: str) -> None:
@@ -112,6 +121,25 @@ async def test_bad_rank_or_json(stack: Stack, tmp_path: Path) -> None:
         assert resp.status == 400
     status, body = await call(stack, "POST", "/admin/adapters", [1, 2])
     assert status == 400
+
+
+async def test_deep_json_is_a_400_without_a_traceback(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    deep = b"[" * 30_000 + b"]" * 30_000
+    for path in ("/admin/adapters", "/admin/replan"):
+        async with stack.session.post(f"{stack.url}{path}", data=deep,
+                                      headers={**AUTH, "Content-Type": "application/json"},
+                                      ) as resp:
+            assert resp.status == 400
+            assert "nests too deeply" in (await resp.json())["error"]["message"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+
+
+async def test_a_long_unknown_name_is_clipped(stack: Stack) -> None:
+    status, body = await call(stack, "DELETE", "/admin/adapters/" + "n" * 5000)
+    assert status == 404
+    assert len(body["error"]["message"]) < 400 and "(5000 characters)" in \
+        body["error"]["message"]
 
 
 async def test_remove_adapter_waits_for_its_stream(tmp_path: Path,

@@ -43,21 +43,21 @@ def test_serve_emulated_fleet(tmp_path: Path) -> None:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
-        with urllib.request.urlopen(f"{url}/ready", timeout=10) as resp:
+        with urllib.request.urlopen(f"{url}/ready", timeout=60) as resp:
             assert json.load(resp)["workers_up"] == 2
         body = json.dumps({"model": "chat", "prompt": "hi", "max_tokens": 3}).encode()
         req = urllib.request.Request(f"{url}/v1/completions", data=body,
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=60) as resp:
             assert json.load(resp)["usage"]["completion_tokens"] == 3
-        with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as resp:
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=60) as resp:
             ids = {m["id"] for m in json.load(resp)["data"]}
         assert ids == {"llama-3.1-8b", "sql", "chat"}
         assert (tmp_path / "ad" / "chat" / "adapter_config.json").is_file()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            _, err = proc.communicate(timeout=10)
+            _, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()

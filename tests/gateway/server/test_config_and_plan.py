@@ -47,6 +47,24 @@ def test_good_config(tmp_path: Path) -> None:
     ({"max_body_bytes": 10}, "max_body_bytes"),
     ({"surge_replan": "yes"}, "surge_replan"),
     ({"colour": "blue"}, "colour"),
+    # Every number bounded: one absurd value must not overflow a re-plan or a timer.
+    ({"adapters": [{"name": "sql", "rank": 8, "rate": 1e308, "path": "/a"}]},
+     "adapters[0].rate"),
+    ({"adapters": [{"name": "sql", "rank": 8, "rate": 1, "output_tokens": 1e9, "path": "/a"}]},
+     "adapters[0].output_tokens"),
+    ({"adapters": [{"name": "..", "rank": 8, "rate": 1, "path": "/a"}]}, "adapters[0].name"),
+    ({"read_timeout_s": 1e308}, "read_timeout_s"),
+    ({"replan_interval_s": float("inf")}, "replan_interval_s"),
+    ({"max_model_len": 10**12}, "max_model_len"),
+    ({"max_body_bytes": 1 << 40}, "max_body_bytes"),
+    ({"time_scale": 1e9}, "time_scale"),
+    ({"client_header_timeout_s": 0}, "client_header_timeout_s"),
+    ({"client_max_connections_per_address": -1}, "client_max_connections_per_address"),
+    ({"keys": [{"key": "k", "name": "a", "rate_limit": 1e308}]}, "keys[0].rate_limit"),
+    ({"worker_engine": {"max_loras": 10**15}}, "worker_engine.max_loras"),
+    ({"gpu": "b200"}, "gpu"),
+    ({"model": "gpt-5"}, "model"),
+    ({"profile": "fast"}, "profile"),
 ])
 def test_bad_field_is_named(change: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -104,3 +122,7 @@ def test_planner_plan_maps_gpus_onto_workers() -> None:
     assert all(e.cpu_loras >= 4 for e in folded.engines)
     tight = from_planner(ads, ["w0"], _Stub(4), cpu_lora_room=1.0)  # type: ignore[arg-type]
     assert tight.engines[0].cpu_loras == 4
+
+
+def test_the_short_roofline_profile_name_is_accepted() -> None:
+    assert parse_config({**GOOD, "profile": "roofline"}).profile == "roofline"

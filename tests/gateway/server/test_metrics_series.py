@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -9,6 +13,7 @@ from gateway.keys import GATEWAY_METRICS
 from gateway.server.app import create_app
 from gateway.server.config import parse_config
 from gateway.server.metrics import MigrationOutcome, ReplanTrigger
+from tests.gateway.server.factories import demands, gateway_stack
 
 
 def _samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -33,3 +38,28 @@ def test_labelled_series_are_precreated_at_zero() -> None:
     assert {o.value for o in MigrationOutcome} == {"ok", "failed", "rolled_back"}
     assert {t.value for t in ReplanTrigger} >= {"periodic", "admin", "drain", "worker_down",
                                                  "startup"}
+
+
+async def test_a_metrics_token_guards_the_adapter_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client keys hide adapters from each other; ``metrics_token_env`` keeps ``/metrics``
+    (every adapter's name) from the clients too."""
+    monkeypatch.setenv("LORAFLEET_TEST_METRICS", "scrape-secret")
+    async with gateway_stack(tmp_path, demands("sql"),
+                             metrics_token_env="LORAFLEET_TEST_METRICS") as s:
+        async def scrape(headers: dict[str, str]) -> tuple[int, str]:
+            async with s.session.get(f"{s.url}/metrics", headers=headers) as resp:
+                return resp.status, await resp.text()
+
+        status, body = await scrape({})
+        assert status == 401 and "sql" not in body
+        assert json.loads(body)["error"]["message"].endswith("Bearer <metrics token>.")
+        status, body = await scrape({"Authorization": "Bearer nope"})
+        assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+        status, body = await scrape({"Authorization": "Bearer scrape-secret"})
+        assert status == 200 and 'adapter="sql"' in body
+    monkeypatch.delenv("LORAFLEET_TEST_METRICS")
+    async with gateway_stack(tmp_path / "off", demands("sql"),
+                             metrics_token_env="LORAFLEET_TEST_METRICS") as s, \
+            s.session.get(f"{s.url}/metrics") as resp:
+        assert resp.status == 403 and "LORAFLEET_TEST_METRICS" in await resp.text()

@@ -185,6 +185,70 @@ async def test_dead_worker_adapters_are_placed_elsewhere(tmp_path: Path) -> None
                 await client.completions.create(model=name, prompt="x", max_tokens=1)
 
 
+async def test_a_failed_forced_replan_is_retried_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-plan for a dead worker that fails (here the planning call, once) is retried
+    within seconds: with only forced re-plans (``replan_interval_s: 0``) nothing else would
+    ever place the dead worker's adapters again (they answered 503 until the next period)."""
+    from gateway.server.replanner import Replanner
+
+    real = Replanner.compute
+    calls: list[str] = []
+
+    async def flaky(self: Replanner, job):  # type: ignore[no-untyped-def]
+        calls.append("compute")
+        if len(calls) == 1:
+            raise OverflowError("math range error")
+        return await real(self, job)
+
+    monkeypatch.setattr(Replanner, "compute", flaky)
+    names = _names(8)
+    async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
+                             replan_interval_s=0) as stack:
+        fleet = stack.app[FLEET]
+        await stack.workers.runners[2].cleanup()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while fleet.holding()["w2"] or fleet.workers[2].up:
+            assert loop.time() < deadline, "the failed re-plan was not retried"
+            await asyncio.sleep(0.1)
+        replanner = stack.app[REPLANNER]
+        assert len(calls) == 2 and replanner.owed is None
+        assert [h["trigger"] for h in replanner.history] == ["worker_down"]
+
+
+async def test_a_drain_whose_replan_fails_answers_503_and_completes_on_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.server.replanner import Replanner
+
+    real = Replanner.compute
+    calls: list[str] = []
+
+    async def flaky(self: Replanner, job):  # type: ignore[no-untyped-def]
+        calls.append("compute")
+        if len(calls) == 1:
+            raise RuntimeError("planning failed")
+        return await real(self, job)
+
+    monkeypatch.setattr(Replanner, "compute", flaky)
+    monkeypatch.setenv("LORAFLEET_TEST_ADMIN", "s3cret")
+    names = _names(8)
+    async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
+                             replan_interval_s=0, admin_token_env="LORAFLEET_TEST_ADMIN",
+                             ) as stack:
+        async with stack.session.post(f"{stack.url}/admin/workers/w1/drain",
+                                      headers={"Authorization": "Bearer s3cret"}) as resp:
+            assert resp.status == 503 and "Retry-After" in resp.headers
+            assert "retried" in (await resp.json())["error"]["message"]
+        fleet = stack.app[FLEET]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while fleet.workers[1].status is not WorkerStatus.DRAINING:
+            assert loop.time() < deadline, "the drain was not completed on a retry"
+            await asyncio.sleep(0.1)
+        assert not fleet.holding()["w1"] and len(calls) == 2
+
+
 async def test_admin_routes_replan_and_drain(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORAFLEET_TEST_ADMIN", "s3cret")
