@@ -56,6 +56,11 @@ class RunningWorker:
     engine: EngineConfig
     adapters: frozenset[str]
     up: bool = True
+    # The share of the profile's capacity this worker delivers, learned from its own windows
+    # (``planner.online_latency.OnlineLatency.speeds``); None: the predictor's fleet-wide
+    # ``capacity_scale``. A slow worker is judged at its speed, so it keeps (and receives)
+    # less load; new GPUs start from the fleet's figure.
+    speed: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +146,7 @@ class _Board:
         self.predictor = predictor
         self.strict = strict  # for load that moves: placing and consolidating
         self.rates: list[dict[str, float]] = [{} for _ in workers]
+        self._judges: dict[tuple[float | None, bool], Predictor] = {}
         self.origin: dict[str, set[int]] = {}  # up workers that held each adapter at the start
         self.retired: set[int] = set()
 
@@ -160,8 +166,19 @@ class _Board:
             return Verdict(False, engine, 0.0, 0.0, 1.0)
         if not rates:
             return Verdict(True, engine, 0.0, 0.0, 0.0)
-        return (self.strict if strict else self.predictor).check(
+        return self.judge(i, strict).check(
             [replace(self.demand[n], rate=r * scale) for n, r in sorted(rates.items())], engine)
+
+    def judge(self, i: int, strict: bool = False) -> Predictor:
+        """The predictor for worker ``i``: at its own speed when it has one."""
+        speed = self.workers[i].speed
+        base = self.strict if strict else self.predictor
+        if speed is None:
+            return base
+        key = (speed, strict)
+        if key not in self._judges:
+            self._judges[key] = base.with_config(replace(base.config, capacity_scale=speed))
+        return self._judges[key]
 
     def start(self, workers: Sequence[RunningWorker],
               shares: Mapping[str, Mapping[str, float]] | None) -> list[Entry]:
@@ -345,6 +362,9 @@ def _validated(demands: Sequence[AdapterDemand], workers: Sequence[RunningWorker
     for k, name in enumerate(names):
         if not name or name in names[:k]:
             raise ConfigError(f"workers[{k}].name", f"{name!r} is empty or repeated")
+        speed = workers[k].speed
+        if speed is not None and not (math.isfinite(speed) and speed > 0):
+            raise ConfigError(f"workers[{k}].speed", f"must be a number > 0, got {speed!r}")
     return demand
 
 

@@ -15,7 +15,20 @@ per window and worker with what it can see (``WorkerWindow``); each window
 ``capacity_scale()`` is ``1 / ratio``: the median ratio over recent windows (robust to a
 window with a load stall), moved towards 1 by ``confidence`` standard errors of the windows'
 spread (the scale goes only as far as the evidence), 1.0 until ``min_windows`` windows
-qualify, clamped. The placer takes it as ``Predictor(capacity_scale=...)`` /
+qualify, clamped. ``speeds()`` is the same per worker, for the workers with enough windows of
+their own (workers of one model differ: GPU generations, throttling, noisy neighbours); the
+online re-plan judges each running worker at its own speed and new ones at the fleet's.
+
+A window with requests queued on the worker (``waiting``) is where a plan is too tight, so it
+is learned from too: the inter-token latency is still the step time, at the batch the engine
+runs; what changes is the load the batch was built from, which is the rate the engine
+admitted (what it finished over the window), not what the gateway sent. So a queued window is
+compared at the admitted rates; and when its batch is at its limit (``max_num_seqs`` or the
+KV cache) the tokens it served are its capacity, a second measurement of the same speed
+(``capacity_ratio``: the profile's capacity for the mix over the served tokens per second),
+whose geometric mean with the latency ratio is the window's ratio.
+
+The placer takes the scale as ``Predictor(capacity_scale=...)`` /
 ``PlannerConfig.capacity_scale``. On the fleet bench (emulated workers 1.05x slower with 10%
 jitter, sharing one event loop with the gateway and the client) single windows read from 0.7
 to 1.4 and the plain median swung the scale between 0.84 and 1.11 from one re-plan to the
@@ -49,9 +62,9 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from planner.features import AdapterDemand, expected_distinct, worker_features
+from planner.features import MAX_RATE, AdapterDemand, expected_distinct, worker_features
 from planner.surrogate import LatencyModel
 from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
@@ -117,13 +130,27 @@ class WorkerWindow:
     completed: int | None = None
 
 
+SATURATED_BATCH = 0.9  # a queued worker whose batch is this near its limit serves capacity
+
+
+def _admitted(window: WorkerWindow) -> WorkerWindow | None:
+    """A queued window at the rates the engine admitted: with requests waiting, what it took
+    into the batch per second is what it finished, not what the gateway sent (the rest
+    queued). None when the window did not count its requests."""
+    if not window.dispatched or window.completed is None or window.completed <= 0:
+        return None
+    share = window.completed / window.dispatched
+    return replace(window, adapters=tuple(replace(a, rate=min(MAX_RATE, a.rate * share))
+                                          for a in window.adapters))
+
+
 class SkipReason(enum.Enum):
     """Why a window did not count towards the scale."""
 
     TOO_FEW_TOKENS = "too_few_tokens"
     IDLE = "idle"
     NO_LATENCY = "no_latency"
-    QUEUED = "queued"  # requests waited in the worker's queue: not a steady state
+    QUEUED = "queued"  # requests waited, and the window did not count what it admitted
     UNSTEADY = "unsteady"  # the in-flight count moved: the worker filled up or drained
 
 
@@ -137,6 +164,8 @@ class WindowObservation:
     expected_itl_s: float
     ratio: float | None
     skipped: SkipReason | None = None
+    saturated: bool = False  # requests queued: learned at the admitted rates
+    capacity_ratio: float | None = None  # saturated at its batch limit: capacity / served
 
 
 def _running_context(adapters: Sequence[AdapterDemand]) -> float:
@@ -255,19 +284,42 @@ class OnlineLatency:
             return WindowObservation(worker=window.worker, observed_itl_s=itl,
                                      expected_itl_s=float("nan"), ratio=None,
                                      skipped=SkipReason.NO_LATENCY)
-        expected = expected_step_s(window, step, itl)
+        queued = window.waiting > self.max_waiting
+        admitted = _admitted(window) if queued else window
         skipped = (SkipReason.TOO_FEW_TOKENS if window.tokens < self.min_tokens
                    else SkipReason.IDLE if window.running < self.min_running
-                   else SkipReason.QUEUED if window.waiting > self.max_waiting
-                   else SkipReason.UNSTEADY if not self.steady(window) else None)
-        if skipped is not None or expected <= 0:
+                   else SkipReason.QUEUED if admitted is None
+                   else SkipReason.UNSTEADY if not queued and not self.steady(window)
+                   else None)
+        expected = expected_step_s(admitted or window, step, itl)
+        if skipped is not None or admitted is None or expected <= 0:
             return WindowObservation(worker=window.worker, observed_itl_s=itl,
                                      expected_itl_s=expected, ratio=None,
                                      skipped=skipped or SkipReason.IDLE)
         ratio = itl / expected
+        capacity = self._capacity_ratio(admitted, step) if queued else None
+        if capacity is not None:  # two measurements of one speed: their geometric mean
+            ratio = math.sqrt(ratio * capacity)
         self._ratios.setdefault(window.worker, deque(maxlen=self.recent)).append(ratio)
         return WindowObservation(worker=window.worker, observed_itl_s=itl,
-                                 expected_itl_s=expected, ratio=ratio)
+                                 expected_itl_s=expected, ratio=ratio, saturated=queued,
+                                 capacity_ratio=capacity)
+
+    def _capacity_ratio(self, window: WorkerWindow, step: StepTimeModel) -> float | None:
+        """A queued worker at its batch limit serves at its capacity: the profile's capacity
+        for the window's mix over the tokens it served (``window``: admitted rates). None
+        when its batch is below the limit (a queue behind the LoRA slots, not capacity)."""
+        try:
+            x = worker_features(window.adapters, window.engine, self.model, self.gpu, step,
+                                self.profile.memory)
+        except InsufficientMemoryError:
+            return None
+        limit = min(float(window.engine.max_num_seqs),
+                    x["kv_tokens"] / max(x["mean_input"] + x["mean_output"], 1.0))
+        served = x["offered_tps"]
+        if window.running < SATURATED_BATCH * limit or served <= 0:
+            return None
+        return x["est_capacity_tps"] / served
 
     def steady(self, window: WorkerWindow) -> bool:
         """Whether the window's in-flight count stayed within ``steady_sigmas`` of its
@@ -307,6 +359,13 @@ class OnlineLatency:
         """The share of the profile's capacity the workers deliver: ``1 / ratio``, clamped."""
         lo, hi = self.bounds
         return min(max(1.0 / self.ratio(worker), lo), hi)
+
+    def speeds(self) -> dict[str, float]:
+        """Each worker's own ``capacity_scale`` (1.0 = the profile), for the workers with
+        ``min_windows`` qualifying windows of their own; any other worker (a new one among
+        them) is planned at the fleet's pooled ``capacity_scale()``, the prior."""
+        return {w: self.capacity_scale(w) for w, q in self._ratios.items()
+                if len(q) >= self.min_windows}
 
     def windows(self, worker: str | None = None) -> int:
         """Qualifying windows kept (for ``worker``, or all)."""

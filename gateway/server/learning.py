@@ -50,7 +50,13 @@ class Learner:
 
     @property
     def capacity_scale(self) -> float:
+        """The fleet's: every worker's windows pooled (the prior of a worker without its
+        own)."""
         return self.online.capacity_scale()
+
+    def speed(self, worker: str) -> float | None:
+        """``worker``'s own capacity scale, once it has enough windows (else None)."""
+        return self.online.speeds().get(worker)
 
     async def scrape(self) -> None:
         """One scrape of every healthy worker's gauges."""
@@ -99,6 +105,9 @@ class Learner:
         self.pending += windows
         metrics = self.app[GATEWAY_METRICS]
         metrics.surrogate_error.set(abs(self.online.ratio() - 1.0))
+        speeds, prior = self.online.speeds(), self.capacity_scale
+        for w in fleet.workers:
+            metrics.worker_speed.labels(w.endpoint.name).set(speeds.get(w.endpoint.name, prior))
         return windows
 
     def take(self) -> tuple[WorkerWindow, ...]:

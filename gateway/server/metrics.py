@@ -92,6 +92,10 @@ class GatewayMetrics:
                                       "Requests to the actuator for more or fewer workers, "
                                       "by direction and outcome.", ["direction", "outcome"],
                                       registry=r)
+        self.worker_speed = Gauge("gateway_worker_speed",
+                                  "Share of the profile's capacity the worker delivers, learned "
+                                  "from its own windows (1.0: the profile; the fleet's figure "
+                                  "until it has enough).", ["worker"], registry=r)
         self.surrogate_error = Gauge("gateway_surrogate_error",
                                      "Relative error of the surrogate's latency predictions "
                                      "against observed latency over the last window.",
@@ -127,6 +131,7 @@ class GatewayMetrics:
         name = fleet.workers[index].endpoint.name
         self.outstanding.labels(name).set_function(partial(fleet.outstanding, index))
         self.worker_up.labels(name).set_function(partial(_up, fleet, index))
+        self.worker_speed.labels(name).set(1.0)
 
     def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         key = (metric, labels)

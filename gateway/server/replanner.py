@@ -103,7 +103,8 @@ class Replanner:
         workers = tuple(RunningWorker(
             name=w.endpoint.name, engine=w.engine or default,
             adapters=holding[w.endpoint.name],
-            up=w.status is WorkerStatus.UP and i not in self.draining)
+            up=w.status is WorkerStatus.UP and i not in self.draining,
+            speed=self.learner.speed(w.endpoint.name))
             for i, w in enumerate(fleet.workers))
         return ReplanJob(demands=tuple(demands), workers=workers, gpu=cfg.gpu, model=cfg.model,
                          profile=cfg.profile, max_model_len=cfg.max_model_len,
@@ -160,7 +161,8 @@ class Replanner:
         fleet = self.app[FLEET]
         holding = fleet.holding()
         for i in sorted(self.draining):
-            if i < len(fleet.workers) and not holding[fleet.workers[i].endpoint.name]:
+            worker = fleet.workers[i] if i < len(fleet.workers) else None
+            if worker is not None and worker.up and not holding[worker.endpoint.name]:
                 fleet.set_status(i, WorkerStatus.DRAINING)
 
     async def _replan(self, trigger: ReplanTrigger, *, dry_run: bool,

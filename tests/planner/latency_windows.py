@@ -57,6 +57,7 @@ def gateway_windows(engine: EngineCore, ranks: dict[str, int], *, worker: str,
     requests = [r for r in engine.requests.values() if r.finish_ns is not None]
     starts = np.asarray(engine.steps.start_ns)
     running = np.asarray(engine.steps.num_running)
+    waiting = np.asarray(engine.steps.num_waiting)
     end_s = max(r.finish_ns for r in requests) / 1e9  # type: ignore[type-var]
     out = []
     t0 = warmup_s
@@ -85,6 +86,7 @@ def gateway_windows(engine: EngineCore, ranks: dict[str, int], *, worker: str,
         scrapes = np.arange(lo, hi, round(scrape_s * 1e9))
         idx = np.searchsorted(starts, scrapes, side="right") - 1
         batch = float(np.where(idx >= 0, running[np.maximum(idx, 0)], 0).mean())
+        queue = float(np.where(idx >= 0, waiting[np.maximum(idx, 0)], 0).mean())
         distinct = float(np.mean([len({r.adapter for r in engine.requests.values()
                                        if r.adapter is not None and r.arrival_ns <= s
                                        and (r.finish_ns is None or r.finish_ns > s)})
@@ -93,7 +95,7 @@ def gateway_windows(engine: EngineCore, ranks: dict[str, int], *, worker: str,
             worker=worker, engine=engine.config, adapters=tuple(adapters),
             itl_s=gaps / tokens / 1e9 if tokens else math.nan,
             ttft_p50_s=float(np.median(ttft)) if ttft else math.nan,
-            running=batch, tokens=tokens, distinct_adapters=distinct,
+            running=batch, tokens=tokens, distinct_adapters=distinct, waiting=queue,
             dispatched=sum(sent.values()), completed=len(done)))
         t0 += window_s
     return out

@@ -253,3 +253,38 @@ def test_a_rise_within_counting_noise_moves_nothing_a_real_one_does(predictor) -
             plan = replan(risen, workers, predictor, stability)
             migration, _ = step(risen, workers, plan)
             assert bool(migration.moved or migration.added) is moves, (factor, stability)
+
+
+def test_a_worker_slower_than_the_others_gets_less_load(predictor) -> None:
+    """A settled fleet whose first worker turns out 1.3x slower than the profile (its own
+    learned speed, 1/1.3): the re-plan takes load off it, and what it keeps holds at its
+    speed; the same re-plan without the speed moves nothing. A new GPU is judged at the
+    fleet's figure (the predictor's)."""
+    ads = demands(24, 5, scale=1.5)
+    workers = settled(ads, predictor)
+    assert len(workers) >= 2
+    load = {a.name: a for a in ads}
+
+    def tokens(rates: dict[str, float]) -> float:
+        return sum(r * (load[n].input_tokens + load[n].output_tokens) for n, r in rates.items())
+
+    before = replan(ads, workers, predictor)
+    slow = [replace(workers[0], speed=1 / 1.3), *workers[1:]]
+    after = replan(ads, slow, predictor)
+    assert tokens(after.gpus[0].rates) < tokens(before.gpus[0].rates)
+    at_its_speed = predictor.with_config(replace(predictor.config, capacity_scale=1 / 1.3))
+    kept = [replace(load[n], rate=r) for n, r in after.gpus[0].rates.items()]
+    assert at_its_speed.check(kept, workers[0].engine).feasible
+    held = sum(tokens(g.rates) for g in after.gpus)
+    assert held == pytest.approx(sum(tokens({a.name: a.rate}) for a in ads))
+    # A faster worker (speed 1.3) is judged more leniently: it may take more, never less.
+    fast = [replace(workers[0], speed=1.3), *workers[1:]]
+    assert tokens(replan(ads, fast, predictor).gpus[0].rates) >= tokens(before.gpus[0].rates)
+
+
+def test_a_speed_must_be_positive(predictor) -> None:
+    w = RunningWorker("w0", EngineConfig(max_loras=1, max_lora_rank=8), frozenset(),
+                      speed=0.0)
+    with pytest.raises(ConfigError) as info:
+        replan([AdapterDemand(name="a", rank=8, rate=0.1)], [w], predictor)
+    assert info.value.field == "workers[0].speed"

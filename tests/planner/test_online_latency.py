@@ -103,6 +103,30 @@ def test_a_load_change_is_not_read_as_a_speed_change(specs) -> None:
     assert online.capacity_scale() == pytest.approx(1 / 1.2, rel=0.03)
 
 
+@pytest.mark.parametrize("slowdown", [1.3, 0.8])
+def test_saturated_windows_teach_the_speed(specs, slowdown: float) -> None:
+    """A worker offered 1.3x what it really serves queues in every window. Those windows were
+    skipped (``queued``), so the scale stayed at 1.0 exactly while the plan was too tight;
+    compared at the rates the engine admitted (and, at its batch limit, by the tokens it
+    served) they find the worker's speed, slower or faster than the profile."""
+    model, gpu, profile = specs
+    step = profile.step_model(model, gpu, ENGINE)
+    f = worker_features(_adapters(1.0), ENGINE, model, gpu, step, profile.memory)
+    adapters = _adapters(1.3 * f["est_capacity_tps"] / (512 + 128) / slowdown)
+    scenario = Scenario(name="saturated", model=model, gpu=gpu, engine=ENGINE,
+                        profile=perturbed(profile, slowdown=slowdown, seed=3),
+                        workload=workload_for(adapters, 300.0, 1))
+    _, engine = simulate(scenario, record_steps=True)
+    windows = gateway_windows(engine, {a.name: a.rank for a in adapters}, worker="w0",
+                              window_s=30.0, warmup_s=60.0)
+    online = OnlineLatency(model, gpu, profile)
+    seen = [online.observe(w) for w in windows]
+    assert len(windows) >= 6 and all(w.waiting > online.max_waiting for w in windows)
+    assert all(o.saturated and o.ratio is not None for o in seen)
+    assert online.capacity_scale() == pytest.approx(1 / slowdown, rel=0.08)
+    assert online.speeds() == {"w0": online.capacity_scale()}
+
+
 def _at_ratios(online: OnlineLatency, ratios: list[float]) -> None:
     """Windows whose observed ITL is ``ratio`` times the profile's (no prefill, no context:
     the expected step does not depend on the observed one)."""

@@ -48,8 +48,14 @@ async def _learned_scale(tmp_path: Path, slowdown: float) -> tuple[float, int]:
         finally:
             stop.set()
             await asyncio.gather(*tasks)
-        error = stack.app[GATEWAY_METRICS].registry.get_sample_value("gateway_surrogate_error")
+        registry = stack.app[GATEWAY_METRICS].registry
+        error = registry.get_sample_value("gateway_surrogate_error")
         assert error == pytest.approx(abs(1 / replanner.learner.capacity_scale - 1), abs=0.05)
+        learner = replanner.learner
+        for worker in ("w0", "w1"):  # each worker's own speed, or the fleet's until it has one
+            own = learner.speed(worker)
+            assert registry.get_sample_value("gateway_worker_speed", {"worker": worker}) == \
+                pytest.approx(learner.capacity_scale if own is None else own, abs=0.02)
         return replanner.learner.capacity_scale, replanner.learner.online.windows()
 
 

@@ -185,11 +185,8 @@ async def test_dead_worker_adapters_are_placed_elsewhere(tmp_path: Path) -> None
                 await client.completions.create(model=name, prompt="x", max_tokens=1)
 
 
-async def test_a_failed_forced_replan_is_retried_at_once(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A re-plan for a dead worker that fails (here the planning call, once) is retried
-    within seconds: with only forced re-plans (``replan_interval_s: 0``) nothing else would
-    ever place the dead worker's adapters again (they answered 503 until the next period)."""
+def _first_plan_fails(monkeypatch: pytest.MonkeyPatch, error: Exception) -> list[str]:
+    """The replanner's first planning call raises ``error``; the list counts the calls."""
     from gateway.server.replanner import Replanner
 
     real = Replanner.compute
@@ -198,10 +195,19 @@ async def test_a_failed_forced_replan_is_retried_at_once(
     async def flaky(self: Replanner, job):  # type: ignore[no-untyped-def]
         calls.append("compute")
         if len(calls) == 1:
-            raise OverflowError("math range error")
+            raise error
         return await real(self, job)
 
     monkeypatch.setattr(Replanner, "compute", flaky)
+    return calls
+
+
+async def test_a_failed_forced_replan_is_retried_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-plan for a dead worker that fails (here the planning call, once) is retried
+    within seconds: with only forced re-plans (``replan_interval_s: 0``) nothing else would
+    ever place the dead worker's adapters again (they answered 503 until the next period)."""
+    calls = _first_plan_fails(monkeypatch, OverflowError("math range error"))
     names = _names(8)
     async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
                              replan_interval_s=0) as stack:
@@ -219,18 +225,7 @@ async def test_a_failed_forced_replan_is_retried_at_once(
 
 async def test_a_drain_whose_replan_fails_answers_503_and_completes_on_retry(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.server.replanner import Replanner
-
-    real = Replanner.compute
-    calls: list[str] = []
-
-    async def flaky(self: Replanner, job):  # type: ignore[no-untyped-def]
-        calls.append("compute")
-        if len(calls) == 1:
-            raise RuntimeError("planning failed")
-        return await real(self, job)
-
-    monkeypatch.setattr(Replanner, "compute", flaky)
+    calls = _first_plan_fails(monkeypatch, RuntimeError("planning failed"))
     monkeypatch.setenv("LORAFLEET_TEST_ADMIN", "s3cret")
     names = _names(8)
     async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
