@@ -6,12 +6,16 @@ The load (``bench/fleet_load.py``) is the demo's: ``--adapters`` adapters (ranks
 simulated second, the popularity order rotating by 3 every ``--shift-every`` simulated
 seconds (the three coldest adapters become the hottest), one seeded arrival sequence sent
 open-loop through the official ``openai`` client to every policy. The workers run
-``--slowdown`` slower than the profile the planner knows, with ``--jitter`` noise, at
+``--slowdown`` slower than the profile the planner knows (one factor, or one per worker cycled
+over the pool: ``0.8,1.0,1.3``), with ``--jitter`` noise, at
 ``--time-scale`` times real speed. Policies (``bench/fleet_run.py``):
 
 - ``lorafleet``: the gateway from the planner's initial plan over a pool of ``--pool``
   workers, re-planning every ``--replan-every`` wall seconds; GPUs = workers with adapters
   when the arrivals end (the time average and the peak beside it);
+- ``oracle``: the same gateway told each worker's true speed (1 / its slowdown) instead of
+  learning it: the reference for "no more GPUs than needed" when the workers differ from the
+  profile;
 - ``one_per_adapter``: the gateway with one worker per adapter, replicas where an adapter's
   peak rate over the run needs more (``planner.baselines.one_per_adapter``), no re-planning;
 - ``round_robin``: adapter i on worker i mod N (``planner.baselines.round_robin_plan``, the
@@ -83,7 +87,7 @@ from twin.profile import load_profile
 from twin.routing import Placement, WorkerPlacement
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICIES = ("lorafleet", "one_per_adapter", "round_robin", "prefer_loaded")
+POLICIES = ("lorafleet", "oracle", "one_per_adapter", "round_robin", "prefer_loaded")
 Runner = Callable[[int], Awaitable[dict[str, Any]]]
 
 
@@ -163,7 +167,8 @@ def row(policy: str, gpus: int | None, out: dict[str, Any], setup: Setup,
             "ttft_p99_s_by_window": out["ttft_p99_s_by_window"],
             "gpus_every_5_wall_s": out["gpus_every_5_wall_s"],
             "replan_log": out.get("replan_log", []),
-            "latency_windows": out.get("latency_windows", []), **extra}
+            "latency_windows": out.get("latency_windows", []),
+            "speeds_end": out.get("speeds_end", {}), **extra}
 
 
 async def measure_all(args: argparse.Namespace, setup: Setup, predictor: Predictor,
@@ -181,6 +186,14 @@ async def measure_all(args: argparse.Namespace, setup: Setup, predictor: Predict
         runs["lorafleet"] = [out]
         rows.append(row("lorafleet", out["gpus_end"], out, setup,
                         initial_gpus=plan.gpus_active))
+        console.print(f"  GPUs {plan.gpus_active} at the start, {out['gpus_end']} at the end")
+    if "oracle" in args.policies:
+        console.print(f"oracle: lorafleet told the workers' speeds, pool of {args.pool} ...")
+        plan = from_planner(adapters, [f"w{i}" for i in range(args.pool)],
+                            predictor.surrogate)
+        out = await run_gateway(setup, plan, folder / "oracle", replan=True, known_speeds=True)
+        runs["oracle"] = [out]
+        rows.append(row("oracle", out["gpus_end"], out, setup, initial_gpus=plan.gpus_active))
         console.print(f"  GPUs {plan.gpus_active} at the start, {out['gpus_end']} at the end")
     if "one_per_adapter" in args.policies:
         plan_opa = one_per_adapter(peak_rates(adapters, setup.seconds, args.shift_every or None),
@@ -251,6 +264,8 @@ def targets(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {"lorafleet_not_starved": not lf["starved"],
                            "lorafleet_zero_failed": lf["failed"] == 0}
+    if "oracle" in by and by["oracle"]["gpus"] is not None:
+        out["within_oracle_plus_one"] = lf["gpus"] <= by["oracle"]["gpus"] + 1
     if "one_per_adapter" in by:
         saved = 1 - lf["gpus"] / by["one_per_adapter"]["gpus"]
         out["fewer_than_one_per_adapter"] = round(saved, 3)
@@ -282,6 +297,18 @@ def print_table(rows: Sequence[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
+def _slowdowns(text: str) -> tuple[float, ...]:
+    """``1.2`` or ``0.8,1.0,1.3``: every factor a number > 0."""
+    try:
+        factors = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be numbers separated by commas, got {text!r}"
+                                         ) from None
+    if not factors or not all(0 < f < 100 for f in factors):
+        raise argparse.ArgumentTypeError(f"every factor must be in (0, 100), got {text!r}")
+    return factors
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GPUs after re-planning vs fixed-fleet policies")
     p.add_argument("--quick", action="store_true",
@@ -294,7 +321,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shift-every", type=float, default=60.0, help="simulated s (0: never)")
     p.add_argument("--stream-fraction", type=float, default=0.1,
                    help="streamed share of the non-rare requests (rare ones all stream)")
-    p.add_argument("--slowdown", type=float, default=1.05)
+    p.add_argument("--slowdown", type=_slowdowns, default=(1.05,),
+                   help="how much slower than the profile the workers run: one factor, or "
+                   "one per worker cycled over the pool (e.g. 0.8,1.0,1.3)")
     p.add_argument("--jitter", type=float, default=0.1)
     p.add_argument("--pool", type=int, default=10, help="lorafleet's workers")
     p.add_argument("--replan-every", type=float, default=10.0, help="wall s")
@@ -343,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"adapters": args.adapters, "rate": args.rate, "zipf": 1.0,
                   "input_tokens": 1024, "output_tokens": 256, "seconds": args.seconds,
                   "shift_every_s": args.shift_every, "shift_by": 3,
-                  "time_scale": args.time_scale, "slowdown": args.slowdown,
+                  "time_scale": args.time_scale, "slowdown": list(args.slowdown),
                   "jitter": args.jitter, "gpu": "a100-80gb", "model": "llama-3.1-8b",
                   "profile": "roofline-default", "pool": args.pool,
                   "replan_every_wall_s": args.replan_every,

@@ -41,7 +41,7 @@ class Setup:
     arrivals: tuple[Arrival, ...]
     seconds: float  # simulated seconds of arrivals
     time_scale: float
-    slowdown: float
+    slowdown: tuple[float, ...]  # one factor, or one per worker (cycled over the pool)
     jitter: float
     seed: int
     replan_every_s: float  # wall seconds (lorafleet only)
@@ -107,12 +107,13 @@ def _engine_loads(apps: Sequence[web.Application]) -> int:
 
 
 async def run_gateway(setup: Setup, plan: InitialPlan, folder: Path, *,
-                      replan: bool) -> dict[str, Any]:
-    """lorafleet's gateway over the plan's workers, re-planning or not."""
+                      replan: bool, known_speeds: bool = False) -> dict[str, Any]:
+    """lorafleet's gateway over the plan's workers, re-planning or not (``known_speeds``:
+    told each worker's true speed instead of learning it, the oracle)."""
     spec = FleetSpec(workers=len(plan.engines), slowdown=setup.slowdown, jitter=setup.jitter,
                      time_scale=setup.time_scale, seed=setup.seed,
                      replan_every_s=setup.replan_every_s if replan else 0.0,
-                     observe_window_s=setup.observe_window_s)
+                     observe_window_s=setup.observe_window_s, known_speeds=known_speeds)
     fleet: DemoFleet = await start_demo(setup.adapters, plan, spec, folder)
     try:
         t0 = time.time()
@@ -124,13 +125,17 @@ async def run_gateway(setup: Setup, plan: InitialPlan, folder: Path, *,
             "moved": len(r["diff"]["moved"]), "retired": len(r["diff"]["retired"]),
             "outcome": r.get("migration", {}).get("outcome", "unchanged"),
             "plan_s": r["plan_seconds"], "validate_s": r["validate_seconds"],
-            "capacity_scale": r["capacity_scale"], "validated": r["validated"],
+            "capacity_scale": r["capacity_scale"], "speeds": r.get("speeds", {}),
+            "validated": r["validated"],
             "repairs": r.get("repairs", 0)}
             for r in replans]
         out["latency_windows"] = [{
             "worker": o.worker, "ratio": None if o.ratio is None else round(o.ratio, 3),
-            "skipped": o.skipped.value if o.skipped else None}
+            "skipped": o.skipped.value if o.skipped else None, "saturated": o.saturated}
             for o in fleet.app[REPLANNER].learner.observed]
+        learner = fleet.app[REPLANNER].learner
+        out["speeds_end"] = {f"w{i}": round(learner.speed(f"w{i}") or learner.capacity_scale, 3)
+                             for i in range(len(plan.engines))}
         moved = [r.get("migration", {}) for r in replans]
         initial = sum(len(w.shares) for w in plan.placement.workers)
         out.update(workers=len(plan.engines), replans=len(replans),
@@ -150,7 +155,8 @@ async def run_prefer_loaded(setup: Setup, plan: InitialPlan, folder: Path) -> di
     paths = {e.demand.name: str(e.path) for e in entries if e.path is not None}
     base = worker_configs(plan, served_model_name="llama-3.1-8b",
                           time_scale=setup.time_scale, seed=setup.seed)
-    configs = [replace(c, slowdown=setup.slowdown, jitter=setup.jitter) for c in base]
+    configs = [replace(c, slowdown=setup.slowdown[i % len(setup.slowdown)], jitter=setup.jitter)
+               for i, c in enumerate(base)]
     workers = await start_emulated(configs)
     runner: web.AppRunner | None = None
     try:

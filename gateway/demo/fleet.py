@@ -41,17 +41,32 @@ class FleetSpec:
     gpu: str = "a100-80gb"
     model: str = "llama-3.1-8b"
     profile: str = "roofline-default"
-    slowdown: float = 1.15
+    # how much slower than the profile the workers run: one factor, or one per worker
+    # (cycled over the pool: worker i runs ``slowdown[i % len]``)
+    slowdown: float | tuple[float, ...] = 1.15
     jitter: float = 0.1
     time_scale: float = 2.0
     seed: int = 0
     replan_every_s: float = 15.0  # wall seconds between periodic re-plans (0: never)
     observe_window_s: float = 20.0  # wall seconds of traffic a re-plan looks at
     headroom: float = 0.9  # GPUs planned for load / headroom
+    # The bench's oracle: the gateway is told each worker's true speed (1 / its slowdown)
+    # instead of learning it.
+    known_speeds: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        factors = self.slowdown if isinstance(self.slowdown, tuple) else (self.slowdown,)
+        if not factors or not all(f > 0 for f in factors):
+            raise ValueError(f"slowdown must be > 0 (one or one per worker), got "
+                             f"{self.slowdown!r}")
+
+    def slowdown_of(self, worker: int) -> float:
+        """Worker ``worker``'s slowdown (the factors cycle over the pool)."""
+        if isinstance(self.slowdown, tuple):
+            return self.slowdown[worker % len(self.slowdown)]
+        return self.slowdown
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {self.time_scale!r}")
 
@@ -120,9 +135,10 @@ async def start_demo(adapters: Sequence[AdapterDemand], plan: InitialPlan, spec:
         model=spec.model, profile=spec.profile, port=0, replan_interval_s=spec.replan_every_s,
         observe_window_s=spec.observe_window_s, time_scale=spec.time_scale,
         headroom=spec.headroom)
-    configs = [replace(c, slowdown=spec.slowdown, jitter=spec.jitter) for c in worker_configs(
-        plan, served_model_name=cfg.base_model, model=spec.model, gpu=spec.gpu,
-        profile=spec.profile, time_scale=spec.time_scale, seed=spec.seed)]
+    configs = [replace(c, slowdown=spec.slowdown_of(i), jitter=spec.jitter)
+               for i, c in enumerate(worker_configs(
+                   plan, served_model_name=cfg.base_model, model=spec.model, gpu=spec.gpu,
+                   profile=spec.profile, time_scale=spec.time_scale, seed=spec.seed))]
     workers = await start_emulated(configs)
     runner = None
     started = False
@@ -131,6 +147,9 @@ async def start_demo(adapters: Sequence[AdapterDemand], plan: InitialPlan, spec:
             cfg.workers, workers.urls, strict=True)))
         app = create_app(cfg, plan=plan)
         runner = await serve(app, cfg.host, 0)
+        if spec.known_speeds:
+            app[REPLANNER].learner.known = {
+                w.name: 1 / spec.slowdown_of(i) for i, w in enumerate(cfg.workers)}
         fleet = DemoFleet(app, runner, workers, f"http://{cfg.host}:{runner.addresses[0][1]}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT_S

@@ -47,15 +47,22 @@ class Learner:
         self.pending: list[WorkerWindow] = []  # for the planning process's LatencyModel
         self.observed: deque[WindowObservation] = deque(maxlen=1000)  # newest last
         self.last_window = time.monotonic()
+        # Speeds given instead of learned (the fleet bench's oracle: each emulated worker's
+        # true 1 / slowdown), by worker name.
+        self.known: dict[str, float] = {}
 
     @property
     def capacity_scale(self) -> float:
         """The fleet's: every worker's windows pooled (the prior of a worker without its
-        own)."""
+        own), or the mean of the known speeds."""
+        if self.known:
+            return sum(self.known.values()) / len(self.known)
         return self.online.capacity_scale()
 
     def speed(self, worker: str) -> float | None:
         """``worker``'s own capacity scale, once it has enough windows (else None)."""
+        if self.known:
+            return self.known.get(worker)
         return self.online.speeds().get(worker)
 
     async def scrape(self) -> None:
@@ -105,9 +112,10 @@ class Learner:
         self.pending += windows
         metrics = self.app[GATEWAY_METRICS]
         metrics.surrogate_error.set(abs(self.online.ratio() - 1.0))
-        speeds, prior = self.online.speeds(), self.capacity_scale
+        prior = self.capacity_scale
         for w in fleet.workers:
-            metrics.worker_speed.labels(w.endpoint.name).set(speeds.get(w.endpoint.name, prior))
+            own = self.speed(w.endpoint.name)
+            metrics.worker_speed.labels(w.endpoint.name).set(prior if own is None else own)
         return windows
 
     def take(self) -> tuple[WorkerWindow, ...]:

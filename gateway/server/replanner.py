@@ -189,6 +189,8 @@ class Replanner:
                          "steps": [{"kind": s.kind.value, "worker": s.worker,
                                     "adapter": s.adapter} for s in m.steps]},
                 "capacity_scale": round(self.learner.capacity_scale, 3),
+                "speeds": {w.name: round(w.speed, 3) for w in job.workers
+                           if w.speed is not None},
                 "at": time.time()}
             if m.added:
                 logger.warning("the plan needs %d more worker(s) than run (%s); their adapters "

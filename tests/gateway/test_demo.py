@@ -56,3 +56,14 @@ def test_arrivals_follow_the_rates_and_shift() -> None:
     assert counts.index(max(counts)) == 0  # the hottest first
     assert late.index(max(late)) == 4  # then the rates rotated by one
     assert arrivals.rate_of(4, 150.0) == ads[0].rate
+
+
+def test_a_fleet_spec_takes_one_slowdown_or_one_per_worker() -> None:
+    from gateway.demo.fleet import FleetSpec
+
+    assert [FleetSpec(slowdown=1.2).slowdown_of(i) for i in range(3)] == [1.2] * 3
+    mixed = FleetSpec(slowdown=(0.8, 1.0, 1.3))
+    assert [mixed.slowdown_of(i) for i in range(5)] == [0.8, 1.0, 1.3, 0.8, 1.0]
+    for bad in ((), (1.0, 0.0), -1.0):
+        with pytest.raises(ValueError, match="slowdown"):
+            FleetSpec(slowdown=bad)  # type: ignore[arg-type]
