@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-__all__ = ["GC_GEN0_THRESHOLD", "serve", "tune_gc", "until_signalled"]
+__all__ = ["GC_GEN0_THRESHOLD", "serve", "stop_signals", "tune_gc", "until_signalled"]
 
 # Container allocations between young-generation collections once serving (CPython's default
 # is 700). Measured on the gateway at concurrency 32 (bench/gateway_overhead.py's load): the
@@ -46,10 +46,17 @@ def tune_gc() -> None:
     gc.set_threshold(max(GC_GEN0_THRESHOLD, gen0), gen1, gen2)
 
 
-async def until_signalled() -> None:
-    """Return on SIGINT or SIGTERM."""
+def stop_signals() -> asyncio.Event:
+    """An event set on SIGINT or SIGTERM. Install it before the process says it is ready: a
+    signal that came between the ready line and the handlers killed the process without its
+    cleanup (no drain, no state saved)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def until_signalled(stop: asyncio.Event | None = None) -> None:
+    """Return on SIGINT or SIGTERM (``stop``: from ``stop_signals``, installed earlier)."""
+    await (stop or stop_signals()).wait()

@@ -23,7 +23,7 @@ from gateway.emulator.adapters import scaffold_adapter
 from gateway.emulator.app import create_app, serve
 from gateway.emulator.config import LoraModule, WorkerConfig
 from gateway.emulator.errors import StartupError
-from gateway.http import tune_gc, until_signalled
+from gateway.http import stop_signals, tune_gc, until_signalled
 from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
 from twin.profile import load_profile
@@ -145,6 +145,7 @@ def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
 async def _serve_until_stopped(apps: list[web.Application], host: str,
                                ports: list[int]) -> None:
     runners = []
+    stop = stop_signals()
     try:
         for app, port in zip(apps, ports, strict=True):
             runner = await serve(app, host, port)
@@ -152,7 +153,7 @@ async def _serve_until_stopped(apps: list[web.Application], host: str,
             address = runner.addresses[0]
             print(f"http://{host}:{address[1]}", flush=True)
         tune_gc()
-        await until_signalled()
+        await until_signalled(stop)
     finally:
         for runner in runners:
             await runner.cleanup()

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.emulator.errors import StartupError
-from gateway.http import tune_gc, until_signalled
+from gateway.http import stop_signals, tune_gc, until_signalled
 from gateway.keys import FLEET
 from gateway.server.app import create_app, serve
 from gateway.server.config import (
@@ -141,6 +141,7 @@ async def _main(cfg: GatewayConfig, plan: InitialPlan | None,
                 spec: EmulateSpec | None) -> None:
     emulated = None
     runner = None
+    stop = stop_signals()
     try:
         if spec is not None:
             assert plan is not None
@@ -158,7 +159,7 @@ async def _main(cfg: GatewayConfig, plan: InitialPlan | None,
             logger.warning("not ready after %.0f s; serving anyway", READY_TIMEOUT_S)
         print(f"http://{cfg.host}:{port}", flush=True)
         tune_gc()
-        await until_signalled()
+        await until_signalled(stop)
     finally:
         if runner is not None:
             await runner.cleanup()
