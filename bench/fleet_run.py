@@ -131,7 +131,10 @@ async def run_gateway(setup: Setup, plan: InitialPlan, folder: Path, *,
             for r in replans]
         out["latency_windows"] = [{
             "worker": o.worker, "ratio": None if o.ratio is None else round(o.ratio, 3),
-            "skipped": o.skipped.value if o.skipped else None, "saturated": o.saturated}
+            "skipped": o.skipped.value if o.skipped else None, "saturated": o.saturated,
+            "capacity_ratio": None if o.capacity_ratio is None else round(o.capacity_ratio, 3),
+            "itl_ratio": None if o.ratio is None or not o.expected_itl_s
+            else round(o.observed_itl_s / o.expected_itl_s, 3)}
             for o in fleet.app[REPLANNER].learner.observed]
         learner = fleet.app[REPLANNER].learner
         out["speeds_end"] = {f"w{i}": round(learner.speed(f"w{i}") or learner.capacity_scale, 3)

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -63,12 +63,23 @@ class MigrationReport:
 
 
 def fold(shares: Mapping[str, Mapping[str, float]], workers: list[str],
-         up: Collection[str] | None = None) -> Placement:
+         up: Collection[str] | None = None,
+         takes: Callable[[str, str], bool] | None = None) -> Placement:
     """The migration's shares as a placement over ``workers``; shares of workers that do not
     run are folded onto the worker with the fewest adapters (ties: lowest index) among those
-    ``up`` (default: all; a down or gone worker would only fail the load)."""
+    ``up`` (default: all; a down or gone worker would only fail the load) that can load them
+    all (``takes(worker, adapter)``: its ``max_lora_rank``), else adapter by adapter. An
+    adapter no running worker can load is left out, with a warning: its load would fail and
+    roll the whole migration back."""
     out: dict[str, dict[str, float]] = {w: {} for w in workers}
     hosts = [w for w in workers if up is None or w in up] or workers
+
+    def fewest(candidates: list[str]) -> str:
+        return min(candidates, key=lambda w: (len(out[w]), workers.index(w)))
+
+    def able(adapters: Collection[str]) -> list[str]:
+        return [w for w in hosts if takes is None or all(takes(w, k) for k in adapters)]
+
     for name, s in shares.items():
         if name in out:
             for k, v in s.items():
@@ -76,10 +87,20 @@ def fold(shares: Mapping[str, Mapping[str, float]], workers: list[str],
     for name, s in shares.items():
         if name in out:
             continue
-        target = min(hosts, key=lambda w: (len(out[w]), workers.index(w)))
-        logger.warning("the plan's worker %s does not run; its adapters go to %s", name, target)
-        for k, v in s.items():
-            out[target][k] = out[target].get(k, 0.0) + v
+        whole = able(s)
+        groups = [(fewest(whole), dict(s))] if whole else []
+        for k, v in ([] if whole else s.items()):
+            some = able([k])
+            if some:
+                groups.append((fewest(some), {k: v}))
+            else:
+                logger.warning("the plan's worker %s does not run and no running worker can "
+                               "load %s (its rank): left unplaced", name, k)
+        for target, part in groups:
+            logger.warning("the plan's worker %s does not run; %s go to %s", name,
+                           ", ".join(sorted(part)), target)
+            for k, v in part.items():
+                out[target][k] = out[target].get(k, 0.0) + v
     return Placement(tuple(WorkerPlacement(name=w, shares=out[w]) for w in workers))
 
 
@@ -93,7 +114,13 @@ async def execute(app: web.Application, migration: Migration,
     names = [w.endpoint.name for w in fleet.workers]
     index = {n: i for i, n in enumerate(names)}
     hosts = {w.endpoint.name for w in fleet.workers if w.up} - set(avoid)
-    target = fold(migration.shares, names, hosts)
+
+    def takes(worker: str, adapter: str) -> bool:
+        engine, entry = fleet.workers[index[worker]].engine, fleet.adapters.get(adapter)
+        return adapter == BASE_MODEL or engine is None or entry is None or (
+            engine.enable_lora and entry.demand.rank <= engine.max_lora_rank)
+
+    target = fold(migration.shares, names, hosts, takes)
     holding = fleet.holding()
     wanted = {wp.name: {k for k in wp.shares if k != BASE_MODEL} for wp in target.workers}
 

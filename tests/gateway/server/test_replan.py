@@ -302,6 +302,28 @@ def test_fold_puts_load_of_missing_workers_on_running_hosts_only() -> None:
         {"a": 1.0, "c": 1.0, "d": 1.0}, {"b": 1.0}]
 
 
+def test_fold_puts_no_adapter_on_a_worker_that_cannot_load_it() -> None:
+    """A rank-16 adapter from a GPU the plan wanted but that does not run went to the worker
+    with the fewest adapters whatever its ``max_lora_rank`` (8): the load failed and rolled
+    the whole migration back. Now it goes where it can load, or nowhere (with a warning)."""
+    ranks = {"a": 8, "b": 8, "c": 16, "d": 8, "e": 32}
+    limit = {"w0": 8, "w1": 16}
+
+    def takes(worker: str, adapter: str) -> bool:
+        return ranks[adapter] <= limit[worker]
+
+    shares = {"w0": {"a": 1.0}, "w1": {"b": 1.0, "d": 1.0}, "new-2": {"c": 1.0},
+              "new-3": {"e": 1.0}}
+    placement = fold(shares, ["w0", "w1"], takes=takes)
+    assert [dict(w.shares) for w in placement.workers] == [
+        {"a": 1.0}, {"b": 1.0, "d": 1.0, "c": 1.0}]  # w0 has fewer adapters, but rank 8
+    # No worker takes the whole group: adapter by adapter (w1 takes only b and c here).
+    mixed = fold({"w0": {"a": 1.0}, "w1": {"b": 1.0}, "new-2": {"c": 1.0, "d": 1.0}},
+                 ["w0", "w1"], takes=lambda w, k: ranks[k] <= 8 if w == "w0" else k in "bc")
+    assert [dict(w.shares) for w in mixed.workers] == [{"a": 1.0, "d": 1.0},
+                                                       {"b": 1.0, "c": 1.0}]
+
+
 @pytest.mark.parametrize("surge_replan", [True, False])
 async def test_a_jump_in_an_adapters_traffic_replans_at_once(tmp_path: Path,
                                                              surge_replan: bool) -> None:
