@@ -168,18 +168,25 @@ async def test_drained_worker_hands_its_adapters_over(tmp_path: Path) -> None:
         assert lost <= held
 
 
+async def _kill_and_wait_for_replacement(stack: Stack, index: int) -> None:
+    """Stop worker ``index``; wait (60 s at most) until it is down and holds nothing."""
+    fleet = stack.app[FLEET]
+    name = f"w{index}"
+    await stack.workers.runners[index].cleanup()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while fleet.holding()[name] or fleet.workers[index].up:
+        assert loop.time() < deadline, f"the dead worker {name}'s adapters were not re-placed"
+        await asyncio.sleep(0.1)
+
+
 async def test_dead_worker_adapters_are_placed_elsewhere(tmp_path: Path) -> None:
     names = _names(8)
     async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
                              replan_interval_s=0) as stack:
         fleet = stack.app[FLEET]
         lost = sorted(fleet.holding()["w2"])
-        await stack.workers.runners[2].cleanup()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while fleet.holding()["w2"] or fleet.workers[2].up:
-            assert loop.time() < deadline, "the dead worker's adapters were not re-placed"
-            await asyncio.sleep(0.1)
+        await _kill_and_wait_for_replacement(stack, 2)
         async with AsyncOpenAI(base_url=stack.v1, api_key="x", max_retries=0) as client:
             for name in lost:
                 await client.completions.create(model=name, prompt="x", max_tokens=1)
@@ -211,13 +218,7 @@ async def test_a_failed_forced_replan_is_retried_at_once(
     names = _names(8)
     async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,
                              replan_interval_s=0) as stack:
-        fleet = stack.app[FLEET]
-        await stack.workers.runners[2].cleanup()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while fleet.holding()["w2"] or fleet.workers[2].up:
-            assert loop.time() < deadline, "the failed re-plan was not retried"
-            await asyncio.sleep(0.1)
+        await _kill_and_wait_for_replacement(stack, 2)
         replanner = stack.app[REPLANNER]
         assert len(calls) == 2 and replanner.owed is None
         assert [h["trigger"] for h in replanner.history] == ["worker_down"]

@@ -112,6 +112,15 @@ async def _ready(app: web.Application) -> None:
     raise AssertionError("not ready")
 
 
+async def _add(session: aiohttp.ClientSession, server: TestServer, name: str, path: str,
+               rate: float) -> None:
+    """Register an adapter through the admin API."""
+    async with session.post(server.make_url("/admin/adapters"),
+                            json={"name": name, "path": path, "rate": rate},
+                            headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+        assert resp.status == 201, await resp.text()
+
+
 async def test_restart_restores_placement_and_registry(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORAFLEET_ADMIN_TOKEN", TOKEN)
@@ -134,10 +143,7 @@ async def test_restart_restores_placement_and_registry(
         app = create_app(cfg, plan=first_plan)
         async with TestServer(app) as server, aiohttp.ClientSession() as session:
             await _ready(app)
-            async with session.post(server.make_url("/admin/adapters"),
-                                    json={"name": "extra", "path": extra, "rate": 3.0},
-                                    headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
-                assert resp.status == 201
+            await _add(session, server, "extra", extra, 3.0)
             keeper = app[STATE_KEEPER]
             assert keeper is not None
             await keeper.flush()
@@ -189,10 +195,7 @@ async def test_a_restart_merges_the_config_with_the_state(
         app = create_app(cfg, plan=plan)
         async with TestServer(app) as server, aiohttp.ClientSession() as session:
             await _ready(app)
-            async with session.post(server.make_url("/admin/adapters"),
-                                    json={"name": "extra", "path": extra, "rate": 1.0},
-                                    headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
-                assert resp.status == 201
+            await _add(session, server, "extra", extra, 1.0)
             async with session.post(server.make_url("/v1/completions"), json={
                     "model": "extra", "prompt": "x", "max_tokens": 1}) as resp:
                 assert resp.status == 200  # placed on demand
