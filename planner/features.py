@@ -101,7 +101,7 @@ def demand_error(field: str, value: object) -> str | None:
 512], got 7", True)
     """
     if field == "rank":
-        if isinstance(value, bool) or value not in (0, *ALLOWED_LORA_RANKS):
+        if isinstance(value, bool) or value not in _RANKS:
             return (f"must be 0 (the base model) or one of vLLM's LoRA ranks "
                     f"{list(ALLOWED_LORA_RANKS)}, got {value!r}")
         return None

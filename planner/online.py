@@ -136,6 +136,13 @@ def _tokens(a: AdapterDemand, rate: float) -> float:
     return rate * (a.input_tokens + a.output_tokens)
 
 
+def _at(predictor: Predictor, speed: float | None) -> Predictor:
+    """``predictor`` for a worker of ``speed`` (None: the fleet's, the predictor's own)."""
+    if speed is None:
+        return predictor
+    return predictor.with_config(replace(predictor.config, capacity_scale=speed))
+
+
 class _Board:
     """The re-plan's working state: the rate each running worker serves of each adapter."""
 
@@ -143,10 +150,10 @@ class _Board:
                  predictor: Predictor, strict: Predictor) -> None:
         self.demand = demand
         self.workers = workers
-        self.predictor = predictor
-        self.strict = strict  # for load that moves: placing and consolidating
         self.rates: list[dict[str, float]] = [{} for _ in workers]
-        self._judges: dict[tuple[float | None, bool], Predictor] = {}
+        # each worker's predictors, at its own speed when it has one: (``predictor``,
+        # ``strict``, for load that moves: placing and consolidating)
+        self.judges = [(_at(predictor, w.speed), _at(strict, w.speed)) for w in workers]
         self.origin: dict[str, set[int]] = {}  # up workers that held each adapter at the start
         self.retired: set[int] = set()
 
@@ -166,19 +173,8 @@ class _Board:
             return Verdict(False, engine, 0.0, 0.0, 1.0)
         if not rates:
             return Verdict(True, engine, 0.0, 0.0, 0.0)
-        return self.judge(i, strict).check(
+        return self.judges[i][strict].check(
             [replace(self.demand[n], rate=r * scale) for n, r in sorted(rates.items())], engine)
-
-    def judge(self, i: int, strict: bool = False) -> Predictor:
-        """The predictor for worker ``i``: at its own speed when it has one."""
-        speed = self.workers[i].speed
-        base = self.strict if strict else self.predictor
-        if speed is None:
-            return base
-        key = (speed, strict)
-        if key not in self._judges:
-            self._judges[key] = base.with_config(replace(base.config, capacity_scale=speed))
-        return self._judges[key]
 
     def start(self, workers: Sequence[RunningWorker],
               shares: Mapping[str, Mapping[str, float]] | None) -> list[Entry]:

@@ -360,12 +360,17 @@ class OnlineLatency:
         lo, hi = self.bounds
         return min(max(1.0 / self.ratio(worker), lo), hi)
 
+    def speed(self, worker: str) -> float | None:
+        """``worker``'s own ``capacity_scale`` (1.0 = the profile) once it has
+        ``min_windows`` qualifying windows of its own; None before: it (a new worker among
+        others) is planned at the fleet's pooled ``capacity_scale()``, the prior."""
+        if self.windows(worker) < self.min_windows:
+            return None
+        return self.capacity_scale(worker)
+
     def speeds(self) -> dict[str, float]:
-        """Each worker's own ``capacity_scale`` (1.0 = the profile), for the workers with
-        ``min_windows`` qualifying windows of their own; any other worker (a new one among
-        them) is planned at the fleet's pooled ``capacity_scale()``, the prior."""
-        return {w: self.capacity_scale(w) for w, q in self._ratios.items()
-                if len(q) >= self.min_windows}
+        """``speed`` of every worker that has one."""
+        return {w: v for w in self._ratios if (v := self.speed(w)) is not None}
 
     def windows(self, worker: str | None = None) -> int:
         """Qualifying windows kept (for ``worker``, or all)."""

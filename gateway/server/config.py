@@ -78,8 +78,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.server.auth import KeySpec, parse_keys
-from planner.features import MAX_TOKENS, AdapterDemand
-from planner.inputs import parse_adapters
+from gateway.server.entries import AdapterEntry, AdapterOrigin, parse_entries
+from planner.features import MAX_TOKENS
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
 from twin.specs import EngineConfig
@@ -131,24 +131,6 @@ class WorkerEndpoint:
 
     name: str
     url: str
-
-
-class AdapterOrigin(enum.StrEnum):
-    """Where a registered adapter came from: the config is the source of truth for what it
-    lists; an adapter added through the admin API stays (in the state file) until removed."""
-
-    CONFIG = "config"  # listed in gateway.yaml (or --adapters)
-    ADMIN = "admin"  # added by POST /admin/adapters
-
-
-@dataclass(frozen=True, slots=True)
-class AdapterEntry:
-    """A registered adapter: its expected load (for the planner), the path workers load it
-    from (``None`` only for the base model's rank-0 entry) and where it was registered."""
-
-    demand: AdapterDemand
-    path: str | None
-    origin: AdapterOrigin = AdapterOrigin.CONFIG
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,25 +247,6 @@ def _worker(item: Any, i: int) -> WorkerEndpoint:
     return WorkerEndpoint(name, url.rstrip("/"))
 
 
-def _adapters(items: Any) -> tuple[AdapterEntry, ...]:
-    if not isinstance(items, list):
-        raise ConfigError("adapters", "must be a list of {name, rank, rate, path, ...}")
-    if not items:
-        return ()
-    paths: list[str | None] = []
-    plain: list[Any] = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ConfigError(f"adapters[{i}]", "must be a mapping")
-        path = item.get("path")
-        if path is not None and (not isinstance(path, str) or not path):
-            raise ConfigError(f"adapters[{i}].path", "must be a non-empty string")
-        paths.append(path)
-        plain.append({k: v for k, v in item.items() if k != "path"})
-    demands = parse_adapters({"adapters": plain})
-    return tuple(AdapterEntry(d, p) for d, p in zip(demands, paths, strict=True))
-
-
 _STRINGS = frozenset({"base_model", "gpu", "model", "profile", "host"})
 _INTS = frozenset({"port", "max_model_len", "max_body_bytes", "retry_after_s",
                    "max_connections", "move_budget", "max_outstanding_per_worker",
@@ -357,7 +320,7 @@ def parse_config(data: Any) -> GatewayConfig:
     values = {k: _scalar(k, v) for k, v in data.items() if k in _SCALARS}
     _known_specs(values)
     values.update(_security(data))
-    adapters = _adapters(data.get("adapters", []))
+    adapters = parse_entries(data.get("adapters", []))
     values.update(_fleet(data, adapters, values))
     return GatewayConfig(workers=tuple(_worker(w, i) for i, w in enumerate(workers)),
                          adapters=adapters, **values)

@@ -46,7 +46,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from gateway.server.config import WorkerEndpoint
+from gateway.server.config import MAX_SECONDS, WorkerEndpoint
 from gateway.server.errors import GatewayError
 from twin.errors import ConfigError
 
@@ -55,8 +55,6 @@ __all__ = ["SERVICE_ACCOUNT_DIR", "Actuator", "ActuatorError", "CommandActuator"
            "discovery_from_config", "from_config", "ordinal"]
 
 logger = logging.getLogger(__name__)
-
-_MAX_S = 7 * 24 * 3600.0  # no timeout or interval longer than a week (config.MAX_SECONDS)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MERGE_PATCH = "application/merge-patch+json"
@@ -331,8 +329,8 @@ def from_config(data: Any, field: str = "actuator") -> Actuator:
                               f"{exc!r}") from None
         timeout = data.get("timeout_s", 60.0)
         if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                or not 0 < timeout <= _MAX_S):
-            raise ConfigError(f"{field}.timeout_s", f"must be a number in (0, {_MAX_S:g}], "
+                or not 0 < timeout <= MAX_SECONDS):
+            raise ConfigError(f"{field}.timeout_s", f"must be a number in (0, {MAX_SECONDS:g}], "
                               f"got {timeout!r}")
         return CommandActuator(template, float(timeout))
     statefulset = _str(data, "statefulset", field)
@@ -381,7 +379,7 @@ def discovery_from_config(data: Any, field: str = "discovery") -> KubeDiscovery:
         raise ConfigError(f"{field}.port", f"must be in 1..65535, got {port!r}")
     interval = data.get("interval_s", 10.0)
     if (isinstance(interval, bool) or not isinstance(interval, int | float)
-            or not 0 < interval <= _MAX_S):
-        raise ConfigError(f"{field}.interval_s", f"must be a number in (0, {_MAX_S:g}], "
+            or not 0 < interval <= MAX_SECONDS):
+        raise ConfigError(f"{field}.interval_s", f"must be a number in (0, {MAX_SECONDS:g}], "
                           f"got {interval!r}")
     return KubeDiscovery(_kube_api(data, field), selector, port, float(interval))

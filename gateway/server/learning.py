@@ -63,7 +63,7 @@ class Learner:
         """``worker``'s own capacity scale, once it has enough windows (else None)."""
         if self.known:
             return self.known.get(worker)
-        return self.online.speeds().get(worker)
+        return self.online.speed(worker)
 
     async def scrape(self) -> None:
         """One scrape of every healthy worker's gauges."""

@@ -20,7 +20,8 @@ aiohttp serves each connection with a ``RequestHandler``; the gateway's adds:
 
 Examples
 --------
->>> guard = ConnectionGuard(ListenerLimits(max_connections=2, max_connections_per_address=1))
+>>> guard = ConnectionGuard(ListenerLimits(header_timeout_s=10.0, max_connections=2,
+...                                       max_connections_per_address=1))
 >>> guard.admit("10.0.0.1"), guard.admit("10.0.0.1"), guard.admit("10.0.0.2")
 (True, False, True)
 >>> guard.admit("10.0.0.3"), guard.open, guard.refused
@@ -52,11 +53,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerLimits:
-    """What clients may hold (``GatewayConfig``'s ``client_*`` fields)."""
+    """What clients may hold (``GatewayConfig``'s ``client_*`` fields, and their defaults)."""
 
-    header_timeout_s: float = 10.0
-    max_connections: int = 8192
-    max_connections_per_address: int = 1024  # 0: no limit per address
+    header_timeout_s: float
+    max_connections: int
+    max_connections_per_address: int  # 0: no limit per address
 
 
 class ConnectionGuard:

@@ -15,7 +15,7 @@ directory fsynced), so a crash leaves the old state or the new one, never half o
 Examples
 --------
 >>> import tempfile
->>> from planner.features import AdapterDemand, adapter_name_error, demand_error
+>>> from planner.features import AdapterDemand
 >>> from gateway.server.config import AdapterEntry
 >>> sql = AdapterEntry(AdapterDemand(name="sql", rank=8, rate=2.0), "/ad/sql")
 >>> state = GatewayState(placement={"w0": {"sql": 1.0}, "w1": {}}, adapters=(sql,))
