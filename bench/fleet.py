@@ -162,6 +162,8 @@ def row(policy: str, gpus: int | None, out: dict[str, Any], setup: Setup,
             "workers_started": out["workers"], "gpus_time_avg": out["gpus_time_avg"],
             "gpus_max": out["gpus_max"],
             "replans": out["replans"], "migrations": out["migrations"],
+            "starvation_replans": sum(r["trigger"] == "starvation"
+                                      for r in out.get("replan_log", [])),
             "cpu_share": out["cpu_share"], "loop_lag_p99_ms": out["loop_lag_p99_ms"],
             "client_late_p99_s": out["client_late_p99_s"], "errors": out["errors"],
             "ttft_p99_s_by_window": out["ttft_p99_s_by_window"],

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.emulator.service import EmulatedWorker
     from gateway.server.auth import ApiKey, KeyRing
     from gateway.server.config import GatewayConfig
+    from gateway.server.guard import StarvationGuard
     from gateway.server.metrics import GatewayMetrics
     from gateway.server.migrate import Releases
     from gateway.server.observer import Observer
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from gateway.server.upstream import UpstreamPool
 
 __all__ = ["ADMIN_TOKEN", "API_KEY", "CLIENT_SESSION", "EMULATED_WORKER", "FLEET",
-           "GATEWAY_CONFIG", "GATEWAY_METRICS", "KEYRING", "METRICS_TOKEN", "OBSERVER",
+           "GATEWAY_CONFIG", "GATEWAY_METRICS", "GUARD", "KEYRING", "METRICS_TOKEN", "OBSERVER",
            "RELEASES", "REPLANNER", "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER",
            "UPSTREAM_POOL", "UPSTREAM_WORKER"]
 
@@ -36,6 +37,7 @@ UPSTREAM_POOL: web.AppKey[UpstreamPool] = web.AppKey("gateway_upstream_pool")  #
 FLEET: web.AppKey[Fleet] = web.AppKey("gateway_fleet")
 GATEWAY_METRICS: web.AppKey[GatewayMetrics] = web.AppKey("gateway_metrics")
 OBSERVER: web.AppKey[Observer] = web.AppKey("gateway_observer")
+GUARD: web.AppKey[StarvationGuard] = web.AppKey("gateway_starvation_guard")
 REPLANNER: web.AppKey[Replanner] = web.AppKey("gateway_replanner")
 RELEASES: web.AppKey[Releases] = web.AppKey("gateway_releases")
 REQUEST_ID = web.RequestKey("gateway_request_id", str)

@@ -13,11 +13,12 @@ per window and worker with what it can see (``WorkerWindow``); each window
    an ITL ratio of ``k`` at any load, and serves ``1/k`` of the capacity the profile implies.
 
 ``capacity_scale()`` is ``1 / ratio``: the median ratio over recent windows (robust to a
-window with a load stall), moved towards 1 by ``confidence`` standard errors of the windows'
-spread (the scale goes only as far as the evidence), 1.0 until ``min_windows`` windows
-qualify, clamped. ``speeds()`` is the same per worker, for the workers with enough windows of
-their own (workers of one model differ: GPU generations, throttling, noisy neighbours); the
-online re-plan judges each running worker at its own speed and new ones at the fleet's.
+window with a load stall), moved towards 1 by ``confidence`` standard errors of that median
+(from the windows' median absolute deviation: the scale goes only as far as the evidence),
+1.0 until ``min_windows`` windows qualify, clamped. ``speeds()`` is the same per worker, for
+the workers with enough windows of their own (workers of one model differ: GPU generations,
+throttling, noisy neighbours); the online re-plan judges each running worker at its own
+speed and new ones at the fleet's.
 
 A window with requests queued on the worker (``waiting``) is where a plan is too tight, so it
 is learned from too: the inter-token latency is still the step time, at the batch the engine
@@ -33,7 +34,13 @@ The placer takes the scale as ``Predictor(capacity_scale=...)`` /
 jitter, sharing one event loop with the gateway and the client) single windows read from 0.7
 to 1.4 and the plain median swung the scale between 0.84 and 1.11 from one re-plan to the
 next, adding and removing a GPU; in the twin, windows of a steady worker agree within 5%,
-and the correction is then a percent or two.
+and the correction is then a percent or two. The bench's windows are heavy-tailed (one in
+ten reads 2-4x, a stall on the shared loop): two standard errors from their standard
+deviation kept the scale at 1.0 for workers 1.2x slower and at 1.0-1.17 for workers 1.25x
+faster; one standard error of the median from their MAD over 16 windows halves the mean
+error of the speeds on the recorded windows of every setting (``bench/results/
+fleet_learning.json``: mean |log error| 0.154 -> 0.108 at 1.2, 0.129 -> 0.069 at 0.8,
+0.119 -> 0.080 for speeds spread over 0.8-1.3, 0.047 -> 0.042 at 1.05).
 
 The expected step time of a window (``expected_step_s``), for a batch of ``B`` running requests
 (the mean of vLLM's ``vllm:num_requests_running`` over the window):
@@ -131,6 +138,21 @@ class WorkerWindow:
 
 
 SATURATED_BATCH = 0.9  # a queued worker whose batch is this near its limit serves capacity
+RATIO_CLAMP = 4.0  # a window's ratio counts as at most this far from 1 (a stall, not a speed)
+
+
+def _median_error(logs: Sequence[float], centre: float) -> float:
+    """Standard error of the median of ``logs``, from their median absolute deviation (the
+    windows' spread is heavy-tailed: one stalled window among ten doubles their standard
+    deviation, not their MAD): ``1.2533 * 1.4826 * MAD / sqrt(n)``.
+
+    >>> round(_median_error([0.0, 0.1, -0.1, 0.05, 2.0], 0.05), 4)
+    0.0415
+    """
+    if len(logs) < 2:
+        return 0.0
+    mad = statistics.median(abs(v - centre) for v in logs)
+    return 1.2533 * 1.4826 * mad / math.sqrt(len(logs))
 
 
 def _admitted(window: WorkerWindow) -> WorkerWindow | None:
@@ -232,8 +254,8 @@ class OnlineLatency:
         the requests in flight are about Poisson with mean ``running`` (an M/G/inf count),
         so the change between two instants a window apart has variance ``2 * running``.
     confidence
-        Standard errors (of the mean log ratio over the windows the median runs over) the
-        ratio is moved towards 1 by; 0: the plain median.
+        Standard errors (of the median log ratio over the windows it runs over, from their
+        median absolute deviation) the ratio is moved towards 1 by; 0: the plain median.
     bounds
         The scale is clamped into ``[lo, hi]``.
 
@@ -247,9 +269,9 @@ class OnlineLatency:
     """
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, profile: CalibrationProfile, *,
-                 latency: LatencyModel | None = None, recent: int = 10, min_windows: int = 3,
+                 latency: LatencyModel | None = None, recent: int = 16, min_windows: int = 3,
                  min_tokens: int = 200, min_running: float = 1.0, max_waiting: float = 0.5,
-                 steady_sigmas: float = 3.0, confidence: float = 2.0,
+                 steady_sigmas: float = 3.0, confidence: float = 1.0,
                  bounds: tuple[float, float] = (0.5, 1.5)) -> None:
         if recent < 1 or min_windows < 1:
             raise ValueError("recent and min_windows: must be >= 1")
@@ -350,9 +372,9 @@ class OnlineLatency:
             values = list(self._ratios.get(worker, ()))
         if len(values) < self.min_windows:
             return 1.0
-        logs = [math.log(v) for v in values]
+        logs = [math.log(min(max(v, 1 / RATIO_CLAMP), RATIO_CLAMP)) for v in values]
         centre = statistics.median(logs)
-        error = statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else 0.0
+        error = _median_error(logs, centre)
         return math.exp(math.copysign(max(abs(centre) - self.confidence * error, 0.0), centre))
 
     def capacity_scale(self, worker: str | None = None) -> float:

@@ -24,6 +24,7 @@ from gateway.keys import (
     FLEET,
     GATEWAY_CONFIG,
     GATEWAY_METRICS,
+    GUARD,
     KEYRING,
     METRICS_TOKEN,
     OBSERVER,
@@ -35,6 +36,7 @@ from gateway.server.auth import KeyRing, auth_middleware, upstream_auth, worker_
 from gateway.server.config import GatewayConfig
 from gateway.server.discovery import discovery
 from gateway.server.errors import error_middleware
+from gateway.server.guard import GuardConfig, StarvationGuard
 from gateway.server.lifecycle import bootstrap, client_session, health_checks
 from gateway.server.listener import ConnectionGuard, GuardedSite, ListenerLimits
 from gateway.server.metrics import GatewayMetrics
@@ -83,6 +85,7 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     metrics.bind(fleet, adapters=len(cfg.adapters))
     app[GATEWAY_METRICS] = metrics
     app[OBSERVER] = Observer(cfg.observe_window_s)
+    app[GUARD] = StarvationGuard(GuardConfig(ttft_bound_s=cfg.ttft_bound_s / cfg.time_scale))
     app.cleanup_ctx.append(client_session)
     app.cleanup_ctx.append(upstream_auth(worker_key(cfg)))
     app.cleanup_ctx.append(keep_state)  # before bootstrap: it saves the installed plan

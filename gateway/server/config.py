@@ -40,6 +40,8 @@ it on one line and exits with status 2). The file::
     observe_window_s: 60              # rates and lengths the re-plan uses
     move_budget: 8                    # adapters one periodic re-plan may move
     surge_replan: true                # re-plan at once when an adapter's load jumps
+    starvation_guard: true            # re-plan at once when a worker starves requests
+    ttft_bound_s: 10                  # the TTFT the guard holds workers to (workers' time)
     retire_margin: 0.85               # hysteresis: slack needed before a worker is emptied
     validate_replans: true            # check each re-plan in the cluster twin
     headroom: 0.9                     # plan GPUs for load / headroom (lower: more latency slack)
@@ -109,6 +111,7 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "max_outstanding_per_worker": (0, 1_000_000, False),
     "prefix_affinity_chars": (0, 1 << 20, False), "move_budget": (0, 100_000, False),
     "headroom": (0, 1, True), "retire_margin": (0, 1, True),
+    "ttft_bound_s": (0, MAX_SECONDS, True),
     "max_body_bytes": (1024, 1 << 30, False),
     "client_header_timeout_s": (0, 3600, True), "client_body_timeout_s": (0, 3600, True),
     "client_max_connections": (0, 1_000_000, True),
@@ -170,6 +173,10 @@ class GatewayConfig:
     # With periodic re-planning on: re-plan as soon as an adapter's recent traffic is well
     # above the rate it was planned for (gateway/server/observer.py, ``Observer.surging``).
     surge_replan: bool = True
+    # With periodic re-planning on: re-plan as soon as a worker starves requests, its speed
+    # lowered (gateway/server/guard.py); ``ttft_bound_s`` in the workers' time.
+    starvation_guard: bool = True
+    ttft_bound_s: float = 10.0
     retire_margin: float = 0.85  # slack a worker's load must leave for another to retire
     validate_replans: bool = True  # check each re-plan in the cluster twin
     headroom: float = 0.9  # plan each GPU for its offered load / headroom (latency slack)
@@ -252,7 +259,7 @@ _INTS = frozenset({"port", "max_model_len", "max_body_bytes", "retry_after_s",
                    "max_connections", "move_budget", "max_outstanding_per_worker",
                    "prefix_affinity_chars", "client_max_connections",
                    "client_max_connections_per_address"})
-_BOOLS = frozenset({"validate_replans", "surge_replan"})
+_BOOLS = frozenset({"validate_replans", "surge_replan", "starvation_guard"})
 
 
 def _scalar(key: str, value: Any) -> Any:

@@ -112,10 +112,6 @@ class Learner:
         self.pending += windows
         metrics = self.app[GATEWAY_METRICS]
         metrics.surrogate_error.set(abs(self.online.ratio() - 1.0))
-        prior = self.capacity_scale
-        for w in fleet.workers:
-            own = self.speed(w.endpoint.name)
-            metrics.worker_speed.labels(w.endpoint.name).set(prior if own is None else own)
         return windows
 
     def take(self) -> tuple[WorkerWindow, ...]:

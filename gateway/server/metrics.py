@@ -42,6 +42,7 @@ class ReplanTrigger(enum.StrEnum):
     ON_DEMAND = "on_demand"  # a request for a registered adapter that no worker holds
     DISCOVERY = "discovery"  # discovery found a worker: place adapters on it
     SURGE = "surge"  # an adapter's recent traffic is well above the rate it was planned for
+    STARVATION = "starvation"  # a worker starves requests (gateway/server/guard.py)
 
 
 def _up(fleet: Fleet, index: int) -> float:
@@ -93,9 +94,14 @@ class GatewayMetrics:
                                       "by direction and outcome.", ["direction", "outcome"],
                                       registry=r)
         self.worker_speed = Gauge("gateway_worker_speed",
-                                  "Share of the profile's capacity the worker delivers, learned "
-                                  "from its own windows (1.0: the profile; the fleet's figure "
-                                  "until it has enough).", ["worker"], registry=r)
+                                  "Share of the profile's capacity the plan assumes the worker "
+                                  "delivers: learned from its own windows (the fleet's figure "
+                                  "until it has enough), lowered while the starvation guard "
+                                  "holds a penalty on it (1.0: the profile).", ["worker"],
+                                  registry=r)
+        self.starvation_findings = Counter(
+            "gateway_starvation_findings", "Starvation evidence the guard acted on, by kind "
+            "(lockout, ttft, queue: gateway/server/guard.py).", ["evidence"], registry=r)
         self.surrogate_error = Gauge("gateway_surrogate_error",
                                      "Relative error of the surrogate's latency predictions "
                                      "against observed latency over the last window.",
@@ -122,6 +128,8 @@ class GatewayMetrics:
             self.migrations.labels(outcome.value)
         for trigger in ReplanTrigger:
             self.replans.labels(trigger.value)
+        for evidence in ("lockout", "ttft", "queue"):  # gateway/server/guard.py
+            self.starvation_findings.labels(evidence)
         for direction in ("up", "down"):  # gateway/server/scaling.py
             for result in ("ok", "failed", "skipped"):
                 self.scale_requests.labels(direction, result)

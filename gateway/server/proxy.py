@@ -32,6 +32,7 @@ from gateway.keys import (
     FLEET,
     GATEWAY_CONFIG,
     GATEWAY_METRICS,
+    GUARD,
     OBSERVER,
     REPLANNER,
     UPSTREAM_POOL,
@@ -73,6 +74,7 @@ class _Call:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft: float | None = None
+    guard_key: int = -1  # its key in the starvation guard, once sent to a worker
 
 
 def _prefix(body: dict[str, Any], chars: int) -> bytes | None:
@@ -235,7 +237,10 @@ async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
     fleet = call.request.app[FLEET]
     call.worker = fleet.workers[index].endpoint.name
     call.request[UPSTREAM_WORKER] = call.worker  # for the access log
-    call.request.app[OBSERVER].dispatched(call.label, call.worker, now=time.monotonic())
+    now = time.monotonic()
+    call.request.app[OBSERVER].dispatched(call.label, call.worker, now=now)
+    guard = call.request.app[GUARD]
+    call.guard_key = guard.sent(call.worker, call.label, streamed=call.stream, now=now)
     finished = False
     try:
         if call.stream and upstream.status == 200:
@@ -246,6 +251,7 @@ async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
         return result
     finally:
         fleet.done(index, call.adapter)
+        guard.ended(call.guard_key, now=time.monotonic(), ttft_s=call.ttft)
         if finished:
             upstream.release()  # keep the connection alive for the next request
         else:
@@ -365,6 +371,7 @@ async def _relay_stream(call: _Call,
         if first:
             call.ttft = time.perf_counter() - call.started
             metrics.first_token(call.label, call.ttft)
+            call.request.app[GUARD].first_token(call.guard_key, now=time.monotonic())
             first = False
         try:
             await out.write(ready)

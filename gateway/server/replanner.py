@@ -25,8 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, OBSERVER
-from gateway.server import planning_process
+from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, GUARD, OBSERVER
+from gateway.server import planning_process, triggers
 from gateway.server.errors import ApiError
 from gateway.server.learning import SCRAPE_INTERVAL_S, Learner
 from gateway.server.lifecycle import background
@@ -55,7 +55,6 @@ DOWN_CHECK_S = 1.0
 FORCED = frozenset({ReplanTrigger.WORKER_DOWN, ReplanTrigger.DRAIN, ReplanTrigger.ON_DEMAND})
 RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 16.0
-_LOST = (WorkerStatus.DOWN, WorkerStatus.GONE)  # their adapters are re-planned elsewhere
 
 
 class Replanner:
@@ -104,7 +103,7 @@ class Replanner:
             name=w.endpoint.name, engine=w.engine or default,
             adapters=holding[w.endpoint.name],
             up=w.status is WorkerStatus.UP and i not in self.draining,
-            speed=self.learner.speed(w.endpoint.name))
+            speed=self.speed(w.endpoint.name))
             for i, w in enumerate(fleet.workers))
         return ReplanJob(demands=tuple(demands), workers=workers, gpu=cfg.gpu, model=cfg.model,
                          profile=cfg.profile, max_model_len=cfg.max_model_len,
@@ -116,6 +115,15 @@ class Replanner:
                          fresh=fresh, validate=cfg.validate_replans,
                          capacity_scale=self.learner.capacity_scale, headroom=cfg.headroom,
                          windows=self.learner.take())
+
+    def speed(self, worker: str) -> float | None:
+        """The speed the plan assumes for ``worker``: learned (None: the fleet's), times the
+        starvation guard's penalty on it."""
+        own = self.learner.speed(worker)
+        factor = self.app[GUARD].factor(worker, now=time.monotonic())
+        if factor >= 1.0:
+            return own
+        return (self.learner.capacity_scale if own is None else own) * factor
 
     # -- planning off the loop ---------------------------------------------------------------
 
@@ -299,22 +307,30 @@ class Replanner:
                 if self.planned is None:  # the first plan was made for the registered rates
                     self.planned = self._wall_rates(self.registered())
                 await self._scale_for_first_plan()
-            self._export_rates()
+            triggers.export_rates(self.app)
             if loop.time() >= next_scrape:
                 next_scrape = loop.time() + SCRAPE_INTERVAL_S
                 await self.learner.scrape()
             if loop.time() >= next_window:
                 next_window = loop.time() + cfg.observe_window_s / 2
                 self.learner.window()
+            for w in fleet.workers:  # the speed each worker is planned at
+                speed = self.speed(w.endpoint.name)
+                self.app[GATEWAY_METRICS].worker_speed.labels(w.endpoint.name).set(
+                    self.learner.capacity_scale if speed is None else speed)
             try:
-                if self._down_holders():
+                if triggers.down_holders(self.app, self._handled_down):
                     await self.replan(ReplanTrigger.WORKER_DOWN)
                 elif self.owed is not None and loop.time() >= self._retry_at:
                     await self.replan(self.owed)
+                elif next_at is not None and cfg.starvation_guard and triggers.starving(
+                        self.app, self.learner.gauges):
+                    await self.replan(ReplanTrigger.STARVATION)
                 elif next_at is not None and loop.time() >= next_at and fleet.adapters:
                     await self.replan(ReplanTrigger.PERIODIC)
                     next_at = loop.time() + cfg.replan_interval_s
-                elif next_at is not None and loop.time() >= next_surge and self._surging():
+                elif next_at is not None and loop.time() >= next_surge and triggers.surging(
+                        self.app, self.planned):
                     # The surge's evidence is the recent part of the window: wait that long
                     # before another surge re-plan, so each one rests on fresh arrivals.
                     next_surge = loop.time() + self.app[OBSERVER].recent_s(time.monotonic())
@@ -328,38 +344,6 @@ class Replanner:
         """Requests per wall second of ``demands`` (theirs are in the workers' time)."""
         scale = self.app[GATEWAY_CONFIG].time_scale
         return {d.name: d.rate * scale for d in demands}
-
-    def _surging(self) -> bool:
-        """An adapter's recent traffic is well above its planned rate (``Observer.surging``),
-        with ``surge_replan`` on."""
-        if not self.app[GATEWAY_CONFIG].surge_replan or self.planned is None:
-            return False
-        names = self.app[OBSERVER].surging(self.planned, now=time.monotonic())
-        if names:
-            logger.info("load above the plan for %s: re-planning now", ", ".join(names[:5]))
-        return bool(names)
-
-    def _export_rates(self) -> None:
-        cfg, metrics = self.app[GATEWAY_CONFIG], self.app[GATEWAY_METRICS]
-        rates = self.app[OBSERVER].rates(now=time.monotonic())
-        for name in self.app[FLEET].adapters:
-            metrics.adapter_rate.labels(name).set(rates.get(name, 0.0) / cfg.time_scale)
-
-    def _down_holders(self) -> bool:
-        """A worker went down while the plan routes adapters to it (once per outage)."""
-        fleet = self.app[FLEET]
-        if not fleet.synced or fleet.plan is None:
-            return False
-        fresh = False
-        for w, wp in zip(fleet.workers, fleet.plan.workers, strict=True):
-            name = w.endpoint.name
-            if w.status in _LOST and wp.shares:
-                fresh |= name not in self._handled_down
-                self._handled_down.add(name)
-            elif w.status not in _LOST:
-                self._handled_down.discard(name)
-        return fresh
-
 
 async def _persist(app: web.Application) -> None:
     """Write the state file, when the gateway keeps one."""

@@ -77,6 +77,11 @@ class WorkerGauges:
         values = [getattr(s, field) for s in self._samples.get(worker, ()) if s.at >= since]
         return sum(values) / len(values) if values else None
 
+    def series(self, field: str, since: float) -> dict[str, list[tuple[float, float]]]:
+        """Every worker's ``(time, field)`` scrapes since ``since``, oldest first."""
+        return {w: [(s.at, getattr(s, field)) for s in q if s.at >= since]
+                for w, q in self._samples.items()}
+
     def itl(self, worker: str, since: float) -> tuple[float, int] | None:
         """The engine's mean inter-token latency since ``since`` and the intervals behind it,
         from the histogram's sum and count (None: fewer than two scrapes, or a restart)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 
 import pytest
 
@@ -140,21 +141,29 @@ def _at_ratios(online: OnlineLatency, ratios: list[float]) -> None:
 
 
 def test_the_scale_moves_only_as_far_as_the_windows_agree(specs) -> None:
-    """Windows that scatter from 0.7 to 1.4 (the fleet bench's) around a median of 0.87 do
-    not move the scale; windows that agree move it all the way; in between, part way."""
+    """Windows that scatter from 0.7 to 1.4 (the fleet bench's) around a median of 0.87 move
+    the ratio less than half way to it; windows that agree move it all the way; stalls (one
+    window in five at 2-4x, on the bench's shared loop) do not stop it."""
     scattered = [0.7, 1.4, 0.8, 1.25, 0.75, 1.3, 0.85, 0.82, 0.9, 1.1]
     plain = OnlineLatency(*specs, confidence=0.0)
     _at_ratios(plain, scattered)
     assert plain.ratio() == pytest.approx(math.sqrt(0.85 * 0.9))  # the (geometric) median
     online = OnlineLatency(*specs)
     _at_ratios(online, scattered)
-    assert online.ratio() == 1.0 and online.capacity_scale() == 1.0
+    assert 0.94 < online.ratio() < 1.0
     agreeing = OnlineLatency(*specs)
     _at_ratios(agreeing, [1.19, 1.21, 1.2, 1.18, 1.22, 1.2])
     assert agreeing.ratio() == pytest.approx(1.2, rel=0.015)
     between = OnlineLatency(*specs)
     _at_ratios(between, [0.7, 0.75, 0.8, 0.85, 0.9, 0.78, 0.82, 0.8])
     assert 0.8 < between.ratio() < 0.9
+    stalled = [1.2, 1.25, 1.15, 3.0, 1.2, 1.18, 1.22, 2.5, 1.19, 1.21]
+    with_stalls = OnlineLatency(*specs)
+    _at_ratios(with_stalls, stalled)
+    assert with_stalls.ratio() == pytest.approx(1.2, rel=0.03)
+    logs = [math.log(v) for v in stalled]  # the old rule, two standard errors from the SD,
+    # moved the ratio back to about 1.0:
+    assert statistics.median(logs) - 2 * statistics.stdev(logs) / math.sqrt(10) < 0.02
 
 
 def test_estimated_distinct_adapters_agree_with_observed(specs) -> None:

@@ -75,11 +75,12 @@ async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, work
                         shares: Sequence[dict[str, float]] | None = None,
                         time_scale: float = 200.0, roomy: bool = False,
                         slowdown: float = 1.0, planned_gpus: int | None = None,
-                        **overrides: Any) -> AsyncIterator[Stack]:
+                        max_loras: int | None = None, **overrides: Any) -> AsyncIterator[Stack]:
     """``workers`` emulated workers (round-robin placement unless ``shares`` is given) and the
     gateway in front, served by aiohttp's test server (handler cancellation on). ``roomy``
     starts every worker with room for all the adapters (as an operator sizes a fleet that
-    re-plans), instead of just the round-robin share."""
+    re-plans), instead of just the round-robin share; ``max_loras`` caps every worker's GPU
+    slots."""
     names = [f"w{i}" for i in range(workers)]
     plan = round_robin(adapters, names, max_model_len=MAX_MODEL_LEN)
     if shares is not None:
@@ -87,6 +88,10 @@ async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, work
     if roomy:
         engine = fallback_engine(adapters, "a100-80gb", MAX_MODEL_LEN)
         plan = replace(plan, engines=(engine,) * workers)
+    if max_loras is not None:  # fewer GPU slots than adapters: the skip rule's lockouts
+        plan = replace(plan, engines=tuple(replace(e, max_loras=max_loras,
+                                                   max_cpu_loras=max(e.cpu_loras, max_loras))
+                                           for e in plan.engines))
     if planned_gpus is not None:  # a plan that asked for more GPUs than run
         plan = replace(plan, planned_gpus=planned_gpus)
     fleet = await start_emulated([replace(c, slowdown=slowdown) for c in worker_configs(

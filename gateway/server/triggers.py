@@ -1,0 +1,78 @@
+"""The evidence that starts a re-plan before its period: a worker down that held adapters, an
+adapter's load well above its plan (a surge), a worker starving requests (the guard). The
+replanner's loop asks these once a second; each reads the app's state and says whether to
+re-plan now.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, GUARD, OBSERVER
+from gateway.server.registry import WorkerStatus
+from gateway.server.scrape import WorkerGauges
+
+__all__ = ["down_holders", "export_rates", "starving", "surging"]
+
+logger = logging.getLogger("gateway.server.replanner")
+
+_LOST = (WorkerStatus.DOWN, WorkerStatus.GONE)  # their adapters are re-planned elsewhere
+
+
+def surging(app: web.Application, planned: Mapping[str, float] | None) -> bool:
+    """An adapter's recent traffic is well above its ``planned`` rate (``Observer.surging``),
+    with ``surge_replan`` on."""
+    if not app[GATEWAY_CONFIG].surge_replan or planned is None:
+        return False
+    names = app[OBSERVER].surging(planned, now=time.monotonic())
+    if names:
+        logger.info("load above the plan for %s: re-planning now", ", ".join(names[:5]))
+    return bool(names)
+
+
+def starving(app: web.Application, gauges: WorkerGauges) -> bool:
+    """The guard found healthy workers starving requests (``guard.StarvationGuard``, the
+    queues from ``gauges``): their speeds are lowered for the re-plan that follows."""
+    guard, now = app[GUARD], time.monotonic()
+    if not guard.due(now=now):
+        return False
+    up = {w.endpoint.name for w in app[FLEET].workers if w.up}
+    queues = gauges.series("waiting", since=now - guard.config.window_s)
+    findings = [f for f in guard.check(now=now, queues=queues) if f.worker in up]
+    if not findings:
+        return False
+    guard.fired(findings, now=now)
+    for f in findings:
+        app[GATEWAY_METRICS].starvation_findings.labels(f.evidence.value).inc()
+        logger.warning("starvation on %s (%s): re-planning with its speed at %.2f of the "
+                       "learned", f.worker, f.detail, guard.factor(f.worker, now=now))
+    return True
+
+
+def export_rates(app: web.Application) -> None:
+    """``gateway_adapter_rate``: each adapter's observed rate, in the workers' time."""
+    cfg, metrics = app[GATEWAY_CONFIG], app[GATEWAY_METRICS]
+    rates = app[OBSERVER].rates(now=time.monotonic())
+    for name in app[FLEET].adapters:
+        metrics.adapter_rate.labels(name).set(rates.get(name, 0.0) / cfg.time_scale)
+
+
+def down_holders(app: web.Application, handled: set[str]) -> bool:
+    """A worker went down while the plan routes adapters to it (once per outage: ``handled``
+    keeps the workers already re-planned for)."""
+    fleet = app[FLEET]
+    if not fleet.synced or fleet.plan is None:
+        return False
+    fresh = False
+    for w, wp in zip(fleet.workers, fleet.plan.workers, strict=True):
+        name = w.endpoint.name
+        if w.status in _LOST and wp.shares:
+            fresh |= name not in handled
+            handled.add(name)
+        elif w.status not in _LOST:
+            handled.discard(name)
+    return fresh
