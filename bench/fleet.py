@@ -170,7 +170,18 @@ def row(policy: str, gpus: int | None, out: dict[str, Any], setup: Setup,
             "gpus_every_5_wall_s": out["gpus_every_5_wall_s"],
             "replan_log": out.get("replan_log", []),
             "latency_windows": out.get("latency_windows", []),
-            "speeds_end": out.get("speeds_end", {}), **extra}
+            "speeds_end": out.get("speeds_end", {}),
+            "surrogate_error": _error_trend(out.get("surrogate_error_by_window", [])),
+            "surrogate_error_by_window": out.get("surrogate_error_by_window", []), **extra}
+
+
+def _error_trend(series: Sequence[dict[str, float]]) -> dict[str, float | None]:
+    """The prequential surrogate error (``gateway_surrogate_error``) over the first and the
+    last three windows of a run."""
+    errors = [p["error"] for p in series]
+    if len(errors) < 6:
+        return {"first": None, "last": None}
+    return {"first": round(sum(errors[:3]) / 3, 3), "last": round(sum(errors[-3:]) / 3, 3)}
 
 
 async def measure_all(args: argparse.Namespace, setup: Setup, predictor: Predictor,
@@ -188,7 +199,8 @@ async def measure_all(args: argparse.Namespace, setup: Setup, predictor: Predict
         runs["lorafleet"] = [out]
         rows.append(row("lorafleet", out["gpus_end"], out, setup,
                         initial_gpus=plan.gpus_active))
-        console.print(f"  GPUs {plan.gpus_active} at the start, {out['gpus_end']} at the end")
+        console.print(f"  GPUs {plan.gpus_active} at the start, {out['gpus_end']} at the end; "
+                      f"surrogate error {rows[-1]['surrogate_error']} (first, last 3 windows)")
     if "oracle" in args.policies:
         console.print(f"oracle: lorafleet told the workers' speeds, pool of {args.pool} ...")
         plan = from_planner(adapters, [f"w{i}" for i in range(args.pool)],
@@ -331,6 +343,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--replan-every", type=float, default=10.0, help="wall s")
     p.add_argument("--observe-window", type=float, default=15.0, help="wall s")
     p.add_argument("--ttft-bound", type=float, default=10.0, help="simulated s")
+    p.add_argument("--no-starvation-guard", action="store_true",
+                   help="lorafleet without its starvation guard (to measure what it costs)")
     p.add_argument("--steps", type=int, default=5, help="measured runs per search at most")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     p.add_argument("--seed", type=int, default=0)
@@ -352,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     setup = Setup(adapters=tuple(adapters), arrivals=tuple(arrivals), seconds=args.seconds,
                   time_scale=args.time_scale, slowdown=args.slowdown, jitter=args.jitter,
                   seed=args.seed, replan_every_s=args.replan_every,
-                  observe_window_s=args.observe_window, ttft_bound_s=args.ttft_bound)
+                  observe_window_s=args.observe_window, ttft_bound_s=args.ttft_bound,
+                  starvation_guard=not args.no_starvation_guard)
     predictor = Predictor(default_surrogate(), get_model("llama-3.1-8b"), get_gpu("a100-80gb"),
                           load_profile("roofline-default"), PlannerConfig())
     console.print(f"{len(arrivals)} requests over {args.seconds:g} simulated s "
@@ -379,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                   "profile": "roofline-default", "pool": args.pool,
                   "replan_every_wall_s": args.replan_every,
                   "observe_window_wall_s": args.observe_window,
+                  "starvation_guard": not args.no_starvation_guard,
                   "stream_fraction_non_rare": args.stream_fraction,
                   "starvation": f"an adapter answering < 90% of its requests by the end of "
                                 f"arrivals + {setup.grace_s:g} s, or rare-request TTFT p99 > "

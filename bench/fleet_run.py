@@ -49,6 +49,7 @@ class Setup:
     drain_s: float = 30.0  # wall seconds the last requests may take
     grace_s: float = 20.0  # simulated seconds past the arrivals an answer still counts
     ttft_bound_s: float = 10.0  # simulated seconds: the rare requests' p99 TTFT bound
+    starvation_guard: bool = True  # lorafleet's (gateway/server/guard.py)
     concurrency: int = 2000
 
 
@@ -113,10 +114,12 @@ async def run_gateway(setup: Setup, plan: InitialPlan, folder: Path, *,
     spec = FleetSpec(workers=len(plan.engines), slowdown=setup.slowdown, jitter=setup.jitter,
                      time_scale=setup.time_scale, seed=setup.seed,
                      replan_every_s=setup.replan_every_s if replan else 0.0,
-                     observe_window_s=setup.observe_window_s, known_speeds=known_speeds)
+                     observe_window_s=setup.observe_window_s, known_speeds=known_speeds,
+                     ttft_bound_s=setup.ttft_bound_s,
+                     starvation_guard=setup.starvation_guard)
     fleet: DemoFleet = await start_demo(setup.adapters, plan, spec, folder)
     try:
-        t0 = time.time()
+        t0, t_mono = time.time(), time.monotonic()
         out = await _measure(setup, fleet.url, lambda: fleet.gpus_active)
         replans = [r for r in fleet.replans if not r["dry_run"]]
         out["replan_log"] = [{
@@ -137,6 +140,9 @@ async def run_gateway(setup: Setup, plan: InitialPlan, folder: Path, *,
             else round(o.observed_itl_s / o.expected_itl_s, 3)}
             for o in fleet.app[REPLANNER].learner.observed]
         learner = fleet.app[REPLANNER].learner
+        out["surrogate_error_by_window"] = [
+            {"at_s": round((t - t_mono) * setup.time_scale, 1), "error": round(e, 3)}
+            for t, e in learner.errors]
         out["speeds_end"] = {f"w{i}": round(learner.speed(f"w{i}") or learner.capacity_scale, 3)
                              for i in range(len(plan.engines))}
         moved = [r.get("migration", {}) for r in replans]

@@ -35,12 +35,11 @@ jitter, sharing one event loop with the gateway and the client) single windows r
 to 1.4 and the plain median swung the scale between 0.84 and 1.11 from one re-plan to the
 next, adding and removing a GPU; in the twin, windows of a steady worker agree within 5%,
 and the correction is then a percent or two. The bench's windows are heavy-tailed (one in
-ten reads 2-4x, a stall on the shared loop): two standard errors from their standard
-deviation kept the scale at 1.0 for workers 1.2x slower and at 1.0-1.17 for workers 1.25x
-faster; one standard error of the median from their MAD over 16 windows halves the mean
-error of the speeds on the recorded windows of every setting (``bench/results/
-fleet_learning.json``: mean |log error| 0.154 -> 0.108 at 1.2, 0.129 -> 0.069 at 0.8,
-0.119 -> 0.080 for speeds spread over 0.8-1.3, 0.047 -> 0.042 at 1.05).
+ten reads 2-4x, a stall on the shared loop): two standard errors from their SD kept the
+scale at 1.0 for workers 1.2x slower; one standard error of the median from their MAD over
+16 windows cuts the mean |log error| of the speeds replayed on the windows recorded in
+``bench/results/fleet_learning.json`` (0.154 -> 0.108 at 1.2, 0.129 -> 0.069 at 0.8,
+0.119 -> 0.080 for speeds over 0.8-1.3, 0.047 -> 0.042 at 1.05).
 
 The expected step time of a window (``expected_step_s``), for a batch of ``B`` running requests
 (the mean of vLLM's ``vllm:num_requests_running`` over the window):
@@ -113,15 +112,16 @@ class WorkerWindow:
         Mean distinct adapters among the requests in flight on the worker, if the observer
         tracks it; ``None``: estimated from the rates.
     waiting
-        Mean of ``vllm:num_requests_waiting`` over the window's scrapes. With a queue the
-        requests that finished (whose rates and lengths the window has) are not the load the
-        batch was built from, and the comparison is off by the transient: on the fleet bench,
-        windows of queueing workers gave ratios of 1.2-1.8 for workers 1.05x slower.
+        Mean of ``vllm:num_requests_waiting`` over the window's scrapes (with a queue, the
+        window is compared at the rates the engine admitted: see the module doc).
     dispatched, completed
         Requests sent to the worker and finished by it within the window (``None``: not
         counted). Their difference is the change in its in-flight count: about zero in a
         steady state, large while it fills up or drains after a migration, when the batch of
         the window's start is not the batch of its end.
+    speed
+        The worker's own learned speed when the window was taken (None: none yet); the
+        surrogate learns the window at it (``planner.online_surrogate``).
     """
 
     worker: str
@@ -135,6 +135,7 @@ class WorkerWindow:
     waiting: float = 0.0
     dispatched: int | None = None
     completed: int | None = None
+    speed: float | None = None
 
 
 SATURATED_BATCH = 0.9  # a queued worker whose batch is this near its limit serves capacity

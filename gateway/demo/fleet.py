@@ -50,6 +50,8 @@ class FleetSpec:
     replan_every_s: float = 15.0  # wall seconds between periodic re-plans (0: never)
     observe_window_s: float = 20.0  # wall seconds of traffic a re-plan looks at
     headroom: float = 0.9  # GPUs planned for load / headroom
+    ttft_bound_s: float = 10.0  # the starvation guard's bound (the workers' seconds)
+    starvation_guard: bool = True
     # The bench's oracle: the gateway is told each worker's true speed (1 / its slowdown)
     # instead of learning it.
     known_speeds: bool = False
@@ -134,7 +136,8 @@ async def start_demo(adapters: Sequence[AdapterDemand], plan: InitialPlan, spec:
         adapters=scaffold_entries(adapters, folder, base_model=spec.model), gpu=spec.gpu,
         model=spec.model, profile=spec.profile, port=0, replan_interval_s=spec.replan_every_s,
         observe_window_s=spec.observe_window_s, time_scale=spec.time_scale,
-        headroom=spec.headroom)
+        headroom=spec.headroom, ttft_bound_s=spec.ttft_bound_s,
+        starvation_guard=spec.starvation_guard)
     configs = [replace(c, slowdown=spec.slowdown_of(i), jitter=spec.jitter)
                for i, c in enumerate(worker_configs(
                    plan, served_model_name=cfg.base_model, model=spec.model, gpu=spec.gpu,

@@ -11,7 +11,11 @@ Three kinds of evidence, each read from what the gateway sees (``Evidence``):
 - **ttft**: the TTFT p99 of the streamed requests a worker finished over the last
   ``window_s`` passes ``ttft_bound_s`` (at least ``min_ttfts`` of them);
 - **queue**: the worker's ``vllm:num_requests_waiting`` stayed above zero and grew, by at
-  least ``queue_growth`` requests, over a whole ``window_s`` of scrapes.
+  least ``queue_growth`` requests, over a whole ``window_s`` of scrapes, to a queue that
+  takes ``lockout_s`` or more to clear at the rate the worker finished requests over that
+  window (at least one). A queue of a few requests on a busy worker is a second's wait, not
+  starvation: on the fleet bench, guard re-plans on growth alone cost a GPU at the default
+  settings.
 
 The replanner re-plans at once (trigger ``starvation``) with the worker's speed lowered by
 ``penalty`` (the placer then gives it less load). Hysteresis, like the surge re-plan's: only
@@ -123,6 +127,7 @@ class StarvationGuard:
         self._inflight: dict[int, _Request] = {}
         self._progress: dict[tuple[str, str], float] = {}  # (worker, adapter): last token
         self._ttfts: dict[str, deque[tuple[float, float]]] = defaultdict(deque)
+        self._ends: dict[str, deque[float]] = defaultdict(deque)  # worker: requests finished
         self._since: dict[str, float] = {}  # worker: its last finding (evidence counts after)
         self._factor: dict[str, float] = {}
         self._relaxed: dict[str, float] = {}
@@ -152,10 +157,15 @@ class StarvationGuard:
         if req is None:
             return
         self._progress[req.worker, req.adapter] = now
+        cut = now - self.config.window_s
+        ends = self._ends[req.worker]
+        ends.append(now)
+        while ends and ends[0] < cut:
+            ends.popleft()
         if ttft_s is not None:
             q = self._ttfts[req.worker]
             q.append((now, ttft_s))
-            while q and q[0][0] < now - self.config.window_s:
+            while q and q[0][0] < cut:
                 q.popleft()
 
     # -- evidence ------------------------------------------------------------------------
@@ -193,13 +203,20 @@ class StarvationGuard:
             if self._since.get(worker, -math.inf) > start:
                 continue  # a whole window after its last finding
             points = [(at, w) for at, w in samples if at >= start]
-            if (len(points) >= 3 and points[-1][0] - points[0][0] >= 0.6 * cfg.window_s
+            if not (len(points) >= 3 and points[-1][0] - points[0][0] >= 0.6 * cfg.window_s
                     and min(w for _, w in points) > 0
                     and points[-1][1] - points[0][1] >= cfg.queue_growth
                     and _slope(points) > 0):
+                continue
+            # nothing finished: a worker filling up (its first requests are still running at
+            # start-up: on the fleet bench 256 tokens take longer than the window) or hung
+            # (the health checks' case, and a streamed request there is a lockout)
+            finished = sum(1 for at in self._ends.get(worker, ()) if at >= start)
+            clear_s = points[-1][1] * cfg.window_s / finished if finished else 0.0
+            if clear_s >= lockout:
                 found[worker] = Finding(worker, Evidence.QUEUE, detail=(
                     f"queue grew {points[0][1]:g} -> {points[-1][1]:g} over "
-                    f"{points[-1][0] - points[0][0]:.0f} s"))
+                    f"{points[-1][0] - points[0][0]:.0f} s, {clear_s:.1f} s to clear"))
         return sorted(found.values(), key=lambda f: f.worker)
 
     def due(self, *, now: float) -> bool:
@@ -247,6 +264,7 @@ class StarvationGuard:
         for key in [k for k, r in self._inflight.items() if r.worker == worker]:
             del self._inflight[key]
         self._ttfts.pop(worker, None)
+        self._ends.pop(worker, None)
         self._factor.pop(worker, None)
         self._relaxed.pop(worker, None)
         self._since.pop(worker, None)

@@ -9,12 +9,20 @@ issue). The running batch and the engine's inter-token latency come from scrapin
 worker's ``/metrics`` (``scrape.WorkerGauges``; the gateway's own timings of streamed requests
 stand in when a worker's histogram has too few tokens); lengths and rates from the gateway's
 own accounting (``observer.Observer``).
+
+``gateway_surrogate_error`` is prequential, as River evaluates a model learning online: each
+window's inter-token latency is first predicted at the speed the plan assumed for its worker
+(the profile's step time over that speed), then learned from; the gauge is the median
+relative error over the window's workers. On a fleet that differs from the profile it starts
+at the difference and falls as the speeds are learned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import statistics
 import time
 from collections import deque
 from dataclasses import replace
@@ -46,6 +54,9 @@ class Learner:
                                     load_profile(cfg.profile))
         self.pending: list[WorkerWindow] = []  # for the planning process's LatencyModel
         self.observed: deque[WindowObservation] = deque(maxlen=1000)  # newest last
+        # (time, the window's relative error of the inter-token latency predicted at the
+        # speeds the plan assumed before it): ``gateway_surrogate_error``, prequential
+        self.errors: deque[tuple[float, float]] = deque(maxlen=1000)
         self.last_window = time.monotonic()
         # Speeds given instead of learned (the fleet bench's oracle: each emulated worker's
         # true 1 / slowdown), by worker name.
@@ -88,6 +99,7 @@ class Learner:
         since, self.last_window = self.last_window, now
         ranks = {n: a.demand.rank for n, a in fleet.adapters.items()}
         windows: list[WorkerWindow] = []
+        errors: list[float] = []
         if observer.span(now) < cfg.observe_window_s:
             return windows  # warming up: the first burst's prefills are not steady state
         for w in fleet.workers:
@@ -106,12 +118,19 @@ class Learner:
                                   itl_s=itl, ttft_p50_s=seen.ttft_p50_s, running=running,
                                   tokens=intervals,
                                   waiting=self.gauges.mean(name, "waiting", since) or 0.0,
-                                  dispatched=seen.dispatched, completed=seen.completed)
-            self.observed.append(self.online.observe(window))
+                                  dispatched=seen.dispatched, completed=seen.completed,
+                                  speed=self.speed(name))
+            assumed = window.speed or self.capacity_scale  # before this window
+            observation = self.online.observe(window)
+            self.observed.append(observation)
             windows.append(window)
+            if observation.ratio is not None:  # the prediction's error, then the learning
+                errors.append(abs(math.log(observation.ratio * assumed)))
         self.pending += windows
-        metrics = self.app[GATEWAY_METRICS]
-        metrics.surrogate_error.set(abs(self.online.ratio() - 1.0))
+        if errors:
+            error = math.expm1(statistics.median(errors))
+            self.errors.append((now, error))
+            self.app[GATEWAY_METRICS].surrogate_error.set(error)
         return windows
 
     def take(self) -> tuple[WorkerWindow, ...]:

@@ -103,8 +103,9 @@ class GatewayMetrics:
             "gateway_starvation_findings", "Starvation evidence the guard acted on, by kind "
             "(lockout, ttft, queue: gateway/server/guard.py).", ["evidence"], registry=r)
         self.surrogate_error = Gauge("gateway_surrogate_error",
-                                     "Relative error of the surrogate's latency predictions "
-                                     "against observed latency over the last window.",
+                                     "Relative error of the inter-token latency predicted at "
+                                     "the speeds the plan assumed against the observed, over "
+                                     "the last window (before learning from it).",
                                      registry=r)
 
     def bind(self, fleet: Fleet, adapters: int) -> None:

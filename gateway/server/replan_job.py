@@ -30,6 +30,7 @@ from planner.features import AdapterDemand
 from planner.migration import Migration, diff
 from planner.online import RunningWorker, Stability, replan
 from planner.online_latency import OnlineLatency, WorkerWindow
+from planner.online_surrogate import learn_live, live_row
 from planner.placer import Plan, PlannerConfig, Predictor, place
 from planner.surrogate import Surrogate
 from planner.validate import REPAIR_TIGHTEN, validate
@@ -58,6 +59,9 @@ class ReplanJob:
     capacity_scale: float = 1.0
     headroom: float = 0.9
     windows: tuple[WorkerWindow, ...] = ()  # observed since the last re-plan: training data
+    # the gateway whose windows these are: the planning process's surrogate learns one
+    # gateway's live windows (another's job reloads it: tests run several in a process)
+    gateway_id: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +76,7 @@ class ReplanResult:
     plan_seconds: float
     validate_seconds: float  # the twin's checks, and the repairs' plans between them
     repairs: int = 0  # plans made again because the twin rejected the one before
+    learned: int = 0  # live windows the throughput and starvation models learned
 
 
 @cache
@@ -79,6 +84,18 @@ def _surrogate() -> Surrogate:
     from gateway.plan_cli import default_surrogate  # trains once, then cached on disk
 
     return default_surrogate()
+
+
+_LEARNED_FOR: list[str] = []  # the gateway whose live windows the cached surrogate learned
+
+
+def _surrogate_for(gateway_id: str) -> Surrogate:
+    """The planning process's surrogate, as one gateway's live windows taught it: reloaded
+    when it learned another gateway's."""
+    if _LEARNED_FOR and _LEARNED_FOR[0] != gateway_id:
+        _surrogate.cache_clear()
+        _LEARNED_FOR.clear()
+    return _surrogate()
 
 
 def exit_with_parent(parent: int, every_s: float = PARENT_CHECK_S) -> None:
@@ -103,21 +120,29 @@ def warm() -> None:
 def _predictor(job: ReplanJob) -> Predictor:
     specs = (get_model(job.model), get_gpu(job.gpu), load_profile(job.profile))
     config = PlannerConfig(max_model_len=job.max_model_len, headroom=job.headroom)
-    return Predictor(_surrogate(), *specs, config, capacity_scale=job.capacity_scale)
+    return Predictor(_surrogate_for(job.gateway_id), *specs, config,
+                     capacity_scale=job.capacity_scale)
 
 
 def _new_name(i: int) -> str:
     return f"new-{i}"
 
 
-def _learn(job: ReplanJob, predictor: Predictor) -> None:
-    """Train the surrogate's latency model on the windows observed since the last re-plan."""
+def _learn(job: ReplanJob, predictor: Predictor) -> int:
+    """Train the surrogate on the windows observed since the last re-plan: the latency model
+    on every one, the throughput and starvation models on those of workers with a speed of
+    their own (``planner.online_surrogate``); returns how many the latter learned."""
     if not job.windows:
-        return
+        return 0
     online = OnlineLatency(predictor.model, predictor.gpu, predictor.profile,
                            latency=predictor.surrogate.latency)
     for window in job.windows:
         online.observe(window)
+    rows = [r for w in job.windows if (r := live_row(w, predictor.model, predictor.gpu,
+                                                    predictor.profile)) is not None]
+    if rows and job.gateway_id not in _LEARNED_FOR:
+        _LEARNED_FOR.append(job.gateway_id)
+    return learn_live(predictor.surrogate, rows)
 
 
 def _plan(job: ReplanJob, predictor: Predictor) -> Plan:
@@ -131,7 +156,7 @@ def run_job(job: ReplanJob) -> ReplanResult:
     """Learn, plan, check in the cluster twin (planning again with a stricter margin what it
     rejects), and diff against what the workers hold now."""
     predictor = _predictor(job)
-    _learn(job, predictor)
+    learned = _learn(job, predictor)
     names = [w.name for w in job.workers]
     current = {w.name: w.adapters for w in job.workers}
     ranks = {d.name: d.rank for d in job.demands}
@@ -163,4 +188,4 @@ def run_job(job: ReplanJob) -> ReplanResult:
                   "offered_tps": round(g.offered_tps, 1)} for g in used)
     return ReplanResult(migration=migration, planned_gpus=len(used), gpus=gpus,
                         validated=validated, starved=starved, plan_seconds=plan_s,
-                        validate_seconds=validate_s, repairs=repairs)
+                        validate_seconds=validate_s, repairs=repairs, learned=learned)

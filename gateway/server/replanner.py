@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures.process import BrokenProcessPool
@@ -66,6 +67,7 @@ class Replanner:
         self.history: deque[dict[str, Any]] = deque(maxlen=100)
         self.migrations = 0
         self.learner = Learner(app)
+        self.gateway_id = uuid.uuid4().hex  # its live windows train the planning process
         self.scaler = Scaler(app[GATEWAY_CONFIG].actuator, app[GATEWAY_METRICS])
         self.draining: set[int] = set()  # workers being drained: planned around
         self._handled_down: set[str] = set()
@@ -114,7 +116,7 @@ class Replanner:
                                                  time_scale=cfg.time_scale)),
                          fresh=fresh, validate=cfg.validate_replans,
                          capacity_scale=self.learner.capacity_scale, headroom=cfg.headroom,
-                         windows=self.learner.take())
+                         windows=self.learner.take(), gateway_id=self.gateway_id)
 
     def speed(self, worker: str) -> float | None:
         """The speed the plan assumes for ``worker``: learned (None: the fleet's), times the
@@ -189,7 +191,7 @@ class Replanner:
                 "trigger": trigger.value, "dry_run": dry_run, "fresh": fresh,
                 "planned_gpus": result.planned_gpus, "gpus": list(result.gpus),
                 "validated": result.validated, "starved": list(result.starved),
-                "repairs": result.repairs,
+                "repairs": result.repairs, "learned_windows": result.learned,
                 "plan_seconds": round(result.plan_seconds, 3),
                 "validate_seconds": round(result.validate_seconds, 3),
                 "diff": {"moved": list(m.moved), "retired": list(m.retired),

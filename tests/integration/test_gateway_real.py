@@ -9,7 +9,11 @@ The second server starts here, pinned to the other core than the session's serve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -44,6 +48,8 @@ from .server import (
 )
 
 pytestmark = pytest.mark.real_vllm
+
+ROOT = Path(__file__).resolve().parents[2]
 
 MOVED = ("tiny-b-r16", "tiny-d-r16")  # on the second server, until it is drained
 KEPT = ("tiny-a-r8", "tiny-c-r8")
@@ -96,57 +102,73 @@ async def test_gateway_serves_two_real_servers_and_moves_adapters_under_load(
                     await unload_adapter(session, real_vllm.base_url, name, timeout=30)
 
 
+@dataclass
+class _Traffic:
+    """Clients that send requests through the gateway until ``stop``, counting those served
+    and the errors of those that failed."""
+
+    url: str
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    served: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    async def loop(self, k: int, models: list[str],
+                   one: Callable[[AsyncOpenAI, str, int], Awaitable[None]]) -> None:
+        async with AsyncOpenAI(base_url=self.url, api_key="x", max_retries=0,
+                               timeout=120) as client:
+            i = k
+            while not self.stop.is_set():
+                model = models[i % len(models)]
+                i += 1
+                try:
+                    await one(client, model, i)
+                    self.served += 1
+                except (openai.APIError, AssertionError) as exc:
+                    self.failed.append(f"{model}: {exc!r}")
+
+
+async def _ready(app: web.Application) -> None:
+    for _ in range(600):
+        if app[FLEET].ready:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the gateway never became ready")
+
+
+async def _chat_or_completion(client: AsyncOpenAI, model: str, i: int) -> None:
+    if i % 2:
+        stream = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}],
+            max_tokens=8, stream=True, temperature=0)
+        chunks = [c async for c in stream]
+        assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+    else:
+        done = await client.completions.create(
+            model=model, prompt="hello", max_tokens=8, temperature=0)
+        assert done.usage is not None and done.usage.completion_tokens > 0
+
+
 async def _exercise(app: web.Application, server: TestServer,
                     session: aiohttp.ClientSession, real_vllm: RealVllm,
                     second_vllm: str) -> None:
     fleet = app[FLEET]
-    for _ in range(600):
-        if fleet.ready:
-            break
-        await asyncio.sleep(0.1)
-    assert fleet.ready
-    url = str(server.make_url("/v1"))
+    await _ready(app)
     assert set(MOVED) <= await list_adapters(session, second_vllm, timeout=10)
-
-    failed: list[str] = []
-    served = 0
-    stop = asyncio.Event()
-
-    async def load(k: int) -> None:
-        nonlocal served
-        models = [*KEPT, *MOVED, BASE_MODEL_NAME]
-        async with AsyncOpenAI(base_url=url, api_key="x", max_retries=0,
-                               timeout=120) as client:
-            i = k
-            while not stop.is_set():
-                model = models[i % len(models)]
-                i += 1
-                try:
-                    if i % 2:
-                        stream = await client.chat.completions.create(
-                            model=model, messages=[{"role": "user", "content": "hi"}],
-                            max_tokens=8, stream=True, temperature=0)
-                        chunks = [c async for c in stream]
-                        assert chunks[-1].choices[0].finish_reason in ("length", "stop")
-                    else:
-                        done = await client.completions.create(
-                            model=model, prompt="hello", max_tokens=8, temperature=0)
-                        assert done.usage is not None and done.usage.completion_tokens > 0
-                    served += 1
-                except (openai.APIError, AssertionError) as exc:
-                    failed.append(f"{model}: {exc!r}")
-
-    tasks = [asyncio.create_task(load(k)) for k in range(3)]
+    traffic = _Traffic(str(server.make_url("/v1")))
+    models = [*KEPT, *MOVED, BASE_MODEL_NAME]
+    tasks = [asyncio.create_task(traffic.loop(k, models, _chat_or_completion))
+             for k in range(3)]
     try:
-        while served < 10:
+        while traffic.served < 10:
             await asyncio.sleep(0.2)
         result = await app[REPLANNER].drain(1)  # re-plan: w1's adapters go to w0
-        before = served
-        while served < before + 10:
+        before = traffic.served
+        while traffic.served < before + 10:
             await asyncio.sleep(0.2)
     finally:
-        stop.set()
+        traffic.stop.set()
         await asyncio.gather(*tasks)
+    failed = traffic.failed
 
     _check(result, failed, fleet.holding())
     await settled(app)  # the source drains and unloads in the background
@@ -161,3 +183,64 @@ def _check(result: dict[str, Any], failed: list[str],
     assert set(result["diff"]["moved"]) == set(MOVED)
     assert not failed, failed[:5]
     assert holding == {"w0": frozenset((*KEPT, *MOVED)), "w1": frozenset()}
+
+
+def _too_fast_profile(folder: Path) -> Path:
+    """The shipped CPU profile with every step-time coefficient halved: a plan made with it
+    expects the servers to be twice as fast as they are (their true speed: 0.5)."""
+    data = json.loads((ROOT / "twin/profiles/cpu-tiny-llama.json").read_text())
+    linear = data["linear"]
+    for table in (linear, linear["lora"]):
+        for key, value in table.items():
+            if key.endswith("_s") and isinstance(value, float):
+                table[key] = value / 2
+    data["name"] = "cpu-tiny-llama-2x-fast"
+    path = folder / "cpu-tiny-llama-2x-fast.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+async def test_gateway_learns_each_real_servers_speed(
+        real_vllm: RealVllm, second_vllm: str, tmp_path: Path) -> None:
+    """Planned with a profile 2x too fast, the gateway learns under load a speed within 20%
+    of 0.5 for each real server from its own windows, re-plans with it, and fails nothing."""
+    cfg, plan = _config(real_vllm, [real_vllm.base_url, second_vllm])
+    cfg = dataclasses.replace(cfg, profile=str(_too_fast_profile(tmp_path)),
+                              replan_interval_s=20, observe_window_s=10, move_budget=0)
+    app = create_app(cfg, plan=plan)
+    async with TestServer(app) as server:
+        await _ready(app)
+        traffic = _Traffic(str(server.make_url("/v1")))
+
+        async def streamed(client: AsyncOpenAI, model: str, i: int) -> None:
+            stream = await client.completions.create(
+                model=model, prompt="hello " * 8, max_tokens=48, stream=True, temperature=0)
+            async for _ in stream:
+                pass
+
+        replanner = app[REPLANNER]
+        tasks = [asyncio.create_task(traffic.loop(k, [*KEPT, *MOVED], streamed))
+                 for k in range(8)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 240
+        try:
+            while loop.time() < deadline and not any(
+                    len(b["speeds"]) == 2 and b["trigger"] == "periodic"
+                    for b in replanner.history):
+                await asyncio.sleep(0.5)
+        finally:
+            traffic.stop.set()
+            await asyncio.gather(*tasks)
+    failed = traffic.failed
+    learner = replanner.learner
+    # unclamped (the speed the plan uses is clamped to OnlineLatency.bounds, 0.5 at least)
+    raw = {w: round(1 / learner.online.ratio(w), 3) for w in ("w0", "w1")}
+    windows = {w: learner.online.windows(w) for w in ("w0", "w1")}
+    print(f"learned speeds {raw} from {windows} windows")  # for the issue's note
+    assert not failed, failed[:5]
+    replanned = [b for b in replanner.history if len(b["speeds"]) == 2]
+    assert replanned, list(learner.observed)
+    for w, speed in replanned[0]["speeds"].items():
+        assert speed == pytest.approx(0.5, rel=0.2), (w, speed, list(learner.observed))
+    for w, speed in raw.items():
+        assert speed == pytest.approx(0.5, rel=0.2), (w, speed, list(learner.observed))

@@ -69,9 +69,23 @@ def _series(values: list[float], start: float = 0.0, step: float = 2.0) -> list[
 ])
 def test_a_queue_that_grows_over_a_whole_window(values: list[float], found: bool) -> None:
     guard = StarvationGuard(CFG)
+    guard.ended(guard.sent("w0", "a", streamed=False, now=0.0), now=5.0)  # one finished
     queues = {"w0": _series(values)}
     now = 2.0 * (len(values) - 1)
     assert _kinds(guard, now, queues) == ([("w0", Evidence.QUEUE, None)] if found else [])
+
+
+@pytest.mark.parametrize(("finished", "found"), [(0, False), (1, True), (11, True),
+                                                  (13, False)])
+def test_a_growing_queue_counts_when_it_takes_lockout_s_to_clear(finished: int,
+                                                                  found: bool) -> None:
+    """6 waiting, 5 s to clear at most: 12 requests finished in the 10 s window or fewer (at
+    least one: a worker that finished none is filling up, or hung)."""
+    guard = StarvationGuard(CFG)
+    for _ in range(finished):
+        guard.ended(guard.sent("w0", "a", streamed=False, now=0.0), now=5.0)
+    queues = {"w0": _series([1, 2, 3, 4, 5, 6])}
+    assert bool(_kinds(guard, 10.0, queues)) is found
 
 
 def test_too_short_a_span_of_scrapes_is_no_window() -> None:
@@ -98,7 +112,9 @@ def test_after_a_finding_only_newer_evidence_counts() -> None:
 def test_penalty_compounds_to_the_floor_and_relaxes_one_step_per_period() -> None:
     guard = StarvationGuard(CFG)
     assert guard.factor("w0", now=0.0) == 1.0
+    guard.ended(guard.sent("w0", "a", streamed=False, now=0.0), now=1.0)
     finding = guard.check(now=6.0, queues={"w0": _series([1, 2, 3, 4, 5, 6], start=-4.0)})
+    assert finding
     guard.fired(finding, now=6.0)
     assert guard.factor("w0", now=6.0) == pytest.approx(0.8)
     for t in (12.0, 18.0, 24.0, 30.0):
