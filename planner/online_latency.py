@@ -139,7 +139,6 @@ class WorkerWindow:
 
 
 SATURATED_BATCH = 0.9  # a queued worker whose batch is this near its limit serves capacity
-RATIO_CLAMP = 4.0  # a window's ratio counts as at most this far from 1 (a stall, not a speed)
 
 
 def _median_error(logs: Sequence[float], centre: float) -> float:
@@ -373,7 +372,7 @@ class OnlineLatency:
             values = list(self._ratios.get(worker, ()))
         if len(values) < self.min_windows:
             return 1.0
-        logs = [math.log(min(max(v, 1 / RATIO_CLAMP), RATIO_CLAMP)) for v in values]
+        logs = [math.log(v) for v in values]  # the median and MAD: a stall's size is moot
         centre = statistics.median(logs)
         error = _median_error(logs, centre)
         return math.exp(math.copysign(max(abs(centre) - self.confidence * error, 0.0), centre))

@@ -85,9 +85,10 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     metrics.bind(fleet, adapters=len(cfg.adapters))
     app[GATEWAY_METRICS] = metrics
     app[OBSERVER] = Observer(cfg.observe_window_s)
-    # a penalty holds while the learner sees about four windows of the worker at its new load
+    # a penalty holds while the learner sees at least four windows of the worker at its new
+    # load (120 s: on the fleet bench at 1.2x, penalties lifted after 60 s starved an adapter)
     app[GUARD] = StarvationGuard(GuardConfig(ttft_bound_s=cfg.ttft_bound_s / cfg.time_scale,
-                                             relax_s=max(60.0, 2 * cfg.observe_window_s)))
+                                             relax_s=max(120.0, 2 * cfg.observe_window_s)))
     app.cleanup_ctx.append(client_session)
     app.cleanup_ctx.append(upstream_auth(worker_key(cfg)))
     app.cleanup_ctx.append(keep_state)  # before bootstrap: it saves the installed plan
