@@ -11,7 +11,12 @@ trained them:
   ``Predictor(capacity_scale=...)`` divides a slower worker's rates), so that a slow worker
   teaches the models once, through its speed, not twice;
 - served tokens/s: the offered ones, or with a queue the share it admitted
-  (``completed / dispatched``) of them;
+  (``completed / dispatched``) of them, only when its batch is at its limit
+  (``online_latency.SATURATED_BATCH`` of ``max_num_seqs`` or of what the KV cache holds): a
+  queue behind a batch below it is a transient (a hot adapter just moved in: requests
+  dispatched in a window are still running at its end) or a queue for LoRA slots, and on the
+  fleet bench such windows, read as capacity, taught the models a capacity too low (8 GPUs
+  at the end, 6.3 on average, at the default setting);
 - starved: served below ``surrogate.SATURATED`` of the offered tokens.
 
 ``ThroughputModel`` learns the served share; ``StarvationModel`` the capacity (what a
@@ -33,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from planner.features import worker_features
-from planner.online_latency import WorkerWindow
+from planner.online_latency import SATURATED_BATCH, WorkerWindow
 from planner.surrogate import SATURATED, Surrogate
 from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
@@ -81,6 +86,11 @@ def live_row(window: WorkerWindow, model: ModelSpec, gpu: GpuSpec,
         x = worker_features(sent, window.engine, model, gpu, step, profile.memory)
     except InsufficientMemoryError:
         return None
+    if queued:  # at capacity only when its batch is at its limit (see the module doc)
+        limit = min(float(window.engine.max_num_seqs),
+                    x["kv_tokens"] / max(x["mean_input"] + x["mean_output"], 1.0))
+        if window.running < SATURATED_BATCH * limit:
+            return None
     offered = x["offered_tps"]
     share = min(1.0, window.completed / window.dispatched) if queued else 1.0  # type: ignore[operator]
     return LiveRow(x, offered * share, offered)
