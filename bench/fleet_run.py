@@ -183,3 +183,38 @@ async def run_prefer_loaded(setup: Setup, plan: InitialPlan, folder: Path) -> di
         if runner is not None:
             await runner.cleanup()
         await workers.stop()
+
+
+def row(policy: str, gpus: int | None, out: dict[str, Any], setup: Setup,
+        **extra: Any) -> dict[str, Any]:
+    served = out["throughput_rps"]
+    return {"policy": policy, "gpus": gpus, "failed": out["failed"],
+            "adapter_loads": out["engine_loads"], "ttft_p99_s_rare": out["ttft_p99_s_rare"],
+            "starved": out["starved"], "starved_adapters": len(out["starved_adapters"]),
+            "throughput_rps": served,
+            "throughput_per_gpu": round(served / gpus, 3) if gpus else None,
+            "ttft_p50_s_rare": out["ttft_p50_s_rare"], "ttft_p99_s": out["ttft_p99_s"],
+            "api_loads": out["api_loads"], "requests": out["requests"],
+            "workers_started": out["workers"], "gpus_time_avg": out["gpus_time_avg"],
+            "gpus_max": out["gpus_max"],
+            "replans": out["replans"], "migrations": out["migrations"],
+            "starvation_replans": sum(r["trigger"] == "starvation"
+                                      for r in out.get("replan_log", [])),
+            "cpu_share": out["cpu_share"], "loop_lag_p99_ms": out["loop_lag_p99_ms"],
+            "client_late_p99_s": out["client_late_p99_s"], "errors": out["errors"],
+            "ttft_p99_s_by_window": out["ttft_p99_s_by_window"],
+            "gpus_every_5_wall_s": out["gpus_every_5_wall_s"],
+            "replan_log": out.get("replan_log", []),
+            "latency_windows": out.get("latency_windows", []),
+            "speeds_end": out.get("speeds_end", {}),
+            "surrogate_error": _error_trend(out.get("surrogate_error_by_window", [])),
+            "surrogate_error_by_window": out.get("surrogate_error_by_window", []), **extra}
+
+
+def _error_trend(series: Sequence[dict[str, float]]) -> dict[str, float | None]:
+    """The prequential surrogate error (``gateway_surrogate_error``) over the first and the
+    last three windows of a run."""
+    errors = [p["error"] for p in series]
+    if len(errors) < 6:
+        return {"first": None, "last": None}
+    return {"first": round(sum(errors[:3]) / 3, 3), "last": round(sum(errors[-3:]) / 3, 3)}

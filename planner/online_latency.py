@@ -36,10 +36,8 @@ to 1.4 and the plain median swung the scale between 0.84 and 1.11 from one re-pl
 next, adding and removing a GPU; in the twin, windows of a steady worker agree within 5%,
 and the correction is then a percent or two. The bench's windows are heavy-tailed (one in
 ten reads 2-4x, a stall on the shared loop): two standard errors from their SD kept the
-scale at 1.0 for workers 1.2x slower; one standard error of the median from their MAD over
-16 windows cuts the mean |log error| of the speeds replayed on the windows recorded in
-``bench/results/fleet_learning.json`` (0.154 -> 0.108 at 1.2, 0.129 -> 0.069 at 0.8,
-0.119 -> 0.080 for speeds over 0.8-1.3, 0.047 -> 0.042 at 1.05).
+scale at 1.0 for workers 1.2x slower; one standard error of the median from their MAD, over
+16 windows, cut the speeds' mean |log error| by a third to a half in every setting.
 
 The expected step time of a window (``expected_step_s``), for a batch of ``B`` running requests
 (the mean of vLLM's ``vllm:num_requests_running`` over the window):
@@ -68,10 +66,11 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from planner.features import MAX_RATE, AdapterDemand, expected_distinct, worker_features
+from planner.features import AdapterDemand, expected_distinct, worker_features
 from planner.surrogate import LatencyModel
+from planner.windows import WorkerWindow, admitted_rates, at_batch_limit, steady
 from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
 from twin.specs import EngineConfig, GpuSpec, ModelSpec
@@ -86,61 +85,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerWindow:
-    """What the gateway saw of one worker over one window.
-
-    Parameters
-    ----------
-    worker
-        The worker's name (its ratios are kept apart from other workers').
-    engine
-        The worker's engine options (its start-up flags).
-    adapters
-        Per adapter (rank 0 for the base model): the observed request rate over the window,
-        and the mean and standard deviation of the prompt and completion lengths (``usage``).
-    itl_s
-        Mean inter-token latency over the window, seconds per token, weighted by tokens:
-        ``sum(e2e - ttft) / sum(completion_tokens - 1)`` over the requests that finished.
-    ttft_p50_s
-        Median time to first token of those requests (fed to the latency model only).
-    running
-        Mean of ``vllm:num_requests_running`` over the window's scrapes.
-    tokens
-        Inter-token intervals behind ``itl_s`` (windows with too few are not used).
-    distinct_adapters
-        Mean distinct adapters among the requests in flight on the worker, if the observer
-        tracks it; ``None``: estimated from the rates.
-    waiting
-        Mean of ``vllm:num_requests_waiting`` over the window's scrapes (with a queue, the
-        window is compared at the rates the engine admitted: see the module doc).
-    dispatched, completed
-        Requests sent to the worker and finished by it within the window (``None``: not
-        counted). Their difference is the change in its in-flight count: about zero in a
-        steady state, large while it fills up or drains after a migration, when the batch of
-        the window's start is not the batch of its end.
-    speed
-        The worker's own learned speed when the window was taken (None: none yet); the
-        surrogate learns the window at it (``planner.online_surrogate``).
-    """
-
-    worker: str
-    engine: EngineConfig
-    adapters: tuple[AdapterDemand, ...]
-    itl_s: float
-    ttft_p50_s: float
-    running: float
-    tokens: int
-    distinct_adapters: float | None = None
-    waiting: float = 0.0
-    dispatched: int | None = None
-    completed: int | None = None
-    speed: float | None = None
-
-
-SATURATED_BATCH = 0.9  # a queued worker whose batch is this near its limit serves capacity
-
-
 def _median_error(logs: Sequence[float], centre: float) -> float:
     """Standard error of the median of ``logs``, from their median absolute deviation (the
     windows' spread is heavy-tailed: one stalled window among ten doubles their standard
@@ -153,17 +97,6 @@ def _median_error(logs: Sequence[float], centre: float) -> float:
         return 0.0
     mad = statistics.median(abs(v - centre) for v in logs)
     return 1.2533 * 1.4826 * mad / math.sqrt(len(logs))
-
-
-def _admitted(window: WorkerWindow) -> WorkerWindow | None:
-    """A queued window at the rates the engine admitted: with requests waiting, what it took
-    into the batch per second is what it finished, not what the gateway sent (the rest
-    queued). None when the window did not count its requests."""
-    if not window.dispatched or window.completed is None or window.completed <= 0:
-        return None
-    share = window.completed / window.dispatched
-    return replace(window, adapters=tuple(replace(a, rate=min(MAX_RATE, a.rate * share))
-                                          for a in window.adapters))
 
 
 class SkipReason(enum.Enum):
@@ -307,11 +240,11 @@ class OnlineLatency:
                                      expected_itl_s=float("nan"), ratio=None,
                                      skipped=SkipReason.NO_LATENCY)
         queued = window.waiting > self.max_waiting
-        admitted = _admitted(window) if queued else window
+        admitted = admitted_rates(window) if queued else window
         skipped = (SkipReason.TOO_FEW_TOKENS if window.tokens < self.min_tokens
                    else SkipReason.IDLE if window.running < self.min_running
                    else SkipReason.QUEUED if admitted is None
-                   else SkipReason.UNSTEADY if not queued and not self.steady(window)
+                   else SkipReason.UNSTEADY if not queued and not steady(window, self.steady_sigmas)
                    else None)
         expected = expected_step_s(admitted or window, step, itl)
         if skipped is not None or admitted is None or expected <= 0:
@@ -336,20 +269,10 @@ class OnlineLatency:
                                 self.profile.memory)
         except InsufficientMemoryError:
             return None
-        limit = min(float(window.engine.max_num_seqs),
-                    x["kv_tokens"] / max(x["mean_input"] + x["mean_output"], 1.0))
         served = x["offered_tps"]
-        if window.running < SATURATED_BATCH * limit or served <= 0:
+        if not at_batch_limit(window, x) or served <= 0:
             return None
         return x["est_capacity_tps"] / served
-
-    def steady(self, window: WorkerWindow) -> bool:
-        """Whether the window's in-flight count stayed within ``steady_sigmas`` of its
-        steady-state change (always, when the window did not count its requests)."""
-        if window.dispatched is None or window.completed is None:
-            return True
-        moved = abs(window.dispatched - window.completed)
-        return moved <= self.steady_sigmas * math.sqrt(2 * max(window.running, 1.0))
 
     def _learn(self, window: WorkerWindow) -> None:
         if self.latency is None or not any(a.rate > 0 for a in window.adapters):

@@ -1,7 +1,7 @@
 """Live windows into the surrogate's River models: what a worker served, on top of the
 twin-trained prior.
 
-A window (``online_latency.WorkerWindow``) says what the gateway sent a worker and, when the
+A window (``windows.WorkerWindow``) says what the gateway sent a worker and, when the
 worker queued, what it admitted: the rate it finished, its capacity for that mix. Each one
 becomes a row (``live_row``) the models learn from with ``learn_one``, as the twin's rows
 trained them:
@@ -12,7 +12,7 @@ trained them:
   teaches the models once, through its speed, not twice;
 - served tokens/s: the offered ones, or with a queue the share it admitted
   (``completed / dispatched``) of them, only when its batch is at its limit
-  (``online_latency.SATURATED_BATCH`` of ``max_num_seqs`` or of what the KV cache holds): a
+  (``windows.SATURATED_BATCH`` of ``max_num_seqs`` or of what the KV cache holds): a
   queue behind a batch below it is a transient (a hot adapter just moved in: requests
   dispatched in a window are still running at its end) or a queue for LoRA slots, and on the
   fleet bench such windows, read as capacity, taught the models a capacity too low (8 GPUs
@@ -38,8 +38,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from planner.features import worker_features
-from planner.online_latency import SATURATED_BATCH, WorkerWindow
 from planner.surrogate import SATURATED, Surrogate
+from planner.windows import WorkerWindow, at_batch_limit, steady
 from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
 from twin.specs import GpuSpec, ModelSpec
@@ -73,24 +73,18 @@ def live_row(window: WorkerWindow, model: ModelSpec, gpu: GpuSpec,
     if not any(a.rate > 0 for a in window.adapters):
         return None
     queued = window.waiting > max_waiting
-    counted = window.dispatched is not None and window.completed is not None
-    if queued and not (counted and window.dispatched):
+    if queued and not (window.dispatched and window.completed is not None):
         return None
-    if not queued and counted:
-        moved = abs(window.dispatched - window.completed)  # type: ignore[operator]
-        if moved > steady_sigmas * math.sqrt(2 * max(window.running, 1.0)):
-            return None
+    if not queued and not steady(window, steady_sigmas):
+        return None
     sent = [replace(a, rate=a.rate / speed) for a in window.adapters]
     step = profile.step_model(model, gpu, window.engine)
     try:
         x = worker_features(sent, window.engine, model, gpu, step, profile.memory)
     except InsufficientMemoryError:
         return None
-    if queued:  # at capacity only when its batch is at its limit (see the module doc)
-        limit = min(float(window.engine.max_num_seqs),
-                    x["kv_tokens"] / max(x["mean_input"] + x["mean_output"], 1.0))
-        if window.running < SATURATED_BATCH * limit:
-            return None
+    if queued and not at_batch_limit(window, x):  # at capacity only there (the module doc)
+        return None
     offered = x["offered_tps"]
     share = min(1.0, window.completed / window.dispatched) if queued else 1.0  # type: ignore[operator]
     return LiveRow(x, offered * share, offered)

@@ -100,7 +100,7 @@ class _Request:
     worker: str
     adapter: str
     sent: float
-    streamed: bool
+    awaiting_first: bool  # streamed, and no first token yet: a lockout candidate
 
 
 def _p99(values: Sequence[float]) -> float:
@@ -148,7 +148,7 @@ class StarvationGuard:
         req = self._inflight.get(key)
         if req is not None:
             self._progress[req.worker, req.adapter] = now
-            req.streamed = False  # served: no longer a lockout candidate
+            req.awaiting_first = False
 
     def ended(self, key: int, *, now: float, ttft_s: float | None = None) -> None:
         """The request finished (or failed, or its client left); ``ttft_s``: its time to
@@ -178,7 +178,7 @@ class StarvationGuard:
         found: dict[str, Finding] = {}
         lockout = cfg.lockout
         for req in self._inflight.values():
-            if (not req.streamed or req.worker in found or now - req.sent < lockout
+            if (not req.awaiting_first or req.worker in found or now - req.sent < lockout
                     or req.sent < self._since.get(req.worker, -math.inf)
                     or self._progress.get((req.worker, req.adapter), -math.inf)
                     > now - lockout):
@@ -254,17 +254,3 @@ class StarvationGuard:
                 return 1.0
             self._factor[worker] = f
         return f
-
-    def factors(self, *, now: float) -> dict[str, float]:
-        """Every penalised worker's ``factor``."""
-        return {w: v for w in list(self._factor) if (v := self.factor(w, now=now)) < 1.0}
-
-    def forget(self, worker: str) -> None:
-        """A worker left the fleet: its requests and penalty go."""
-        for key in [k for k, r in self._inflight.items() if r.worker == worker]:
-            del self._inflight[key]
-        self._ttfts.pop(worker, None)
-        self._ends.pop(worker, None)
-        self._factor.pop(worker, None)
-        self._relaxed.pop(worker, None)
-        self._since.pop(worker, None)

@@ -86,15 +86,16 @@ def _surrogate() -> Surrogate:
     return default_surrogate()
 
 
-_LEARNED_FOR: list[str] = []  # the gateway whose live windows the cached surrogate learned
+_learned_for: str | None = None  # the gateway whose live windows the cached surrogate learned
 
 
 def _surrogate_for(gateway_id: str) -> Surrogate:
     """The planning process's surrogate, as one gateway's live windows taught it: reloaded
     when it learned another gateway's."""
-    if _LEARNED_FOR and _LEARNED_FOR[0] != gateway_id:
+    global _learned_for
+    if _learned_for is not None and _learned_for != gateway_id:
         _surrogate.cache_clear()
-        _LEARNED_FOR.clear()
+        _learned_for = None
     return _surrogate()
 
 
@@ -132,6 +133,7 @@ def _learn(job: ReplanJob, predictor: Predictor) -> int:
     """Train the surrogate on the windows observed since the last re-plan: the latency model
     on every one, the throughput and starvation models on those of workers with a speed of
     their own (``planner.online_surrogate``); returns how many the latter learned."""
+    global _learned_for
     if not job.windows:
         return 0
     online = OnlineLatency(predictor.model, predictor.gpu, predictor.profile,
@@ -140,8 +142,8 @@ def _learn(job: ReplanJob, predictor: Predictor) -> int:
         online.observe(window)
     rows = [r for w in job.windows if (r := live_row(w, predictor.model, predictor.gpu,
                                                     predictor.profile)) is not None]
-    if rows and job.gateway_id not in _LEARNED_FOR:
-        _LEARNED_FOR.append(job.gateway_id)
+    if rows:
+        _learned_for = job.gateway_id
     return learn_live(predictor.surrogate, rows)
 
 
