@@ -21,7 +21,7 @@ over the pool: ``0.8,1.0,1.3``), with ``--jitter`` noise, at
 - ``round_robin``: adapter i on worker i mod N (``planner.baselines.round_robin_plan``, the
   engine options the predictor picks for each group); N measured from the cluster-twin-
   confirmed count: up while runs starve, then bisection down towards the lower bound
-  (``planner.baselines.lower_bound``; fewer GPUs are taken to starve unmeasured), at most
+  (``planner.bound.lower_bound``; fewer GPUs are taken to starve unmeasured), at most
   ``--steps`` runs (a count whose lower neighbour was not measured is shown as ``<=N``);
 - ``prefer_loaded``: a fixed fleet of N workers (8 GPU LoRA slots, CPU room for every
   adapter, rank 32) behind the Kubernetes inference gateway's default routing
@@ -74,11 +74,11 @@ from gateway.plan_cli import default_surrogate
 from gateway.server.planning import InitialPlan, fallback_engine, from_planner
 from planner.baselines import (
     confirm,
-    lower_bound,
     one_per_adapter,
     round_robin,
     round_robin_plan,
 )
+from planner.bound import lower_bound
 from planner.features import AdapterDemand
 from planner.placer import Plan, PlannerConfig, Predictor
 from planner.validate import validate
@@ -155,7 +155,7 @@ async def measure_all(args: argparse.Namespace, setup: Setup, predictor: Predict
     rows: list[dict[str, Any]] = []
     runs: dict[str, list[dict[str, Any]]] = {}
     rr_found: int | None = None
-    floor = lower_bound(adapters, predictor)
+    floor = lower_bound(adapters, predictor).gpus
     if "lorafleet" in args.policies:
         console.print(f"lorafleet: planning over a pool of {args.pool} workers ...")
         plan = from_planner(adapters, [f"w{i}" for i in range(args.pool)],

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.plan_cli import default_surrogate
-from planner.baselines import lower_bound
+from planner.bound import lower_bound, lower_bound_simple
 from planner.features import AdapterDemand
 from planner.optimum import exact_min_gpus
 from planner.placer import PlannerConfig, Predictor, place
@@ -43,26 +43,42 @@ def adapters(n: int, total_rate: float, seed: int = 0) -> list[AdapterDemand]:
 
 
 def run(n: int, validate_plan: bool, baselines_twin: bool, pool: ProcessPoolExecutor,
-        rate_per_adapter: float | None = None) -> dict[str, object]:
+        rate_per_adapter: float | None = None, search_seconds: float = 1.0,
+        baselines: bool = True) -> dict[str, object]:
     model, gpu, profile = get_model("llama-3.1-8b"), get_gpu("a100-80gb"), \
         load_profile("roofline-default")
     surrogate = default_surrogate()
-    predictor = Predictor(surrogate, model, gpu, profile, PlannerConfig())
+    config = PlannerConfig(search_seconds=search_seconds)
+    predictor = Predictor(surrogate, model, gpu, profile, config)
     per = rate_per_adapter if rate_per_adapter is not None else (0.6 if n > 8 else 0.5)
     demand = adapters(n, total_rate=per * n)
     started = time.perf_counter()
-    plan = place(demand, model, gpu, profile, surrogate)
+    greedy = place(demand, model, gpu, profile, surrogate,
+                   PlannerConfig(search_seconds=0.0)).num_gpus
+    greedy_s = time.perf_counter() - started
+    started = time.perf_counter()
+    plan = place(demand, model, gpu, profile, surrogate, config)
     plan_s = time.perf_counter() - started
     row: dict[str, object] = {"adapters": n, "placer": plan.num_gpus, "plan_s": plan_s,
+                              "greedy": greedy, "greedy_s": greedy_s,
+                              "search_seconds": search_seconds,
                               "total_rate": sum(a.rate for a in demand)}
-    row["lower_bound"] = lower_bound(demand, predictor)
-    started = time.perf_counter()
-    counts, confirmed = baselines_in_twin(demand, predictor, 180.0,
-                                          twin=validate_plan and baselines_twin,
-                                          map_fn=pool.map)
-    row["baselines_s"] = time.perf_counter() - started
-    row.update(counts)
-    row["baselines_confirmed"] = confirmed
+    bound = lower_bound(demand, predictor)
+    row["lower_bound"] = bound.gpus
+    row["bound_proved"] = bound.optimal
+    row["bound_relaxed"] = round(bound.relaxed, 3)
+    row["bound_s"] = bound.seconds
+    row["placer_over_bound"] = round(plan.num_gpus / bound.gpus, 3)
+    if n <= 1000:
+        row["lower_bound_simple"] = lower_bound_simple(demand, predictor)
+    if baselines:
+        started = time.perf_counter()
+        counts, confirmed = baselines_in_twin(demand, predictor, 180.0,
+                                              twin=validate_plan and baselines_twin,
+                                              map_fn=pool.map)
+        row["baselines_s"] = time.perf_counter() - started
+        row.update(counts)
+        row["baselines_confirmed"] = confirmed
     row["exact"] = exact_min_gpus(demand, predictor) if n <= 12 else None
     if validate_plan:
         started = time.perf_counter()
@@ -96,17 +112,23 @@ def main() -> None:
     parser.add_argument("--out", default="placement.json", help="file under bench/results")
     parser.add_argument("--baselines-twin-max", type=int, default=1000,
                         help="confirm baselines in the twin up to this many adapters")
+    parser.add_argument("--search-seconds", type=float, default=1.0,
+                        help="the placer's improvement search budget (PlannerConfig)")
+    parser.add_argument("--baselines-max", type=int, default=1000,
+                        help="compute the baselines up to this many adapters")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes for the twin (default: one per core)")
     args = parser.parse_args()
     # Independent groups of GPUs are simulated in parallel, one process per core.
     with ProcessPoolExecutor(args.workers) as pool:
         rows = [run(n, not args.no_validate, n <= args.baselines_twin_max, pool,
-                    args.rate_per_adapter) for n in args.sizes]
+                    args.rate_per_adapter, args.search_seconds, n <= args.baselines_max)
+                for n in args.sizes]
     table = Table(title="placer vs baselines (A100-80GB, Llama-3.1-8B, Zipf rates)")
-    cols = ["adapters", "total_rate", "placer", "placer_after_repair", "exact", "lower_bound",
-            "one_per_adapter", "round_robin", "first_fit", "twin_ok_first", "twin_ok",
-            "plan_s", "validate_s", "baselines_s"]
+    cols = ["adapters", "total_rate", "greedy", "placer", "placer_after_repair", "exact",
+            "lower_bound", "placer_over_bound", "lower_bound_simple", "one_per_adapter",
+            "round_robin", "first_fit", "twin_ok_first", "twin_ok",
+            "plan_s", "bound_s", "validate_s", "baselines_s"]
     for c in cols:
         table.add_column(c.replace("_", " "), justify="right")
     for r in rows:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 import planner.surrogate as surrogate_module
-from planner.baselines import lower_bound
+from planner.bound import lower_bound, lower_bound_simple
 from planner.inputs import load_adapters
 from planner.latency_estimate import LatencyEstimate
 from planner.objective import (
@@ -62,6 +62,8 @@ def register(sub: Any) -> None:
     p.add_argument("--ttft-target", metavar="S", help="median time to first token, seconds")
     p.add_argument("--e2e-target", metavar="S", help="median end-to-end latency, seconds")
     p.add_argument("--gpus", metavar="N", help="with min-latency: spread over exactly N GPUs")
+    p.add_argument("--search-seconds", default="1", metavar="S",
+                   help="the improvement search's budget after the greedy fill (default 1)")
     p.add_argument("--no-validate", action="store_true", help="skip the cluster-twin check")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--duration", type=float, default=180.0, help="twin seconds to validate")
@@ -120,6 +122,16 @@ def _seconds(flag: str, value: str | None) -> float | None:
     return seconds
 
 
+def _search_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ConfigError("--search-seconds", f"must be a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
 def _objective(args: argparse.Namespace) -> MinLatency | None:
     """The objective the flags ask for (None: min-gpus); a ConfigError naming a bad flag."""
     try:
@@ -150,6 +162,7 @@ def _objective(args: argparse.Namespace) -> MinLatency | None:
 
 def _plan(args: argparse.Namespace) -> int:
     objective = _objective(args)
+    config = PlannerConfig(search_seconds=_search_seconds(args.search_seconds))
     model, gpu, profile = get_model(args.model), get_gpu(args.gpu), load_profile(args.profile)
     adapters = load_adapters(args.adapters)
     if args.surrogate:
@@ -159,17 +172,17 @@ def _plan(args: argparse.Namespace) -> int:
             raise ConfigError("--surrogate", str(exc)) from None
     else:
         surrogate = default_surrogate()
-    predictor = Predictor(surrogate, model, gpu, profile, PlannerConfig())
+    predictor = Predictor(surrogate, model, gpu, profile, config)
     started = time.perf_counter()
-    plan = place(adapters, model, gpu, profile, surrogate, objective=objective)
+    plan = place(adapters, model, gpu, profile, surrogate, config, objective=objective)
     plan_seconds = time.perf_counter() - started
     fewest = None if objective is None else place(adapters, model, gpu, profile,
-                                                  surrogate).num_gpus
+                                                  surrogate, config).num_gpus
     v: Validation | None = None
     validate_seconds = 0.0
     baselines: dict[str, int] = {}
     confirmed: dict[str, bool] = {}
-    bound = None
+    bound = simple = None
     # Groups of GPUs that share no adapter are simulated in parallel, one process per core.
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
         if not args.no_validate:
@@ -186,12 +199,14 @@ def _plan(args: argparse.Namespace) -> int:
             baselines, confirmed = baselines_in_twin(adapters, predictor, args.duration,
                                                      twin=not args.no_validate,
                                                      map_fn=pool.map)
-            bound = lower_bound(adapters, predictor)
+            bound = lower_bound(adapters, predictor).gpus
+            simple = lower_bound_simple(adapters, predictor)
     rows = _plan_rows(plan, plan_latency(plan, predictor), v)
     out: dict[str, Any] = {
            "gpus": plan.num_gpus, "placement": rows,
            "baselines": baselines, "baselines_confirmed": confirmed,
-           "lower_bound": bound, "validated": None if v is None else v.ok,
+           "lower_bound": bound, "lower_bound_simple": simple,
+           "validated": None if v is None else v.ok,
            "measured_tps": [] if v is None else v.measured_tps,
            "plan_seconds": plan_seconds, "validate_seconds": validate_seconds}
     out.update(_latency_summary(objective, rows, v, fewest))
@@ -290,6 +305,7 @@ def _print(out: dict[str, Any]) -> None:
                       + "): " + ", ".join(
                           f"{k} {v}" + ("" if confirmed.get(k, True) else " (not accepted)")
                           for k, v in out["baselines"].items())
-                      + f"; lower bound {out['lower_bound']}")
+                      + f"; lower bound {out['lower_bound']} (simple "
+                      f"{out['lower_bound_simple']})")
     console.print(f"planned in {out['plan_seconds']:.2f} s, validated in "
                   f"{out['validate_seconds']:.2f} s")

@@ -8,8 +8,8 @@ comparison isolates the packing, and the twin then confirms (or refutes) every c
 - ``round_robin``: adapter i on GPU i mod N for the smallest N the check accepts.
 - ``first_fit``: memory only: fill each GPU to the largest ``max_loras`` that fits in memory,
   ignoring load (what a slot-counting operator does).
-- ``lower_bound``: ``ceil(sum_i rate_i / cap_i)``, ``cap_i`` the rate one GPU serves of
-  adapter i alone at its best settings.
+
+The lower bounds are in ``planner.bound``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from twin.memory import plan_memory
 __all__ = [
     "confirm",
     "first_fit",
-    "lower_bound",
     "one_per_adapter",
     "round_robin",
     "round_robin_plan",
@@ -147,11 +146,3 @@ def confirm(build: Callable[[int], Plan], start: int, accepts: Callable[[Plan], 
         else:
             lo = mid
     return build(hi), True
-
-
-def lower_bound(adapters: Sequence[AdapterDemand], predictor: Predictor) -> int:
-    total = 0.0
-    for a in adapters:
-        cap = predictor.alone_capacity(a)
-        total += a.rate / cap if cap > 0 else 1.0
-    return max(1, math.ceil(total - 1e-9))

@@ -102,9 +102,20 @@ def test_plan_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], surro
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["gpus"] == len(out["placement"]) >= 1
     assert {"one_per_adapter", "round_robin", "first_fit"} <= set(out["baselines"])
-    assert out["validated"] in (True, False) and out["lower_bound"] >= 1
+    assert out["validated"] in (True, False)
+    assert 1 <= out["lower_bound"] <= out["gpus"] and out["lower_bound_simple"] >= 1
     names = sorted(n for row in out["placement"] for n in row["adapters"])
     assert names == sorted(f"a{i}" for i in range(6))
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_plan_cli_bad_search_seconds(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     value: str) -> None:
+    adapters = tmp_path / "a.yaml"
+    adapters.write_text("adapters: [{name: a, rank: 8, rate: 1}]\n")
+    assert main(["plan", str(adapters), "--search-seconds", value]) == 2
+    err = capsys.readouterr().err
+    assert "--search-seconds" in err and "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_plan_cli_unknown_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,9 +171,9 @@ def test_validation_by_groups_equals_one_cluster_run(surrogate, specs) -> None:
 def test_the_prefix_fills_nearly_empty_last_gpu_is_emptied_into_the_others(
         surrogate, specs) -> None:
     # Ranks 32, 16 and 8 are filled group by group, so each group's last GPU may hold a
-    # sliver; consolidation moves it where the surrogate says it still fits.
+    # sliver; the improvement search moves it where the surrogate says it still fits.
     from gateway.demo.workload import demo_adapters
-    from planner.placer import _consolidate, _fill, _zigzag, merged, replicate
+    from planner.placer import _fill, _zigzag, merged, replicate
 
     model, gpu, profile = specs
     adapters = demo_adapters(10, total_rate=20.0, seed=1)  # a mix where consolidation pays
@@ -174,7 +185,7 @@ def test_the_prefix_fills_nearly_empty_last_gpu_is_emptied_into_the_others(
         name=n, rank=next(a.rank for a in adapters if a.name == n), rate=r,
         input_tokens=1024, output_tokens=256) for n, r in g.rates.items()])).feasible
         for g in plan.gpus)
-    # without consolidation the same fill needs a GPU more
+    # without the search the same fill needs a GPU more
     items = replicate(adapters, predictor)
     queue = [a for rank in (32, 16, 8) for a in _zigzag([a for a in items if a.rank == rank])]
     prefix = 0
@@ -182,4 +193,3 @@ def test_the_prefix_fills_nearly_empty_last_gpu_is_emptied_into_the_others(
         take, _ = _fill(queue, predictor)
         queue, prefix = queue[take:], prefix + 1
     assert plan.num_gpus < prefix
-    assert _consolidate([], {}, predictor) == []
