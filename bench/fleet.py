@@ -70,18 +70,20 @@ from rich.table import Table
 from bench.fleet_load import schedule
 from bench.fleet_run import Setup, row, run_gateway, run_prefer_loaded
 from gateway.demo.workload import Arrivals, demo_adapters
-from gateway.plan_cli import default_surrogate
+from gateway.pretrained import default_surrogate
 from gateway.server.planning import InitialPlan, fallback_engine, from_planner
-from planner.baselines import (
+from planner import (
+    AdapterDemand,
+    Plan,
+    PlannerConfig,
+    Predictor,
     confirm,
+    lower_bound,
     one_per_adapter,
     round_robin,
     round_robin_plan,
+    validate,
 )
-from planner.bound import lower_bound
-from planner.features import AdapterDemand
-from planner.placer import Plan, PlannerConfig, Predictor
-from planner.validate import validate
 from twin.catalog import get_gpu, get_model
 from twin.profile import load_profile
 from twin.routing import Placement, WorkerPlacement
@@ -93,17 +95,7 @@ Runner = Callable[[int], Awaitable[dict[str, Any]]]
 
 def initial_plan(plan: Plan) -> InitialPlan:
     """A planner plan as the gateway's initial placement, GPU ``i`` on worker ``w{i}``."""
-    fractions = plan.shares()
-    workers, engines = [], []
-    for g in plan.gpus:
-        workers.append(WorkerPlacement(name=f"w{g.index}", shares={
-            n: fractions[n][g.index] for n in g.rates}))
-        engine = g.engine
-        if engine.cpu_loras < len(g.rates):
-            engine = replace(engine, max_cpu_loras=len(g.rates))
-        engines.append(engine)
-    return InitialPlan(placement=Placement(tuple(workers)), engines=tuple(engines),
-                       planned_gpus=plan.num_gpus)
+    return plan.assign([f"w{g.index}" for g in plan.gpus])
 
 
 def peak_rates(adapters: Sequence[AdapterDemand], seconds: float,

@@ -41,7 +41,7 @@ import openai
 
 from gateway.demo.load import send
 from gateway.demo.workload import Arrivals
-from planner.features import AdapterDemand
+from planner import AdapterDemand
 
 RARE_SHARE = 0.2  # the rare adapters: this share of them, with the lowest rates
 

@@ -28,7 +28,7 @@ from gateway.emulator.app import serve as serve_worker
 from gateway.keys import EMULATED_WORKER, REPLANNER
 from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
 from gateway.server.planning import InitialPlan
-from planner.features import AdapterDemand
+from planner import AdapterDemand
 
 SAMPLE_S = 0.5  # wall seconds between samples of the GPUs in use and of the loop's lag
 

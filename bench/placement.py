@@ -21,13 +21,18 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from gateway.plan_cli import default_surrogate
-from planner.bound import lower_bound, lower_bound_simple
-from planner.features import AdapterDemand
-from planner.optimum import exact_min_gpus
-from planner.placer import PlannerConfig, Predictor, place
-from planner.validate import baselines_in_twin, repair, validate
-from twin import get_gpu, get_model, load_profile
+from gateway.pretrained import default_surrogate
+from planner import (
+    AdapterDemand,
+    PlannerConfig,
+    Target,
+    baselines_in_twin,
+    exact_min_gpus,
+    lower_bound,
+    lower_bound_simple,
+    place_with,
+    plan_checked,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,19 +50,17 @@ def adapters(n: int, total_rate: float, seed: int = 0) -> list[AdapterDemand]:
 def run(n: int, validate_plan: bool, baselines_twin: bool, pool: ProcessPoolExecutor,
         rate_per_adapter: float | None = None, search_seconds: float = 1.0,
         baselines: bool = True) -> dict[str, object]:
-    model, gpu, profile = get_model("llama-3.1-8b"), get_gpu("a100-80gb"), \
-        load_profile("roofline-default")
+    target = Target.resolve()  # Llama-3.1-8B on A100-80GB, the roofline profile
     surrogate = default_surrogate()
-    config = PlannerConfig(search_seconds=search_seconds)
-    predictor = Predictor(surrogate, model, gpu, profile, config)
+    predictor = target.predictor(surrogate, PlannerConfig(search_seconds=search_seconds))
     per = rate_per_adapter if rate_per_adapter is not None else (0.6 if n > 8 else 0.5)
     demand = adapters(n, total_rate=per * n)
     started = time.perf_counter()
-    greedy = place(demand, model, gpu, profile, surrogate,
-                   PlannerConfig(search_seconds=0.0)).num_gpus
+    greedy = place_with(demand, target.predictor(
+        surrogate, PlannerConfig(search_seconds=0.0))).num_gpus
     greedy_s = time.perf_counter() - started
     started = time.perf_counter()
-    plan = place(demand, model, gpu, profile, surrogate, config)
+    plan = place_with(demand, predictor)
     plan_s = time.perf_counter() - started
     row: dict[str, object] = {"adapters": n, "placer": plan.num_gpus, "plan_s": plan_s,
                               "greedy": greedy, "greedy_s": greedy_s,
@@ -81,13 +84,14 @@ def run(n: int, validate_plan: bool, baselines_twin: bool, pool: ProcessPoolExec
         row["baselines_confirmed"] = confirmed
     row["exact"] = exact_min_gpus(demand, predictor) if n <= 12 else None
     if validate_plan:
-        started = time.perf_counter()
-        v = validate(plan, predictor, duration_s=180, map_fn=pool.map)
-        row["twin_ok_first"] = v.ok
-        repaired, v = repair(plan, predictor, v, duration_s=180, map_fn=pool.map)
-        row["validate_s"] = time.perf_counter() - started
+        checked = plan_checked(demand, predictor, make=lambda _: plan, duration_s=180,
+                               map_fn=pool.map)
+        assert checked.validation is not None
+        v = checked.validation
+        row["twin_ok_first"] = checked.repairs == 0
+        row["validate_s"] = checked.validate_seconds
         row["twin_ok"] = v.ok
-        row["placer_after_repair"] = repaired.num_gpus
+        row["placer_after_repair"] = checked.plan.num_gpus
         pred, meas = np.array(v.predicted_tps), np.array(v.measured_tps)
         row["predicted_vs_measured_tps_mape"] = float(np.mean(np.abs(pred - meas)
                                                               / np.maximum(meas, 1)))

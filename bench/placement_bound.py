@@ -18,11 +18,16 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from gateway.plan_cli import default_surrogate
-from planner.bound import lower_bound, lower_bound_simple
-from planner.features import AdapterDemand
-from planner.optimum import exact_min_gpus
-from planner.placer import PlannerConfig, Predictor, place
+from gateway.pretrained import default_surrogate
+from planner import (
+    AdapterDemand,
+    PlannerConfig,
+    Predictor,
+    exact_min_gpus,
+    lower_bound,
+    lower_bound_simple,
+    place,
+)
 from twin import get_gpu, get_model, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,11 +25,18 @@ from placement import adapters  # bench/placement.py's Zipf fleets (bench/ is on
 from rich.console import Console
 from rich.table import Table
 
-from gateway.plan_cli import default_surrogate
-from planner.features import AdapterDemand
-from planner.migration import apply, diff
-from planner.online import RunningWorker, replan
-from planner.placer import Plan, PlannerConfig, Predictor, place_with
+from gateway.pretrained import default_surrogate
+from planner import (
+    AdapterDemand,
+    Plan,
+    PlannerConfig,
+    Predictor,
+    RunningWorker,
+    apply,
+    diff,
+    place_with,
+    replan,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@
 3. The placement metric: for populations of identical adapters on a fixed ``max_loras``, the
    largest number one GPU serves without starvation, found by bisection in the twin and with
    the surrogate; the mean relative error (the predecessor paper reports 7.2%).
-   The truth is the twin's verdict in runs of ``planner.validate.VALIDATION_S`` (180 s), the
+   The truth is the twin's verdict in runs of ``planner.validation.VALIDATION_S`` (180 s), the
    median of ``TRUTH_SEEDS`` workload seeds' answers (one run's moves by a few adapters). The
    verdict depends on the run length: an adapter is starved when it is under-served and its
    longest wait exceeds a tenth of the run, so where the slots thrash a longer run admits
@@ -43,21 +43,33 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from planner.dataset import (
+from planner import (
     COLUMNS,
     NEAR_BOUNDARY_DURATION_S,
+    REGRESSORS,
+    STARVATION_MODELS,
+    VALIDATION_S,
+    AdapterDemand,
+    PlannerConfig,
+    Predictor,
     SampleSpec,
+    Surrogate,
+    analytic_share,
+    evaluate,
+    interleave,
+    load_table,
+    macro_f1,
+    near_boundary,
     placement_shaped,
     run_sample,
     sample_specs,
+    save_table,
+    smape,
+    split,
+    starved,
+    train,
+    workload_for,
 )
-from planner.evaluate import evaluate, macro_f1, near_boundary, smape, split, starved
-from planner.features import AdapterDemand
-from planner.placer import PlannerConfig, Predictor
-from planner.surrogate import REGRESSORS, STARVATION_MODELS, Surrogate, analytic_share
-from planner.table import load_table, save_table
-from planner.training import interleave, train
-from planner.validate import VALIDATION_S, workload_for
 from twin import Scenario, get_gpu, get_model, load_profile, simulate
 from twin.results import SimulationResult
 

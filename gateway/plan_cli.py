@@ -4,7 +4,6 @@ confirm the plan in the cluster twin."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -17,35 +16,33 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-import planner.surrogate as surrogate_module
-from planner.bound import lower_bound, lower_bound_simple
-from planner.inputs import load_adapters
-from planner.latency_estimate import LatencyEstimate
-from planner.objective import (
+from gateway.pretrained import default_surrogate
+from planner import (
+    AdapterDemand,
+    LatencyEstimate,
     LatencyMetric,
     LatencyPredictor,
     MinLatency,
     ObjectiveName,
+    Plan,
+    PlannerConfig,
+    Predictor,
+    Surrogate,
+    Target,
+    Validation,
+    baselines_in_twin,
+    load_adapters,
+    lower_bound,
+    lower_bound_simple,
+    place_with,
+    plan_checked,
     plan_latency,
     repair_latency,
+    validate,
 )
-from planner.placer import Plan, PlannerConfig, Predictor, place
-from planner.surrogate import Surrogate
-from planner.training import (
-    DEFAULT_CLASSIFIER,
-    DEFAULT_LATENCY,
-    DEFAULT_REGRESSOR,
-    bundled_capacity_rows,
-    bundled_digest,
-    bundled_rows,
-    train,
-)
-from planner.validate import Validation, baselines_in_twin, repair, validate
-from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
-from twin.profile import load_profile
 
-__all__ = ["default_surrogate", "register"]
+__all__ = ["register"]
 
 
 def register(sub: Any) -> None:
@@ -69,27 +66,6 @@ def register(sub: Any) -> None:
     p.add_argument("--duration", type=float, default=180.0, help="twin seconds to validate")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_plan)
-
-
-def default_surrogate() -> Surrogate:
-    """The surrogate trained on the bundled table, cached under ``$XDG_CACHE_HOME`` (keyed by
-    the models' names, the tables and ``planner/surrogate.py``, where their settings are)."""
-    models = hashlib.sha256(Path(surrogate_module.__file__).read_bytes()).hexdigest()
-    key = hashlib.sha256(f"{DEFAULT_REGRESSOR}-{DEFAULT_CLASSIFIER}-{DEFAULT_LATENCY}-"
-                         f"{bundled_digest()}-{models}".encode()).hexdigest()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lorafleet"
-    path = cache / f"surrogate-{key[:12]}.pkl"
-    if path.is_file():
-        try:
-            return Surrogate.load(path)
-        except Exception:
-            path.unlink(missing_ok=True)
-    surrogate = train(bundled_rows(), capacity_rows=bundled_capacity_rows())
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    surrogate.save(tmp)
-    tmp.replace(path)
-    return surrogate
 
 
 def _finite(x: float, digits: int = 4) -> float | None:
@@ -163,7 +139,7 @@ def _objective(args: argparse.Namespace) -> MinLatency | None:
 def _plan(args: argparse.Namespace) -> int:
     objective = _objective(args)
     config = PlannerConfig(search_seconds=_search_seconds(args.search_seconds))
-    model, gpu, profile = get_model(args.model), get_gpu(args.gpu), load_profile(args.profile)
+    target = Target.resolve(args.model, args.gpu, args.profile)
     adapters = load_adapters(args.adapters)
     if args.surrogate:
         try:
@@ -172,29 +148,21 @@ def _plan(args: argparse.Namespace) -> int:
             raise ConfigError("--surrogate", str(exc)) from None
     else:
         surrogate = default_surrogate()
-    predictor = Predictor(surrogate, model, gpu, profile, config)
-    started = time.perf_counter()
-    plan = place(adapters, model, gpu, profile, surrogate, config, objective=objective)
-    plan_seconds = time.perf_counter() - started
-    fewest = None if objective is None else place(adapters, model, gpu, profile,
-                                                  surrogate, config).num_gpus
-    v: Validation | None = None
-    validate_seconds = 0.0
+    predictor = target.predictor(surrogate, config)
     baselines: dict[str, int] = {}
     confirmed: dict[str, bool] = {}
     bound = simple = None
     # Groups of GPUs that share no adapter are simulated in parallel, one process per core.
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
-        if not args.no_validate:
-            started = time.perf_counter()
-            v = validate(plan, predictor, duration_s=args.duration, map_fn=pool.map)
-            if objective is None:
-                plan, v = repair(plan, predictor, v, duration_s=args.duration, map_fn=pool.map)
-            elif objective.gpus is None:  # a fixed GPU count is kept as asked
-                plan, v = repair_latency(plan, LatencyPredictor(
-                    predictor, objective.metric, objective.target_s), v,
-                    duration_s=args.duration, map_fn=pool.map)
-            validate_seconds = time.perf_counter() - started
+        if objective is None:
+            checked = plan_checked(adapters, predictor, check=not args.no_validate,
+                                   duration_s=args.duration, map_fn=pool.map)
+            plan, v, fewest = checked.plan, checked.validation, None
+            plan_seconds, validate_seconds = checked.plan_seconds, checked.validate_seconds
+        else:
+            plan, v, plan_seconds, validate_seconds = _plan_latency(
+                adapters, predictor, objective, args, pool)
+            fewest = place_with(adapters, predictor).num_gpus
         if not args.no_baselines:
             baselines, confirmed = baselines_in_twin(adapters, predictor, args.duration,
                                                      twin=not args.no_validate,
@@ -220,6 +188,25 @@ def _plan(args: argparse.Namespace) -> int:
               f"{out['target_verdict']}", file=sys.stderr)
         return 1
     return 0
+
+
+def _plan_latency(adapters: list[AdapterDemand], predictor: Predictor, objective: MinLatency,
+                  args: argparse.Namespace, pool: ProcessPoolExecutor,
+                  ) -> tuple[Plan, Validation | None, float, float]:
+    """The min-latency plan, checked in the twin and repaired for latency (unless a fixed
+    GPU count was asked for); its plan and check times."""
+    started = time.perf_counter()
+    plan = objective.place(adapters, predictor)
+    plan_seconds = time.perf_counter() - started
+    if args.no_validate:
+        return plan, None, plan_seconds, 0.0
+    started = time.perf_counter()
+    v = validate(plan, predictor, duration_s=args.duration, map_fn=pool.map)
+    if objective.gpus is None:  # a fixed GPU count is kept as asked
+        plan, v = repair_latency(plan, LatencyPredictor(
+            predictor, objective.metric, objective.target_s), v,
+            duration_s=args.duration, map_fn=pool.map)
+    return plan, v, plan_seconds, time.perf_counter() - started
 
 
 def _worst(rows: list[dict[str, Any]], key: str) -> float | None:

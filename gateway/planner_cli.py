@@ -18,12 +18,26 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from planner.dataset import COLUMNS, SampleSpec, Shape, run_sample, sample_specs
-from planner.evaluate import evaluate, split
-from planner.ray_runner import RayUnavailableError, require_ray, run_on_ray
-from planner.surrogate import REGRESSORS, STARVATION_MODELS, Surrogate
-from planner.table import load_table, save_table
-from planner.training import DEFAULT_CLASSIFIER, DEFAULT_REGRESSOR, train
+from planner import (
+    COLUMNS,
+    DEFAULT_CLASSIFIER,
+    DEFAULT_REGRESSOR,
+    REGRESSORS,
+    STARVATION_MODELS,
+    RayUnavailableError,
+    SampleSpec,
+    Shape,
+    Surrogate,
+    evaluate,
+    load_table,
+    require_ray,
+    run_on_ray,
+    run_sample,
+    sample_specs,
+    save_table,
+    split,
+    train,
+)
 from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
 from twin.profile import CalibrationProfile, load_profile

@@ -1,6 +1,6 @@
 """What the placer is measured against: naive placements and a lower bound.
 
-Each baseline gives a plan; ``planner.validate`` confirms any plan in the cluster twin. GPU
+Each baseline gives a plan; ``planner.validation`` confirms any plan in the cluster twin. GPU
 counts come from the same surrogate-backed feasibility check the placer uses, so the
 comparison isolates the packing, and the twin then confirms (or refutes) every count.
 
@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from planner.placer import SLOT_CANDIDATES, GpuPlan, Plan, Predictor, Verdict
 from twin.errors import InsufficientMemoryError
 from twin.memory import plan_memory
@@ -36,7 +36,7 @@ def _gpu(index: int, adapters: Sequence[AdapterDemand], predictor: Predictor,
          max_loras: int | None = None, verdict: Verdict | None = None) -> GpuPlan:
     """A GPU of a baseline: the best setting, or ``max_loras`` slots; ``verdict`` when the
     caller has already asked the predictor."""
-    loras = max(1, sum(1 for a in adapters if a.rank > 0))
+    loras = max(1, sum(1 for a in adapters if not a.is_base))
     if verdict is None:
         verdict = predictor.best(adapters) if max_loras is None else predictor.check(
             adapters, predictor.engine_for(adapters, max_loras))

@@ -41,8 +41,8 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from planner.demand import AdapterDemand
 from planner.engine_time import CEILING, request_seconds
-from planner.features import AdapterDemand
 from planner.predictor import SLOT_CANDIDATES, Predictor
 from twin.errors import InsufficientMemoryError
 from twin.memory import plan_memory
@@ -75,15 +75,15 @@ class Bound:
 
 
 def _rank_of(adapter: AdapterDemand) -> int:
-    return next(r for r in ALLOWED_LORA_RANKS if r >= adapter.rank) if adapter.rank > 0 else 0
+    return 0 if adapter.is_base else next(r for r in ALLOWED_LORA_RANKS if r >= adapter.rank)
 
 
 def configurations(adapters: Sequence[AdapterDemand], predictor: Predictor
                    ) -> list[Configuration]:
     """Every engine the placer may give a worker of ``adapters`` (``Predictor.engine_for``,
     ``Predictor.best``)."""
-    ranks = sorted({_rank_of(a) for a in adapters if a.rank > 0})
-    if any(a.rank == 0 for a in adapters) and 8 not in ranks:
+    ranks = sorted({_rank_of(a) for a in adapters if not a.is_base})
+    if any(a.is_base for a in adapters) and 8 not in ranks:
         ranks.append(8)  # a worker of base-model traffic only runs at rank 8
     out: list[Configuration] = []
     for rank in sorted(ranks):

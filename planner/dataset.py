@@ -8,7 +8,7 @@ Pure: ``run_sample`` is a function of its arguments; writing the table is the ca
 
 Two shapes (``Shape``): ``SAMPLED`` draws the slot count at random (mostly fewer slots than
 adapters: slot thrashing) and runs the twin as long as the planner checks a plan
-(``planner.validate.VALIDATION_S``: where slots thrash, the starvation verdict moves with the
+(``planner.validation.VALIDATION_S``: where slots thrash, the starvation verdict moves with the
 run length, and that check is what the surrogate predicts); ``PLACEMENT`` gives every adapter
 a slot, as the placer builds workers (the largest slot count that fits memory when that many
 do not), re-draws the load around the new analytic capacity and runs the twin longer near the
@@ -26,9 +26,10 @@ from enum import Enum
 
 import numpy as np
 
-from planner.features import FEATURES, AdapterDemand, worker_features
+from planner.demand import AdapterDemand
+from planner.features import FEATURES, worker_features
 from planner.placer import SLOT_CANDIDATES
-from planner.validate import VALIDATION_S
+from planner.validation import VALIDATION_S
 from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
 from twin.scenario import Scenario
@@ -105,7 +106,7 @@ def placement_shaped(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
     around 1, a log-uniform tail (the sampler of ``bench/surrogate.py``'s held-out workers),
     and ``near_boundary_s`` long twin runs near the boundary (``None``: no longer there than
     elsewhere, as ``bench/surrogate.py``'s held-out workers)."""
-    loras = max(1, sum(1 for a in spec.adapters if a.rank > 0))
+    loras = max(1, sum(1 for a in spec.adapters if not a.is_base))
     enough = next((s for s in SLOT_CANDIDATES if s >= loras), SLOT_CANDIDATES[-1])
     for slots in [enough, *(s for s in reversed(SLOT_CANDIDATES) if s < enough)]:
         engine = dataclasses.replace(spec.engine, max_loras=slots,

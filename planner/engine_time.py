@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from twin.specs import EngineConfig
 from twin.step_time import StepTimeModel
 
@@ -49,7 +49,7 @@ def request_seconds(adapters: Sequence[AdapterDemand], engine: EngineConfig,
         return np.zeros(0)
     inp = np.array([a.input_tokens for a in adapters], dtype=float)
     out = np.array([a.output_tokens for a in adapters], dtype=float)
-    lora = np.array([1.0 if a.rank > 0 else 0.0 for a in adapters])
+    lora = np.array([0.0 if a.is_base else 1.0 for a in adapters])
     batch = np.maximum(1.0, np.minimum(float(engine.max_num_seqs), kv_tokens / (inp + out)))
     context = batch * (inp + out / 2.0)
     decode = step.predict(np.zeros_like(batch), batch, context,
@@ -66,7 +66,7 @@ def engine_load(adapters: Sequence[AdapterDemand], engine: EngineConfig, step: S
     """Seconds of engine time per second the worker's traffic needs (``request_seconds`` x
     rate, summed), its steps carrying as many distinct adapters as it holds LoRAs (at most
     ``max_loras``)."""
-    loras = sum(1 for a in adapters if a.rank > 0)
+    loras = sum(1 for a in adapters if not a.is_base)
     distinct = float(min(loras, engine.max_loras)) if engine.enable_lora else 0.0
     rates = np.array([a.rate for a in adapters], dtype=float)
     return float(rates @ request_seconds(adapters, engine, step, kv_tokens, distinct))

@@ -22,8 +22,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+from planner.demand import AdapterDemand
 from planner.engine_time import CEILING, request_seconds
-from planner.features import AdapterDemand
 from planner.plan import GpuPlan, merged
 from planner.predictor import Predictor
 from twin.memory import plan_memory
@@ -71,7 +71,7 @@ class _Costs:
         if not adapters:
             return 0.0
         step, kv = self._engine(engine)
-        loras = sum(1 for a in adapters if a.rank > 0)
+        loras = sum(1 for a in adapters if not a.is_base)
         distinct = float(min(loras, engine.max_loras))
         seconds = request_seconds(adapters, engine, step, kv, distinct)
         return float(sum(a.rate * self.scale * s for a, s in zip(adapters, seconds,

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from planner.features import AdapterDemand, adapter_name_error, demand_error
+from planner.demand import AdapterDemand, adapter_name_error, demand_error
 from twin.errors import ConfigError
 
 __all__ = ["load_adapters", "parse_adapters"]

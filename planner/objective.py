@@ -25,7 +25,8 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from planner.features import AdapterDemand, worker_features
+from planner.demand import AdapterDemand
+from planner.features import worker_features
 from planner.latency_estimate import LatencyEstimate, estimate_latency
 from planner.placer import (
     SLOT_CANDIDATES,
@@ -37,7 +38,7 @@ from planner.placer import (
     place_with,
     replicate,
 )
-from planner.validate import Validation, validate
+from planner.validation import Validation, validate
 from twin.cluster import ClusterResult
 from twin.errors import InsufficientMemoryError
 from twin.specs import EngineConfig
@@ -107,7 +108,7 @@ class LatencyPredictor(Predictor):
                            ) -> tuple[EngineConfig, LatencyEstimate]:
         """The engine the placer would pick for ``adapters`` (a slot per LoRA when memory
         allows, else the most slots that fit) and its predicted latency (no surrogate)."""
-        loras = max(1, sum(1 for a in adapters if a.rank > 0))
+        loras = max(1, sum(1 for a in adapters if not a.is_base))
         enough = next((s for s in SLOT_CANDIDATES if s >= loras), SLOT_CANDIDATES[-1])
         for slots in [enough, *(s for s in reversed(SLOT_CANDIDATES) if s < enough)]:
             engine = self.engine_for(adapters, slots)

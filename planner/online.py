@@ -33,13 +33,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from planner.features import AdapterDemand
-from planner.placer import GpuPlan, Plan, Predictor, Verdict, place_with
+from planner.demand import AdapterDemand
+from planner.placer import Predictor, Verdict, place_with
+from planner.plan import GpuPlan, Plan, with_cpu_room
 from twin.errors import ConfigError
 from twin.routing import BASE_MODEL
 from twin.specs import EngineConfig
 
-__all__ = ["RunningWorker", "Stability", "replan", "with_cpu_room"]
+__all__ = ["RunningWorker", "Stability", "replan"]
 
 Entry = tuple[str, float]  # (adapter, rate) of unplaced load
 
@@ -167,7 +168,7 @@ class _Board:
                 strict: bool = False) -> Verdict:
         """Worker ``i`` serving ``rates`` (times ``scale``) with its fixed engine."""
         engine = self.workers[i].engine
-        loras = [n for n in rates if self.demand[n].rank > 0]
+        loras = [n for n in rates if not self.demand[n].is_base]
         if loras and (not engine.enable_lora or len(loras) > engine.cpu_loras
                       or any(self.demand[n].rank > engine.max_lora_rank for n in loras)):
             return Verdict(False, engine, 0.0, 0.0, 1.0)
@@ -179,7 +180,7 @@ class _Board:
     def start(self, workers: Sequence[RunningWorker],
               shares: Mapping[str, Mapping[str, float]] | None) -> list[Entry]:
         """The current assignment at the new rates; what no running worker holds."""
-        base = [n for n, a in self.demand.items() if a.rank == 0]
+        base = [n for n, a in self.demand.items() if a.is_base]
         for i in self.up():
             for held in workers[i].adapters:
                 for name in base if held == BASE_MODEL else [held]:
@@ -191,7 +192,7 @@ class _Board:
             if not holders:
                 unplaced.append((name, a.rate))
                 continue
-            key = BASE_MODEL if a.rank == 0 else name
+            key = BASE_MODEL if a.is_base else name
             given = [(shares or {}).get(workers[i].name, {}).get(key, 0.0) for i in holders]
             total = sum(given)
             for i, w in zip(holders, given, strict=True):
@@ -218,8 +219,8 @@ class _Board:
         without end; the surrogate's verdict, a throughput test, cannot see that (on the fleet
         bench a run that moved a 17th adapter onto a 16-slot worker reached a streamed TTFT
         p99 of 25 s)."""
-        loras = {n for n in self.rates[i] if self.demand[n].rank > 0}
-        if self.demand[name].rank > 0 and name not in loras and (
+        loras = {n for n in self.rates[i] if not self.demand[n].is_base}
+        if not self.demand[name].is_base and name not in loras and (
                 len(loras) >= self.workers[i].engine.max_loras):
             return False
         trial = dict(self.rates[i])
@@ -263,7 +264,7 @@ class _Board:
             if self.put(entries, receivers, 1 / stability.retire_margin):
                 self.rates = saved
                 continue
-            moves = [k for k, (n, _) in enumerate(entries) if self.demand[n].rank > 0]
+            moves = [k for k, (n, _) in enumerate(entries) if not self.demand[n].is_base]
             if len(moves) > budget:  # the same placements, for the first ``budget`` moves
                 self.rates = saved
                 cut = moves[budget]
@@ -297,21 +298,6 @@ def _split(entries: Iterable[Entry], demand: Mapping[str, AdapterDemand],
     return out
 
 
-def with_cpu_room(engine: EngineConfig, loras: int, room: float) -> EngineConfig:
-    """``engine`` with a CPU LoRA tier for ``room`` times the ``loras`` it starts with
-    (``Stability.cpu_lora_room``; never lowered): a worker's engine options are fixed for its
-    life, and one whose CPU tier is full cannot take an adapter when a shifted load must be
-    rebalanced over the running GPUs.
-
-    >>> with_cpu_room(EngineConfig(max_loras=4), 3, 2.0).cpu_loras
-    6
-    >>> with_cpu_room(EngineConfig(max_loras=8), 3, 2.0).cpu_loras
-    8
-    """
-    need = math.ceil(loras * room)
-    return replace(engine, max_cpu_loras=need) if engine.cpu_loras < need else engine
-
-
 def _new_gpus(entries: Sequence[Entry], demand: Mapping[str, AdapterDemand],
               predictor: Predictor, stability: Stability, first: int) -> list[GpuPlan]:
     """Fresh GPUs for ``entries``, set up by the placer with ``fill_margin`` to spare, their
@@ -322,14 +308,14 @@ def _new_gpus(entries: Sequence[Entry], demand: Mapping[str, AdapterDemand],
         rates[name] = rates.get(name, 0.0) + rate
     items = [replace(demand[n], rate=r / margin) for n, r in sorted(rates.items())]
     for a in items:
-        if a.rank > 0 and predictor.best([replace(a, rate=0.0)]).engine is None:
+        if not a.is_base and predictor.best([replace(a, rate=0.0)]).engine is None:
             raise ConfigError(f"demands[{list(demand).index(a.name)}].rank",
                               f"rank {a.rank} of {a.name!r} fits no running worker's "
                               f"max_lora_rank and no new GPU starts vLLM with it")
     gpus = []
     for g in place_with(items, predictor).gpus:
         real = {n: r * margin for n, r in g.rates.items()}
-        engine = with_cpu_room(g.engine, sum(1 for n in real if demand[n].rank > 0),
+        engine = with_cpu_room(g.engine, sum(1 for n in real if not demand[n].is_base),
                                stability.cpu_lora_room)
         v = predictor.check([replace(demand[n], rate=r) for n, r in real.items()], engine)
         gpus.append(GpuPlan.judged(first + g.index, engine, real, v))

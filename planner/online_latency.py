@@ -68,7 +68,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from planner.features import AdapterDemand, expected_distinct, worker_features
+from planner.demand import AdapterDemand
+from planner.features import expected_distinct, worker_features
 from planner.surrogate import LatencyModel
 from planner.windows import WorkerWindow, admitted_rates, at_batch_limit, steady
 from twin.errors import InsufficientMemoryError
@@ -155,7 +156,7 @@ def expected_step_s(window: WorkerWindow, step: StepTimeModel, observed_itl_s: f
     if window.distinct_adapters is not None:
         distinct = window.distinct_adapters
     elif window.engine.enable_lora:
-        shares = [a.rate * a.output_tokens for a in window.adapters if a.rank > 0]
+        shares = [a.rate * a.output_tokens for a in window.adapters if not a.is_base]
         lora_share = sum(shares) / max(sum(a.rate * a.output_tokens for a in window.adapters),
                                         1e-12)
         distinct = min(float(window.engine.max_loras),

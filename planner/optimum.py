@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from planner.placer import Predictor
 
 __all__ = ["exact_min_gpus"]

@@ -27,8 +27,8 @@ from typing import Protocol
 
 import numpy as np
 
+from planner.demand import AdapterDemand
 from planner.engine_time import CEILING, request_seconds
-from planner.features import AdapterDemand
 from planner.improve import improve
 from planner.plan import GpuPlan, Plan, merged
 from planner.predictor import SLOT_CANDIDATES, PlannerConfig, Predictor, Verdict

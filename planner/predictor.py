@@ -10,8 +10,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from planner.demand import AdapterDemand
 from planner.engine_time import CEILING, engine_load
-from planner.features import AdapterDemand, worker_features
+from planner.features import worker_features
 from planner.surrogate import Surrogate
 from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
@@ -78,7 +79,7 @@ class Predictor:
         return Predictor(self.surrogate, self.model, self.gpu, self.profile, config)
 
     def engine_for(self, adapters: Sequence[AdapterDemand], max_loras: int) -> EngineConfig:
-        ranks = [a.rank for a in adapters if a.rank > 0]
+        ranks = [a.rank for a in adapters if not a.is_base]
         top = max(ranks, default=8)
         rank = next(r for r in ALLOWED_LORA_RANKS if r >= top)
         lora_count = max(1, len(ranks))
@@ -120,7 +121,7 @@ class Predictor:
 
     def best(self, adapters: Sequence[AdapterDemand]) -> Verdict:
         """The feasible ``max_loras`` with the highest predicted throughput (or infeasible)."""
-        loras = max(1, sum(1 for a in adapters if a.rank > 0))
+        loras = max(1, sum(1 for a in adapters if not a.is_base))
         # A slot for every LoRA on the GPU when memory allows: with fewer slots than LoRAs,
         # vLLM's skip rule defers a rare adapter for as long as busier ones hold every slot,
         # which under steady load is forever (the twin shows it; the paper's global 90% test

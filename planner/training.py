@@ -2,7 +2,7 @@
 
 The bundled table, ``planner/data/a100-80gb-llama-3.1-8b.csv``, is
 ``lorafleet dataset --scenarios 4000 --seed 0`` (A100-80GB, Llama-3.1-8B, roofline-default;
-180 s twin runs, ``planner.validate.VALIDATION_S``);
+180 s twin runs, ``planner.validation.VALIDATION_S``);
 ``a100-80gb-llama-3.1-8b-placement.csv`` beside it is ``lorafleet dataset --scenarios 1200
 --seed 1 --shape placement`` (workers as the placer builds them: a slot per adapter; 2400 s
 twin runs near the boundary, ``planner.dataset.NEAR_BOUNDARY_DURATION_S``). The

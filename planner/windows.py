@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from planner.features import MAX_RATE, AdapterDemand
+from planner.demand import MAX_RATE, AdapterDemand
 from twin.specs import EngineConfig
 
 __all__ = ["SATURATED_BATCH", "WorkerWindow", "admitted_rates", "at_batch_limit", "steady"]

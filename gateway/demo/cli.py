@@ -31,7 +31,7 @@ from gateway.demo.workload import Arrivals, demo_adapters
 from gateway.emulator.errors import StartupError
 from gateway.http import tune_gc
 from gateway.server.planning import InitialPlan
-from planner.features import AdapterDemand
+from planner import AdapterDemand
 from twin.errors import ConfigError
 
 __all__ = ["register"]
@@ -173,7 +173,7 @@ def _demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _check(args)
-    from gateway.plan_cli import default_surrogate  # trains once, then cached on disk
+    from gateway.pretrained import default_surrogate  # trains once, then cached on disk
 
     console = Console()
     adapters = demo_adapters(args.adapters, total_rate=args.rate, seed=args.seed)

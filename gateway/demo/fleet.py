@@ -20,10 +20,7 @@ from gateway.server.app import create_app, serve
 from gateway.server.config import GatewayConfig, WorkerEndpoint
 from gateway.server.emulated import EmulatedFleet, scaffold_entries, start_emulated, worker_configs
 from gateway.server.planning import InitialPlan, from_planner
-from planner.baselines import round_robin
-from planner.features import AdapterDemand
-from planner.placer import PlannerConfig, Predictor
-from planner.surrogate import Surrogate
+from planner import AdapterDemand, PlannerConfig, Predictor, Surrogate, round_robin
 from twin.catalog import get_gpu, get_model
 from twin.profile import load_profile
 from twin.routing import BASE_MODEL
@@ -83,7 +80,7 @@ def plan_demo(adapters: Sequence[AdapterDemand], spec: FleetSpec,
                         profile=spec.profile, headroom=spec.headroom)
     predictor = Predictor(surrogate, get_model(spec.model), get_gpu(spec.gpu),
                           load_profile(spec.profile), PlannerConfig())
-    baselines = {"one_per_adapter": sum(1 for a in adapters if a.rank > 0),
+    baselines = {"one_per_adapter": sum(1 for a in adapters if not a.is_base),
                  "round_robin": round_robin(adapters, predictor).num_gpus}
     return plan, baselines
 

@@ -19,7 +19,7 @@ import openai
 
 from gateway.demo.stats import DemoStats
 from gateway.demo.workload import Arrivals
-from planner.features import AdapterDemand
+from planner import AdapterDemand
 
 __all__ = ["LoadSpec", "drive", "make_client", "send"]
 

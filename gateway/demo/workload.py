@@ -26,7 +26,7 @@ import itertools
 import random
 from collections.abc import Sequence
 
-from planner.features import AdapterDemand
+from planner import AdapterDemand
 
 __all__ = ["DEMO_RANKS", "Arrivals", "demo_adapters"]
 

@@ -40,13 +40,7 @@ from gateway.server.config import AdapterEntry, AdapterOrigin
 from gateway.server.errors import ApiError, clip
 from gateway.server.lora_api import LoraCallError, unload_adapter
 from gateway.server.protocol import parse_body, read_json
-from planner.features import (
-    MAX_CV,
-    MAX_RATE,
-    MAX_TOKENS,
-    AdapterDemand,
-    adapter_name_error,
-)
+from planner import MAX_CV, MAX_RATE, MAX_TOKENS, AdapterDemand, adapter_name_error
 from twin.routing import BASE_MODEL
 from twin.specs import ALLOWED_LORA_RANKS
 

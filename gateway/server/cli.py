@@ -44,7 +44,7 @@ from gateway.server.emulated import (
 )
 from gateway.server.lifecycle import make_plan
 from gateway.server.planning import InitialPlan
-from planner.inputs import load_adapters
+from planner import load_adapters
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
 

@@ -81,7 +81,7 @@ import yaml
 
 from gateway.server.auth import KeySpec, parse_keys
 from gateway.server.entries import AdapterEntry, AdapterOrigin, parse_entries
-from planner.features import MAX_TOKENS
+from planner import MAX_TOKENS
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
 from twin.specs import EngineConfig
@@ -205,10 +205,10 @@ class GatewayConfig:
         for i, a in enumerate(self.adapters):
             if a.demand.name in seen:
                 raise ConfigError(f"adapters[{i}].name", f"duplicate {a.demand.name!r}")
-            if a.demand.name == self.base_model and a.demand.rank > 0:
+            if a.demand.name == self.base_model and not a.demand.is_base:
                 raise ConfigError(f"adapters[{i}].name", "conflicts with base_model")
             seen.add(a.demand.name)
-            if a.demand.rank > 0 and not a.path:
+            if not a.demand.is_base and not a.path:
                 raise ConfigError(f"adapters[{i}].path", "is required for a LoRA adapter")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"must be in 0..65535, got {self.port}")

@@ -21,7 +21,7 @@ from gateway.emulator.app import serve as serve_worker
 from gateway.emulator.config import WorkerConfig
 from gateway.server.config import AdapterEntry
 from gateway.server.planning import InitialPlan
-from planner.features import AdapterDemand
+from planner import AdapterDemand
 from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
 from twin.profile import load_profile
@@ -45,7 +45,7 @@ def worker_configs(plan: InitialPlan, *, served_model_name: str, model: str = "l
 def scaffold_entries(adapters: Sequence[AdapterDemand], folder: Path, *,
                      base_model: str = "llama-3.1-8b") -> tuple[AdapterEntry, ...]:
     """Adapter folders (``adapter_config.json`` only) for emulated workers to load."""
-    return tuple(AdapterEntry(a, None if a.rank == 0 else str(
+    return tuple(AdapterEntry(a, None if a.is_base else str(
         scaffold_adapter(folder / a.name, rank=a.rank, base_model=base_model)))
         for a in adapters)
 

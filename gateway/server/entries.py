@@ -8,8 +8,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from planner.features import AdapterDemand
-from planner.inputs import parse_adapters
+from planner import AdapterDemand, parse_adapters
 from twin.errors import ConfigError
 
 __all__ = ["AdapterEntry", "AdapterOrigin", "parse_entries"]

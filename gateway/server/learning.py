@@ -32,7 +32,7 @@ from aiohttp import web
 
 from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, OBSERVER
 from gateway.server.scrape import WorkerGauges, read_gauges
-from planner.online_latency import OnlineLatency, WindowObservation, WorkerWindow
+from planner import OnlineLatency, WindowObservation, WorkerWindow
 from twin.catalog import get_gpu, get_model
 from twin.profile import load_profile
 

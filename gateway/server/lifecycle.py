@@ -48,7 +48,7 @@ def make_plan(cfg: GatewayConfig) -> InitialPlan:
     names = [w.name for w in cfg.workers]
     if cfg.placement is PlacementMode.ROUND_ROBIN or not adapters:
         return round_robin(adapters, names, gpu=cfg.gpu, max_model_len=cfg.max_model_len)
-    from gateway.plan_cli import default_surrogate  # trains once, then cached on disk
+    from gateway.pretrained import default_surrogate  # trains once, then cached on disk
 
     return from_planner(adapters, names, default_surrogate(), gpu=cfg.gpu, model=cfg.model,
                         profile=cfg.profile, max_model_len=cfg.max_model_len,

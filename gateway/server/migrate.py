@@ -33,7 +33,7 @@ from aiohttp import web
 from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, RELEASES
 from gateway.server.lora_api import LoraCallError, load_adapter, unload_adapter
 from gateway.server.metrics import MigrationOutcome
-from planner.migration import Migration
+from planner import Migration
 from twin.routing import BASE_MODEL, Placement, WorkerPlacement
 
 __all__ = ["MigrationReport", "Releases", "execute", "fold", "releases_ctx", "settled"]

@@ -11,7 +11,7 @@ from one in a steady state. Pure bookkeeping: no I/O, the clock is passed in.
 
 Examples
 --------
->>> from planner.features import AdapterDemand
+>>> from planner import AdapterDemand
 >>> obs = Observer(window_s=10.0)
 >>> for t in range(10):
 ...     obs.arrival("sql", now=float(t))
@@ -31,7 +31,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from planner.features import MAX_RATE, MAX_TOKENS, AdapterDemand
+from planner import MAX_RATE, MAX_TOKENS, AdapterDemand
 
 __all__ = ["MIN_RATE", "SHIFT_Z", "Observer", "WorkerTraffic"]
 

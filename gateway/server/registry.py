@@ -74,7 +74,7 @@ class Fleet:
                  retry_after_s: int = 1) -> None:
         self.base_model = base_model
         self.workers = [WorkerState(w) for w in workers]
-        self.adapters = {n: a for n, a in adapters.items() if a.demand.rank > 0}
+        self.adapters = {n: a for n, a in adapters.items() if not a.demand.is_base}
         self.policy = policy
         self.retry_after_s = retry_after_s
         self.plan: Placement | None = None

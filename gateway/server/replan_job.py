@@ -7,15 +7,15 @@ per process.
 - ``incremental`` (the periodic default): ``planner.online.replan`` keeps what still fits on
   the running workers with their fixed engine settings, moves only what must move or what frees
   a worker, within the move budget.
-- ``fresh`` (an operator's ``{"fresh": true}``): ``planner.placer.place`` from scratch, mapped
+- ``fresh`` (an operator's ``{"fresh": true}``): the placer from scratch, mapped
   onto the workers by ``planner.migration.diff`` to move as few adapters as possible.
 
-Either plan is checked in the cluster twin; one it rejects is planned again with a stricter
-margin (the placer's ``headroom`` times ``REPAIR_TIGHTEN``, as ``planner.validate.repair``
-does offline), at most ``REPAIR_ROUNDS`` times, so a consolidation the twin says would starve
-a worker is not carried out, and a worker it finds starving sheds load (or a GPU opens). The
-last plan is carried out either way, with the twin's verdict reported: a fleet that must grow
-is better served by a plan the twin doubts than by none.
+Either plan is checked in the cluster twin (``planner.plan_checked``); one it rejects is
+planned again with a stricter margin (``planner.Repair.REPLAN``), at most ``REPAIR_ROUNDS``
+times, so a consolidation the twin says would starve a worker is not carried out, and a
+worker it finds starving sheds load (or a GPU opens). The last plan is carried out either
+way, with the twin's verdict reported: a fleet that must grow is better served by a plan the
+twin doubts than by none.
 """
 
 from __future__ import annotations
@@ -23,19 +23,29 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 
-from planner.features import AdapterDemand
-from planner.migration import Migration, diff
-from planner.online import RunningWorker, Stability, replan
-from planner.online_latency import OnlineLatency, WorkerWindow
-from planner.online_surrogate import learn_live, live_row
-from planner.placer import Plan, PlannerConfig, Predictor, place
-from planner.surrogate import Surrogate
-from planner.validate import REPAIR_TIGHTEN, validate
-from twin.catalog import get_gpu, get_model
-from twin.profile import load_profile
+from planner import (
+    AdapterDemand,
+    Migration,
+    OnlineLatency,
+    Plan,
+    PlannerConfig,
+    Predictor,
+    Repair,
+    RunningWorker,
+    Stability,
+    Surrogate,
+    Target,
+    WorkerWindow,
+    diff,
+    learn_live,
+    live_row,
+    place_with,
+    plan_checked,
+    replan,
+)
 
 __all__ = ["ReplanJob", "ReplanResult", "exit_with_parent", "run_job", "warm"]
 
@@ -81,7 +91,7 @@ class ReplanResult:
 
 @cache
 def _surrogate() -> Surrogate:
-    from gateway.plan_cli import default_surrogate  # trains once, then cached on disk
+    from gateway.pretrained import default_surrogate  # trains once, then cached on disk
 
     return default_surrogate()
 
@@ -119,10 +129,9 @@ def warm() -> None:
 
 
 def _predictor(job: ReplanJob) -> Predictor:
-    specs = (get_model(job.model), get_gpu(job.gpu), load_profile(job.profile))
     config = PlannerConfig(max_model_len=job.max_model_len, headroom=job.headroom)
-    return Predictor(_surrogate_for(job.gateway_id), *specs, config,
-                     capacity_scale=job.capacity_scale)
+    return Target.resolve(job.model, job.gpu, job.profile).predictor(
+        _surrogate_for(job.gateway_id), config, capacity_scale=job.capacity_scale)
 
 
 def _new_name(i: int) -> str:
@@ -149,8 +158,7 @@ def _learn(job: ReplanJob, predictor: Predictor) -> int:
 
 def _plan(job: ReplanJob, predictor: Predictor) -> Plan:
     if job.fresh:
-        return place(job.demands, predictor.model, predictor.gpu, predictor.profile,
-                     predictor.surrogate, predictor.config)
+        return place_with(job.demands, predictor)
     return replan(job.demands, job.workers, predictor, job.stability)
 
 
@@ -162,26 +170,13 @@ def run_job(job: ReplanJob) -> ReplanResult:
     names = [w.name for w in job.workers]
     current = {w.name: w.adapters for w in job.workers}
     ranks = {d.name: d.rank for d in job.demands}
-    started = time.perf_counter()
-    plan = _plan(job, predictor)
-    plan_s = time.perf_counter() - started
-    validated: bool | None = None
+    checked = plan_checked(job.demands, predictor, make=lambda p: _plan(job, p),
+                           check=job.validate, how=Repair.REPLAN, rounds=REPAIR_ROUNDS)
+    plan = checked.plan
     starved: tuple[str, ...] = ()
-    repairs = 0
-    started = time.perf_counter()
-    if job.validate and plan.gpus:
-        checked = validate(plan, predictor)
-        while not checked.ok and repairs < REPAIR_ROUNDS:
-            repairs += 1
-            config = predictor.config
-            predictor = predictor.with_config(
-                replace(config, headroom=config.headroom * REPAIR_TIGHTEN))
-            plan = _plan(job, predictor)
-            checked = validate(plan, predictor)
-        validated = checked.ok
+    if checked.validation is not None:
         starved = tuple(names[i] if i < len(names) else _new_name(i)
-                        for i in checked.starved_gpus)
-    validate_s = time.perf_counter() - started
+                        for i in checked.validation.starved_gpus)
     migration = diff(current, plan, names, new_names=_new_name, ranks=ranks)
     used = [g for g in plan.gpus if g.rates]
     gpus = tuple({"gpu": g.index, "adapters": sorted(g.rates),
@@ -189,5 +184,7 @@ def run_job(job: ReplanJob) -> ReplanResult:
                   "predicted_tps": round(g.predicted_tps, 1),
                   "offered_tps": round(g.offered_tps, 1)} for g in used)
     return ReplanResult(migration=migration, planned_gpus=len(used), gpus=gpus,
-                        validated=validated, starved=starved, plan_seconds=plan_s,
-                        validate_seconds=validate_s, repairs=repairs, learned=learned)
+                        validated=checked.ok, starved=starved,
+                        plan_seconds=checked.plan_seconds,
+                        validate_seconds=checked.validate_seconds, repairs=checked.repairs,
+                        learned=learned)

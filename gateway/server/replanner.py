@@ -42,8 +42,7 @@ from gateway.server.replan_job import (
     warm,
 )
 from gateway.server.scaling import ScaleDirection, ScaleOutcome, Scaler, present
-from planner.features import AdapterDemand
-from planner.online import RunningWorker, Stability
+from planner import AdapterDemand, RunningWorker, Stability
 
 __all__ = ["Replanner", "replanning"]
 
@@ -87,9 +86,9 @@ class Replanner:
     def registered(self) -> list[AdapterDemand]:
         """Registered adapters (and the base model's rank-0 entry) with their given rates."""
         cfg, fleet = self.app[GATEWAY_CONFIG], self.app[FLEET]
-        registered = [a.demand for a in cfg.adapters if a.demand.rank == 0]
+        registered = [a.demand for a in cfg.adapters if a.demand.is_base]
         registered += [a.demand for a in fleet.adapters.values()]
-        return [replace(d, name=cfg.base_model) if d.rank == 0 else d for d in registered]
+        return [replace(d, name=cfg.base_model) if d.is_base else d for d in registered]
 
     def demands(self) -> list[AdapterDemand]:
         """``registered`` with observed load."""

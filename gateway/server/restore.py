@@ -10,7 +10,7 @@ logged at start-up, one line each.
 
 Examples
 --------
->>> from planner.features import AdapterDemand
+>>> from planner import AdapterDemand
 >>> def entry(name, path, origin=AdapterOrigin.CONFIG):
 ...     return AdapterEntry(AdapterDemand(name=name, rank=8, rate=1.0), path, origin)
 >>> saved = (entry("sql", "/a/sql"), entry("old", "/a/old"),
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from gateway.server.config import AdapterEntry, AdapterOrigin, GatewayConfig
 from gateway.server.planning import InitialPlan
 from gateway.server.state import GatewayState
-from planner.features import AdapterDemand
+from planner import AdapterDemand
 from twin.routing import BASE_MODEL
 
 __all__ = ["Restored", "merge", "restore"]
@@ -68,7 +68,7 @@ def merge(listed: Sequence[AdapterEntry], saved: Sequence[AdapterEntry]
     for entry in listed:
         name = entry.demand.name
         old = by_name.get(name)
-        if entry.demand.rank == 0:
+        if entry.demand.is_base:
             continue  # the base model's load: never saved
         if old is None:
             notes.append(f"adapter {name}: new in the config")

@@ -15,7 +15,7 @@ directory fsynced), so a crash leaves the old state or the new one, never half o
 Examples
 --------
 >>> import tempfile
->>> from planner.features import AdapterDemand
+>>> from planner import AdapterDemand
 >>> from gateway.server.config import AdapterEntry
 >>> sql = AdapterEntry(AdapterDemand(name="sql", rank=8, rate=2.0), "/ad/sql")
 >>> state = GatewayState(placement={"w0": {"sql": 1.0}, "w1": {}}, adapters=(sql,))
@@ -46,7 +46,7 @@ from gateway.keys import FLEET, STATE_KEEPER
 from gateway.server.config import AdapterEntry, AdapterOrigin
 from gateway.server.planning import InitialPlan
 from gateway.server.registry import Fleet
-from planner.features import AdapterDemand, adapter_name_error, demand_error
+from planner import AdapterDemand, adapter_name_error, demand_error
 from twin.errors import ConfigError
 from twin.routing import Placement, WorkerPlacement
 from twin.specs import EngineConfig

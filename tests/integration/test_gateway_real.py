@@ -29,7 +29,7 @@ from gateway.server.config import AdapterEntry, GatewayConfig, PlacementMode, Wo
 from gateway.server.lora_api import list_adapters, unload_adapter
 from gateway.server.migrate import settled
 from gateway.server.planning import InitialPlan
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from twin.catalog import get_gpu
 from twin.routing import BASE_MODEL, Placement, WorkerPlacement
 from twin.specs import default_engine_for

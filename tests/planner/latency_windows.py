@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.emulator.noise import PerturbedStepTime
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from planner.online_latency import WorkerWindow
 from twin.engine import EngineCore
 from twin.profile import CalibrationProfile

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from planner.migration import Migration, apply, diff
 from planner.online import RunningWorker
 from planner.placer import Plan

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from planner.bound import configurations, lower_bound, lower_bound_simple
+from planner.demand import AdapterDemand
 from planner.engine_time import CEILING, engine_load, request_seconds
-from planner.features import AdapterDemand
 from planner.optimum import exact_min_gpus
 from planner.placer import PlannerConfig, Predictor, place
 from twin import get_gpu, get_model, load_profile, plan_memory

@@ -107,7 +107,7 @@ def test_placement_loads_crowd_the_boundary_and_run_longer_there(specs) -> None:
 def test_sampled_workers_run_as_long_as_the_planner_checks_a_plan(specs) -> None:
     """Where slots thrash the starvation verdict moves with the run length, so the sampled
     shape's labels come from runs as long as the twin check every plan must pass."""
-    from planner.validate import VALIDATION_S
+    from planner.validation import VALIDATION_S
 
     model, gpu, profile = specs
     assert {s.duration_s for s in sample_specs(20, 4, model, gpu, profile)} == {VALIDATION_S}

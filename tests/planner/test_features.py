@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from planner.features import FEATURES, AdapterDemand, expected_distinct, worker_features
+from planner.demand import AdapterDemand
+from planner.features import FEATURES, expected_distinct, worker_features
 from twin import EngineConfig, InsufficientMemoryError
 
 

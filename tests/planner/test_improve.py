@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from planner.improve import improve
 from planner.placer import GpuPlan, PlannerConfig, Predictor, merged, place
 

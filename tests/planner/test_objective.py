@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.cli import main
 from planner.baselines import round_robin_plan
-from planner.evaluate import smape, split, starved
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from planner.latency_estimate import estimate_latency
 from planner.objective import (
     LatencyMetric,
@@ -25,8 +24,9 @@ from planner.objective import (
     spread,
 )
 from planner.placer import GpuPlan, Plan, PlannerConfig, Predictor, place
+from planner.scoring import smape, split, starved
 from planner.training import bundled_rows, train
-from planner.validate import validate
+from planner.validation import validate
 from twin import EngineConfig
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from planner.online import RunningWorker, Stability, replan
 from planner.placer import Plan, PlannerConfig, Predictor
 from tests.planner.online_helpers import demands, holdings, running, step

@@ -11,11 +11,12 @@ import statistics
 
 import pytest
 
-from planner.features import AdapterDemand, worker_features
+from planner.demand import AdapterDemand
+from planner.features import worker_features
 from planner.online_latency import OnlineLatency, SkipReason, WorkerWindow, expected_step_s
 from planner.placer import PlannerConfig, Predictor, place
 from planner.surrogate import LatencyModel
-from planner.validate import validate, workload_for
+from planner.validation import validate, workload_for
 from tests.planner.latency_windows import gateway_windows, perturbed
 from twin import Scenario, simulate
 from twin.specs import EngineConfig

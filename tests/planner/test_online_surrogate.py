@@ -14,11 +14,12 @@ import statistics
 
 import pytest
 
-from planner.features import AdapterDemand, worker_features
+from planner.demand import AdapterDemand
+from planner.features import worker_features
 from planner.online_latency import WorkerWindow
 from planner.online_surrogate import learn_live, live_row
 from planner.surrogate import Surrogate
-from planner.validate import workload_for
+from planner.validation import workload_for
 from tests.planner.latency_windows import gateway_windows, perturbed
 from twin import Scenario, simulate
 from twin.specs import EngineConfig

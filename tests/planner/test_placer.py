@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.cli import main
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from planner.inputs import parse_adapters
 from planner.placer import PlannerConfig, Predictor, place
 from twin import ConfigError, plan_memory
@@ -127,7 +127,7 @@ def test_plan_cli_unknown_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_validation_routes_base_model_load_as_the_gateway_does(surrogate, specs) -> None:
     from planner.placer import GpuPlan, Plan
-    from planner.validate import validate
+    from planner.validation import validate
     from twin import EngineConfig
 
     model, gpu, profile = specs
@@ -146,7 +146,7 @@ def test_validation_routes_base_model_load_as_the_gateway_does(surrogate, specs)
 
 def test_validation_by_groups_equals_one_cluster_run(surrogate, specs) -> None:
     from planner.placer import GpuPlan, Plan
-    from planner.validate import validate, workload_for
+    from planner.validation import validate, workload_for
     from twin import EngineConfig, Placement, RoutingPolicy, WorkerPlacement, simulate_cluster
 
     model, gpu, profile = specs

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from planner.features import AdapterDemand, worker_features
+from planner.demand import AdapterDemand
+from planner.features import worker_features
 from planner.surrogate import (
     STARVATION_MODELS,
     NearestRegressor,

@@ -79,7 +79,7 @@ def test_the_digest_covers_every_table() -> None:
 
 def test_the_sampled_table_is_what_the_dataset_command_makes_now(specs) -> None:
     """Its first rows are ``run_sample`` of ``lorafleet dataset --seed 0``'s first workers (so
-    the table follows the sampler, e.g. its run length: ``planner.validate.VALIDATION_S``)."""
+    the table follows the sampler, e.g. its run length: ``planner.validation.VALIDATION_S``)."""
     from planner.dataset import run_sample, sample_specs
 
     model, gpu, profile = specs

@@ -24,7 +24,7 @@ from gateway.server.emulated import (
     worker_configs,
 )
 from gateway.server.planning import InitialPlan, fallback_engine, round_robin
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from twin.routing import Placement, WorkerPlacement
 
 BASE = "base"

@@ -27,7 +27,7 @@ from gateway.server.app import create_app
 from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.server.emulated import scaffold_entries
 from gateway.server.planning import fallback_engine, round_robin
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN
 from twin.specs import EngineConfig
 

@@ -41,7 +41,7 @@ from gateway.server.metrics import ReplanTrigger
 from gateway.server.planning import fallback_engine, round_robin
 from gateway.server.registry import Fleet, WorkerStatus
 from gateway.server.scaling import ScaleOutcome, Scaler, down_target
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN, Stack, demands, gateway_stack
 from tests.gateway.server.test_kube import SELECTOR, TOKEN, FakeKube, pod
 from tests.gateway.server.test_replan import steady_load

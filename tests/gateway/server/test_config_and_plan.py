@@ -9,7 +9,7 @@ import pytest
 
 from gateway.server.config import PlacementMode, load_config, parse_config
 from gateway.server.planning import from_planner, round_robin
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from twin.errors import ConfigError
 from twin.routing import BASE_MODEL
 

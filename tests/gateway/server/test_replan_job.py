@@ -9,18 +9,19 @@ import pytest
 
 from gateway.server import replan_job
 from gateway.server.replan_job import REPAIR_ROUNDS, ReplanJob, run_job
-from planner.features import AdapterDemand
+from planner import pipeline
+from planner.demand import AdapterDemand
 from planner.online import RunningWorker
 from planner.placer import Plan, Predictor
 from planner.training import bundled_rows, train
-from planner.validate import REPAIR_TIGHTEN
+from planner.validation import REPAIR_TIGHTEN
 from twin.specs import EngineConfig
 
 
 @dataclass
 class FakeTwin:
-    """``validate`` that rejects the first ``rejections`` plans (GPU 0 starving) and records
-    the margin each plan was made with."""
+    """``validate`` (as the planning pipeline calls it) that rejects the first
+    ``rejections`` plans (GPU 0 starving) and records the margin each plan was made with."""
 
     rejections: int
     headrooms: list[float] = field(default_factory=list)
@@ -30,7 +31,7 @@ class FakeTwin:
         ok: bool
         starved_gpus: list[int]
 
-    def __call__(self, plan: Plan, predictor: Predictor) -> FakeTwin.Verdict:
+    def __call__(self, plan: Plan, predictor: Predictor, **_: object) -> FakeTwin.Verdict:
         self.headrooms.append(predictor.config.headroom)
         ok = len(self.headrooms) > self.rejections
         return FakeTwin.Verdict(ok=ok, starved_gpus=[] if ok else [0])
@@ -58,7 +59,7 @@ def _job(fresh: bool = False) -> ReplanJob:
 @pytest.mark.parametrize("fresh", [False, True])
 def test_a_rejected_plan_is_planned_again_with_a_stricter_margin(monkeypatch, fresh) -> None:
     twin = FakeTwin(rejections=1)
-    monkeypatch.setattr(replan_job, "validate", twin)
+    monkeypatch.setattr(pipeline, "validate", twin)
     result = run_job(_job(fresh))
     assert result.validated is True and result.repairs == 1 and result.starved == ()
     assert twin.headrooms == pytest.approx([0.9, 0.9 * REPAIR_TIGHTEN])
@@ -66,7 +67,7 @@ def test_a_rejected_plan_is_planned_again_with_a_stricter_margin(monkeypatch, fr
 
 def test_repairs_stop_after_their_rounds_and_report_the_verdict(monkeypatch) -> None:
     twin = FakeTwin(rejections=99)
-    monkeypatch.setattr(replan_job, "validate", twin)
+    monkeypatch.setattr(pipeline, "validate", twin)
     result = run_job(_job())
     assert result.validated is False and result.repairs == REPAIR_ROUNDS
     assert result.starved == ("w0",)
@@ -78,7 +79,7 @@ def test_repairs_stop_after_their_rounds_and_report_the_verdict(monkeypatch) -> 
 
 def test_an_accepted_plan_is_not_planned_again(monkeypatch) -> None:
     twin = FakeTwin(rejections=0)
-    monkeypatch.setattr(replan_job, "validate", twin)
+    monkeypatch.setattr(pipeline, "validate", twin)
     result = run_job(_job())
     assert result.validated is True and result.repairs == 0 and len(twin.headrooms) == 1
     assert result.planned_gpus == 1  # six light adapters stay on w0

@@ -26,7 +26,7 @@ from gateway.server.config import (
 from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
 from gateway.server.planning import round_robin
 from gateway.server.state import FileStateStore, GatewayState, snapshot
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN, demands, plan_of
 from twin.errors import ConfigError
 from twin.routing import BASE_MODEL

@@ -20,7 +20,7 @@ from planner.baselines import (
     round_robin,
     round_robin_plan,
 )
-from planner.features import AdapterDemand
+from planner.demand import AdapterDemand
 from planner.placer import Plan, Predictor, place
 from twin.cluster import ClusterResult, simulate_cluster
 from twin.results import SimulationResult
@@ -61,14 +61,6 @@ def workload_for(adapters: Sequence[AdapterDemand], duration_s: float, seed: int
     return Workload(adapters=loads, duration_s=duration_s, seed=seed)
 
 
-def _keyed(shares: dict[str, float], base: set[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for name, share in shares.items():
-        key = BASE_MODEL if name in base else name
-        out[key] = out.get(key, 0.0) + share
-    return out
-
-
 def _components(workers: Sequence[WorkerPlacement]) -> list[list[int]]:
     """Groups of workers that share an adapter (directly or through others): the router
     couples only those, so each group can be simulated on its own."""
@@ -106,11 +98,8 @@ def validate(plan: Plan, predictor: Predictor, *, duration_s: float = VALIDATION
     the arrivals are generated once for the whole plan, so the result does not depend on it.
     The merged ``ttft_p99_s`` is the worst group's."""
     started = time.perf_counter()
-    shares = plan.shares()
-    base = {a.name for a in plan.adapters if a.rank == 0}
     # Base-model requests route by BASE_MODEL, as the gateway routes them (twin.routing).
-    workers = tuple(WorkerPlacement(name=f"gpu-{g.index}", shares=_keyed(
-        {n: shares[n][g.index] for n in g.rates}, base)) for g in plan.gpus)
+    workers = plan.assign([f"gpu-{g.index}" for g in plan.gpus]).placement.workers
     workload = workload_for(plan.adapters, duration_s, seed)
     arrivals, _ = workload.generate(min(g.engine.max_model_len for g in plan.gpus))
     tasks = []
