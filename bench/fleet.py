@@ -77,6 +77,7 @@ from planner import (
     Plan,
     PlannerConfig,
     Predictor,
+    Target,
     confirm,
     lower_bound,
     one_per_adapter,
@@ -84,8 +85,6 @@ from planner import (
     round_robin_plan,
     validate,
 )
-from twin.catalog import get_gpu, get_model
-from twin.profile import load_profile
 from twin.routing import Placement, WorkerPlacement
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -325,8 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                   seed=args.seed, replan_every_s=args.replan_every,
                   observe_window_s=args.observe_window, ttft_bound_s=args.ttft_bound,
                   starvation_guard=not args.no_starvation_guard)
-    predictor = Predictor(default_surrogate(), get_model("llama-3.1-8b"), get_gpu("a100-80gb"),
-                          load_profile("roofline-default"), PlannerConfig())
+    predictor = Target.resolve().predictor(default_surrogate())
     console.print(f"{len(arrivals)} requests over {args.seconds:g} simulated s "
                   f"({sum(a.rare for a in arrivals)} rare) at time scale {args.time_scale:g}")
     started = time.perf_counter()

@@ -21,14 +21,12 @@ from rich.table import Table
 from gateway.pretrained import default_surrogate
 from planner import (
     AdapterDemand,
-    PlannerConfig,
-    Predictor,
+    Target,
     exact_min_gpus,
     lower_bound,
     lower_bound_simple,
-    place,
+    place_with,
 )
-from twin import get_gpu, get_model, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,10 +47,8 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="*", default=[1.0, 2.0, 3.0, 4.0])
     parser.add_argument("--out", default="placement_bound.json", help="file under bench/results")
     args = parser.parse_args()
-    model, gpu, profile = get_model("llama-3.1-8b"), get_gpu("a100-80gb"), \
-        load_profile("roofline-default")
     surrogate = default_surrogate()
-    predictor = Predictor(surrogate, model, gpu, profile, PlannerConfig())
+    predictor = Target.resolve().predictor(surrogate)
     rows = []
     for mean in args.rates:
         for seed in range(args.seeds):
@@ -66,7 +62,7 @@ def main() -> None:
             rows.append({"mean_rate": mean, "seed": seed, "exact": exact,
                          "lower_bound": bound.gpus, "bound_relaxed": round(bound.relaxed, 3),
                          "lower_bound_simple": lower_bound_simple(demand, predictor),
-                         "placer": place(demand, model, gpu, profile, surrogate).num_gpus,
+                         "placer": place_with(demand, predictor).num_gpus,
                          "exact_s": round(exact_s, 2), "bound_s": round(bound.seconds, 3)})
     table = Table(title=f"lower bound vs exact optimum ({args.adapters} adapters, A100-80GB, "
                         "Llama-3.1-8B)")

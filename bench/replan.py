@@ -29,9 +29,9 @@ from gateway.pretrained import default_surrogate
 from planner import (
     AdapterDemand,
     Plan,
-    PlannerConfig,
     Predictor,
     RunningWorker,
+    Target,
     apply,
     diff,
     place_with,
@@ -41,15 +41,23 @@ from planner import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def carry_out(workers: Sequence[RunningWorker], plan: Plan,
+SHARES: dict[str, dict[str, float]] = {}  # the routing split of the fleet carried out last
+
+
+def carry_out(workers: Sequence[RunningWorker], plan: Plan, *, keep: bool = True,
               ) -> tuple[list[RunningWorker], int, int, int]:
-    """The fleet after the migration to ``plan`` (from ``replan``); moved, retired, added."""
+    """The fleet after the migration to ``plan`` (from ``replan``); moved, retired, added.
+    With ``keep``, its routing split is what the next re-plan starts from (as the gateway's
+    routing table is)."""
     names = [w.name for w in workers]
     current = {w.name: w.adapters for w in workers}
     m = diff(current, plan, names)
     after = apply(current, m)
     engines = dict(zip([*names, *m.added], [g.engine for g in plan.gpus], strict=True))
     fleet = [RunningWorker(n, engines[n], after[n]) for n in [*names, *m.added] if n in after]
+    if keep:
+        SHARES.clear()
+        SHARES.update({n: dict(s) for n, s in m.shares.items()})
     return fleet, len(m.moved), len(m.retired), len(m.added)
 
 
@@ -62,7 +70,7 @@ def fresh_moves(workers: Sequence[RunningWorker], plan: Plan) -> int:
 def timed(ads: Sequence[AdapterDemand], workers: Sequence[RunningWorker],
           predictor: Predictor) -> tuple[Plan, float]:
     started = time.perf_counter()
-    plan = replan(ads, workers, predictor)
+    plan = replan(ads, workers, predictor, shares=SHARES or None)
     return plan, time.perf_counter() - started
 
 
@@ -94,27 +102,27 @@ def run(n: int, predictor: Predictor) -> list[dict[str, object]]:
         wobble = [replace(a, rate=a.rate * rng.uniform(0.95, 1.05)) for a in ads]
         plan, secs = timed(wobble, fleet, predictor)
         worst = max(worst, secs)
-        _, moved, retired, added = carry_out(fleet, plan)
+        _, moved, retired, added = carry_out(fleet, plan, keep=False)
         unstable += bool(moved or retired or added)
     rows.append({"adapters": n, "case": "±5% x10", "gpus": len(fleet), "moved": 0,
                  "retired": 0, "added": 0, "seconds": worst,
                  "note": f"{unstable}/10 re-plans changed anything"})
     down = [replace(w, up=False) if i == 1 else w for i, w in enumerate(fleet)]
     plan, secs = timed(ads, down, predictor)
-    after, moved, retired, added = carry_out(down, plan)
+    after, moved, retired, added = carry_out(down, plan, keep=False)
     rows.append({"adapters": n, "case": "worker 1 down", "gpus": len(after), "moved": moved,
                  "retired": retired, "added": added, "seconds": secs,
                  "note": f"it held {len(fleet[1].adapters)}"})
     up20 = scaled(ads, 1.2)
     plan, secs = timed(up20, fleet, predictor)
-    after, moved, retired, added = carry_out(fleet, plan)
+    after, moved, retired, added = carry_out(fleet, plan, keep=False)
     fresh_moved = fresh_moves(fleet, place_with(up20, predictor))
     rows.append({"adapters": n, "case": "+20%", "gpus": len(after), "moved": moved,
                  "retired": retired, "added": added, "seconds": secs,
                  "note": f"fresh place + diff: {fresh_moved} moved, "
                          f"{place_with(up20, predictor).num_gpus} GPUs"})
     plan, secs = timed(scaled(ads, 2.0), fleet, predictor)
-    after, moved, retired, added = carry_out(fleet, plan)
+    after, moved, retired, added = carry_out(fleet, plan, keep=False)
     rows.append({"adapters": n, "case": "x2", "gpus": len(after), "moved": moved,
                  "retired": retired, "added": added, "seconds": secs,
                  "note": f"place: {place_with(scaled(ads, 2.0), predictor).num_gpus} GPUs"})
@@ -138,10 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000])
     args = parser.parse_args()
-    from twin import get_gpu, get_model, load_profile
-
-    predictor = Predictor(default_surrogate(), get_model("llama-3.1-8b"), get_gpu("a100-80gb"),
-                          load_profile("roofline-default"), PlannerConfig())
+    predictor = Target.resolve().predictor(default_surrogate())
     rows = [row for n in args.sizes for row in run(n, predictor)]
     table = Table(title="online re-plan (seconds: the slowest re-plan of the case)")
     for col in ("adapters", "case", "gpus", "moved", "retired", "added", "seconds", "note"):

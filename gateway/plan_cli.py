@@ -18,6 +18,9 @@ from rich.table import Table
 
 from gateway.pretrained import default_surrogate
 from planner import (
+    DEFAULT_GPU,
+    DEFAULT_MODEL,
+    DEFAULT_PROFILE,
     AdapterDemand,
     LatencyEstimate,
     LatencyMetric,
@@ -48,9 +51,9 @@ __all__ = ["register"]
 def register(sub: Any) -> None:
     p = sub.add_parser("plan", help="place adapters on the fewest GPUs without starvation")
     p.add_argument("adapters", type=Path, help="YAML with adapters: [{name, rank, rate, ...}]")
-    p.add_argument("--gpu", default="a100-80gb")
-    p.add_argument("--model", default="llama-3.1-8b")
-    p.add_argument("--profile", default="roofline-default")
+    p.add_argument("--gpu", default=DEFAULT_GPU)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--profile", default=DEFAULT_PROFILE)
     p.add_argument("--surrogate", type=Path, help="model file from `lorafleet train` "
                    "(default: trained once on the bundled table and cached)")
     p.add_argument("--objective", default="min-gpus", help="min-gpus (default) or "

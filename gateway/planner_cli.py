@@ -21,6 +21,9 @@ from rich.table import Table
 from planner import (
     COLUMNS,
     DEFAULT_CLASSIFIER,
+    DEFAULT_GPU,
+    DEFAULT_MODEL,
+    DEFAULT_PROFILE,
     DEFAULT_REGRESSOR,
     REGRESSORS,
     STARVATION_MODELS,
@@ -52,9 +55,9 @@ def register(sub: Any) -> None:
     ds.add_argument("--out", type=Path, required=True, help="output folder (writes data.csv)")
     ds.add_argument("--workers", type=int, default=1, help="parallel processes")
     ds.add_argument("--seed", type=int, default=0)
-    ds.add_argument("--model", default="llama-3.1-8b")
-    ds.add_argument("--gpu", default="a100-80gb")
-    ds.add_argument("--profile", default="roofline-default")
+    ds.add_argument("--model", default=DEFAULT_MODEL)
+    ds.add_argument("--gpu", default=DEFAULT_GPU)
+    ds.add_argument("--profile", default=DEFAULT_PROFILE)
     ds.add_argument("--shape", default=Shape.SAMPLED.value, choices=[s.value for s in Shape],
                     help="sampled: random slot counts; placement: a slot per adapter, as the "
                     "placer builds workers")

@@ -124,14 +124,7 @@ def diff(current: Mapping[str, Collection[str]], target: Plan, workers: Sequence
     ranks = dict(ranks) if ranks is not None else {a.name: a.rank for a in target.adapters}
     base = frozenset({BASE_MODEL, *(n for n, r in ranks.items() if r == 0)})
     held = [frozenset(current.get(w, ())) - base for w in workers]
-    fractions = target.shares()
-    shares: list[dict[str, float]] = []
-    for g in target.gpus:
-        s: dict[str, float] = {}
-        for name in sorted(g.rates):
-            key = BASE_MODEL if name in base else name
-            s[key] = s.get(key, 0.0) + fractions[name][g.index]
-        shares.append(s)
+    shares = target.tables(base)
     loras = [frozenset(s) - base for s in shares]
     mapping = _mapping(target, workers, loras, held)
     names: list[str | None] = []  # what each target GPU becomes (None: an empty new one)

@@ -4,7 +4,7 @@ serves, and the adapters' shares the gateway routes by."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -92,6 +92,21 @@ class Plan:
             out[name] = {i: r / total if total else 1.0 / len(parts) for i, r in parts.items()}
         return out
 
+    def tables(self, base: Collection[str] | None = None) -> list[dict[str, float]]:
+        """Each GPU's routing weights: every adapter's share of its rate there, the
+        base-model ones (``base``, default the plan's rank-0 adapters) summed under
+        ``twin.routing.BASE_MODEL``, the key the router looks base-model requests up by."""
+        base = {a.name for a in self.adapters if a.is_base} if base is None else set(base)
+        fractions = self.shares()
+        out = []
+        for g in self.gpus:
+            table: dict[str, float] = {}
+            for name in sorted(g.rates):
+                key = BASE_MODEL if name in base else name
+                table[key] = table.get(key, 0.0) + fractions[name][g.index]
+            out.append(table)
+        return out
+
     def assign(self, workers: Sequence[str], *, cpu_lora_room: float = 1.0) -> Assignment:
         """GPU ``i`` on worker ``workers[i mod N]`` (folded onto the running ones when the
         plan needs more), each adapter weighted by its share of its rate and base-model ones
@@ -102,15 +117,12 @@ class Plan:
         n = len(workers)
         if n == 0:
             raise ValueError("workers: at least one")
-        base = {a.name for a in self.adapters if a.is_base}
-        fractions = self.shares()
         shares: list[dict[str, float]] = [{} for _ in workers]
         engines: list[EngineConfig | None] = [None] * n
-        for g in self.gpus:
+        for g, table in zip(self.gpus, self.tables(), strict=True):
             w = g.index % n
-            for name in g.rates:
-                key = BASE_MODEL if name in base else name
-                shares[w][key] = shares[w].get(key, 0.0) + fractions[name][g.index]
+            for key, share in table.items():
+                shares[w][key] = shares[w].get(key, 0.0) + share
             engine = engines[w]
             if engine is None or g.engine.max_loras > engine.max_loras:
                 engines[w] = g.engine

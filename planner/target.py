@@ -11,12 +11,15 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from planner.predictor import PlannerConfig, Predictor
-from planner.surrogate import Surrogate
 from twin.catalog import get_gpu, get_model
 from twin.profile import CalibrationProfile, load_profile
 from twin.specs import GpuSpec, ModelSpec
+
+if TYPE_CHECKING:  # the surrogate's River models load only when a predictor is made
+    from planner.predictor import PlannerConfig, Predictor
+    from planner.surrogate import Surrogate
 
 __all__ = ["DEFAULT_GPU", "DEFAULT_MODEL", "DEFAULT_PROFILE", "Target"]
 
@@ -45,5 +48,7 @@ class Target:
     def predictor(self, surrogate: Surrogate, config: PlannerConfig | None = None, *,
                   capacity_scale: float | None = None) -> Predictor:
         """The placer's feasibility check for this target."""
+        from planner.predictor import PlannerConfig, Predictor
+
         return Predictor(surrogate, self.model, self.gpu, self.profile,
                          config or PlannerConfig(), capacity_scale=capacity_scale)

@@ -20,9 +20,15 @@ from gateway.server.app import create_app, serve
 from gateway.server.config import GatewayConfig, WorkerEndpoint
 from gateway.server.emulated import EmulatedFleet, scaffold_entries, start_emulated, worker_configs
 from gateway.server.planning import InitialPlan, from_planner
-from planner import AdapterDemand, PlannerConfig, Predictor, Surrogate, round_robin
-from twin.catalog import get_gpu, get_model
-from twin.profile import load_profile
+from planner import (
+    DEFAULT_GPU,
+    DEFAULT_MODEL,
+    DEFAULT_PROFILE,
+    AdapterDemand,
+    Surrogate,
+    Target,
+    round_robin,
+)
 from twin.routing import BASE_MODEL
 
 __all__ = ["DemoFleet", "FleetSpec", "plan_demo", "start_demo"]
@@ -35,9 +41,9 @@ class FleetSpec:
     """The fleet the demo runs: what the planner assumes, and how the workers really run."""
 
     workers: int = 8
-    gpu: str = "a100-80gb"
-    model: str = "llama-3.1-8b"
-    profile: str = "roofline-default"
+    gpu: str = DEFAULT_GPU
+    model: str = DEFAULT_MODEL
+    profile: str = DEFAULT_PROFILE
     # how much slower than the profile the workers run: one factor, or one per worker
     # (cycled over the pool: worker i runs ``slowdown[i % len]``)
     slowdown: float | tuple[float, ...] = 1.15
@@ -78,8 +84,7 @@ def plan_demo(adapters: Sequence[AdapterDemand], spec: FleetSpec,
     names = [f"w{i}" for i in range(spec.workers)]
     plan = from_planner(adapters, names, surrogate, gpu=spec.gpu, model=spec.model,
                         profile=spec.profile, headroom=spec.headroom)
-    predictor = Predictor(surrogate, get_model(spec.model), get_gpu(spec.gpu),
-                          load_profile(spec.profile), PlannerConfig())
+    predictor = Target.resolve(spec.model, spec.gpu, spec.profile).predictor(surrogate)
     baselines = {"one_per_adapter": sum(1 for a in adapters if not a.is_base),
                  "round_robin": round_robin(adapters, predictor).num_gpus}
     return plan, baselines

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.emulator.errors import ApiError
+from planner import DEFAULT_MODEL
 
 __all__ = ["AdapterRegistry", "LoadedAdapter", "read_adapter_rank", "scaffold_adapter"]
 
@@ -31,7 +32,7 @@ class LoadedAdapter:
     rank: int
 
 
-def scaffold_adapter(folder: str | Path, *, rank: int, base_model: str = "llama-3.1-8b",
+def scaffold_adapter(folder: str | Path, *, rank: int, base_model: str = DEFAULT_MODEL,
                      alpha: int | None = None) -> Path:
     """Write ``folder/adapter_config.json`` (PEFT LoRA format) and return the folder.
 

@@ -24,6 +24,7 @@ from gateway.emulator.app import create_app, serve
 from gateway.emulator.config import LoraModule, WorkerConfig
 from gateway.emulator.errors import StartupError
 from gateway.http import stop_signals, tune_gc, until_signalled
+from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE
 from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
 from twin.profile import load_profile
@@ -54,9 +55,9 @@ def parse_lora_module(text: str) -> LoraModule:
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--model-spec", default="llama-3.1-8b", help="bundled model spec")
-    p.add_argument("--gpu", default="a100-80gb", help="bundled GPU spec")
-    p.add_argument("--profile", default="roofline-default", help="profile name or JSON path")
+    p.add_argument("--model-spec", default=DEFAULT_MODEL, help="bundled model spec")
+    p.add_argument("--gpu", default=DEFAULT_GPU, help="bundled GPU spec")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help="profile name or JSON path")
     p.add_argument("--served-model-name", default=None, help="default: the model spec's name")
     p.add_argument("--max-loras", type=int, default=1)
     p.add_argument("--max-cpu-loras", type=int, default=0, help="0: same as --max-loras")
@@ -97,7 +98,7 @@ def register(sub: Any) -> None:
     scaffold.add_argument("dir", type=Path)
     scaffold.add_argument("--rank", type=int, required=True)
     scaffold.add_argument("--name", default=None, help="write DIR/NAME instead of DIR")
-    scaffold.add_argument("--base-model", default="llama-3.1-8b")
+    scaffold.add_argument("--base-model", default=DEFAULT_MODEL)
     scaffold.set_defaults(func=_scaffold)
 
 

@@ -44,7 +44,7 @@ from gateway.server.emulated import (
 )
 from gateway.server.lifecycle import make_plan
 from gateway.server.planning import InitialPlan
-from planner import load_adapters
+from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE, load_adapters
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
 
@@ -71,9 +71,9 @@ def register(sub: Any) -> None:
     p.add_argument("--adapters", type=Path, help="with --emulate: the planner's adapters YAML")
     p.add_argument("--host", default=None, help="default 127.0.0.1 (or the config's)")
     p.add_argument("--port", type=_port, default=None, help="default 8080 (0: a free port)")
-    p.add_argument("--gpu", default="a100-80gb")
-    p.add_argument("--model", default="llama-3.1-8b", help="bundled model spec")
-    p.add_argument("--profile", default="roofline-default")
+    p.add_argument("--gpu", default=DEFAULT_GPU)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="bundled model spec")
+    p.add_argument("--profile", default=DEFAULT_PROFILE)
     p.add_argument("--served-model-name", default=None, help="default: the model spec's name")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="emulated workers run this many times faster than real time")

@@ -81,7 +81,7 @@ import yaml
 
 from gateway.server.auth import KeySpec, parse_keys
 from gateway.server.entries import AdapterEntry, AdapterOrigin, parse_entries
-from planner import MAX_TOKENS
+from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE, MAX_TOKENS, Target
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
 from twin.specs import EngineConfig
@@ -145,9 +145,9 @@ class GatewayConfig:
     adapters: tuple[AdapterEntry, ...]
     placement: PlacementMode = PlacementMode.PLANNER
     routing: RoutingPolicy = RoutingPolicy.PLACEMENT
-    gpu: str = "a100-80gb"
-    model: str = "llama-3.1-8b"
-    profile: str = "roofline-default"
+    gpu: str = DEFAULT_GPU
+    model: str = DEFAULT_MODEL
+    profile: str = DEFAULT_PROFILE
     host: str = "127.0.0.1"
     port: int = 8080
     max_model_len: int = 8192
@@ -336,12 +336,8 @@ def parse_config(data: Any) -> GatewayConfig:
 def _known_specs(values: dict[str, Any]) -> None:
     """``gpu``, ``model`` and ``profile`` name what the planner knows (else every re-plan
     would fail later, in the planning process): ``ConfigError`` naming the field."""
-    from twin.catalog import get_gpu, get_model
-    from twin.profile import load_profile
-
-    get_gpu(values.get("gpu", "a100-80gb"))
-    get_model(values.get("model", "llama-3.1-8b"))
-    load_profile(values.get("profile", "roofline-default"))
+    Target.resolve(values.get("model", DEFAULT_MODEL), values.get("gpu", DEFAULT_GPU),
+                   values.get("profile", DEFAULT_PROFILE))
 
 
 def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
@@ -365,7 +361,7 @@ def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
         number = int | float if key == "gpu_memory_utilization" else int
         if isinstance(value, bool) or not isinstance(value, number):
             raise ConfigError(f"worker_engine.{key}", f"must be a number, got {value!r}")
-    base = fallback_engine([a.demand for a in adapters], values.get("gpu", "a100-80gb"),
+    base = fallback_engine([a.demand for a in adapters], values.get("gpu", DEFAULT_GPU),
                            values.get("max_model_len", 8192))
     if "max_loras" in given and "max_cpu_loras" not in given:  # room for the slots at least
         given = {**given, "max_cpu_loras": max(base.cpu_loras, given["max_loras"])}

@@ -21,7 +21,7 @@ from gateway.emulator.app import serve as serve_worker
 from gateway.emulator.config import WorkerConfig
 from gateway.server.config import AdapterEntry
 from gateway.server.planning import InitialPlan
-from planner import AdapterDemand
+from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE, AdapterDemand
 from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError
 from twin.profile import load_profile
@@ -31,8 +31,8 @@ __all__ = ["EmulateSpec", "EmulatedFleet", "emulated_config_data", "parse_emulat
            "scaffold_entries", "start_emulated", "worker_configs"]
 
 
-def worker_configs(plan: InitialPlan, *, served_model_name: str, model: str = "llama-3.1-8b",
-                   gpu: str = "a100-80gb", profile: str = "roofline-default",
+def worker_configs(plan: InitialPlan, *, served_model_name: str, model: str = DEFAULT_MODEL,
+                   gpu: str = DEFAULT_GPU, profile: str = DEFAULT_PROFILE,
                    time_scale: float = 1.0, seed: int = 0) -> list[WorkerConfig]:
     """One emulated worker per plan worker, with the engine options the plan chose."""
     spec, card, prof = get_model(model), get_gpu(gpu), load_profile(profile)
@@ -43,7 +43,7 @@ def worker_configs(plan: InitialPlan, *, served_model_name: str, model: str = "l
 
 
 def scaffold_entries(adapters: Sequence[AdapterDemand], folder: Path, *,
-                     base_model: str = "llama-3.1-8b") -> tuple[AdapterEntry, ...]:
+                     base_model: str = DEFAULT_MODEL) -> tuple[AdapterEntry, ...]:
     """Adapter folders (``adapter_config.json`` only) for emulated workers to load."""
     return tuple(AdapterEntry(a, None if a.is_base else str(
         scaffold_adapter(folder / a.name, rank=a.rank, base_model=base_model)))
@@ -152,7 +152,7 @@ def emulated_config_data(data: dict[str, Any], folder: Path) -> tuple[dict[str, 
                        for i in range(spec.count)]
     items = data.get("adapters", [])
     if isinstance(items, list):
-        base = str(data.get("model", "llama-3.1-8b"))
+        base = str(data.get("model", DEFAULT_MODEL))
         filled = []
         for item in items:
             if isinstance(item, dict) and not item.get("path") \

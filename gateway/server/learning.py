@@ -32,9 +32,7 @@ from aiohttp import web
 
 from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, OBSERVER
 from gateway.server.scrape import WorkerGauges, read_gauges
-from planner import OnlineLatency, WindowObservation, WorkerWindow
-from twin.catalog import get_gpu, get_model
-from twin.profile import load_profile
+from planner import OnlineLatency, Target, WindowObservation, WorkerWindow
 
 __all__ = ["Learner"]
 
@@ -50,8 +48,8 @@ class Learner:
         cfg = app[GATEWAY_CONFIG]
         self.app = app
         self.gauges = WorkerGauges()
-        self.online = OnlineLatency(get_model(cfg.model), get_gpu(cfg.gpu),
-                                    load_profile(cfg.profile))
+        target = Target.resolve(cfg.model, cfg.gpu, cfg.profile)
+        self.online = OnlineLatency(target.model, target.gpu, target.profile)
         self.pending: list[WorkerWindow] = []  # for the planning process's LatencyModel
         self.observed: deque[WindowObservation] = deque(maxlen=1000)  # newest last
         # (time, the window's relative error of the inter-token latency predicted at the

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -69,6 +70,9 @@ class ReplanJob:
     capacity_scale: float = 1.0
     headroom: float = 0.9
     windows: tuple[WorkerWindow, ...] = ()  # observed since the last re-plan: training data
+    # worker -> adapter (BASE_MODEL for the base model) -> share of its rate routed there:
+    # a replicated adapter keeps the split it is routed by (the search splits unevenly)
+    shares: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     # the gateway whose windows these are: the planning process's surrogate learns one
     # gateway's live windows (another's job reloads it: tests run several in a process)
     gateway_id: str = ""
@@ -159,7 +163,8 @@ def _learn(job: ReplanJob, predictor: Predictor) -> int:
 def _plan(job: ReplanJob, predictor: Predictor) -> Plan:
     if job.fresh:
         return place_with(job.demands, predictor)
-    return replan(job.demands, job.workers, predictor, job.stability)
+    return replan(job.demands, job.workers, predictor, job.stability,
+                  shares=job.shares or None)
 
 
 def run_job(job: ReplanJob) -> ReplanResult:

@@ -115,7 +115,9 @@ class Replanner:
                                                  time_scale=cfg.time_scale)),
                          fresh=fresh, validate=cfg.validate_replans,
                          capacity_scale=self.learner.capacity_scale, headroom=cfg.headroom,
-                         windows=self.learner.take(), gateway_id=self.gateway_id)
+                         windows=self.learner.take(), gateway_id=self.gateway_id,
+                         shares={} if fleet.plan is None else {
+                             wp.name: dict(wp.shares) for wp in fleet.plan.workers})
 
     def speed(self, worker: str) -> float | None:
         """The speed the plan assumes for ``worker``: learned (None: the fleet's), times the

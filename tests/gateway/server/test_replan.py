@@ -120,6 +120,15 @@ async def test_periodic_replan_stays_within_the_move_budget(tmp_path: Path) -> N
         assert len(second["diff"]["moved"]) <= 4
 
 
+async def test_a_replan_starts_from_the_split_the_fleet_routes_by(tmp_path: Path) -> None:
+    # A replicated adapter is re-planned at the shares it is routed by, not equal parts.
+    split = [{"a0": 0.7, "a1": 1.0}, {"a0": 0.3}]
+    async with gateway_stack(tmp_path, demands("a0", "a1"), shares=split,
+                             replan_interval_s=0) as stack:
+        job = stack.app[REPLANNER].snapshot()
+        assert job.shares == {"w0": {"a0": 0.7, "a1": 1.0}, "w1": {"a0": 0.3}}
+
+
 async def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     names = _names(8)
     async with gateway_stack(tmp_path, demands(*names), workers=4, roomy=True,

@@ -3,7 +3,7 @@ a stricter margin before it is carried out."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -83,3 +83,24 @@ def test_an_accepted_plan_is_not_planned_again(monkeypatch) -> None:
     result = run_job(_job())
     assert result.validated is True and result.repairs == 0 and len(twin.headrooms) == 1
     assert result.planned_gpus == 1  # six light adapters stay on w0
+
+
+def test_a_replicated_adapter_keeps_the_split_it_is_routed_by() -> None:
+    # The improvement search splits a hot adapter unevenly (what fits where); re-planning it
+    # as equal parts would overload the GPU that took the small part. Here one GPU cannot
+    # carry it (1.3x what one serves of it), so both workers keep it, at 0.6 and 0.4.
+    hot = AdapterDemand(name="hot", rank=8, rate=1.0, input_tokens=512, output_tokens=128)
+    engine = EngineConfig(max_loras=8, max_cpu_loras=8, max_lora_rank=8)
+    workers = (RunningWorker("w0", engine, frozenset({"hot"})),
+               RunningWorker("w1", engine, frozenset({"hot"})))
+    job = ReplanJob(demands=(hot,), workers=workers, gpu="a100-80gb", model="llama-3.1-8b",
+                    profile="roofline-default", max_model_len=8192, validate=False,
+                    shares={"w0": {"hot": 0.6}, "w1": {"hot": 0.4}})
+    cap = replan_job._predictor(job).alone_capacity(hot)
+    job = replace(job, demands=(replace(hot, rate=1.3 * cap),))
+    result = run_job(job)
+    assert result.migration.moved == () and result.migration.retired == ()
+    assert result.migration.shares["w0"]["hot"] == pytest.approx(0.6)
+    assert result.migration.shares["w1"]["hot"] == pytest.approx(0.4)
+    even = run_job(replace(job, shares={}))
+    assert even.migration.shares["w0"]["hot"] == pytest.approx(0.5)
