@@ -3,9 +3,9 @@ the simple bound where slots and ranks cost, and the engine-time costs it rests 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
+from bench.placement_bound import mix  # 9 adapters of ranks 0-64, mixed lengths
 from planner.bound import configurations, lower_bound, lower_bound_simple
 from planner.demand import AdapterDemand
 from planner.engine_time import CEILING, engine_load, request_seconds
@@ -13,16 +13,6 @@ from planner.optimum import exact_min_gpus
 from planner.placer import PlannerConfig, Predictor, place
 from twin import get_gpu, get_model, load_profile, plan_memory
 from twin.specs import EngineConfig
-
-
-def mix(n: int, mean_rate: float, seed: int) -> list[AdapterDemand]:
-    """``n`` adapters of mixed ranks and lengths at rates spread around ``mean_rate``."""
-    rng = np.random.default_rng(seed)
-    rates = rng.uniform(0.3, 1.7, n) * mean_rate
-    return [AdapterDemand(name=f"a{i}", rank=int(rng.choice([0, 8, 16, 32, 64])),
-                          rate=float(r), input_tokens=float(rng.integers(128, 1536)),
-                          output_tokens=float(rng.integers(32, 384)))
-            for i, r in enumerate(rates)]
 
 
 @pytest.mark.parametrize(("seed", "mean_rate"), [(0, 1.0), (1, 2.0), (2, 2.5), (3, 3.5),

@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 
+from bench.placement import adapters as zipf  # Zipf rates, ranks 8-32, mixed lengths
 from planner.demand import AdapterDemand
 from planner.improve import improve
 from planner.placer import GpuPlan, PlannerConfig, Predictor, merged, place
-
-
-def zipf(n: int, total_rate: float, seed: int = 0) -> list[AdapterDemand]:
-    """bench/placement.py's adapter sets: Zipf rates, ranks 8-32, mixed lengths."""
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, n + 1)
-    rates = weights / weights.sum() * total_rate
-    return [AdapterDemand(name=f"a{i:04d}", rank=int(rng.choice([8, 16, 32])), rate=float(r),
-                          input_tokens=float(rng.integers(128, 1536)),
-                          output_tokens=float(rng.integers(32, 384)))
-            for i, r in enumerate(rates)]
 
 
 def feasible(plan, adapters, predictor) -> bool:
