@@ -45,6 +45,7 @@ it on one line and exits with status 2). The file::
     retire_margin: 0.85               # hysteresis: slack needed before a worker is emptied
     validate_replans: true            # check each re-plan in the cluster twin
     headroom: 0.9                     # plan GPUs for load / headroom (lower: more latency slack)
+    search_seconds: 1                 # the placer's improvement search, per plan
     time_scale: 1                     # emulated workers this much faster than real time
     keys:                             # client API keys; none: an open gateway
       - {key_env: TEAM_A_KEY, name: team-a, adapters: [sql, chat], rate_limit: 5}
@@ -111,6 +112,7 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "max_outstanding_per_worker": (0, 1_000_000, False),
     "prefix_affinity_chars": (0, 1 << 20, False), "move_budget": (0, 100_000, False),
     "headroom": (0, 1, True), "retire_margin": (0, 1, True),
+    "search_seconds": (0, 600, False),
     "ttft_bound_s": (0, MAX_SECONDS, True),
     "max_body_bytes": (1024, 1 << 30, False),
     "client_header_timeout_s": (0, 3600, True), "client_body_timeout_s": (0, 3600, True),
@@ -180,6 +182,7 @@ class GatewayConfig:
     retire_margin: float = 0.85  # slack a worker's load must leave for another to retire
     validate_replans: bool = True  # check each re-plan in the cluster twin
     headroom: float = 0.9  # plan each GPU for its offered load / headroom (latency slack)
+    search_seconds: float = 1.0  # the placer's improvement search per plan (planner/improve.py)
     time_scale: float = 1.0  # emulated workers run this much faster than the profile
     # keys, admin API, state, shutdown (gateway/server/auth.py, admin.py, state.py)
     keys: tuple[KeySpec, ...] = ()

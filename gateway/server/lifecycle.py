@@ -52,7 +52,7 @@ def make_plan(cfg: GatewayConfig) -> InitialPlan:
 
     return from_planner(adapters, names, default_surrogate(), gpu=cfg.gpu, model=cfg.model,
                         profile=cfg.profile, max_model_len=cfg.max_model_len,
-                        headroom=cfg.headroom)
+                        headroom=cfg.headroom, search_seconds=cfg.search_seconds)
 
 
 async def client_session(app: web.Application) -> AsyncIterator[None]:

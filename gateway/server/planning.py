@@ -83,14 +83,15 @@ def round_robin(adapters: Sequence[AdapterDemand], workers: Sequence[str], *,
 def from_planner(adapters: Sequence[AdapterDemand], workers: Sequence[str],
                  surrogate: Surrogate, *, gpu: str = DEFAULT_GPU, model: str = DEFAULT_MODEL,
                  profile: str = DEFAULT_PROFILE, max_model_len: int = 8192,
-                 headroom: float = 0.9,
+                 headroom: float = 0.9, search_seconds: float = 1.0,
                  cpu_lora_room: float = Stability().cpu_lora_room) -> InitialPlan:
     """The planner's fewest-GPU plan, checked (and repaired) in the cluster twin
     (``planner.plan_checked``), mapped onto ``workers`` (``Plan.assign``). Each worker's CPU
     LoRA tier gets room for ``cpu_lora_room`` times the LoRAs it starts with (host memory
     only), as the re-planner gives the GPUs it adds."""
     target = Target.resolve(model, gpu, profile)
-    config = PlannerConfig(max_model_len=max_model_len, headroom=headroom)
+    config = PlannerConfig(max_model_len=max_model_len, headroom=headroom,
+                           search_seconds=search_seconds)
     checked = plan_checked(adapters, target.predictor(surrogate, config))
     if not checked.ok:
         assert checked.validation is not None

@@ -69,6 +69,7 @@ class ReplanJob:
     validate: bool = True
     capacity_scale: float = 1.0
     headroom: float = 0.9
+    search_seconds: float = 1.0  # the placer's improvement search (fresh plans, new GPUs)
     windows: tuple[WorkerWindow, ...] = ()  # observed since the last re-plan: training data
     # worker -> adapter (BASE_MODEL for the base model) -> share of its rate routed there:
     # a replicated adapter keeps the split it is routed by (the search splits unevenly)
@@ -133,7 +134,8 @@ def warm() -> None:
 
 
 def _predictor(job: ReplanJob) -> Predictor:
-    config = PlannerConfig(max_model_len=job.max_model_len, headroom=job.headroom)
+    config = PlannerConfig(max_model_len=job.max_model_len, headroom=job.headroom,
+                           search_seconds=job.search_seconds)
     return Target.resolve(job.model, job.gpu, job.profile).predictor(
         _surrogate_for(job.gateway_id), config, capacity_scale=job.capacity_scale)
 

@@ -115,6 +115,7 @@ class Replanner:
                                                  time_scale=cfg.time_scale)),
                          fresh=fresh, validate=cfg.validate_replans,
                          capacity_scale=self.learner.capacity_scale, headroom=cfg.headroom,
+                         search_seconds=cfg.search_seconds,
                          windows=self.learner.take(), gateway_id=self.gateway_id,
                          shares={} if fleet.plan is None else {
                              wp.name: dict(wp.shares) for wp in fleet.plan.workers})

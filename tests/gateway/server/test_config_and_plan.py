@@ -30,6 +30,8 @@ def test_good_config(tmp_path: Path) -> None:
     assert cfg.workers[1].url == "http://10.0.0.2:8000"
     assert cfg.placement is PlacementMode.ROUND_ROBIN and cfg.port == 9000
     assert cfg.health_interval_s == 1.0 and cfg.adapters[1].path is None
+    assert cfg.search_seconds == 1.0
+    assert parse_config({**GOOD, "search_seconds": 0}).search_seconds == 0.0
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -65,6 +67,8 @@ def test_good_config(tmp_path: Path) -> None:
     ({"gpu": "b200"}, "gpu"),
     ({"model": "gpt-5"}, "model"),
     ({"profile": "fast"}, "profile"),
+    ({"search_seconds": -1}, "search_seconds"),
+    ({"search_seconds": 1e9}, "search_seconds"),
 ])
 def test_bad_field_is_named(change: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as info:

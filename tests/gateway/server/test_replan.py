@@ -124,9 +124,10 @@ async def test_a_replan_starts_from_the_split_the_fleet_routes_by(tmp_path: Path
     # A replicated adapter is re-planned at the shares it is routed by, not equal parts.
     split = [{"a0": 0.7, "a1": 1.0}, {"a0": 0.3}]
     async with gateway_stack(tmp_path, demands("a0", "a1"), shares=split,
-                             replan_interval_s=0) as stack:
+                             replan_interval_s=0, search_seconds=0.25) as stack:
         job = stack.app[REPLANNER].snapshot()
         assert job.shares == {"w0": {"a0": 0.7, "a1": 1.0}, "w1": {"a0": 0.3}}
+        assert job.search_seconds == 0.25
 
 
 async def test_dry_run_changes_nothing(tmp_path: Path) -> None:
