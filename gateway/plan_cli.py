@@ -89,25 +89,17 @@ def _plan_rows(plan: Plan, latency: list[LatencyEstimate],
             for g, lat, w in zip(plan.gpus, latency, workers, strict=True)]
 
 
-def _seconds(flag: str, value: str | None) -> float | None:
+def _seconds(flag: str, value: str | None, *, zero: bool = False) -> float | None:
+    """``value`` as seconds: finite and > 0 (``zero``: >= 0); a ConfigError naming ``flag``."""
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(flag, f"must be a number of seconds > 0, got {value!r}")
-    return seconds
-
-
-def _search_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise ConfigError("--search-seconds", f"must be a number of seconds >= 0, got {value!r}")
+    if not (math.isfinite(seconds) and (seconds >= 0 if zero else seconds > 0)):
+        raise ConfigError(flag, f"must be a number of seconds {'>=' if zero else '>'} 0, "
+                                f"got {value!r}")
     return seconds
 
 
@@ -141,7 +133,9 @@ def _objective(args: argparse.Namespace) -> MinLatency | None:
 
 def _plan(args: argparse.Namespace) -> int:
     objective = _objective(args)
-    config = PlannerConfig(search_seconds=_search_seconds(args.search_seconds))
+    search = _seconds("--search-seconds", args.search_seconds, zero=True)
+    assert search is not None  # the flag has a default
+    config = PlannerConfig(search_seconds=search)
     target = Target.resolve(args.model, args.gpu, args.profile)
     adapters = load_adapters(args.adapters)
     if args.surrogate:

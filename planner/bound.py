@@ -45,7 +45,6 @@ from planner.demand import AdapterDemand
 from planner.engine_time import CEILING, request_seconds
 from planner.predictor import SLOT_CANDIDATES, Predictor
 from twin.errors import InsufficientMemoryError
-from twin.memory import plan_memory
 from twin.specs import ALLOWED_LORA_RANKS
 
 __all__ = ["Bound", "Configuration", "configurations", "lower_bound", "lower_bound_simple"]
@@ -91,9 +90,7 @@ def configurations(adapters: Sequence[AdapterDemand], predictor: Predictor
         fitting: list[tuple[int, int]] = []
         for slots in SLOT_CANDIDATES:
             try:
-                kv = plan_memory(predictor.model, predictor.gpu,
-                                 predictor.engine_for(probe, slots),
-                                 predictor.profile.memory).kv_cache_tokens
+                _, kv = predictor.engine_model(predictor.engine_for(probe, slots))
             except InsufficientMemoryError:
                 break
             fitting.append((slots, kv))
@@ -121,9 +118,7 @@ def lower_bound(adapters: Sequence[AdapterDemand], predictor: Predictor,
     if not items:
         return Bound(min(1, len(adapters)), 0.0, True, 0.0)
     configs = configurations(items, predictor)
-    c = predictor.config
-    scale = 1.0 / (c.headroom * c.capacity_scale)
-    rates = np.array([a.rate * scale for a in items])
+    rates = np.array([a.rate * predictor.rate_scale for a in items])
     ranks = np.array([_rank_of(a) for a in items])
     lora = ranks > 0
     n, m = len(items), len(configs)
@@ -134,7 +129,7 @@ def lower_bound(adapters: Sequence[AdapterDemand], predictor: Predictor,
             continue
         engine = predictor.engine_for(
             [AdapterDemand(name="probe", rank=cfg.max_lora_rank, rate=0.0)], cfg.max_loras)
-        step = predictor.profile.step_model(predictor.model, predictor.gpu, engine)
+        step, _ = predictor.engine_model(engine)
         seconds = request_seconds([items[i] for i in fits], engine, step, cfg.kv_tokens,
                                   float(cfg.min_distinct))
         rows_i.extend(fits.tolist())

@@ -23,12 +23,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from planner.demand import AdapterDemand
-from planner.engine_time import CEILING, request_seconds
+from planner.engine_time import CEILING, engine_load
 from planner.plan import GpuPlan, merged
 from planner.predictor import Predictor
-from twin.memory import plan_memory
 from twin.specs import EngineConfig
-from twin.step_time import StepTimeModel
 
 __all__ = ["improve"]
 
@@ -38,24 +36,13 @@ _MAX_SPLITS = 3  # GPUs one adapter's share may be split over when no GPU takes 
 
 
 class _Costs:
-    """Engine loads and per-request costs, the engines' step models and KV sizes cached."""
+    """Engine loads, each adapter's least cost on an engine, and the placer's answers, kept
+    for the search."""
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
-        c = predictor.config
-        self.scale = 1.0 / (c.headroom * c.capacity_scale)
-        self._engines: dict[EngineConfig, tuple[StepTimeModel, int]] = {}
         self._extra: dict[tuple[EngineConfig, str, float], float] = {}
         self.tried: dict[tuple[object, ...], GpuPlan | None] = {}
-
-    def _engine(self, engine: EngineConfig) -> tuple[StepTimeModel, int]:
-        hit = self._engines.get(engine)
-        if hit is None:
-            p = self.predictor
-            hit = (p.profile.step_model(p.model, p.gpu, engine),
-                   plan_memory(p.model, p.gpu, engine, p.profile.memory).kv_cache_tokens)
-            self._engines[engine] = hit
-        return hit
 
     def extra(self, adapter: AdapterDemand, engine: EngineConfig) -> float:
         """The engine load ``adapter`` adds at least to a worker on ``engine``: its own, its
@@ -70,12 +57,8 @@ class _Costs:
         """The engine load of ``adapters`` (rates at the planning margin) on ``engine``."""
         if not adapters:
             return 0.0
-        step, kv = self._engine(engine)
-        loras = sum(1 for a in adapters if not a.is_base)
-        distinct = float(min(loras, engine.max_loras))
-        seconds = request_seconds(adapters, engine, step, kv, distinct)
-        return float(sum(a.rate * self.scale * s for a, s in zip(adapters, seconds,
-                                                                   strict=True)))
+        step, kv = self.predictor.engine_model(engine)
+        return self.predictor.rate_scale * engine_load(adapters, engine, step, kv)
 
 
 def _members(g: GpuPlan, by_name: dict[str, AdapterDemand]) -> list[AdapterDemand]:

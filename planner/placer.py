@@ -33,7 +33,6 @@ from planner.improve import improve
 from planner.plan import GpuPlan, Plan, merged
 from planner.predictor import SLOT_CANDIDATES, PlannerConfig, Predictor, Verdict
 from planner.surrogate import Surrogate
-from twin.memory import plan_memory
 from twin.profile import CalibrationProfile
 from twin.specs import GpuSpec, ModelSpec
 
@@ -75,8 +74,6 @@ SURE_SHARE = 0.5
 
 def alone_loads(adapters: Sequence[AdapterDemand], predictor: Predictor) -> np.ndarray:
     """Each adapter's engine load alone on one GPU (one slot at its rank), at the margin."""
-    c = predictor.config
-    scale = 1.0 / (c.headroom * c.capacity_scale)
     out = np.zeros(len(adapters))
     by_rank: dict[int, list[int]] = {}
     for i, a in enumerate(adapters):
@@ -84,11 +81,9 @@ def alone_loads(adapters: Sequence[AdapterDemand], predictor: Predictor) -> np.n
     for idx in by_rank.values():
         group = [adapters[i] for i in idx]
         engine = predictor.engine_for(group[:1], 1)
-        p = predictor
-        kv = plan_memory(p.model, p.gpu, engine, p.profile.memory).kv_cache_tokens
-        seconds = request_seconds(group, engine, p.profile.step_model(p.model, p.gpu, engine),
-                                  kv, 1.0)
-        out[idx] = np.array([a.rate for a in group]) * scale * seconds
+        step, kv = predictor.engine_model(engine)
+        seconds = request_seconds(group, engine, step, kv, 1.0)
+        out[idx] = np.array([a.rate for a in group]) * predictor.rate_scale * seconds
     return out
 
 

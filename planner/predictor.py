@@ -15,8 +15,10 @@ from planner.engine_time import CEILING, engine_load
 from planner.features import worker_features
 from planner.surrogate import Surrogate
 from twin.errors import InsufficientMemoryError
+from twin.memory import plan_memory
 from twin.profile import CalibrationProfile
 from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, GpuSpec, ModelSpec
+from twin.step_time import StepTimeModel
 
 __all__ = ["SLOT_CANDIDATES", "PlannerConfig", "Predictor", "Verdict"]
 
@@ -72,6 +74,24 @@ class Predictor:
         self.config = (config if capacity_scale is None
                        else replace(config, capacity_scale=capacity_scale))
         self.calls = 0
+        self._engines: dict[EngineConfig, tuple[StepTimeModel, int]] = {}
+
+    @property
+    def rate_scale(self) -> float:
+        """What rates are multiplied by before a check: ``1 / headroom`` (the margin for what
+        the surrogate gets wrong) over ``capacity_scale`` (the workers' learned speed)."""
+        return 1.0 / (self.config.headroom * self.config.capacity_scale)
+
+    def engine_model(self, engine: EngineConfig) -> tuple[StepTimeModel, int]:
+        """``engine``'s step-time model and KV cache tokens (``InsufficientMemoryError`` if
+        vLLM would not start with it), computed once per engine."""
+        hit = self._engines.get(engine)
+        if hit is None:
+            hit = (self.profile.step_model(self.model, self.gpu, engine),
+                   plan_memory(self.model, self.gpu, engine,
+                               self.profile.memory).kv_cache_tokens)
+            self._engines[engine] = hit
+        return hit
 
     def with_config(self, config: PlannerConfig) -> Predictor:
         """A ``Predictor`` on the same surrogate and specs with ``config`` (a stricter
@@ -94,10 +114,10 @@ class Predictor:
         """Feasible if vLLM starts and the worker is predicted not to starve at the offered
         load divided by ``headroom`` (the margin for what the surrogate gets wrong)."""
         self.calls += 1
-        step = self.profile.step_model(self.model, self.gpu, engine)
-        scale = 1.0 / (self.config.headroom * self.config.capacity_scale)
+        scale = self.rate_scale
         scaled = [_with_rate(a, a.rate * scale) for a in adapters]
         try:
+            step, kv = self.engine_model(engine)
             x = worker_features(scaled, engine, self.model, self.gpu, step,
                                 self.profile.memory)
         except InsufficientMemoryError:
@@ -108,7 +128,7 @@ class Predictor:
         # throughput; a worker they refuse gets the analytic throughput, the learned model
         # (the slowest of the three) asked only when the verdict depends on it.
         if (proba >= self.config.starvation_threshold
-                or engine_load(scaled, engine, step, int(x["kv_tokens"])) > CEILING):
+                or engine_load(scaled, engine, step, kv) > CEILING):
             ok, tps = False, min(1.0, 1.0 / max(x["load_ratio"], 1e-9)) * x["offered_tps"]
         else:
             tps = self.surrogate.throughput.predict_one(x)

@@ -34,17 +34,16 @@ def pretrained_surrogate(cache_dir: Path | None = None) -> Surrogate:
     """The surrogate trained on the bundled tables (about a minute on one core); with
     ``cache_dir``, loaded from ``surrogate-<cache_key>.pkl`` there when present (a file that
     does not load is trained again), else trained and saved there."""
-    if cache_dir is None:
-        return train(bundled_rows(), capacity_rows=bundled_capacity_rows())
-    path = cache_dir / f"surrogate-{cache_key()}.pkl"
-    if path.is_file():
+    path = None if cache_dir is None else cache_dir / f"surrogate-{cache_key()}.pkl"
+    if path is not None and path.is_file():
         try:
             return Surrogate.load(path)
         except Exception:
             path.unlink(missing_ok=True)
     surrogate = train(bundled_rows(), capacity_rows=bundled_capacity_rows())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    surrogate.save(tmp)
-    tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        surrogate.save(tmp)
+        tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
     return surrogate
