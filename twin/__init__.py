@@ -1,11 +1,18 @@
 """Digital twin of a vLLM multi-LoRA worker (pure: no network, no files but explicit loads)."""
 
-from twin.catalog import GPUS, MODELS, get_gpu, get_model
+from twin.catalog import GPUS, MODELS, get_gpu, get_model, gpu_from_mapping, gpu_ref
 from twin.cluster import ClusterResult, simulate_cluster
 from twin.engine import EngineCore
 from twin.errors import ConfigError, InsufficientMemoryError, TwinError
 from twin.events import EngineEvent, EngineStats, EventKind, StepLog, StepRecord
-from twin.memory import MemoryOverheads, MemoryPlan, capacity_log_line, plan_memory
+from twin.hf_config import load_model_config
+from twin.memory import (
+    MemoryOverheads,
+    MemoryPlan,
+    capacity_log_line,
+    plan_memory,
+    smallest_tensor_parallel,
+)
 from twin.profile import CalibrationProfile, LoadTimes, bundled_profiles, load_profile
 from twin.request import FinishReason, Request, RequestStatus
 from twin.results import SimulationResult
@@ -61,10 +68,14 @@ __all__ = [
     "default_engine_for",
     "get_gpu",
     "get_model",
+    "gpu_from_mapping",
+    "gpu_ref",
+    "load_model_config",
     "load_profile",
     "load_scenario",
     "parse_scenario",
     "plan_memory",
     "simulate",
     "simulate_cluster",
+    "smallest_tensor_parallel",
 ]

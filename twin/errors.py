@@ -46,6 +46,8 @@ class InsufficientMemoryError(TwinError):
     def __init__(self, message: str, *, needed_bytes: int, available_bytes: int) -> None:
         self.needed_bytes = needed_bytes
         self.available_bytes = available_bytes
+        #: Set by ``plan_memory`` when a larger ``tensor_parallel_size`` would start.
+        self.smallest_tensor_parallel: int | None = None
         gib = 1 << 30
         super().__init__(f"memory error: {message} [KV cache needed: {needed_bytes / gib:.2f} "
                          f"GiB, available: {available_bytes / gib:.2f} GiB]")

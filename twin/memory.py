@@ -19,12 +19,13 @@ per-slot LoRA memory beyond the buffers) come from a ``MemoryOverheads`` fitted 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from twin.errors import InsufficientMemoryError
+from twin.errors import ConfigError, InsufficientMemoryError
 from twin.specs import GIB, EngineConfig, GpuSpec, ModelSpec
 
-__all__ = ["MemoryOverheads", "MemoryPlan", "capacity_log_line", "plan_memory"]
+__all__ = ["MemoryOverheads", "MemoryPlan", "capacity_log_line", "plan_memory",
+           "smallest_tensor_parallel"]
 
 _DOCS = "See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."
 
@@ -50,8 +51,11 @@ class MemoryOverheads:
     cudagraph_bytes: int = GIB // 2
 
     def activation_peak(self, model: ModelSpec, engine: EngineConfig) -> int:
+        """Profiling's peak on each GPU: the MLP's intermediate activations are split
+        ``tensor_parallel_size`` ways, the hidden states and the sampler's logits are not."""
+        tp = engine.tensor_parallel_size
         per_token = self.activation_bytes_per_token or (
-            (2 * model.intermediate_size + 4 * model.hidden_size) * model.dtype_bytes)
+            (2 * model.intermediate_size // tp + 4 * model.hidden_size) * model.dtype_bytes)
         per_seq = self.sampler_bytes_per_seq or 10.9 * model.vocab_size
         return int(per_token * engine.max_num_batched_tokens + per_seq * engine.max_num_seqs)
 
@@ -89,8 +93,15 @@ class MemoryPlan:
 
 def plan_memory(model: ModelSpec, gpu: GpuSpec, engine: EngineConfig,
                 overheads: MemoryOverheads | None = None) -> MemoryPlan:
-    """Compute the KV cache vLLM would allocate, or raise ``InsufficientMemoryError`` with the
-    message vLLM prints when it refuses to start.
+    """Compute the KV cache vLLM would allocate on each of the worker's GPUs, or raise
+    ``InsufficientMemoryError`` with the message vLLM prints when it refuses to start (and,
+    after it, the smallest ``tensor_parallel_size`` that would start, if any does).
+
+    Under tensor parallelism every GPU holds its share of the weights, the KV heads and the
+    LoRA slots (``ModelSpec.weight_bytes_per_gpu``, ``kv_bytes_per_token_per_gpu``,
+    ``lora_slot_bytes``); each GPU's KV space holds the same number of blocks, so one GPU's
+    arithmetic is the worker's (``determine_available_memory`` runs on every rank and the
+    engine takes the minimum).
 
     Examples
     --------
@@ -101,10 +112,52 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, engine: EngineConfig,
     True
     """
     ov = overheads or MemoryOverheads()
-    bytes_per_block = model.kv_bytes_per_token * engine.block_size
+    model.check_tensor_parallel(engine.tensor_parallel_size)
+    try:
+        return _plan_memory(model, gpu, engine, ov)
+    except InsufficientMemoryError as exc:
+        if gpu.kv_cache_space_bytes is not None:
+            raise
+        fits = smallest_tensor_parallel(model, gpu, engine, ov)
+        if fits is not None and fits > engine.tensor_parallel_size:
+            exc.args = (f"{exc.args[0]} The smallest tensor_parallel_size that fits is "
+                        f"{fits}.",)
+            exc.smallest_tensor_parallel = fits
+        raise
+
+
+def smallest_tensor_parallel(model: ModelSpec, gpu: GpuSpec, engine: EngineConfig,
+                             overheads: MemoryOverheads | None = None,
+                             largest: int = 64) -> int | None:
+    """The smallest ``tensor_parallel_size`` vLLM can split the model into (up to
+    ``largest``) at which ``engine`` starts on ``gpu``; None if none does.
+
+    Examples
+    --------
+    >>> from twin.catalog import get_gpu, get_model
+    >>> model, gpu = get_model("llama-3.1-70b"), get_gpu("a100-80gb")
+    >>> smallest_tensor_parallel(model, gpu, EngineConfig(max_loras=8)), model.num_kv_heads
+    (2, 8)
+    """
+    ov = overheads or MemoryOverheads()
+    for tp in range(1, largest + 1):
+        try:
+            model.check_tensor_parallel(tp)
+            _plan_memory(model, gpu, replace(engine, tensor_parallel_size=tp), ov)
+        except (ConfigError, InsufficientMemoryError):
+            continue
+        return tp
+    return None
+
+
+def _plan_memory(model: ModelSpec, gpu: GpuSpec, engine: EngineConfig,
+                 ov: MemoryOverheads) -> MemoryPlan:
+    tp = engine.tensor_parallel_size
+    bytes_per_block = model.kv_bytes_per_token_per_gpu(tp) * engine.block_size
+    weights = model.weight_bytes_per_gpu(tp)
     lora = 0
     if engine.enable_lora:
-        lora = engine.max_loras * (model.lora_slot_bytes(engine.max_lora_rank)
+        lora = engine.max_loras * (model.lora_slot_bytes(engine.max_lora_rank, tp)
                                    + ov.lora_slot_extra_bytes) + ov.lora_fixed_bytes
     if gpu.kv_cache_space_bytes is not None:
         # v1/worker/cpu_worker.py: VLLM_CPU_KVCACHE_SPACE GiB sets kv_cache_memory_bytes.
@@ -115,10 +168,10 @@ def plan_memory(model: ModelSpec, gpu: GpuSpec, engine: EngineConfig,
         requested = math.ceil(gpu.memory_bytes * engine.gpu_memory_utilization)
         activation = ov.activation_peak(model, engine)
         other = ov.non_torch_bytes + ov.cudagraph_bytes
-        available = requested - model.weight_bytes - lora - activation - other
+        available = requested - weights - lora - activation - other
     _check_enough_kv_cache_memory(available, bytes_per_block, engine)
     return MemoryPlan(
-        total_bytes=gpu.memory_bytes, requested_bytes=requested, weight_bytes=model.weight_bytes,
+        total_bytes=gpu.memory_bytes, requested_bytes=requested, weight_bytes=weights,
         lora_bytes=lora, activation_bytes=activation, other_bytes=other,
         kv_cache_bytes=available, bytes_per_block=bytes_per_block,
         num_blocks=available // bytes_per_block, block_size=engine.block_size,

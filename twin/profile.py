@@ -82,6 +82,10 @@ class CalibrationProfile:
     def step_model(self, model: ModelSpec, gpu: GpuSpec, engine: EngineConfig) -> StepTimeModel:
         if self.kind == "linear":
             assert self.linear is not None
+            if engine.tensor_parallel_size > 1:
+                raise ConfigError("engine.tensor_parallel_size", (
+                    f"profile {self.name!r} was fitted on one device's measured steps; "
+                    "tensor parallelism needs a roofline profile"))
             return LinearStepTime(self.linear, engine)
         assert self.roofline is not None
         return RooflineStepTime(model, gpu, engine, self.roofline)

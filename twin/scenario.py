@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from twin.catalog import get_gpu, get_model
+from twin.catalog import get_gpu, get_model, gpu_from_mapping
 from twin.errors import ConfigError
 from twin.profile import CalibrationProfile, load_profile
-from twin.specs import GIB, EngineConfig, GpuSpec, ModelSpec, default_engine_for
+from twin.specs import EngineConfig, GpuSpec, ModelSpec, default_engine_for
 from twin.workload import AdapterLoad, Arrival, ArrivalSpec, LengthDist, Workload, load_trace
 
 __all__ = ["Scenario", "load_scenario", "parse_scenario"]
@@ -77,17 +77,7 @@ def _model(value: Any) -> ModelSpec:
 def _gpu(value: Any) -> GpuSpec:
     if isinstance(value, str):
         return get_gpu(value)
-    d = dict(_mapping(value, "gpu"))
-    for key in ("name", "memory_gib"):
-        if key not in d:
-            raise ConfigError(f"gpu.{key}", "is required")
-    memory = _number(d, "memory_gib", "gpu", 0)
-    d["memory_bytes"] = int(memory * GIB)
-    del d["memory_gib"]
-    if "kv_cache_space_gib" in d:
-        d["kv_cache_space_bytes"] = int(_number(d, "kv_cache_space_gib", "gpu", 0) * GIB)
-        del d["kv_cache_space_gib"]
-    return _build(GpuSpec, d, "gpu")  # type: ignore[no-any-return]
+    return gpu_from_mapping(_mapping(value, "gpu"))
 
 
 def _adapters(value: Any) -> tuple[AdapterLoad, ...]:

@@ -49,11 +49,6 @@ class LinearModule:
     input_size: int
     output_slices: tuple[int, ...]
 
-    @property
-    def lora_elements_per_rank(self) -> int:
-        """Elements of lora_a plus lora_b for one slot per unit of rank."""
-        return len(self.output_slices) * self.input_size + sum(self.output_slices)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelSpec:
@@ -81,10 +76,44 @@ class ModelSpec:
     def weight_bytes(self) -> int:
         return self.num_params * self.dtype_bytes
 
+    def check_tensor_parallel(self, tp: int) -> None:
+        """``ConfigError`` naming ``tensor_parallel_size`` when vLLM cannot split this model
+        ``tp`` ways: attention heads must divide evenly (``vllm/config/model.py``
+        ``verify_with_parallel_config``, its words), and KV heads must split evenly or be
+        replicated evenly (``QKVParallelLinear``'s ``divide`` in
+        ``vllm/model_executor/layers/linear.py``)."""
+        if self.num_attention_heads % tp:
+            raise ConfigError("tensor_parallel_size", (
+                f"Total number of attention heads ({self.num_attention_heads}) must be "
+                f"divisible by tensor parallel size ({tp})."))
+        if (tp % self.num_kv_heads) if tp >= self.num_kv_heads else (self.num_kv_heads % tp):
+            raise ConfigError("tensor_parallel_size", (
+                f"the {self.num_kv_heads} KV heads cannot be split or replicated evenly "
+                f"over {tp} GPUs"))
+
+    def kv_heads_per_gpu(self, tp: int = 1) -> int:
+        """KV heads each GPU holds: split ``tp`` ways, replicated when ``tp`` exceeds them
+        (``vllm/config/model.py`` ``get_num_kv_heads``)."""
+        return max(1, self.num_kv_heads // tp)
+
     @property
     def kv_bytes_per_token(self) -> int:
         """K and V of one token over all layers (``kv_cache_utils`` page size / block_size)."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+        return self.kv_bytes_per_token_per_gpu(1)
+
+    def kv_bytes_per_token_per_gpu(self, tp: int) -> int:
+        """K and V of one token on each of ``tp`` GPUs."""
+        return 2 * self.num_layers * self.kv_heads_per_gpu(tp) * self.head_dim * self.dtype_bytes
+
+    def weight_bytes_per_gpu(self, tp: int) -> int:
+        """Weights on each GPU at tensor parallelism ``tp``: every matrix split ``tp`` ways
+        (vocabulary-parallel embeddings and LM head, column/row-parallel layers), the K and
+        V projections held whole per KV head a GPU keeps (replicated past the KV head count).
+        Norm weights are replicated in vLLM; they are counted split here (under 0.1% of a
+        model's weights)."""
+        kv_params = 2 * self.num_layers * self.hidden_size * self.head_dim
+        extra = kv_params * (self.kv_heads_per_gpu(tp) - self.num_kv_heads / tp)
+        return int((self.num_params / tp + extra) * self.dtype_bytes)
 
     @property
     def lora_modules(self) -> tuple[LinearModule, ...]:
@@ -99,12 +128,22 @@ class ModelSpec:
             LinearModule("down_proj", i, (h,)),
         )
 
-    def lora_slot_bytes(self, rank: int) -> int:
-        """GPU bytes of one LoRA slot at ``rank``: every wrapped linear layer plus the embedding
-        and LM head, ``L*r*(7h + 2q + 2kv + 3I)`` per decoder layer and ``2*L*r*(V + h)``
-        (``create_lora_weights`` in ``vllm/lora/layers/base_linear.py``,
-        ``vocab_parallel_embedding.py`` and ``logits_processor.py``; in the model dtype)."""
-        per_layer = sum(m.lora_elements_per_rank for m in self.lora_modules)
+    def lora_slot_bytes(self, rank: int, tp: int = 1) -> int:
+        """GPU bytes of one LoRA slot at ``rank`` on each of ``tp`` GPUs: every wrapped linear
+        layer plus the embedding and LM head, ``L*r*(7h + 2q + 2kv + 3I)`` per decoder layer
+        and ``2*L*r*(V + h)`` at ``tp = 1`` (``create_lora_weights`` in
+        ``vllm/lora/layers/base_linear.py``, ``vocab_parallel_embedding.py`` and
+        ``logits_processor.py``; in the model dtype). Under tensor parallelism a
+        column-parallel layer (``qkv_proj``, ``gate_up_proj``) keeps ``lora_a`` whole and its
+        share of ``lora_b``'s outputs; a row-parallel one (``o_proj``, ``down_proj``) its
+        share of ``lora_a``'s inputs and ``lora_b`` whole; the vocabulary's stay whole."""
+        q = self.num_attention_heads * self.head_dim // tp
+        kv = self.kv_heads_per_gpu(tp) * self.head_dim
+        h, i = self.hidden_size, self.intermediate_size
+        per_layer = ((3 * h + q + 2 * kv)  # qkv_proj: lora_a per slice, lora_b's share
+                     + (q + h)  # o_proj: lora_a over this GPU's inputs, lora_b whole
+                     + (2 * h + 2 * (i // tp))  # gate_up_proj
+                     + (i // tp + h))  # down_proj
         vocab = 2 * (self.vocab_size + self.hidden_size)
         return (per_layer * self.num_layers + vocab) * rank * self.dtype_bytes
 
@@ -124,18 +163,22 @@ class GpuSpec:
 
     ``kv_cache_space_bytes`` is set for vLLM's CPU build, where the KV space is given directly
     (``VLLM_CPU_KVCACHE_SPACE``) instead of derived from ``gpu_memory_utilization``.
+    ``interconnect_gbps`` is the datasheet's GPU-to-GPU bandwidth, both directions together
+    (NVLink, else PCIe): tensor parallelism's all-reduces cross it.
     """
 
     name: str
     memory_bytes: int
     peak_tflops: float = 312.0
     bandwidth_gbps: float = 2039.0
+    interconnect_gbps: float = 64.0  # PCIe 4.0 x16
     kv_cache_space_bytes: int | None = None
 
     def __post_init__(self) -> None:
         _positive("memory_gib", self.memory_bytes)
         _positive("peak_tflops", self.peak_tflops)
         _positive("bandwidth_gbps", self.bandwidth_gbps)
+        _positive("interconnect_gbps", self.interconnect_gbps)
         if self.kv_cache_space_bytes is not None:
             _positive("kv_cache_space_gib", self.kv_cache_space_bytes)
 
@@ -146,7 +189,8 @@ class GpuSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineConfig:
-    """vLLM engine options of one worker, under vLLM's flag names.
+    """vLLM engine options of one worker, under vLLM's flag names. A worker runs on
+    ``tensor_parallel_size`` GPUs.
 
     ``max_cpu_loras=None`` means "same as ``max_loras``", as in vLLM (``LoRAConfig``).
 
@@ -171,10 +215,11 @@ class EngineConfig:
     max_model_len: int = 4096
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_loras", "block_size",
-                     "max_model_len"):
+                     "max_model_len", "tensor_parallel_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= MAX_ENGINE_INT:
                 raise ConfigError(name, f"must be an integer in [1, {MAX_ENGINE_INT}], "

@@ -165,6 +165,11 @@ class RooflineCoefficients:
     overlap: float = 0.3  # share of the shorter of compute/memory time not hidden by the other
     base_s: float = 0.002  # per-step CPU time: scheduling, input prep, sampling, launch
     lora: LoRACoefficients = LoRACoefficients()
+    # Tensor parallelism's all-reduces (not fitted: no profile has TP steps yet): a fixed cost
+    # per all-reduce (NCCL's small-message latency on NVLink is several microseconds) and
+    # the share of the interconnect's one-direction bandwidth a ring all-reduce reaches.
+    allreduce_latency_s: float = 8e-6
+    interconnect_efficiency: float = 0.7
 
 
 class RooflineStepTime:
@@ -173,6 +178,13 @@ class RooflineStepTime:
     ``t = base + max(C, M) + overlap * min(C, M)`` with ``C`` the matmul FLOPs of all tokens
     over effective compute and ``M`` the weights, the attended KV and the adapters' LoRA
     weights over effective bandwidth, plus the LoRA slot and adapter costs.
+
+    At ``tensor_parallel_size`` ``p > 1`` each GPU computes ``1/p`` of the FLOPs and reads its
+    own share of weights and KV (``ModelSpec.weight_bytes_per_gpu``,
+    ``kv_bytes_per_token_per_gpu``), and every layer adds two all-reduces of the step's
+    hidden states (after attention and after the MLP, as vLLM's ``RowParallelLinear`` does):
+    ``2 L (latency + 2 (p-1)/p * tokens * h * dtype / (interconnect/2 * efficiency))``, a
+    ring all-reduce over one direction of the interconnect, not overlapped with compute.
     """
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, engine: EngineConfig,
@@ -184,13 +196,20 @@ class RooflineStepTime:
         c = coefficients
         flops = gpu.peak_tflops * 1e12 * c.compute_efficiency
         bandwidth = gpu.bandwidth_gbps * 1e9 * c.bandwidth_efficiency
-        self._s_per_token = model.matmul_flops_per_token() / flops
-        self._weights_s = model.weight_bytes / bandwidth
-        self._s_per_ctx = model.kv_bytes_per_token / bandwidth
+        tp = engine.tensor_parallel_size
+        self._s_per_token = model.matmul_flops_per_token() / tp / flops
+        self._weights_s = model.weight_bytes_per_gpu(tp) / bandwidth
+        self._s_per_ctx = model.kv_bytes_per_token_per_gpu(tp) / bandwidth
+        allreduces = 2 * model.num_layers if tp > 1 else 0
+        link = gpu.interconnect_gbps / 2 * 1e9 * c.interconnect_efficiency
+        self._allreduce_s = allreduces * c.allreduce_latency_s
+        self._allreduce_per_token_s = (allreduces * 2 * (tp - 1) / tp
+                                       * model.hidden_size * model.dtype_bytes / link)
         slot_s, slot_tok_s = c.lora.slot_factor(engine)
-        self._base = c.base_s + slot_s
-        self._slot_tok = slot_tok_s
-        adapter_bytes = model.lora_slot_bytes(engine.max_lora_rank) if engine.enable_lora else 0
+        self._base = c.base_s + slot_s + self._allreduce_s
+        self._slot_tok = slot_tok_s + self._allreduce_per_token_s
+        adapter_bytes = (model.lora_slot_bytes(engine.max_lora_rank, tp)
+                         if engine.enable_lora else 0)
         self._per_adapter = ((c.lora.per_adapter_s + adapter_bytes / bandwidth)
                              if engine.enable_lora else 0.0)
         self._overlap = c.overlap

@@ -83,6 +83,7 @@ import yaml
 from gateway.server.auth import KeySpec, parse_keys
 from gateway.server.entries import AdapterEntry, AdapterOrigin, parse_entries
 from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE, MAX_TOKENS, Target
+from twin.catalog import gpu_from_mapping, gpu_ref
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
 from twin.specs import EngineConfig
@@ -275,9 +276,13 @@ def _scalar(key: str, value: Any) -> Any:
                               f"got {value!r}") from None
     if key == "max_body_bytes" and value is None:
         return None
+    if key == "gpu" and isinstance(value, dict):  # the GPU's own spec: carried as its JSON
+        gpu_from_mapping(value)
+        return gpu_ref(value)
     if key in _STRINGS:
         if not isinstance(value, str):
-            raise ConfigError(key, f"must be a string, got {value!r}")
+            raise ConfigError(key, f"must be a string{' or a mapping' if key == 'gpu' else ''}"
+                              f", got {value!r}")
         return value
     if key in _BOOLS:
         if not isinstance(value, bool):

@@ -9,7 +9,9 @@ import pytest
 
 from gateway.server.config import PlacementMode, load_config, parse_config
 from gateway.server.planning import from_planner, round_robin
+from planner import Target
 from planner.demand import AdapterDemand
+from twin.catalog import get_gpu
 from twin.errors import ConfigError
 from twin.routing import BASE_MODEL
 
@@ -65,6 +67,8 @@ def test_good_config(tmp_path: Path) -> None:
     ({"keys": [{"key": "k", "name": "a", "rate_limit": 1e308}]}, "keys[0].rate_limit"),
     ({"worker_engine": {"max_loras": 10**15}}, "worker_engine.max_loras"),
     ({"gpu": "b200"}, "gpu"),
+    ({"gpu": {"name": "b200"}}, "gpu.memory_gib"),
+    ({"gpu": 7}, "gpu"),
     ({"model": "gpt-5"}, "model"),
     ({"profile": "fast"}, "profile"),
     ({"search_seconds": -1}, "search_seconds"),
@@ -81,6 +85,17 @@ def test_missing_base_model_and_unreadable_file(tmp_path: Path) -> None:
         parse_config({"workers": GOOD["workers"]})
     with pytest.raises(ConfigError, match="config: cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_the_gpu_and_model_can_be_the_users_own() -> None:
+    """gateway.yaml takes a GPU's own spec, as scenario files do, and a model's config.json:
+    the config carries the spec as JSON, which every process it is handed to reads back."""
+    models = Path(__file__).resolve().parents[2] / "data" / "models"
+    spec = {"name": "b200", "memory_gib": 178, "tflops": 2250, "bandwidth_gbps": 8000}
+    cfg = parse_config({**GOOD, "gpu": spec, "model": str(models / "Qwen3-8B")})
+    assert get_gpu(cfg.gpu) == get_gpu(spec)
+    target = Target.resolve(cfg.model, cfg.gpu, cfg.profile)
+    assert (target.gpu.name, target.model.num_params) == ("b200", 8_190_735_360)
 
 
 def test_body_limit_follows_max_model_len() -> None:
