@@ -49,7 +49,7 @@ from tests.integration.server import (  # noqa: E402
 from twin.catalog import get_model  # noqa: E402
 from twin.profile import CalibrationProfile, load_profile, save_profile  # noqa: E402
 from twin.scenario import Scenario, parse_scenario  # noqa: E402
-from twin.simulate import simulate  # noqa: E402
+from twin.simulation import simulate  # noqa: E402
 
 SHIPPED = ROOT / "twin/profiles/cpu-tiny-llama.json"
 OUT = ROOT / "bench/results/fidelity.json"

@@ -16,7 +16,7 @@ import numpy as np
 
 import twin
 from twin.events import EventKind
-from twin.simulate import build_engine
+from twin.simulation import build_engine
 
 PROFILE = "roofline-default"
 

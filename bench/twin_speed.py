@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from twin.scenario import parse_scenario
-from twin.simulate import simulate
+from twin.simulation import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = {

@@ -2,111 +2,75 @@
 
 Errors in what the user gave (a scenario field, a memory limit) end with exit status 2 and one
 line on stderr naming the field; never a traceback.
+
+Each command lives in its own module and is imported only when it runs: ``lorafleet --help``
+lists the commands from ``COMMANDS`` without loading the twin, the planner or the server.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import importlib
 import sys
 from collections.abc import Sequence
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from gateway import admin_cli, plan_cli, planner_cli
-from gateway.calibrate import cli as calibrate_cli
-from gateway.demo import cli as demo_cli
-from gateway.emulator import cli as emulator_cli
-from gateway.server import cli as server_cli
 from twin.errors import ConfigError, InsufficientMemoryError
-from twin.results import SimulationResult
-from twin.scenario import load_scenario
-from twin.simulate import simulate
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "main"]
+
+# command -> (its one-line help, the module whose ``function`` registers it), in --help order.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "simulate": ("run one worker's digital twin on a scenario file",
+                 "gateway.simulate_cli", "register"),
+    "dataset": ("run the twin on sampled workers; write a training table",
+                "gateway.planner_cli", "register"),
+    "train": ("train the surrogate on a dataset; save one file",
+              "gateway.planner_cli", "register_models"),
+    "evaluate": ("evaluate a surrogate on the held-out split",
+                 "gateway.planner_cli", "register_models"),
+    "plan": ("place adapters on the fewest GPUs without starvation",
+             "gateway.plan_cli", "register"),
+    "worker": ("serve one worker with vLLM's HTTP API", "gateway.emulator.cli", "register"),
+    "fleet": ("serve N emulated workers in one process", "gateway.emulator.cli", "register"),
+    "adapters": ("adapter folders for emulated workers", "gateway.emulator.cli", "register"),
+    "serve": ("run the OpenAI-compatible gateway", "gateway.server.cli", "register"),
+    "admin": ("call the gateway's admin API", "gateway.admin_cli", "register"),
+    "demo": ("show the gateway saving GPUs on an emulated fleet",
+             "gateway.demo.cli", "register"),
+    "calibrate": ("fit a twin profile to a running vLLM server",
+                  "gateway.calibrate.cli", "register"),
+    "validate": ("run a scenario on a real server and in the twin",
+                 "gateway.calibrate.cli", "register"),
+}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first argument that is not an option."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser, with the full options of the command ``argv`` names (only its module is
+    imported; the others are listed by name and help)."""
     parser = argparse.ArgumentParser(prog="lorafleet", description=(
         "Serve hundreds of LoRA adapters on the fewest vLLM workers."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sim = sub.add_parser("simulate", help="run one worker's digital twin on a scenario file")
-    sim.add_argument("scenario", help="scenario YAML (see examples/scenarios/)")
-    sim.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    sim.add_argument("--no-fast-path", action="store_true",
-                     help="step one engine step at a time (slow; for checking)")
-    sim.set_defaults(func=_simulate)
-    planner_cli.register(sub)
-    planner_cli.register_models(sub)
-    plan_cli.register(sub)
-    emulator_cli.register(sub)
-    server_cli.register(sub)
-    admin_cli.register(sub)
-    demo_cli.register(sub)
-    calibrate_cli.register(sub)
-    # Each further command family registers its own subparsers (and sets ``func``) here.
+    command = _command(argv)
+    if command is not None:
+        _, module, function = COMMANDS[command]
+        getattr(importlib.import_module(module), function)(sub)
+    for name, (text, _, _) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=text)
     return parser
 
 
-def _finite(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
-def _print_summary(name: str, result: SimulationResult, console: Console) -> None:
-    verdict = "[red]STARVED[/red]" if result.starved else "[green]not starved[/green]"
-    table = Table(title=f"{name}: {verdict}", show_header=False)
-    table.add_column(justify="left")
-    table.add_column(justify="right")
-    rows = [
-        ("requests arrived / finished", f"{result.requests} / {result.finished}"),
-        ("throughput (req/s)", f"{result.throughput_rps:.2f}"),
-        ("tokens/s served / offered",
-         f"{result.throughput_tps:,.0f} / {result.ideal_tps:,.0f}"),
-        ("TTFT p50 / p99 (s)", f"{result.ttft_p50_s:.3f} / {result.ttft_p99_s:.3f}"),
-        ("ITL p50 / p99 (s)", f"{result.itl_p50_s:.4f} / {result.itl_p99_s:.4f}"),
-        ("E2E p50 / p99 (s)", f"{result.e2e_p50_s:.2f} / {result.e2e_p99_s:.2f}"),
-        ("preemptions", str(result.preemptions)),
-        ("LoRA loads", str(result.lora_loads)),
-        ("KV blocks (tokens)", f"{result.kv_blocks:,} ({result.kv_cache_tokens:,})"),
-        ("engine steps", f"{result.steps:,}"),
-        ("simulated / wall (s)",
-         f"{result.sim_seconds:.0f} / {result.wall_seconds:.2f} "
-         f"({result.sim_seconds / max(result.wall_seconds, 1e-9):,.0f}x)"),
-    ]
-    if result.starved_adapters:
-        shown = ", ".join(result.starved_adapters[:8])
-        more = len(result.starved_adapters) - 8
-        rows.append(("starved adapters", shown + (f" (+{more} more)" if more > 0 else "")))
-    for label, value in rows:
-        table.add_row(label, value)
-    console.print(table)
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    scenario = load_scenario(args.scenario)
-    duration = scenario.workload.duration_s
-    # A progress bar on stderr for runs long enough to notice (not with --json on a pipe).
-    with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:.0f}/"
-                  "{task.total:.0f} simulated s"), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True,
-                  disable=duration < 600) as progress:
-        task = progress.add_task("simulate", total=duration)
-        result, _ = simulate(scenario, fast_path=not args.no_fast_path,
-                             on_progress=lambda done: progress.update(task, completed=done))
-    if args.json:
-        data = result.to_dict()
-        clean = {k: _finite(v) if isinstance(v, float) else v for k, v in data.items()}
-        print(json.dumps(clean, default=str))
-    else:
-        _print_summary(scenario.name, result, Console())
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
     try:
         return int(args.func(args))
     except InsufficientMemoryError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gateway.cli_help import GPU_HELP, MODEL_HELP
 from gateway.pretrained import default_surrogate
 from planner import (
     DEFAULT_GPU,
@@ -44,6 +45,7 @@ from planner import (
     validate,
 )
 from twin.errors import ConfigError
+from twin.memory import plan_memory
 
 __all__ = ["register"]
 
@@ -51,8 +53,8 @@ __all__ = ["register"]
 def register(sub: Any) -> None:
     p = sub.add_parser("plan", help="place adapters on the fewest GPUs without starvation")
     p.add_argument("adapters", type=Path, help="YAML with adapters: [{name, rank, rate, ...}]")
-    p.add_argument("--gpu", default=DEFAULT_GPU)
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--gpu", default=DEFAULT_GPU, help=GPU_HELP)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--profile", default=DEFAULT_PROFILE)
     p.add_argument("--surrogate", type=Path, help="model file from `lorafleet train` "
                    "(default: trained once on the bundled table and cached)")
@@ -62,6 +64,9 @@ def register(sub: Any) -> None:
     p.add_argument("--ttft-target", metavar="S", help="median time to first token, seconds")
     p.add_argument("--e2e-target", metavar="S", help="median end-to-end latency, seconds")
     p.add_argument("--gpus", metavar="N", help="with min-latency: spread over exactly N GPUs")
+    p.add_argument("--tensor-parallel-size", "-tp", default="1", metavar="N",
+                   help="GPUs of each worker, as vLLM's flag (default 1): the plan, the "
+                   "baselines and the lower bound count GPUs")
     p.add_argument("--search-seconds", default="1", metavar="S",
                    help="the improvement search's budget after the greedy fill (default 1)")
     p.add_argument("--no-validate", action="store_true", help="skip the cluster-twin check")
@@ -103,6 +108,26 @@ def _seconds(flag: str, value: str | None, *, zero: bool = False) -> float | Non
     return seconds
 
 
+def _tensor_parallel(args: argparse.Namespace) -> int:
+    value = args.tensor_parallel_size
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise ConfigError("--tensor-parallel-size", f"must be a whole number in [1, 64], "
+                          f"got {value!r}")
+    return int(value)
+
+
+def _check_fits(target: Target, config: PlannerConfig) -> None:
+    """vLLM's start-up refusal, before any planning, for a model that does not split
+    ``tensor_parallel_size`` ways or does not fit that way even with one LoRA slot (the
+    memory error names the smallest size that fits)."""
+    engine = config.engine(1)
+    try:
+        target.model.check_tensor_parallel(config.tensor_parallel_size)
+    except ConfigError as exc:
+        raise ConfigError("--tensor-parallel-size", exc.message) from None
+    plan_memory(target.model, target.gpu, engine, target.profile.memory)
+
+
 def _objective(args: argparse.Namespace) -> MinLatency | None:
     """The objective the flags ask for (None: min-gpus); a ConfigError naming a bad flag."""
     try:
@@ -135,8 +160,9 @@ def _plan(args: argparse.Namespace) -> int:
     objective = _objective(args)
     search = _seconds("--search-seconds", args.search_seconds, zero=True)
     assert search is not None  # the flag has a default
-    config = PlannerConfig(search_seconds=search)
+    config = PlannerConfig(search_seconds=search, tensor_parallel_size=_tensor_parallel(args))
     target = Target.resolve(args.model, args.gpu, args.profile)
+    _check_fits(target, config)
     adapters = load_adapters(args.adapters)
     if args.surrogate:
         try:
@@ -168,7 +194,8 @@ def _plan(args: argparse.Namespace) -> int:
             simple = lower_bound_simple(adapters, predictor)
     rows = _plan_rows(plan, plan_latency(plan, predictor), v)
     out: dict[str, Any] = {
-           "gpus": plan.num_gpus, "placement": rows,
+           "gpus": plan.num_gpus, "workers": plan.num_workers,
+           "tensor_parallel_size": config.tensor_parallel_size, "placement": rows,
            "baselines": baselines, "baselines_confirmed": confirmed,
            "lower_bound": bound, "lower_bound_simple": simple,
            "validated": None if v is None else v.ok,
@@ -256,11 +283,14 @@ def _s(x: float | None) -> str:
 def _print(out: dict[str, Any]) -> None:
     console = Console()
     target = out["latency_target_s"]
-    table = Table(title=f"{out['gpus']} GPUs, {out['objective']}"
+    tp = out["tensor_parallel_size"]
+    workers = (f" ({out['workers']} worker{'s' if out['workers'] != 1 else ''} at TP {tp})"
+               if tp > 1 else "")
+    table = Table(title=f"{out['gpus']} GPUs{workers}, {out['objective']}"
                   + (f" ({out['latency_metric'].upper()} p50 <= {target} s)" if target else "")
                   + f" (validated in the twin: {out['validated']})")
-    for col in ("gpu", "max_loras", "rank", "adapters", "req/s", "predicted tok/s",
-                "measured tok/s", "predicted TTFT s", "twin TTFT p50/p99 s"):
+    for col in ("worker" if tp > 1 else "gpu", "max_loras", "rank", "adapters", "req/s",
+                "predicted tok/s", "measured tok/s", "predicted TTFT s", "twin TTFT p50/p99 s"):
         table.add_column(col, justify="right")
     if out["latency_metric"] == "e2e":
         table.add_column("predicted / twin E2E p50 s", justify="right")

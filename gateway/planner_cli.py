@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gateway.cli_help import GPU_HELP, MODEL_HELP
 from planner import (
     COLUMNS,
     DEFAULT_CLASSIFIER,
@@ -55,8 +56,8 @@ def register(sub: Any) -> None:
     ds.add_argument("--out", type=Path, required=True, help="output folder (writes data.csv)")
     ds.add_argument("--workers", type=int, default=1, help="parallel processes")
     ds.add_argument("--seed", type=int, default=0)
-    ds.add_argument("--model", default=DEFAULT_MODEL)
-    ds.add_argument("--gpu", default=DEFAULT_GPU)
+    ds.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    ds.add_argument("--gpu", default=DEFAULT_GPU, help=GPU_HELP)
     ds.add_argument("--profile", default=DEFAULT_PROFILE)
     ds.add_argument("--shape", default=Shape.SAMPLED.value, choices=[s.value for s in Shape],
                     help="sampled: random slot counts; placement: a slot per adapter, as the "

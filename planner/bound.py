@@ -64,8 +64,9 @@ class Configuration:
 
 @dataclass(frozen=True, slots=True)
 class Bound:
-    """The bound (GPUs), the program's relaxed value, and whether HiGHS proved it optimal
-    (else ``gpus`` is its dual bound, still a bound)."""
+    """The bound (GPUs: workers times ``tensor_parallel_size``), the program's relaxed value
+    (in workers), and whether HiGHS proved it optimal (else ``gpus`` is its dual bound,
+    still a bound)."""
 
     gpus: int
     relaxed: float
@@ -116,7 +117,8 @@ def lower_bound(adapters: Sequence[AdapterDemand], predictor: Predictor,
     started = time.perf_counter()
     items = [a for a in adapters if a.rate > 0]
     if not items:
-        return Bound(min(1, len(adapters)), 0.0, True, 0.0)
+        return Bound(min(1, len(adapters)) * predictor.config.tensor_parallel_size, 0.0, True,
+                     0.0)
     configs = configurations(items, predictor)
     rates = np.array([a.rate * predictor.rate_scale for a in items])
     ranks = np.array([_rank_of(a) for a in items])
@@ -173,7 +175,8 @@ def lower_bound(adapters: Sequence[AdapterDemand], predictor: Predictor,
         dual = result.fun if optimal else getattr(result, "mip_dual_bound", None)
         if dual is not None and math.isfinite(dual):
             value = max(value, float(dual))
-    return Bound(max(1, math.ceil(value - 1e-6)), float(relaxed.fun), optimal,
+    tp = predictor.config.tensor_parallel_size
+    return Bound(max(1, math.ceil(value - 1e-6)) * tp, float(relaxed.fun), optimal,
                  time.perf_counter() - started)
 
 
@@ -188,9 +191,10 @@ def _share_rows(cols: np.ndarray, k: int, m: int) -> sparse.csr_matrix:
 
 def lower_bound_simple(adapters: Sequence[AdapterDemand], predictor: Predictor) -> int:
     """``ceil(sum_i rate_i / cap_i)``, ``cap_i`` what one GPU serves of adapter ``i`` alone at
-    its best settings (the bound before ``lower_bound``)."""
+    its best settings (the bound before ``lower_bound``), in GPUs: workers times
+    ``tensor_parallel_size``."""
     total = 0.0
     for a in adapters:
         cap = predictor.alone_capacity(a)
         total += a.rate / cap if cap > 0 else 1.0
-    return max(1, math.ceil(total - 1e-9))
+    return max(1, math.ceil(total - 1e-9)) * predictor.config.tensor_parallel_size

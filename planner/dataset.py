@@ -33,7 +33,7 @@ from planner.validation import VALIDATION_S
 from twin.errors import InsufficientMemoryError
 from twin.profile import CalibrationProfile
 from twin.scenario import Scenario
-from twin.simulate import simulate
+from twin.simulation import simulate
 from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, GpuSpec, ModelSpec
 from twin.workload import AdapterLoad, ArrivalSpec, LengthDist, Workload
 

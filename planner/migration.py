@@ -108,7 +108,7 @@ def _mapping(target: Plan, workers: Sequence[str], loras: list[frozenset[str]],
         if tuple(target.workers) != tuple(workers):
             raise ConfigError("workers", f"the plan was made for {list(target.workers)}, "
                               f"not {list(workers)}")
-        return [i if i < len(workers) else None for i in range(target.num_gpus)]
+        return [i if i < len(workers) else None for i in range(target.num_workers)]
     return _assign(loras, held)
 
 

@@ -330,7 +330,7 @@ def _oversized(board: _Board, strict: Predictor, stability: Stability) -> bool:
     if active <= 1:
         return False
     items = [replace(a, rate=a.rate / stability.retire_margin) for a in board.demand.values()]
-    return place_with(items, strict).num_gpus < active
+    return place_with(items, strict).num_workers < active
 
 
 def _validated(demands: Sequence[AdapterDemand], workers: Sequence[RunningWorker],

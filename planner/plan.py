@@ -78,8 +78,14 @@ class Plan:
     workers: tuple[str, ...] = ()
 
     @property
-    def num_gpus(self) -> int:
+    def num_workers(self) -> int:
+        """vLLM servers the plan runs (``gpus`` holds one entry per worker)."""
         return len(self.gpus)
+
+    @property
+    def num_gpus(self) -> int:
+        """GPUs the plan uses: each worker's ``tensor_parallel_size``, summed."""
+        return sum(g.engine.tensor_parallel_size for g in self.gpus)
 
     def shares(self) -> dict[str, dict[int, float]]:
         """adapter -> {gpu index: fraction of its rate}."""
@@ -132,7 +138,9 @@ class Plan:
                       for s, engine in zip(shares, engines, strict=True))
         placement = Placement(tuple(WorkerPlacement(name=name, shares=s)
                                     for name, s in zip(workers, shares, strict=True)))
-        return Assignment(placement=placement, engines=final, planned_gpus=self.num_gpus)
+        # The gateway runs one worker per plan entry (tensor parallelism: issue 23's gateway
+        # part is still to come), so what it plans for is workers.
+        return Assignment(placement=placement, engines=final, planned_gpus=self.num_workers)
 
 
 def merged(items: Sequence[AdapterDemand]) -> list[AdapterDemand]:

@@ -41,8 +41,26 @@ class PlannerConfig:
     # The improvement search's budget after the greedy fill (planner.improve; it stops
     # sooner when a pass empties no GPU).
     search_seconds: float = 1.0
+    # GPUs of each worker (vLLM's --tensor-parallel-size): every worker the placer makes
+    # runs on this many (``Plan.num_gpus`` counts them).
+    tensor_parallel_size: int = 1
+
+    def engine(self, max_loras: int, max_lora_rank: int = 8, loras: int = 1) -> EngineConfig:
+        """A worker's engine options: these, ``max_loras`` GPU slots at ``max_lora_rank``
+        and a CPU tier for ``loras`` adapters (at least the slots)."""
+        return EngineConfig(max_num_seqs=self.max_num_seqs,
+                            max_num_batched_tokens=self.max_num_batched_tokens,
+                            max_loras=max_loras, max_cpu_loras=max(max_loras, loras),
+                            max_lora_rank=max_lora_rank, max_model_len=self.max_model_len,
+                            gpu_memory_utilization=self.gpu_memory_utilization,
+                            tensor_parallel_size=self.tensor_parallel_size)
 
     def __post_init__(self) -> None:
+        if (isinstance(self.tensor_parallel_size, bool)
+                or not isinstance(self.tensor_parallel_size, int)
+                or not 1 <= self.tensor_parallel_size <= 64):
+            raise ValueError(f"tensor_parallel_size: must be an integer in [1, 64], "
+                             f"got {self.tensor_parallel_size!r}")
         if not (self.search_seconds >= 0 and math.isfinite(self.search_seconds)):
             raise ValueError(f"search_seconds: must be a finite number >= 0, "
                              f"got {self.search_seconds!r}")
@@ -102,13 +120,7 @@ class Predictor:
         ranks = [a.rank for a in adapters if not a.is_base]
         top = max(ranks, default=8)
         rank = next(r for r in ALLOWED_LORA_RANKS if r >= top)
-        lora_count = max(1, len(ranks))
-        c = self.config
-        return EngineConfig(max_num_seqs=c.max_num_seqs,
-                            max_num_batched_tokens=c.max_num_batched_tokens,
-                            max_loras=max_loras, max_cpu_loras=max(max_loras, lora_count),
-                            max_lora_rank=rank, max_model_len=c.max_model_len,
-                            gpu_memory_utilization=c.gpu_memory_utilization)
+        return self.config.engine(max_loras, rank, max(1, len(ranks)))
 
     def check(self, adapters: Sequence[AdapterDemand], engine: EngineConfig) -> Verdict:
         """Feasible if vLLM starts and the worker is predicted not to starve at the offered

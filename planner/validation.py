@@ -178,9 +178,9 @@ def baselines_in_twin(adapters: Sequence[AdapterDemand], predictor: Predictor,
         return validate(plan, predictor, duration_s=duration, map_fn=map_fn).ok
 
     limit = len(adapters)
-    rr_plan, rr_ok = confirm(lambda n: round_robin_plan(adapters, predictor, n), rr.num_gpus,
-                             accepts, limit)
-    ff_plan, ff_ok = confirm(lambda n: first_fit(adapters, predictor, gpus=n), ff.num_gpus,
+    rr_plan, rr_ok = confirm(lambda n: round_robin_plan(adapters, predictor, n),
+                             rr.num_workers, accepts, limit)
+    ff_plan, ff_ok = confirm(lambda n: first_fit(adapters, predictor, gpus=n), ff.num_workers,
                              accepts, limit)
     counts.update(round_robin=rr_plan.num_gpus, first_fit=ff_plan.num_gpus)
     return counts, {"one_per_adapter": accepts(per_adapter), "round_robin": rr_ok,

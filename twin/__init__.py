@@ -1,27 +1,121 @@
-"""Digital twin of a vLLM multi-LoRA worker (pure: no network, no files but explicit loads)."""
+"""Digital twin of a vLLM multi-LoRA worker (pure: no network, no files but explicit loads).
 
-from twin.catalog import GPUS, MODELS, get_gpu, get_model, gpu_from_mapping, gpu_ref
-from twin.cluster import ClusterResult, simulate_cluster
-from twin.engine import EngineCore
-from twin.errors import ConfigError, InsufficientMemoryError, TwinError
-from twin.events import EngineEvent, EngineStats, EventKind, StepLog, StepRecord
-from twin.hf_config import load_model_config
-from twin.memory import (
-    MemoryOverheads,
-    MemoryPlan,
-    capacity_log_line,
-    plan_memory,
-    smallest_tensor_parallel,
-)
-from twin.profile import CalibrationProfile, LoadTimes, bundled_profiles, load_profile
-from twin.request import FinishReason, Request, RequestStatus
-from twin.results import SimulationResult
-from twin.routing import BASE_MODEL, Placement, Router, RoutingPolicy, WorkerPlacement
-from twin.scenario import Scenario, load_scenario, parse_scenario
-from twin.simulate import build_engine, simulate
-from twin.specs import AdapterSpec, EngineConfig, GpuSpec, ModelSpec, default_engine_for
-from twin.step_time import LinearStepTime, RooflineStepTime, StepTimeModel
-from twin.workload import AdapterLoad, Arrival, ArrivalSpec, LengthDist, Workload
+Names load on first use (PEP 562): ``import twin`` (or ``twin.errors``) stays cheap, and
+SimPy and numpy load only when something asks for them."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from twin.catalog import (
+        GPUS,
+        MODELS,
+        get_gpu,
+        get_model,
+        gpu_from_mapping,
+        gpu_ref,
+    )
+    from twin.cluster import (
+        ClusterResult,
+        simulate_cluster,
+    )
+    from twin.engine import (
+        EngineCore,
+    )
+    from twin.errors import (
+        ConfigError,
+        InsufficientMemoryError,
+        TwinError,
+    )
+    from twin.events import (
+        EngineEvent,
+        EngineStats,
+        EventKind,
+        StepLog,
+        StepRecord,
+    )
+    from twin.hf_config import (
+        load_model_config,
+    )
+    from twin.memory import (
+        MemoryOverheads,
+        MemoryPlan,
+        capacity_log_line,
+        plan_memory,
+        smallest_tensor_parallel,
+    )
+    from twin.profile import (
+        CalibrationProfile,
+        LoadTimes,
+        bundled_profiles,
+        load_profile,
+    )
+    from twin.request import (
+        FinishReason,
+        Request,
+        RequestStatus,
+    )
+    from twin.results import (
+        SimulationResult,
+    )
+    from twin.routing import (
+        BASE_MODEL,
+        Placement,
+        Router,
+        RoutingPolicy,
+        WorkerPlacement,
+    )
+    from twin.scenario import (
+        Scenario,
+        load_scenario,
+        parse_scenario,
+    )
+    from twin.simulation import (
+        build_engine,
+        simulate,
+    )
+    from twin.specs import (
+        AdapterSpec,
+        EngineConfig,
+        GpuSpec,
+        ModelSpec,
+        default_engine_for,
+    )
+    from twin.step_time import (
+        LinearStepTime,
+        RooflineStepTime,
+        StepTimeModel,
+    )
+    from twin.workload import (
+        AdapterLoad,
+        Arrival,
+        ArrivalSpec,
+        LengthDist,
+        Workload,
+    )
+
+_MODULES: dict[str, tuple[str, ...]] = {
+    "catalog": ("GPUS", "MODELS", "get_gpu", "get_model", "gpu_from_mapping", "gpu_ref"),
+    "cluster": ("ClusterResult", "simulate_cluster"),
+    "engine": ("EngineCore",),
+    "errors": ("ConfigError", "InsufficientMemoryError", "TwinError"),
+    "events": ("EngineEvent", "EngineStats", "EventKind", "StepLog", "StepRecord"),
+    "hf_config": ("load_model_config",),
+    "memory": ("MemoryOverheads", "MemoryPlan", "capacity_log_line", "plan_memory",
+               "smallest_tensor_parallel"),
+    "profile": ("CalibrationProfile", "LoadTimes", "bundled_profiles", "load_profile"),
+    "request": ("FinishReason", "Request", "RequestStatus"),
+    "results": ("SimulationResult",),
+    "routing": ("BASE_MODEL", "Placement", "Router", "RoutingPolicy", "WorkerPlacement"),
+    "scenario": ("Scenario", "load_scenario", "parse_scenario"),
+    "simulation": ("build_engine", "simulate"),
+    "specs": ("AdapterSpec", "EngineConfig", "GpuSpec", "ModelSpec", "default_engine_for"),
+    "step_time": ("LinearStepTime", "RooflineStepTime", "StepTimeModel"),
+    "workload": ("AdapterLoad", "Arrival", "ArrivalSpec", "LengthDist", "Workload"),
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "BASE_MODEL",
@@ -79,3 +173,16 @@ __all__ = [
     "simulate_cluster",
     "smallest_tensor_parallel",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'twin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"twin.{module}"), name)
+    globals()[name] = value  # the next access skips this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

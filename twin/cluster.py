@@ -23,7 +23,7 @@ from twin.profile import CalibrationProfile
 from twin.request import Request
 from twin.results import SimulationResult, summarize
 from twin.routing import Placement, Router, RoutingPolicy
-from twin.simulate import ArrivalSource, Worker, build_engine
+from twin.simulation import ArrivalSource, Worker, build_engine
 from twin.specs import EngineConfig, GpuSpec, ModelSpec
 from twin.workload import Arrival, Workload
 

@@ -1,6 +1,6 @@
 """The engine core of one vLLM worker: scheduler, KV blocks, LoRA caches and step times.
 
-One engine, driven two ways: offline by the SimPy driver (``twin.simulate``) and live by the
+One engine, driven two ways: offline by the SimPy driver (``twin.simulation``) and live by the
 emulated worker's asyncio driver. Both call ``add_request``/``abort_request`` and advance time
 with ``step_run``/``advance_until``, which return the events that happened.
 

@@ -32,7 +32,7 @@ def build_profile(results: SweepResult | Sequence[SweepResult], model: ModelSpec
     swap = fit_load_times([], [(model.adapter_bytes(r), s) for r, s in swap_loads])
     # vLLM's load_lora_adapter loads into the CPU tier and activates the adapter in a slot;
     # the twin charges that as disk + CPU->GPU for the CPU tier plus CPU->GPU for the
-    # activation (twin.lora_cache.add_adapter, twin.simulate.build_engine): take both
+    # activation (twin.lora_cache.add_adapter, twin.simulation.build_engine): take both
     # CPU->GPU loads off the measured call to leave the disk part.
     disk = [(size, max(0.0, s - 2 * swap.cpu_to_gpu_s(size)))
             for size, s in ((model.adapter_bytes(r), s) for r, s in disk_loads)]

@@ -25,7 +25,7 @@ from gateway.calibrate.sweep import AdapterSource, discover
 from twin.errors import ConfigError
 from twin.results import STARVATION_RATIO, SimulationResult, summarize
 from twin.scenario import Scenario
-from twin.simulate import simulate
+from twin.simulation import simulate
 
 __all__ = ["BORDERLINE", "METRICS", "Validation", "relative_error", "run_real", "validate"]
 

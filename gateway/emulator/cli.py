@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.cli_help import GPU_HELP, MODEL_HELP
 from gateway.emulator.adapters import scaffold_adapter
 from gateway.emulator.app import create_app, serve
 from gateway.emulator.config import LoraModule, WorkerConfig
@@ -55,8 +56,8 @@ def parse_lora_module(text: str) -> LoraModule:
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--model-spec", default=DEFAULT_MODEL, help="bundled model spec")
-    p.add_argument("--gpu", default=DEFAULT_GPU, help="bundled GPU spec")
+    p.add_argument("--model-spec", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--gpu", default=DEFAULT_GPU, help=GPU_HELP)
     p.add_argument("--profile", default=DEFAULT_PROFILE, help="profile name or JSON path")
     p.add_argument("--served-model-name", default=None, help="default: the model spec's name")
     p.add_argument("--max-loras", type=int, default=1)

@@ -15,7 +15,7 @@ from twin.engine import EngineCore
 from twin.errors import InsufficientMemoryError
 from twin.memory import MemoryPlan
 from twin.profile import CalibrationProfile
-from twin.simulate import build_engine as build_twin_engine
+from twin.simulation import build_engine as build_twin_engine
 from twin.specs import EngineConfig, GpuSpec, ModelSpec
 
 __all__ = ["LoraModule", "WorkerConfig", "build_engine"]

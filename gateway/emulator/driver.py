@@ -8,7 +8,7 @@ request. A step may end after now; its events are delivered at their own times.
 
 Requests are stamped with their arrival time and join the engine when its clock reaches it,
 i.e. at the start of the first step that begins after they arrived, as in the SimPy driver
-(``twin.simulate.Worker``): while the engine is idle a request starts at its arrival time.
+(``twin.simulation.Worker``): while the engine is idle a request starts at its arrival time.
 So the step schedule depends only on arrival stamps, never on how late the loop wakes up.
 """
 
@@ -91,7 +91,7 @@ class EngineDriver:
                  metrics: MetricsSink | None = None, request_overhead_ns: int = 0) -> None:
         self.engine = engine
         # The profile's per-request overhead (HTTP, tokenising) before vLLM's engine sees a
-        # request, as the offline twin applies it (twin.simulate.ArrivalSource).
+        # request, as the offline twin applies it (twin.simulation.ArrivalSource).
         self.request_overhead_ns = request_overhead_ns
         self.time_scale = time_scale
         self._ns_per_s = 1e9 * time_scale

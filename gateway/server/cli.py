@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.cli_help import GPU_HELP, MODEL_HELP
 from gateway.emulator.errors import StartupError
 from gateway.http import stop_signals, tune_gc, until_signalled
 from gateway.keys import FLEET
@@ -71,8 +72,8 @@ def register(sub: Any) -> None:
     p.add_argument("--adapters", type=Path, help="with --emulate: the planner's adapters YAML")
     p.add_argument("--host", default=None, help="default 127.0.0.1 (or the config's)")
     p.add_argument("--port", type=_port, default=None, help="default 8080 (0: a free port)")
-    p.add_argument("--gpu", default=DEFAULT_GPU)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="bundled model spec")
+    p.add_argument("--gpu", default=DEFAULT_GPU, help=GPU_HELP)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--profile", default=DEFAULT_PROFILE)
     p.add_argument("--served-model-name", default=None, help="default: the model spec's name")
     p.add_argument("--time-scale", type=float, default=1.0,

@@ -97,7 +97,7 @@ def from_planner(adapters: Sequence[AdapterDemand], workers: Sequence[str],
         assert checked.validation is not None
         logger.warning("the twin still finds GPUs %s starving after repair",
                        checked.validation.starved_gpus)
-    if checked.plan.num_gpus > len(workers):
-        logger.warning("the plan needs %d GPUs but %d workers run; folding it onto them",
-                       checked.plan.num_gpus, len(workers))
+    if checked.plan.num_workers > len(workers):
+        logger.warning("the plan needs %d workers but %d run; folding it onto them",
+                       checked.plan.num_workers, len(workers))
     return checked.plan.assign(workers, cpu_lora_room=cpu_lora_room)

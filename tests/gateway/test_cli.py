@@ -79,3 +79,32 @@ def test_console_script_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "gateway.cli", "simulate", str(LIGHT), "--json"],
                          capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(out.stdout)["requests"] > 0
+
+
+def test_each_command_is_registered_by_the_module_listed_with_the_same_help() -> None:
+    """``COMMANDS`` (what ``lorafleet --help`` shows without importing anything) agrees with
+    what each command's module registers."""
+    import argparse
+    import importlib
+
+    from gateway.cli import COMMANDS
+
+    for name, (text, module, function) in COMMANDS.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        getattr(importlib.import_module(module), function)(sub)
+        helps = {a.dest: a.help for a in sub._choices_actions}
+        assert helps.get(name) == text, name
+
+
+def test_top_level_help_loads_no_command() -> None:
+    """``lorafleet --help`` stays light: the twin's engine, the planner's models, the server
+    and their libraries load only when a command runs."""
+    code = ("import sys; from gateway.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('numpy', 'simpy', 'river', 'scipy', 'aiohttp', 'rich', "
+            "'planner', 'twin.engine', 'gateway.plan_cli') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "HEAVY []" in done.stdout, done.stdout[-500:]
+    assert "plan" in done.stdout and "serve" in done.stdout

@@ -193,3 +193,39 @@ def test_the_prefix_fills_nearly_empty_last_gpu_is_emptied_into_the_others(
         take, _ = _fill(queue, predictor)
         queue, prefix = queue[take:], prefix + 1
     assert plan.num_gpus < prefix
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--tensor-parallel-size", "0"], "--tensor-parallel-size: must be a whole number"),
+    (["-tp", "two"], "--tensor-parallel-size: must be a whole number"),
+    (["--model", "llama-3.1-70b", "-tp", "3"],
+     "--tensor-parallel-size: Total number of attention heads (64) must be divisible"),
+    (["--model", "llama-3.1-70b"], "The smallest tensor_parallel_size that fits is 2."),
+    (["--model", "llama-3.1-70b", "--gpu", "l4", "-tp", "4"],
+     "The smallest tensor_parallel_size that fits is 8."),
+])
+def test_plan_cli_refuses_a_split_vllm_would_refuse(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+        words: str) -> None:
+    """Before any surrogate loads: one line, exit 2, the smallest size that fits named."""
+    adapters = tmp_path / "a.yaml"
+    adapters.write_text("adapters: [{name: a, rank: 8, rate: 1}]\n")
+    assert main(["plan", str(adapters), *args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_plan_cli_takes_a_config_json_and_a_custom_gpu(
+        surrogate, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = Path(__file__).resolve().parents[1] / "data" / "models"
+    model_file = tmp_path / "s.pkl"
+    surrogate.save(model_file)
+    adapters = tmp_path / "a.yaml"
+    adapters.write_text("adapters: [{name: a, rank: 8, rate: 0.5}, {name: b, rank: 8, "
+                        "rate: 0.5}]\n")
+    gpu = '{"name": "mine", "memory_gib": 48, "tflops": 400, "bandwidth_gbps": 1000}'
+    assert main(["plan", str(adapters), "--surrogate", str(model_file), "--json",
+                 "--model", str(models / "Qwen2.5-7B-Instruct"), "--gpu", gpu, "-tp", "2",
+                 "--no-validate", "--no-baselines"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["tensor_parallel_size"] == 2 and out["gpus"] == 2 * out["workers"] >= 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from twin.scenario import parse_scenario
-from twin.simulate import simulate
+from twin.simulation import simulate
 
 
 def scenario(**over: object):

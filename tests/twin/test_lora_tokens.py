@@ -11,7 +11,7 @@ from tests.twin.factories import make_engine, make_request, run_to_completion
 from twin import EngineConfig, get_gpu, get_model, load_profile
 from twin.profile import CalibrationProfile
 from twin.scenario import parse_scenario
-from twin.simulate import simulate
+from twin.simulation import simulate
 from twin.step_time import (
     LinearCoefficients,
     LinearStepTime,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from twin.scenario import load_scenario, parse_scenario
-from twin.simulate import simulate
+from twin.simulation import simulate
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"

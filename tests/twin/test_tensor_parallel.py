@@ -18,7 +18,7 @@ from twin.errors import ConfigError, InsufficientMemoryError
 from twin.memory import plan_memory, smallest_tensor_parallel
 from twin.profile import load_profile
 from twin.scenario import parse_scenario
-from twin.simulate import simulate
+from twin.simulation import simulate
 from twin.specs import EngineConfig, ModelSpec
 from twin.step_time import RooflineCoefficients, RooflineStepTime
 

@@ -20,7 +20,7 @@ from gateway.emulator.app import create_app, serve
 from gateway.emulator.config import LoraModule
 from tests.gateway.emulator.factories import config_for
 from twin.scenario import parse_scenario
-from twin.simulate import simulate
+from twin.simulation import simulate
 from twin.workload import Arrival
 
 # 5x: 6 s of wall time. At 10x (3 s) a busy 2-core machine's pauses left the emulator 6%
