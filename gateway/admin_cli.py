@@ -26,6 +26,8 @@ from urllib.parse import quote, urlsplit
 from rich.console import Console
 from rich.table import Table
 
+from gateway.cli import COMMANDS
+
 __all__ = ["AdminError", "register", "request"]
 
 TOKEN_ENV = "LORAFLEET_ADMIN_TOKEN"
@@ -147,7 +149,7 @@ def _admin(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``admin`` to the ``lorafleet`` subcommands."""
-    p = sub.add_parser("admin", help="call the gateway's admin API")
+    p = sub.add_parser("admin", help=COMMANDS["admin"][0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway's URL")
     common.add_argument("--token", default=None, help=f"admin token (default: ${TOKEN_ENV})")

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gateway.cli import COMMANDS
 from gateway.cli_help import GPU_HELP, MODEL_HELP
 from gateway.pretrained import default_surrogate
 from planner import (
@@ -51,7 +52,7 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("plan", help="place adapters on the fewest GPUs without starvation")
+    p = sub.add_parser("plan", help=COMMANDS["plan"][0])
     p.add_argument("adapters", type=Path, help="YAML with adapters: [{name, rank, rate, ...}]")
     p.add_argument("--gpu", default=DEFAULT_GPU, help=GPU_HELP)
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
@@ -120,12 +121,10 @@ def _check_fits(target: Target, config: PlannerConfig) -> None:
     """vLLM's start-up refusal, before any planning, for a model that does not split
     ``tensor_parallel_size`` ways or does not fit that way even with one LoRA slot (the
     memory error names the smallest size that fits)."""
-    engine = config.engine(1)
     try:
-        target.model.check_tensor_parallel(config.tensor_parallel_size)
-    except ConfigError as exc:
+        plan_memory(target.model, target.gpu, config.engine(1), target.profile.memory)
+    except ConfigError as exc:  # only the split: the engine options are valid already
         raise ConfigError("--tensor-parallel-size", exc.message) from None
-    plan_memory(target.model, target.gpu, engine, target.profile.memory)
 
 
 def _objective(args: argparse.Namespace) -> MinLatency | None:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gateway.cli import COMMANDS
 from gateway.cli_help import GPU_HELP, MODEL_HELP
 from planner import (
     COLUMNS,
@@ -51,7 +52,7 @@ __all__ = ["register", "register_models"]
 
 
 def register(sub: Any) -> None:
-    ds = sub.add_parser("dataset", help="run the twin on sampled workers; write a training table")
+    ds = sub.add_parser("dataset", help=COMMANDS["dataset"][0])
     ds.add_argument("--scenarios", type=int, required=True, help="number of sampled workers")
     ds.add_argument("--out", type=Path, required=True, help="output folder (writes data.csv)")
     ds.add_argument("--workers", type=int, default=1, help="parallel processes")
@@ -119,7 +120,7 @@ def _on_ray(specs: list[SampleSpec], inputs: tuple[ModelSpec, GpuSpec, Calibrati
 
 
 def register_models(sub: Any) -> None:
-    tr = sub.add_parser("train", help="train the surrogate on a dataset; save one file")
+    tr = sub.add_parser("train", help=COMMANDS["train"][0])
     tr.add_argument("--data", type=Path, required=True, help="folder with data.csv")
     tr.add_argument("--out", type=Path, required=True, help="model file to write")
     tr.add_argument("--regressor", default=DEFAULT_REGRESSOR, choices=sorted(REGRESSORS))
@@ -127,7 +128,7 @@ def register_models(sub: Any) -> None:
     tr.add_argument("--epochs", type=int, default=1)
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(func=_train)
-    ev = sub.add_parser("evaluate", help="evaluate a surrogate on the held-out split")
+    ev = sub.add_parser("evaluate", help=COMMANDS["evaluate"][0])
     ev.add_argument("--data", type=Path, required=True, help="folder with data.csv")
     ev.add_argument("--model", type=Path, required=True, help="model file from `train`")
     ev.add_argument("--json", action="store_true")

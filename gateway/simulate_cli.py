@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gateway.cli import COMMANDS
 from twin.results import SimulationResult
 from twin.scenario import load_scenario
 from twin.simulation import simulate
@@ -19,7 +20,7 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    sim = sub.add_parser("simulate", help="run one worker's digital twin on a scenario file")
+    sim = sub.add_parser("simulate", help=COMMANDS["simulate"][0])
     sim.add_argument("scenario", help="scenario YAML (see examples/scenarios/)")
     sim.add_argument("--json", action="store_true", help="print the result as one JSON object")
     sim.add_argument("--no-fast-path", action="store_true",

@@ -16,8 +16,9 @@ how far any plan can go.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from twin.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from planner.baselines import (
@@ -123,7 +124,6 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "validation": ("REPAIR_TIGHTEN", "VALIDATION_S", "Validation", "baselines_in_twin",
                  "repair", "validate", "workload_for"),
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "COLUMNS",
@@ -221,14 +221,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'planner' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"planner.{module}"), name)
-    globals()[name] = value  # the next access skips this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, __all__)

@@ -116,15 +116,8 @@ def validate(plan: Plan, predictor: Predictor, *, duration_s: float = VALIDATION
         by_gpu.update(zip(group, part_result.workers, strict=True))
     ordered = [by_gpu[i] for i in range(len(plan.gpus))]
     names = [w.name for w in workers]
-    result = ClusterResult(
-        workers=ordered, worker_names=names,
-        starved=any(r.starved or r.starved_adapters for r in ordered),
-        starved_workers=[n for n, r in zip(names, ordered, strict=True) if r.starved],
-        starved_adapters=sorted({a for r in ordered for a in r.starved_adapters}),
-        throughput_tps=sum(r.throughput_tps for r in ordered),
-        ideal_tps=sum(r.ideal_tps for r in ordered),
-        requests=sum(r.requests for r in ordered), finished=sum(r.finished for r in ordered),
-        ttft_p99_s=max((p.ttft_p99_s for p in parts), default=float("nan")),
+    result = ClusterResult.of_workers(
+        ordered, names, ttft_p99_s=max((p.ttft_p99_s for p in parts), default=float("nan")),
         wall_seconds=time.perf_counter() - started)
     starved = [i for i, r in enumerate(ordered) if r.starved or r.starved_adapters]
     return Validation(ok=not starved, result=result, starved_gpus=starved,

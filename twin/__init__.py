@@ -5,8 +5,9 @@ SimPy and numpy load only when something asks for them."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from twin.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from twin.catalog import (
@@ -115,7 +116,6 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "step_time": ("LinearStepTime", "RooflineStepTime", "StepTimeModel"),
     "workload": ("AdapterLoad", "Arrival", "ArrivalSpec", "LengthDist", "Workload"),
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "BASE_MODEL",
@@ -175,14 +175,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'twin' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"twin.{module}"), name)
-    globals()[name] = value  # the next access skips this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, __all__)

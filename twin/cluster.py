@@ -50,6 +50,22 @@ class ClusterResult:
     def gpus(self) -> int:
         return len(self.workers)
 
+    @classmethod
+    def of_workers(cls, workers: list[SimulationResult], names: list[str], *,
+                   ttft_p99_s: float, wall_seconds: float) -> ClusterResult:
+        """The verdict over ``workers`` (named ``names``): starved if any worker or adapter
+        is, the rates and counts summed."""
+        return cls(
+            workers=workers, worker_names=names,
+            starved=any(r.starved or r.starved_adapters for r in workers),
+            starved_workers=[n for n, r in zip(names, workers, strict=True) if r.starved],
+            starved_adapters=sorted({a for r in workers for a in r.starved_adapters}),
+            throughput_tps=sum(r.throughput_tps for r in workers),
+            ideal_tps=sum(r.ideal_tps for r in workers),
+            requests=sum(r.requests for r in workers),
+            finished=sum(r.finished for r in workers),
+            ttft_p99_s=ttft_p99_s, wall_seconds=wall_seconds)
+
 
 class _ClusterWorker(Worker):
     """A worker that tells the router when its requests finish (at their finish times)."""
@@ -118,13 +134,6 @@ def simulate_cluster(model: ModelSpec, gpu: GpuSpec, profile: CalibrationProfile
     names = [w.name for w in placement.workers]
     every = [r for w in workers for r in w.requests]
     ttft = [((r.first_token_ns or end_ns) - r.arrival_ns) / 1e9 for r in every]
-    return ClusterResult(
-        workers=results, worker_names=names,
-        starved=any(r.starved or r.starved_adapters for r in results),
-        starved_workers=[n for n, r in zip(names, results, strict=True) if r.starved],
-        starved_adapters=sorted({a for r in results for a in r.starved_adapters}),
-        throughput_tps=sum(r.throughput_tps for r in results),
-        ideal_tps=sum(r.ideal_tps for r in results),
-        requests=len(every), finished=sum(r.finished for r in results),
-        ttft_p99_s=float(np.percentile(ttft, 99)) if ttft else float("nan"),
+    return ClusterResult.of_workers(
+        results, names, ttft_p99_s=float(np.percentile(ttft, 99)) if ttft else float("nan"),
         wall_seconds=wall)

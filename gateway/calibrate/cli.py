@@ -21,6 +21,7 @@ from gateway.calibrate.calibrate import calibrate
 from gateway.calibrate.client import CalibrationError
 from gateway.calibrate.sweep import QUICK, STANDARD, AdapterSource
 from gateway.calibrate.validate import METRICS, Validation, relative_error, validate
+from gateway.cli import COMMANDS
 from twin.catalog import get_model
 from twin.errors import ConfigError
 from twin.profile import load_profile, save_profile
@@ -56,7 +57,7 @@ def _rank_path(text: str) -> tuple[int, str]:
 
 def register(sub: Any) -> None:
     """Add ``calibrate`` and ``validate`` to the ``lorafleet`` subcommands."""
-    cal = sub.add_parser("calibrate", help="fit a twin profile to a running vLLM server")
+    cal = sub.add_parser("calibrate", help=COMMANDS["calibrate"][0])
     cal.add_argument("--url", required=True, action="append",
                      help="the server, e.g. http://127.0.0.1:8000; repeat for servers of the "
                      "same model started with other --max-loras (one profile fits them all)")
@@ -71,7 +72,7 @@ def register(sub: Any) -> None:
                      help="the servers' --max-loras (default: read from each /metrics)")
     cal.add_argument("--quick", action="store_true", help="a short sweep (tests, smoke runs)")
     cal.set_defaults(func=_calibrate)
-    val = sub.add_parser("validate", help="run a scenario on a real server and in the twin")
+    val = sub.add_parser("validate", help=COMMANDS["validate"][0])
     val.add_argument("scenario", help="scenario YAML (see examples/scenarios/)")
     val.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
     val.add_argument("--adapter", action="append", default=[], type=_rank_path,

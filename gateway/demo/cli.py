@@ -24,6 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
+from gateway.cli import COMMANDS
 from gateway.demo.fleet import FleetSpec, plan_demo, start_demo
 from gateway.demo.stats import DemoStats
 from gateway.demo.view import plain_line, render, snapshot, summary, summary_table
@@ -42,7 +43,7 @@ LIVE_EVERY_S = 0.5
 
 def register(sub: Any) -> None:
     """Add ``demo`` to the ``lorafleet`` subcommands."""
-    p = sub.add_parser("demo", help="show the gateway saving GPUs on an emulated fleet")
+    p = sub.add_parser("demo", help=COMMANDS["demo"][0])
     p.add_argument("--seconds", type=float, default=75.0,
                    help="wall seconds of arrivals (0: until Ctrl-C), then the requests in "
                    "flight finish (at most --drain-seconds more); default 75")

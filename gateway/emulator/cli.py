@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.cli import COMMANDS
 from gateway.cli_help import GPU_HELP, MODEL_HELP
 from gateway.emulator.adapters import scaffold_adapter
 from gateway.emulator.app import create_app, serve
@@ -80,20 +81,20 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add ``worker``, ``fleet`` and ``adapters`` to the ``lorafleet`` subcommands."""
-    worker = sub.add_parser("worker", help="serve one worker with vLLM's HTTP API")
+    worker = sub.add_parser("worker", help=COMMANDS["worker"][0])
     worker.add_argument("--emulate", action="store_true",
                         help="emulate it with the twin (the only mode lorafleet runs)")
     worker.add_argument("--port", type=int, default=8000, help="0: pick a free port")
     _engine_options(worker)
     worker.set_defaults(func=_worker)
-    fleet = sub.add_parser("fleet", help="serve N emulated workers in one process")
+    fleet = sub.add_parser("fleet", help=COMMANDS["fleet"][0])
     fleet.add_argument("--emulate", type=int, required=True, metavar="N",
                        help="number of emulated workers")
     fleet.add_argument("--base-port", type=int, default=8000,
                        help="worker i listens on base-port + i (0: free ports)")
     _engine_options(fleet)
     fleet.set_defaults(func=_fleet)
-    adapters = sub.add_parser("adapters", help="adapter folders for emulated workers")
+    adapters = sub.add_parser("adapters", help=COMMANDS["adapters"][0])
     asub = adapters.add_subparsers(dest="adapters_command", required=True, metavar="COMMAND")
     scaffold = asub.add_parser("scaffold", help="write an adapter folder (adapter_config.json)")
     scaffold.add_argument("dir", type=Path)

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.cli import COMMANDS
 from gateway.cli_help import GPU_HELP, MODEL_HELP
 from gateway.emulator.errors import StartupError
 from gateway.http import stop_signals, tune_gc, until_signalled
@@ -65,7 +66,7 @@ def _port(text: str) -> int:
 
 def register(sub: Any) -> None:
     """Add ``serve`` to the ``lorafleet`` subcommands."""
-    p = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
+    p = sub.add_parser("serve", help=COMMANDS["serve"][0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", type=Path, help="gateway.yaml with static worker URLs")
     src.add_argument("--emulate", type=int, metavar="N", help="run N emulated workers in-process")
