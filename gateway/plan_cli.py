@@ -4,11 +4,13 @@ confirm the plan in the cluster twin."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,11 @@ from twin.memory import plan_memory
 
 __all__ = ["register"]
 
+# Adapters up to which the simple lower bound is reported: it bisects each adapter's capacity
+# alone (about 8 ms apiece), 8 s of a 1000-adapter plan's 15 s budget; ``lower_bound`` is
+# the tighter one and is always reported.
+SIMPLE_BOUND_MAX = 200
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("plan", help=COMMANDS["plan"][0])
@@ -72,8 +79,14 @@ def register(sub: Any) -> None:
                    help="the improvement search's budget after the greedy fill (default 1)")
     p.add_argument("--no-validate", action="store_true", help="skip the cluster-twin check")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--confirm-baselines", action="store_true",
+                   help="add GPUs to each baseline until the cluster twin accepts it (a minute "
+                   "or more at hundreds of adapters; default: the surrogate's counts)")
     p.add_argument("--duration", type=float, default=180.0, help="twin seconds to validate")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--emit", type=Path, metavar="DIR",
+                   help="write the plan to deploy: serve-worker.sh (the `vllm serve` command "
+                   "of every worker), gateway.yaml and plan.json")
     p.set_defaults(func=_plan)
 
 
@@ -156,6 +169,18 @@ def _objective(args: argparse.Namespace) -> MinLatency | None:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    # Groups of GPUs that share no adapter are simulated in parallel, one process per core.
+    # The processes fork here, before the status line's thread starts (a fork copies only
+    # the forking thread, and no lock that thread might hold).
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        pool.submit(int).result()
+        # What it is doing, on stderr while it runs (a terminal only; nothing is left).
+        with Console(stderr=True).status("loading the surrogate") as status:
+            return _plan_with(args, pool, status.update)
+
+
+def _plan_with(args: argparse.Namespace, pool: ProcessPoolExecutor,
+               stage: Callable[[str], None]) -> int:
     objective = _objective(args)
     search = _seconds("--search-seconds", args.search_seconds, zero=True)
     assert search is not None  # the flag has a default
@@ -171,36 +196,46 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         surrogate = default_surrogate()
     predictor = target.predictor(surrogate, config)
+    n = len(adapters)
+    stage(f"placing {n} adapters" + ("" if args.no_validate else
+                                     f", then {args.duration:.0f} s of them in the twin"))
     baselines: dict[str, int] = {}
-    confirmed: dict[str, bool] = {}
+    accepted: dict[str, bool] = {}
+    in_twin = False
     bound = simple = None
-    # Groups of GPUs that share no adapter are simulated in parallel, one process per core.
-    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
-        if objective is None:
-            checked = plan_checked(adapters, predictor, check=not args.no_validate,
-                                   duration_s=args.duration, map_fn=pool.map)
-            plan, v, fewest = checked.plan, checked.validation, None
-            plan_seconds, validate_seconds = checked.plan_seconds, checked.validate_seconds
-        else:
-            plan, v, plan_seconds, validate_seconds = _plan_latency(
-                adapters, predictor, objective, args, pool)
-            fewest = place_with(adapters, predictor).num_gpus
-        if not args.no_baselines:
-            baselines, confirmed = baselines_in_twin(adapters, predictor, args.duration,
-                                                     twin=not args.no_validate,
-                                                     map_fn=pool.map)
-            bound = lower_bound(adapters, predictor).gpus
+    if objective is None:
+        checked = plan_checked(adapters, predictor, check=not args.no_validate,
+                               duration_s=args.duration, map_fn=pool.map)
+        plan, v, fewest = checked.plan, checked.validation, None
+        plan_seconds, validate_seconds = checked.plan_seconds, checked.validate_seconds
+    else:
+        plan, v, plan_seconds, validate_seconds = _plan_latency(
+            adapters, predictor, objective, args, pool)
+        fewest = place_with(adapters, predictor).num_gpus
+    if not args.no_baselines:
+        stage("baselines" + (" in the twin" if args.confirm_baselines else "")
+              + " and the lower bound")
+        in_twin = args.confirm_baselines and not args.no_validate
+        baselines, accepted = baselines_in_twin(adapters, predictor, args.duration,
+                                                twin=in_twin, map_fn=pool.map)
+        bound = lower_bound(adapters, predictor).gpus
+        if len(adapters) <= SIMPLE_BOUND_MAX:
             simple = lower_bound_simple(adapters, predictor)
     rows = _plan_rows(plan, plan_latency(plan, predictor), v)
     out: dict[str, Any] = {
            "gpus": plan.num_gpus, "workers": plan.num_workers,
            "tensor_parallel_size": config.tensor_parallel_size, "placement": rows,
-           "baselines": baselines, "baselines_confirmed": confirmed,
+           "baselines": baselines, "baselines_accepted": accepted,
+           "baselines_judge": "twin" if in_twin else "surrogate",
+           "baselines_confirmed": accepted if in_twin else {},
            "lower_bound": bound, "lower_bound_simple": simple,
            "validated": None if v is None else v.ok,
            "measured_tps": [] if v is None else v.measured_tps,
            "plan_seconds": plan_seconds, "validate_seconds": validate_seconds}
     out.update(_latency_summary(objective, rows, v, fewest))
+    if args.emit is not None:
+        stage(f"writing {args.emit}")
+        out["emit"] = _emit(args, plan, predictor, adapters, out, pool)
     if args.json:
         print(json.dumps(out))
     else:
@@ -211,6 +246,37 @@ def _plan(args: argparse.Namespace) -> int:
               f"{out['target_verdict']}", file=sys.stderr)
         return 1
     return 0
+
+
+def _emit(args: argparse.Namespace, plan: Plan, predictor: Predictor,
+          adapters: list[AdapterDemand], out: dict[str, Any],
+          pool: ProcessPoolExecutor) -> dict[str, Any]:
+    """``--emit``: the files (``gateway.emit``), and the plan checked again in the twin with
+    the options every worker gets when they differ from what it planned."""
+    from gateway.emit import emit
+
+    engine, files = emit(args.emit, plan, predictor, adapters, model_arg=args.model,
+                         gpu_arg=args.gpu, profile=args.profile, plan_json=out)
+    result: dict[str, Any] = {"files": [str(f) for f in files],
+                              "max_loras": engine.max_loras,
+                              "max_cpu_loras": engine.cpu_loras,
+                              "max_lora_rank": engine.max_lora_rank,
+                              "tensor_parallel_size": engine.tensor_parallel_size,
+                              "validated": out["validated"]}
+    if not args.no_validate and any(g.engine != engine for g in plan.gpus):
+        same = dataclasses.replace(plan, gpus=[dataclasses.replace(g, engine=engine)
+                                               for g in plan.gpus])
+        check = validate(same, predictor, duration_s=args.duration, map_fn=pool.map)
+        result["validated"] = check.ok
+        result["starved_gpus"] = check.starved_gpus
+    verdict = {None: "not checked in the twin", True: "holds in the twin",
+               False: f"starves GPUs {result.get('starved_gpus')} in the twin"}
+    print(f"lorafleet: wrote {', '.join(f.name for f in files)} to {args.emit}: every worker "
+          f"with max_loras {engine.max_loras}, max_cpu_loras {engine.cpu_loras}, "
+          f"max_lora_rank {engine.max_lora_rank}, tensor_parallel_size "
+          f"{engine.tensor_parallel_size}; the plan so {verdict[result['validated']]}",
+          file=sys.stderr)
+    return result
 
 
 def _plan_latency(adapters: list[AdapterDemand], predictor: Predictor, objective: MinLatency,
@@ -313,12 +379,14 @@ def _print(out: dict[str, Any]) -> None:
                       f"{_s(out['twin_worst_ttft_p99_s'])} s); target: "
                       f"{out['target_verdict'] or 'none'}")
     if out["baselines"]:
-        confirmed = out["baselines_confirmed"]
-        console.print("baselines (GPUs" + (", confirmed in the twin" if confirmed else "")
+        accepted = out["baselines_accepted"]
+        console.print("baselines (GPUs, " + ("confirmed in the twin"
+                                             if out["baselines_judge"] == "twin" else
+                                             "as the surrogate judges them")
                       + "): " + ", ".join(
-                          f"{k} {v}" + ("" if confirmed.get(k, True) else " (not accepted)")
+                          f"{k} {v}" + ("" if accepted.get(k, True) else " (not accepted)")
                           for k, v in out["baselines"].items())
                       + f"; lower bound {out['lower_bound']} (simple "
-                      f"{out['lower_bound_simple']})")
+                      f"{out['lower_bound_simple'] or '-'})")
     console.print(f"planned in {out['plan_seconds']:.2f} s, validated in "
                   f"{out['validate_seconds']:.2f} s")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -146,11 +145,20 @@ def _rows(folder: Path) -> list[dict[str, float]]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.epochs < 1:
+        raise ConfigError("--epochs", f"must be >= 1, got {args.epochs}")
     train_rows, _ = split(_rows(args.data))
     started = time.perf_counter()
-    surrogate = train(train_rows, regressor=args.regressor, classifier=args.classifier,
-                      seed=args.seed, epochs=args.epochs)
-    surrogate.save(args.out)
+    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True)) as progress:
+        task = progress.add_task("train", total=len(train_rows) * max(1, args.epochs))
+        surrogate = train(train_rows, regressor=args.regressor, classifier=args.classifier,
+                          seed=args.seed, epochs=args.epochs,
+                          progress=lambda done, _: progress.update(task, completed=done))
+    try:
+        surrogate.save(args.out)
+    except OSError as exc:
+        raise ConfigError("--out", f"cannot write {args.out}: {exc.strerror}") from None
     Console(stderr=True).print(f"trained on {len(train_rows)} rows in "
                                f"{time.perf_counter() - started:.1f} s -> {args.out}")
     return 0
@@ -160,7 +168,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _, test_rows = split(_rows(args.data))
     try:
         surrogate = Surrogate.load(args.model)
-    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError("--model", str(exc)) from None
     result = evaluate(surrogate, test_rows).to_dict()
     if args.json:

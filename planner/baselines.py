@@ -45,8 +45,15 @@ def _gpu(index: int, adapters: Sequence[AdapterDemand], predictor: Predictor,
 
 
 def one_per_adapter(adapters: Sequence[AdapterDemand], predictor: Predictor) -> Plan:
+    """Each adapter alone, on as many GPUs as its load needs: one when the check accepts it
+    alone at its rate, else ``ceil(rate / capacity)`` (``Predictor.alone_capacity``, a
+    bisection asked only for those)."""
     gpus: list[GpuPlan] = []
     for a in adapters:
+        verdict = predictor.best([a])
+        if verdict.feasible:
+            gpus.append(_gpu(len(gpus), [a], predictor, verdict=verdict))
+            continue
         cap = predictor.alone_capacity(a)
         parts = max(1, math.ceil(a.rate / cap)) if cap > 0 else 1
         for _ in range(parts):

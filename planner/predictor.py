@@ -169,16 +169,22 @@ class Predictor:
 
     def alone_capacity(self, adapter: AdapterDemand) -> float:
         """Requests/s one GPU serves of ``adapter`` alone (bisection on its rate)."""
+        return self.alone_capacity_bracket(adapter)[0]
+
+    def alone_capacity_bracket(self, adapter: AdapterDemand,
+                               steps: int = 12) -> tuple[float, float]:
+        """The highest rate of ``adapter`` alone one GPU is found to serve, and a higher
+        one it does not (``steps`` halvings of the bracket found by doubling)."""
         lo, hi = 0.0, max(adapter.rate, 1.0)
         while self.best([_with_rate(adapter, hi)]).feasible and hi < 1e6:
             lo, hi = hi, hi * 2
-        for _ in range(12):
+        for _ in range(steps):
             mid = (lo + hi) / 2
             if self.best([_with_rate(adapter, mid)]).feasible:
                 lo = mid
             else:
                 hi = mid
-        return lo
+        return lo, hi
 
 def _with_rate(a: AdapterDemand, rate: float) -> AdapterDemand:
     return replace(a, rate=rate)

@@ -14,7 +14,6 @@ in a constructor; ``Surrogate.save``/``load`` are the only file access.
 from __future__ import annotations
 
 import math
-import pickle
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 from river import forest, linear_model, neighbors, optim, preprocessing, tree
 
+from planner.artefact import dumps, loads
 from planner.features import FEATURES
 
 __all__ = [
@@ -307,12 +307,18 @@ class Surrogate:
         (``StarvationModel.learn_capacity``)."""
         self.starvation.learn_capacity(row, row["throughput_tps"], row["ideal_tps"])
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+    def save(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> None:
+        """Write the surrogate in ``planner.artefact``'s format, ``meta`` in its header."""
+        Path(path).write_bytes(dumps(self, meta))
 
     @staticmethod
     def load(path: str | Path) -> Surrogate:
-        obj = pickle.loads(Path(path).read_bytes())
+        """A surrogate ``save`` wrote; a ``ValueError`` naming the file for anything else
+        (loading runs no code the file names: ``planner.artefact``)."""
+        try:
+            obj = loads(Path(path).read_bytes())
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
         if not isinstance(obj, Surrogate):
             raise ValueError(f"{path}: not a lorafleet surrogate")
         return obj

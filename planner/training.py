@@ -20,7 +20,7 @@ adapters per GPU off by 6.5%, target 5%).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -71,20 +71,26 @@ DEFAULT_LATENCY = "hoeffding"
 
 def train(rows: Sequence[dict[str, float]], *, regressor: str = DEFAULT_REGRESSOR,
           classifier: str = DEFAULT_CLASSIFIER, latency: str = DEFAULT_LATENCY, seed: int = 0,
-          epochs: int = 1, capacity_rows: Sequence[dict[str, float]] = ()) -> Surrogate:
+          epochs: int = 1, capacity_rows: Sequence[dict[str, float]] = (),
+          progress: Callable[[int, int], None] | None = None) -> Surrogate:
     """A surrogate that has learned every row ``epochs`` times, in order, and the
     ``capacity_rows`` (interleaved with them, ``interleave``) into the starvation model's
-    capacity only (``Surrogate.learn_capacity_row``)."""
+    capacity only (``Surrogate.learn_capacity_row``); ``progress(done, total)`` is told
+    every 100 rows and at the end."""
     if epochs < 1:
         raise ValueError(f"epochs: must be >= 1, got {epochs}")
     surrogate = Surrogate.create(regressor, classifier, seed, latency)
     order = interleave([(row, True) for row in rows], [(row, False) for row in capacity_rows])
+    total, done = epochs * len(order), 0
     for _ in range(epochs):
         for row, every_model in order:
             if every_model:
                 surrogate.learn_row(row)
             else:
                 surrogate.learn_capacity_row(row)
+            done += 1
+            if progress is not None and (done % 100 == 0 or done == total):
+                progress(done, total)
     return surrogate
 
 

@@ -123,8 +123,7 @@ def simulate_cluster(model: ModelSpec, gpu: GpuSpec, profile: CalibrationProfile
     for w, plan in zip(workers, plans, strict=True):
         e = w.engine
         e.settle()  # requests still decoding count the tokens they have produced
-        itl = np.concatenate(e.itl_ns) if e.itl_ns else np.zeros(0, dtype=np.int64)
-        weight = np.concatenate(e.itl_weight) if e.itl_weight else np.zeros(0, dtype=np.int64)
+        itl, weight = e.itl_arrays()
         results.append(summarize(
             w.requests, duration_s=workload.duration_s, end_ns=max(end_ns, e.now_ns),
             itl_ns=itl, itl_weight=weight, preemptions=e.num_preemptions,

@@ -225,9 +225,18 @@ class EngineCore(EngineState):
 
     def _finish_decodes(self, g: int, n: int, duration: int, end: int) -> bool:
         if n:
-            self._record_decode_steps(np.array([duration], dtype=np.int64),
-                                      np.array([end], dtype=np.int64))
+            self._record_decode_step(duration, end)
         return self._complete_decodes(g, end)
+
+    def _record_decode_step(self, duration: int, end: int) -> None:
+        """``_record_decode_steps`` for one step, without numpy (most steps are one)."""
+        n = len(self.decoding)
+        self.generation_tokens += n
+        self.itl_one_ns.append(duration)
+        self.itl_one_weight.append(n)
+        if self.decoding.streaming:
+            self._events.extend(EngineEvent(EventKind.TOKEN, end, r.request_id)
+                                for r in self.decoding.streaming)
 
     def _record_decode_steps(self, durations: np.ndarray, ends: np.ndarray) -> None:
         """Tokens, inter-token latencies and streamed token events of decode steps that all

@@ -70,6 +70,9 @@ class EngineState:
         self.steps = StepLog() if record_steps else None
         self.itl_ns: list[np.ndarray] = []  # per step: ITL value, with weight in itl_weight
         self.itl_weight: list[np.ndarray] = []
+        # The same for steps recorded one at a time (numpy's per-call cost, not per step).
+        self.itl_one_ns: list[int] = []
+        self.itl_one_weight: list[int] = []
         self.admission_open = True
         self._pending_stall_ns = 0
         self._events: list[EngineEvent] = []
@@ -146,6 +149,18 @@ class EngineState:
         if request in self.decoding:
             return DecodeSet.computed(request, self.g)
         return request.num_computed_tokens
+
+    def itl_arrays(self, *, clear: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Every decode step's inter-token latency (ns) and its weight (the sequences that
+        got a token in it), in no particular order; ``clear``: forget them (a live engine
+        reports what came since it last asked)."""
+        values = np.concatenate([*self.itl_ns, np.array(self.itl_one_ns, dtype=np.int64)])
+        weights = np.concatenate([*self.itl_weight,
+                                  np.array(self.itl_one_weight, dtype=np.int64)])
+        if clear:
+            for kept in (self.itl_ns, self.itl_weight, self.itl_one_ns, self.itl_one_weight):
+                kept.clear()
+        return values, weights
 
     def take_events(self) -> list[EngineEvent]:
         events, self._events = self._events, []

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import simpy
 
 from twin.engine import EngineCore
@@ -154,9 +153,7 @@ def simulate(scenario: Scenario, *, fast_path: bool = True, record_steps: bool =
     env.process(worker.run())
     env.run(until=end_ns)
     engine.settle()  # requests still decoding count the tokens they have produced
-    itl = np.concatenate(engine.itl_ns) if engine.itl_ns else np.zeros(0, dtype=np.int64)
-    weights = (np.concatenate(engine.itl_weight) if engine.itl_weight
-               else np.zeros(0, dtype=np.int64))
+    itl, weights = engine.itl_arrays()
     result = summarize(
         worker.requests, duration_s=scenario.workload.duration_s,
         end_ns=max(end_ns, engine.now_ns), itl_ns=itl, itl_weight=weights,

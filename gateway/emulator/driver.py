@@ -235,12 +235,9 @@ class EngineDriver:
             if event.kind is EventKind.FINISHED:
                 engine.requests.pop(event.request_id, None)  # keep a long run's memory flat
             heapq.heappush(self._due, (event.time_ns, next(self._seq), event))
-        if engine.itl_ns:
-            values = np.concatenate(engine.itl_ns) / self._ns_per_s
-            weights = np.concatenate(engine.itl_weight)
-            engine.itl_ns.clear()
-            engine.itl_weight.clear()
-            self._metrics.inter_token(values, weights)
+        if engine.itl_ns or engine.itl_one_ns:
+            values, weights = engine.itl_arrays(clear=True)
+            self._metrics.inter_token(values / self._ns_per_s, weights)
 
     def _deliver(self, now: int) -> None:
         due = self._due

@@ -101,3 +101,41 @@ def test_the_capacity_table_is_the_samplers_next_placement_workers(specs) -> Non
                    1200, 1203)
     for spec, row in zip(drawn, table[:3], strict=True):
         assert run_sample(spec, model, gpu, profile) == pytest.approx(row, rel=ROW_REL)
+
+
+def test_train_reports_progress_and_the_cli_writes_a_loadable_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+    from planner import COLUMNS, save_table
+    from planner.surrogate import Surrogate
+    from planner.training import train
+
+    rows = bundled_rows()[:250]
+    seen: list[tuple[int, int]] = []
+    train(rows, regressor="linear", progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(100, 250), (200, 250), (250, 250)]
+    save_table(rows, COLUMNS, tmp_path / "data.csv")
+    out = tmp_path / "s.bin"
+    assert main(["train", "--data", str(tmp_path), "--out", str(out),
+                 "--regressor", "linear"]) == 0
+    assert "trained on" in capsys.readouterr().err
+    assert Surrogate.load(out).samples_seen > 0
+    assert main(["evaluate", "--data", str(tmp_path), "--model", str(out), "--json"]) == 0
+
+
+@pytest.mark.parametrize(("argv", "field"), [
+    (["--epochs", "0"], "--epochs"),
+    (["--out", "/nonexistent-folder/s.bin"], "--out"),
+])
+def test_train_cli_bad_input_is_one_line(argv: list[str], field: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+    from planner import COLUMNS, save_table
+
+    save_table(bundled_rows()[:40], COLUMNS, tmp_path / "data.csv")
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "s.bin"),
+            "--regressor", "linear", *argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"lorafleet: invalid input: {field}:")
+    assert "Traceback" not in "\n".join(err)
