@@ -19,7 +19,8 @@ COPY planner ./planner
 COPY gateway ./gateway
 RUN pip install . \
     && cd / && rm -rf /src \
-    # Train the planner's default surrogate now (about 15-40 s) instead of at every start.
+    # Load the shipped surrogate once (it is trained here only if this River is not the one
+    # it was built with: then cached, not trained at every start).
     && python -c "from gateway.plan_cli import default_surrogate; default_surrogate()" \
     && chown -R lorafleet:lorafleet /var/cache/lorafleet
 
