@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from prometheus_client.metrics_core import (
@@ -85,6 +85,38 @@ class WeightedHistogram:
         return fam
 
 
+# The labels of vLLM 0.32's ``vllm:cache_config_info`` (``CacheConfig.metrics_info()`` plus
+# ``engine``; vllm/v1/metrics/loggers.py, ``log_metrics_info``: a gauge set to 1), each the
+# str() of the field as vLLM writes it; the emulator knows the first few, the rest are
+# vLLM's defaults for a dense model.
+CACHE_INFO_DEFAULTS: dict[str, str] = {
+    "block_size": "16", "gpu_memory_utilization": "0.92", "num_gpu_blocks": "None",
+    "num_cpu_blocks": "None", "kv_cache_size_tokens": "None", "enable_prefix_caching": "True",
+    "cache_dtype": "auto", "_block_size_resolved": "True", "cache_hit_alignment_tokens": "None",
+    "effective_attention_block_size": "None", "enable_mamba_shared_prefix_checkpoint": "False",
+    "hash_block_size": "None", "is_attention_free": "False", "kv_cache_dtype_skip_layers": "[]",
+    "kv_cache_layout": "None", "kv_cache_max_concurrency": "None",
+    "kv_cache_memory_bytes": "None", "kv_offloading_backend": "native",
+    "kv_offloading_size": "None", "kv_sharing_fast_prefill": "False",
+    "mamba_block_size": "None", "mamba_cache_dtype": "auto", "mamba_cache_mode": "none",
+    "mamba_page_size_padded": "None", "mamba_ssm_cache_dtype": "auto",
+    "num_gpu_blocks_override": "None", "prefix_cache_retention_interval": "None",
+    "prefix_caching_hash_algo": "sha256", "prefix_match_unit": "None",
+    "replayssm_buffer_len": "None", "skip_page_size_padded": "False", "sliding_window": "None",
+    "swa_bounded_replay": "False", "use_kda_recoverssm": "False", "use_replayssm": "False",
+    "user_specified_block_size": "False",
+}
+
+
+def cache_info(known: Mapping[str, object], engine_index: int) -> dict[str, str]:
+    """The label values of ``vllm:cache_config_info``: ``known`` over vLLM's defaults."""
+    unknown = sorted(set(known) - set(CACHE_INFO_DEFAULTS))
+    if unknown:
+        raise ValueError(f"not a label of vllm:cache_config_info: {unknown[0]}")
+    return {**CACHE_INFO_DEFAULTS, **{k: str(v) for k, v in known.items()},
+            "engine": str(engine_index)}
+
+
 class EngineMetrics(MetricsSink):
     """vLLM's Prometheus metrics for one emulated engine (a prometheus ``Collector``).
 
@@ -102,9 +134,11 @@ class EngineMetrics(MetricsSink):
 
     def __init__(self, *, model_name: str, engine_index: int, max_loras: int,
                  stats: Callable[[], EngineStats],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 cache_config: Mapping[str, object] | None = None) -> None:
         self._labels = ["model_name", "engine"]
         self._values = [model_name, str(engine_index)]
+        self._cache_info = cache_info(cache_config or {}, engine_index)
         self._max_loras = str(max_loras)
         self._stats = stats
         self._clock = clock
@@ -168,6 +202,11 @@ class EngineMetrics(MetricsSink):
                                 "Histogram of time spent in WAITING phase for request.",
                                 lab, val)
         yield self._lora_family()
+        info = GaugeMetricFamily("vllm:cache_config_info",
+                                 "Information of the LLMEngine CacheConfig",
+                                 labels=list(self._cache_info))
+        info.add_metric(list(self._cache_info.values()), 1.0)
+        yield info
 
     def _gauges(self, s: EngineStats) -> Iterable[Metric]:
         lab, val = self._labels, self._values
@@ -190,9 +229,10 @@ class EngineMetrics(MetricsSink):
         yield by_reason
 
     def _lora_family(self) -> GaugeMetricFamily:
-        if self._lora_key is None:
-            self.lora_state((), ())
-        else:  # vLLM sets the current label set at every logging interval
+        # vLLM sets the series from the scheduler's stats of each step
+        # (vllm/v1/metrics/loggers.py, PrometheusStatLogger.record): none before the engine
+        # has run a request; then the current label set at every logging interval.
+        if self._lora_key is not None:
             self._lora_info[self._lora_key] = self._clock()
         fam = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
                                 labels=["max_lora", "waiting_lora_adapters",

@@ -51,7 +51,14 @@ class EmulatedWorker:
         self.registry = CollectorRegistry()
         self.metrics = EngineMetrics(model_name=cfg.served_model_name,
                                      engine_index=cfg.engine_index,
-                                     max_loras=cfg.engine.max_loras, stats=self._stats)
+                                     max_loras=cfg.engine.max_loras, stats=self._stats,
+                                     cache_config={
+                                         "block_size": cfg.engine.block_size,
+                                         "gpu_memory_utilization":
+                                             cfg.engine.gpu_memory_utilization,
+                                         "num_gpu_blocks": self.memory_plan.num_blocks,
+                                         "kv_cache_size_tokens":
+                                             self.memory_plan.kv_cache_tokens})
         self.registry.register(self.metrics)
         self.driver = EngineDriver(
             self.engine, time_scale=cfg.time_scale, metrics=self.metrics,

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from gateway.cli import COMMANDS
@@ -46,6 +47,7 @@ from gateway.server.emulated import (
 )
 from gateway.server.lifecycle import make_plan
 from gateway.server.planning import InitialPlan
+from gateway.server.worker_settings import check_workers
 from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE, load_adapters
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
@@ -139,6 +141,22 @@ async def _wait_ready(app: web.Application) -> bool:
     return True
 
 
+async def _workers_settings(cfg: GatewayConfig) -> GatewayConfig:
+    """The static workers' own settings, read before the first plan: a worker that
+    contradicts ``worker_engine`` stops the start (``ConfigError``: exit 2); when every
+    worker answered and all run the same options, the plan is made for those (a worker
+    that answers later, or runs others, is read when the gateway first reaches it)."""
+    assert cfg.worker_engine is not None
+    async with aiohttp.ClientSession() as session:
+        engines = await check_workers(session, [(w.name, w.url) for w in cfg.workers],
+                                      cfg.worker_engine, dict(cfg.worker_engine_given),
+                                      cfg.base_model, min(cfg.connect_timeout_s, 5.0))
+    found = set(engines.values())
+    if len(engines) == len(cfg.workers) and len(found) == 1:
+        return replace(cfg, worker_engine=found.pop())
+    return cfg
+
+
 async def _main(cfg: GatewayConfig, plan: InitialPlan | None,
                 spec: EmulateSpec | None) -> None:
     emulated = None
@@ -154,6 +172,8 @@ async def _main(cfg: GatewayConfig, plan: InitialPlan | None,
                                                      jitter=spec.jitter) for c in configs])
             cfg = replace(cfg, workers=tuple(WorkerEndpoint(w.name, url) for w, url in zip(
                 cfg.workers, emulated.urls, strict=True)), time_scale=spec.time_scale)
+        elif cfg.worker_engine is not None and cfg.workers:
+            cfg = await _workers_settings(cfg)
         app = create_app(cfg, plan=plan)
         runner = await serve(app, cfg.host, cfg.port)
         port = runner.addresses[0][1]

@@ -12,7 +12,9 @@ it on one line and exits with status 2). The file::
                                       # workers (`lorafleet serve` only; adapters may omit path)
     actuator: {kind: kubernetes, statefulset: vllm}   # or {kind: command, command: "... {workers}"}
     worker_engine:                    # what workers the gateway did not start run with
-      {max_loras: 8, max_cpu_loras: 32, max_lora_rank: 32}   # the rest: fallback defaults
+      {max_loras: 8, max_cpu_loras: 32, max_lora_rank: 32}   # the rest: fallback defaults;
+                                      # what the workers report replaces it (a contradiction
+                                      # stops the start: gateway/server/worker_settings.py)
     adapters:                         # the planner's format, plus the path workers load from
       - {name: sql, rank: 8, rate: 2.0, input_tokens: 512, output_tokens: 128, path: /ad/sql}
     placement: planner                # or round-robin
@@ -196,6 +198,9 @@ class GatewayConfig:
     discovery: KubeDiscovery | None = None  # set: workers come (and go) from Kubernetes
     actuator: Actuator | None = None  # None: no actuator (retired workers stay up, idle)
     worker_engine: EngineConfig | None = None  # None: the initial plan's (emulated workers)
+    # The worker_engine options the file states (the rest are defaults): a worker that
+    # reports another value is a start-up error (gateway/server/worker_settings.py).
+    worker_engine_given: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.base_model:
@@ -235,7 +240,7 @@ class GatewayConfig:
 
 
 _SCALARS = {f.name for f in fields(GatewayConfig)} - {"workers", "adapters", *_SECURITY,
-                                                       *_FLEET}
+                                                       *_FLEET, "worker_engine_given"}
 
 
 def _worker(item: Any, i: int) -> WorkerEndpoint:
@@ -369,6 +374,7 @@ def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
         number = int | float if key == "gpu_memory_utilization" else int
         if isinstance(value, bool) or not isinstance(value, number):
             raise ConfigError(f"worker_engine.{key}", f"must be a number, got {value!r}")
+    out["worker_engine_given"] = tuple(sorted(given.items()))
     base = fallback_engine([a.demand for a in adapters], values.get("gpu", DEFAULT_GPU),
                            values.get("max_model_len", 8192))
     if "max_loras" in given and "max_cpu_loras" not in given:  # room for the slots at least

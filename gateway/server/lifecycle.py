@@ -30,6 +30,8 @@ from gateway.server.lora_api import LoraCallError, list_adapters, load_adapter, 
 from gateway.server.planning import InitialPlan, from_planner, round_robin
 from gateway.server.registry import WorkerStatus
 from gateway.server.upstream import UpstreamPool
+from gateway.server.worker_settings import engine_from, fetch_settings
+from twin.errors import ConfigError
 from twin.routing import BASE_MODEL
 
 __all__ = ["background", "bootstrap", "client_session", "health_checks", "make_plan",
@@ -75,6 +77,30 @@ async def client_session(app: web.Application) -> AsyncIterator[None]:
             await pool.close()
 
 
+async def _read_engine(app: web.Application, index: int) -> None:
+    """The options a worker the gateway did not start runs, as it reports them
+    (``gateway.server.worker_settings``; at each sync, and at health checks until it has
+    reported ``max_loras``): they replace ``worker_engine``'s. One that
+    contradicts the config now (it was restarted with other flags) is what it runs: an
+    error is logged and its own values are kept."""
+    cfg, fleet = app[GATEWAY_CONFIG], app[FLEET]
+    worker = fleet.workers[index]
+    if cfg.worker_engine is None:
+        return
+    settings = await fetch_settings(app[CLIENT_SESSION], worker.endpoint.url, cfg.base_model,
+                                    cfg.connect_timeout_s)
+    if settings is None:
+        return
+    base = worker.engine or cfg.worker_engine
+    worker.max_loras_reported = settings.max_loras is not None
+    try:
+        worker.engine = engine_from(base, dict(cfg.worker_engine_given), settings,
+                                    worker.endpoint.name)
+    except ConfigError as exc:
+        logger.error("%s; planning with what the worker runs", exc)
+        worker.engine = engine_from(base, {}, settings, worker.endpoint.name)
+
+
 async def sync_worker(app: web.Application, index: int) -> None:
     """Reconcile worker ``index`` with its ``/v1/models`` and load its planned adapters."""
     cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
@@ -89,6 +115,7 @@ async def sync_worker(app: web.Application, index: int) -> None:
         fleet.set_resident(index, set())
         return
     fleet.set_status(index, WorkerStatus.UP)
+    await _read_engine(app, index)
     for name in sorted(resident & (fleet.stale | fleet.dropped) - worker.refreshed):
         try:  # a copy from before a restart whose config changed or dropped the adapter
             await unload_adapter(session, url, name, timeout=cfg.load_timeout_s)
@@ -168,6 +195,8 @@ async def _health_loop(app: web.Application) -> None:
             await sync_worker(app, index)  # it came back: reconcile and reload
         elif ok:
             fleet.set_status(index, WorkerStatus.UP)
+            if not worker.max_loras_reported:  # vLLM reports it once it has run a request
+                await _read_engine(app, index)
         elif refused or misses[index] >= HEALTH_MISSES:
             # a refused connection is certain; a slow answer may be load: a few in a row
             fleet.set_status(index, WorkerStatus.DOWN)

@@ -46,6 +46,9 @@ class WorkerState:
     resident: set[str] = field(default_factory=set)
     engine: EngineConfig | None = None
     refreshed: set[str] = field(default_factory=set)  # stale copies unloaded (``Fleet.stale``)
+    # its --max-loras as it reports it (vLLM: only once it has run a request; until then
+    # ``engine`` holds the config's): gateway/server/worker_settings.py
+    max_loras_reported: bool = False
 
     @property
     def up(self) -> bool:

@@ -98,9 +98,14 @@ def test_metric_families_exist_in_a_real_vllm_scrape() -> None:
             name, kind, labels = line.split()
             real[name] = (kind, set() if labels == "-" else set(labels.split(",")))
     worker = EmulatedWorker(make_config())
+    idle = {f.name: f for f in text_string_to_metric_families(
+        generate_latest(worker.registry).decode())}
+    # As vLLM: no lora_requests_info series before the engine has run a request.
+    assert idle["vllm:lora_requests_info"].samples == []
+    worker.metrics.lora_state((), ())  # what the driver does after a step
     text = generate_latest(worker.registry).decode()
     families = list(text_string_to_metric_families(text))
-    assert len(families) >= 13
+    assert len(families) >= 14
     for family in families:
         name = family.name + ("_total" if family.type == "counter" else "")
         assert name in real, name
