@@ -5,8 +5,8 @@
   ``--tensor-parallel-size``; ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, as the gateway loads
   and unloads adapters at run time with vLLM's ``/v1/load_lora_adapter``);
 - ``gateway.yaml``: the gateway in front of them (one URL per worker to fill in, the same
-  engine options as ``worker_engine``, the adapters with the folder each is loaded from);
-  not for workers of several GPUs yet: the gateway plans one GPU per worker (issue 23);
+  engine options as ``worker_engine``, its ``tensor_parallel_size``, the adapters with the
+  folder each is loaded from);
 - ``plan.json``: the plan as ``lorafleet plan --json`` prints it.
 
 Every worker gets the same options, the largest the plan gives any (what a StatefulSet or
@@ -110,6 +110,7 @@ def _gateway_yaml(served: str, model_arg: str, gpu_arg: str, profile: str,
                     for g in plan.gpus],
         "worker_engine": worker_engine,
         "max_model_len": engine.max_model_len,
+        "tensor_parallel_size": engine.tensor_parallel_size,
         "adapters": [{**{k: v for k, v in dataclasses.asdict(a).items()
                          if k in ("name", "rank", "rate", "input_tokens", "output_tokens")},
                       **({} if a.is_base else {"path": f"{ADAPTER_ROOT}/{a.name}"})}
@@ -119,9 +120,6 @@ def _gateway_yaml(served: str, model_arg: str, gpu_arg: str, profile: str,
     head = ("# lorafleet gateway for the plan in plan.json (`lorafleet serve --config "
             "gateway.yaml`).\n# Fill in each worker's URL; each adapter's path is the folder "
             "the workers load it from.\n")
-    if engine.tensor_parallel_size > 1:
-        head += (f"# The workers run at tensor_parallel_size {engine.tensor_parallel_size} "
-                 "(serve-worker.sh); the gateway counts workers.\n")
     return head + yaml.safe_dump(data, sort_keys=False)
 
 
@@ -143,10 +141,10 @@ def emit(out_dir: Path, plan: Plan, predictor: Predictor, adapters: Sequence[Ada
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         files = {out_dir / "serve-worker.sh": _serve_script(model, served, engine, plan),
+                 out_dir / "gateway.yaml": _gateway_yaml(served, _absolute(model_arg),
+                                                         gpu_arg, profile, engine, plan,
+                                                         adapters),
                  out_dir / "plan.json": json.dumps(plan_json, indent=1) + "\n"}
-        if engine.tensor_parallel_size == 1:  # the gateway plans one GPU per worker so far
-            files[out_dir / "gateway.yaml"] = _gateway_yaml(
-                served, _absolute(model_arg), gpu_arg, profile, engine, plan, adapters)
         for path, text in files.items():
             path.write_text(text)
         (out_dir / "serve-worker.sh").chmod(0o755)

@@ -62,6 +62,8 @@ def register(sub: Any) -> None:
     ds.add_argument("--shape", default=Shape.SAMPLED.value, choices=[s.value for s in Shape],
                     help="sampled: random slot counts; placement: a slot per adapter, as the "
                     "placer builds workers")
+    ds.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                    help="GPUs of each sampled worker, as vLLM's flag (default 1)")
     ds.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                     help="run the twin on Ray (the optional extra `ray`): a local Ray with "
                     "--workers CPUs, or the cluster at ADDRESS ('auto', 'ray://host:10001')")
@@ -79,7 +81,11 @@ def _dataset(args: argparse.Namespace) -> int:
         except RayUnavailableError as exc:
             raise ConfigError("--ray", str(exc)) from None
     model, gpu, profile = get_model(args.model), get_gpu(args.gpu), load_profile(args.profile)
+    if not 1 <= args.tensor_parallel_size <= 64:
+        raise ConfigError("--tensor-parallel-size", f"must be in [1, 64], got "
+                          f"{args.tensor_parallel_size}")
     specs = list(sample_specs(args.scenarios, args.seed, model, gpu, profile,
+                              tensor_parallel_size=args.tensor_parallel_size,
                               shape=Shape(args.shape)))
     work = partial(run_sample, model=model, gpu=gpu, profile=profile)
     started = time.perf_counter()

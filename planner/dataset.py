@@ -31,6 +31,7 @@ from planner.features import FEATURES, worker_features
 from planner.placer import SLOT_CANDIDATES
 from planner.validation import VALIDATION_S
 from twin.errors import InsufficientMemoryError
+from twin.memory import plan_memory
 from twin.profile import CalibrationProfile
 from twin.scenario import Scenario
 from twin.simulation import simulate
@@ -77,19 +78,27 @@ def _lognormal_lengths(mean: float, std: float) -> LengthDist:
 
 def sample_specs(n: int, seed: int, model: ModelSpec, gpu: GpuSpec,
                  profile: CalibrationProfile, max_model_len: int = 8192,
-                 shape: Shape = Shape.SAMPLED) -> Iterator[SampleSpec]:
+                 shape: Shape = Shape.SAMPLED,
+                 tensor_parallel_size: int = 1) -> Iterator[SampleSpec]:
     """``n`` feasible worker scenarios drawn from ``seed`` (memory-infeasible draws are redrawn).
 
     ``PLACEMENT`` reshapes the ``SAMPLED`` draws of the same seed (``placement_shaped``, its
     loads drawn from a second generator seeded with ``seed``); draws no slot count fits are
-    skipped, so both shapes yield ``n``.
+    skipped, so both shapes yield ``n``. Workers span ``tensor_parallel_size`` GPUs.
     """
+    # vLLM's refusal first (a model that does not split or fit at this size would otherwise
+    # be redrawn for ever): raises what ``plan_memory`` raises.
+    plan_memory(model, gpu, EngineConfig(max_loras=1, max_lora_rank=8,
+                                         max_model_len=max_model_len,
+                                         tensor_parallel_size=tensor_parallel_size),
+                profile.memory)
     rng = np.random.default_rng(seed)
     load_rng = np.random.default_rng(seed)
     made = 0
     while made < n:
         sub = int(rng.integers(0, 2**31))
-        spec = _draw(np.random.default_rng(sub), sub, model, gpu, profile, max_model_len)
+        spec = _draw(np.random.default_rng(sub), sub, model, gpu, profile, max_model_len,
+                     tensor_parallel_size)
         if spec is not None and shape is Shape.PLACEMENT:
             spec = placement_shaped(spec, model, gpu, profile, load_rng)
         if spec is not None:
@@ -131,7 +140,8 @@ def placement_shaped(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
 
 
 def _draw(rng: np.random.Generator, seed: int, model: ModelSpec, gpu: GpuSpec,
-          profile: CalibrationProfile, max_model_len: int) -> SampleSpec | None:
+          profile: CalibrationProfile, max_model_len: int,
+          tensor_parallel_size: int = 1) -> SampleSpec | None:
     count = int(np.exp(rng.uniform(0, np.log(256))))
     ranks = [int(r) for r in rng.choice([8, 16, 32], size=int(rng.integers(1, 4)), replace=False)]
     skew = float(rng.uniform(0.0, 1.5))
@@ -146,7 +156,8 @@ def _draw(rng: np.random.Generator, seed: int, model: ModelSpec, gpu: GpuSpec,
     max_loras = int(rng.choice(slots))
     engine = EngineConfig(max_num_seqs=256, max_num_batched_tokens=2048, max_loras=max_loras,
                           max_cpu_loras=max(count, max_loras), max_lora_rank=max_rank,
-                          max_model_len=max_model_len)
+                          max_model_len=max_model_len,
+                          tensor_parallel_size=tensor_parallel_size)
     assert max_rank in ALLOWED_LORA_RANKS
     # Adapters differ in their lengths (real ones do): each scales the scenario's means.
     spread = float(rng.uniform(0.0, 0.8))

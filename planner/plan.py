@@ -138,9 +138,7 @@ class Plan:
                       for s, engine in zip(shares, engines, strict=True))
         placement = Placement(tuple(WorkerPlacement(name=name, shares=s)
                                     for name, s in zip(workers, shares, strict=True)))
-        # The gateway runs one worker per plan entry (tensor parallelism: issue 23's gateway
-        # part is still to come), so what it plans for is workers.
-        return Assignment(placement=placement, engines=final, planned_gpus=self.num_workers)
+        return Assignment(placement=placement, engines=final, planned_gpus=self.num_gpus)
 
 
 def merged(items: Sequence[AdapterDemand]) -> list[AdapterDemand]:

@@ -143,6 +143,7 @@ async def placement(request: web.Request) -> web.Response:
     placed = set().union(*(w["adapters"] for w in workers)) if workers else set()
     return web.json_response({
         "planned": plan is not None, "planned_gpus": fleet.planned_gpus,
+        "tensor_parallel_size": fleet.tensor_parallel_size,
         "gpus_active": fleet.gpus_active, "workers": workers, "baselines": baselines,
         "unplaced": sorted(set(fleet.adapters) - placed)})
 

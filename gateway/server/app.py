@@ -76,7 +76,7 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     app[METRICS_TOKEN] = None if cfg.metrics_token_env is None else token_digest(
         os.environ.get(cfg.metrics_token_env))
     fleet = Fleet(cfg.base_model, cfg.workers, {a.demand.name: a for a in cfg.adapters},
-                  cfg.routing, cfg.retry_after_s)
+                  cfg.routing, cfg.retry_after_s, cfg.tensor_parallel_size)
     fleet.stale, fleet.dropped = restored.stale, restored.dropped
     app[FLEET] = fleet
     fleet.planned_gpus = None if plan is None else plan.planned_gpus

@@ -35,6 +35,7 @@ from gateway.server.config import (
     GatewayConfig,
     PlacementMode,
     WorkerEndpoint,
+    check_specs,
     parse_config,
     read_config,
 )
@@ -87,6 +88,8 @@ def register(sub: Any) -> None:
                    default=RoutingPolicy.PLACEMENT.value)
     p.add_argument("--adapter-dir", type=Path, default=None,
                    help="where emulated adapters are scaffolded (default: a temporary folder)")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                   help="with --emulate: GPUs of each worker, as vLLM's flag (default 1)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_serve)
 
@@ -99,6 +102,8 @@ def _emulated_config(args: argparse.Namespace,
         raise ConfigError("--emulate", f"must be >= 1, got {args.emulate}")
     if args.adapters is None:
         raise ConfigError("--adapters", "is required with --emulate")
+    check_specs({"model": args.model, "gpu": args.gpu, "profile": args.profile,
+                 "tensor_parallel_size": args.tensor_parallel_size})
     demands = load_adapters(args.adapters)
     workers = tuple(WorkerEndpoint(f"w{i}", "http://127.0.0.1:1") for i in range(args.emulate))
     cfg = GatewayConfig(base_model=args.served_model_name or args.model, workers=workers,
@@ -106,7 +111,8 @@ def _emulated_config(args: argparse.Namespace,
                         placement=PlacementMode(args.placement),
                         routing=RoutingPolicy(args.routing), gpu=args.gpu, model=args.model,
                         profile=args.profile, host=args.host or "127.0.0.1",
-                        port=8080 if args.port is None else args.port)
+                        port=8080 if args.port is None else args.port,
+                        tensor_parallel_size=args.tensor_parallel_size)
     return cfg, make_plan(cfg)
 
 

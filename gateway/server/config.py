@@ -49,6 +49,7 @@ it on one line and exits with status 2). The file::
     headroom: 0.9                     # plan GPUs for load / headroom (lower: more latency slack)
     search_seconds: 1                 # the placer's improvement search, per plan
     time_scale: 1                     # emulated workers this much faster than real time
+    tensor_parallel_size: 1           # GPUs of each worker (vLLM's): GPUs = workers x it
     keys:                             # client API keys; none: an open gateway
       - {key_env: TEAM_A_KEY, name: team-a, adapters: [sql, chat], rate_limit: 5}
       - {key: sk-literal, name: ops, adapters: "*", rate_limit: 50, burst: 100}
@@ -84,9 +85,17 @@ import yaml
 
 from gateway.server.auth import KeySpec, parse_keys
 from gateway.server.entries import AdapterEntry, AdapterOrigin, parse_entries
-from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE, MAX_TOKENS, Target
+from planner import (
+    DEFAULT_GPU,
+    DEFAULT_MODEL,
+    DEFAULT_PROFILE,
+    MAX_TOKENS,
+    PlannerConfig,
+    Target,
+)
 from twin.catalog import gpu_from_mapping, gpu_ref
 from twin.errors import ConfigError
+from twin.memory import plan_memory
 from twin.routing import RoutingPolicy
 from twin.specs import EngineConfig
 
@@ -115,7 +124,7 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "max_outstanding_per_worker": (0, 1_000_000, False),
     "prefix_affinity_chars": (0, 1 << 20, False), "move_budget": (0, 100_000, False),
     "headroom": (0, 1, True), "retire_margin": (0, 1, True),
-    "search_seconds": (0, 600, False),
+    "search_seconds": (0, 600, False), "tensor_parallel_size": (1, 64, False),
     "ttft_bound_s": (0, MAX_SECONDS, True),
     "max_body_bytes": (1024, 1 << 30, False),
     "client_header_timeout_s": (0, 3600, True), "client_body_timeout_s": (0, 3600, True),
@@ -187,6 +196,7 @@ class GatewayConfig:
     headroom: float = 0.9  # plan each GPU for its offered load / headroom (latency slack)
     search_seconds: float = 1.0  # the placer's improvement search per plan (planner/improve.py)
     time_scale: float = 1.0  # emulated workers run this much faster than the profile
+    tensor_parallel_size: int = 1  # GPUs of each worker (vLLM's flag): GPUs = workers x it
     # keys, admin API, state, shutdown (gateway/server/auth.py, admin.py, state.py)
     keys: tuple[KeySpec, ...] = ()
     worker_api_key_env: str | None = None
@@ -267,7 +277,7 @@ _STRINGS = frozenset({"base_model", "gpu", "model", "profile", "host"})
 _INTS = frozenset({"port", "max_model_len", "max_body_bytes", "retry_after_s",
                    "max_connections", "move_budget", "max_outstanding_per_worker",
                    "prefix_affinity_chars", "client_max_connections",
-                   "client_max_connections_per_address"})
+                   "client_max_connections_per_address", "tensor_parallel_size"})
 _BOOLS = frozenset({"validate_replans", "surge_replan", "starvation_guard"})
 
 
@@ -338,7 +348,7 @@ def parse_config(data: Any) -> GatewayConfig:
         if not isinstance(workers, list) or not workers:
             raise ConfigError("workers", "must be a non-empty list of {url, name?}")
     values = {k: _scalar(k, v) for k, v in data.items() if k in _SCALARS}
-    _known_specs(values)
+    check_specs(values)
     values.update(_security(data))
     adapters = parse_entries(data.get("adapters", []))
     values.update(_fleet(data, adapters, values))
@@ -346,11 +356,24 @@ def parse_config(data: Any) -> GatewayConfig:
                          adapters=adapters, **values)
 
 
-def _known_specs(values: dict[str, Any]) -> None:
+def check_specs(values: dict[str, Any]) -> None:
     """``gpu``, ``model`` and ``profile`` name what the planner knows (else every re-plan
-    would fail later, in the planning process): ``ConfigError`` naming the field."""
-    Target.resolve(values.get("model", DEFAULT_MODEL), values.get("gpu", DEFAULT_GPU),
-                   values.get("profile", DEFAULT_PROFILE))
+    would fail later, in the planning process), and the model runs on
+    ``tensor_parallel_size`` of those GPUs: ``ConfigError`` naming the field."""
+    target = Target.resolve(values.get("model", DEFAULT_MODEL),
+                            values.get("gpu", DEFAULT_GPU),
+                            values.get("profile", DEFAULT_PROFILE))
+    tp = values.get("tensor_parallel_size", 1)
+    if not 1 <= tp <= 64:
+        raise ConfigError("tensor_parallel_size", f"must be in [1, 64], got {tp}")
+    # vLLM's start-up refusal, at load: a model that does not split or fit at this size
+    # (the message names the smallest size that fits).
+    engine = PlannerConfig(max_model_len=values.get("max_model_len", 8192),
+                           tensor_parallel_size=tp).engine(1)
+    try:
+        plan_memory(target.model, target.gpu, engine, target.profile.memory)
+    except ConfigError as exc:
+        raise ConfigError("tensor_parallel_size", exc.message) from None
 
 
 def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
@@ -376,7 +399,8 @@ def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
             raise ConfigError(f"worker_engine.{key}", f"must be a number, got {value!r}")
     out["worker_engine_given"] = tuple(sorted(given.items()))
     base = fallback_engine([a.demand for a in adapters], values.get("gpu", DEFAULT_GPU),
-                           values.get("max_model_len", 8192))
+                           values.get("max_model_len", 8192),
+                           values.get("tensor_parallel_size", 1))
     if "max_loras" in given and "max_cpu_loras" not in given:  # room for the slots at least
         given = {**given, "max_cpu_loras": max(base.cpu_loras, given["max_loras"])}
     try:

@@ -49,12 +49,14 @@ def make_plan(cfg: GatewayConfig) -> InitialPlan:
     adapters = [a.demand for a in cfg.adapters]
     names = [w.name for w in cfg.workers]
     if cfg.placement is PlacementMode.ROUND_ROBIN or not adapters:
-        return round_robin(adapters, names, gpu=cfg.gpu, max_model_len=cfg.max_model_len)
+        return round_robin(adapters, names, gpu=cfg.gpu, max_model_len=cfg.max_model_len,
+                           tensor_parallel_size=cfg.tensor_parallel_size)
     from gateway.pretrained import default_surrogate  # trains once, then cached on disk
 
     return from_planner(adapters, names, default_surrogate(), gpu=cfg.gpu, model=cfg.model,
                         profile=cfg.profile, max_model_len=cfg.max_model_len,
-                        headroom=cfg.headroom, search_seconds=cfg.search_seconds)
+                        headroom=cfg.headroom, search_seconds=cfg.search_seconds,
+                        tensor_parallel_size=cfg.tensor_parallel_size)
 
 
 async def client_session(app: web.Application) -> AsyncIterator[None]:
@@ -160,7 +162,7 @@ async def _initial(app: web.Application, plan: InitialPlan | None) -> None:
     await asyncio.gather(*(sync_worker(app, i) for i in range(len(fleet.workers))))
     fleet.synced = True
     logger.info("placement installed: %d of %d workers active (planned %d GPUs)",
-                fleet.gpus_active, len(fleet.workers), plan.planned_gpus)
+                fleet.workers_active, len(fleet.workers), plan.planned_gpus)
 
 
 def bootstrap(plan: InitialPlan | None) -> Ctx:

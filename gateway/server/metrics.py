@@ -72,7 +72,8 @@ class GatewayMetrics:
         self.outstanding = Gauge("gateway_worker_outstanding",
                                  "Requests the gateway has in flight on the worker.",
                                  ["worker"], registry=r)
-        self.gpus_active = Gauge("gateway_gpus_active", "Workers with adapters routed to them.",
+        self.gpus_active = Gauge("gateway_gpus_active", "GPUs of the workers with adapters "
+                                 "routed to them (tensor_parallel_size each).",
                                  registry=r)
         self.gpus_baseline = Gauge("gateway_gpus_baseline",
                                    "GPUs a naive placement would use.", ["policy"], registry=r)
@@ -116,8 +117,10 @@ class GatewayMetrics:
         fleet.on_join(partial(self.bind_worker, fleet))  # workers discovered at run time
         self.gpus_active.set_function(lambda: fleet.gpus_active)
         # one GPU per registered LoRA adapter, following adapters added or removed at run time
-        self.gpus_baseline.labels("one_per_adapter").set_function(lambda: len(fleet.adapters))
-        self.gpus_saved.set_function(lambda: len(fleet.adapters) - fleet.gpus_active)
+        tp = fleet.tensor_parallel_size
+        self.gpus_baseline.labels("one_per_adapter").set_function(
+            lambda: len(fleet.adapters) * tp)
+        self.gpus_saved.set_function(lambda: len(fleet.adapters) * tp - fleet.gpus_active)
         # Labelled series exist from the first scrape (at 0), so dashboards and alert rules
         # have data before the first request, migration or re-plan.
         for adapter in sorted(fleet.adapters):

@@ -50,7 +50,7 @@ def _key(a: AdapterDemand) -> str:
 
 
 def fallback_engine(adapters: Sequence[AdapterDemand], gpu: str,
-                    max_model_len: int) -> EngineConfig:
+                    max_model_len: int, tensor_parallel_size: int = 1) -> EngineConfig:
     """Engine options for a worker holding ``adapters`` when no plan chose them: every rank
     served, up to ``MAX_SLOTS`` GPU slots, a CPU slot for each adapter."""
     loras = [a for a in adapters if not a.is_base]
@@ -59,11 +59,13 @@ def fallback_engine(adapters: Sequence[AdapterDemand], gpu: str,
     slots = max(1, min(len(loras), MAX_SLOTS))
     return default_engine_for(get_gpu(gpu), max_loras=slots,
                               max_cpu_loras=max(slots, len(loras)), max_lora_rank=rank,
-                              max_model_len=max_model_len)
+                              max_model_len=max_model_len,
+                              tensor_parallel_size=tensor_parallel_size)
 
 
 def round_robin(adapters: Sequence[AdapterDemand], workers: Sequence[str], *,
-                gpu: str = DEFAULT_GPU, max_model_len: int = 8192) -> InitialPlan:
+                gpu: str = DEFAULT_GPU, max_model_len: int = 8192,
+                tensor_parallel_size: int = 1) -> InitialPlan:
     """LoRA adapter ``j`` on worker ``j mod N``; the base model on every worker."""
     shares: list[dict[str, float]] = [{} for _ in workers]
     held: list[list[AdapterDemand]] = [[] for _ in workers]
@@ -76,7 +78,8 @@ def round_robin(adapters: Sequence[AdapterDemand], workers: Sequence[str], *,
             s[BASE_MODEL] = 1.0 / len(workers)
     placement = Placement(tuple(WorkerPlacement(name=n, shares=s)
                                 for n, s in zip(workers, shares, strict=True)))
-    engines = tuple(fallback_engine(h or list(adapters), gpu, max_model_len) for h in held)
+    engines = tuple(fallback_engine(h or list(adapters), gpu, max_model_len,
+                                    tensor_parallel_size) for h in held)
     return InitialPlan(placement=placement, engines=engines, planned_gpus=len(workers))
 
 
@@ -84,6 +87,7 @@ def from_planner(adapters: Sequence[AdapterDemand], workers: Sequence[str],
                  surrogate: Surrogate, *, gpu: str = DEFAULT_GPU, model: str = DEFAULT_MODEL,
                  profile: str = DEFAULT_PROFILE, max_model_len: int = 8192,
                  headroom: float = 0.9, search_seconds: float = 1.0,
+                 tensor_parallel_size: int = 1,
                  cpu_lora_room: float = Stability().cpu_lora_room) -> InitialPlan:
     """The planner's fewest-GPU plan, checked (and repaired) in the cluster twin
     (``planner.plan_checked``), mapped onto ``workers`` (``Plan.assign``). Each worker's CPU
@@ -91,7 +95,8 @@ def from_planner(adapters: Sequence[AdapterDemand], workers: Sequence[str],
     only), as the re-planner gives the GPUs it adds."""
     target = Target.resolve(model, gpu, profile)
     config = PlannerConfig(max_model_len=max_model_len, headroom=headroom,
-                           search_seconds=search_seconds)
+                           search_seconds=search_seconds,
+                           tensor_parallel_size=tensor_parallel_size)
     checked = plan_checked(adapters, target.predictor(surrogate, config))
     if not checked.ok:
         assert checked.validation is not None

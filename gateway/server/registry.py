@@ -74,8 +74,9 @@ class Fleet:
 
     def __init__(self, base_model: str, workers: Sequence[WorkerEndpoint],
                  adapters: Mapping[str, AdapterEntry], policy: RoutingPolicy,
-                 retry_after_s: int = 1) -> None:
+                 retry_after_s: int = 1, tensor_parallel_size: int = 1) -> None:
         self.base_model = base_model
+        self.tensor_parallel_size = tensor_parallel_size  # GPUs of each worker
         self.workers = [WorkerState(w) for w in workers]
         self.adapters = {n: a for n, a in adapters.items() if not a.demand.is_base}
         self.policy = policy
@@ -106,11 +107,16 @@ class Fleet:
                 and any(w.up for w in self.workers))
 
     @property
-    def gpus_active(self) -> int:
+    def workers_active(self) -> int:
         """Workers with something routed to them."""
         if self.router is None:
             return 0
         return sum(1 for w in self.router.placement.workers if w.shares)
+
+    @property
+    def gpus_active(self) -> int:
+        """The GPUs of the workers with something routed to them."""
+        return self.workers_active * self.tensor_parallel_size
 
     def outstanding(self, index: int) -> int:
         return 0 if self.router is None else self.router.outstanding[index]

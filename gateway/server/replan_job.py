@@ -70,6 +70,7 @@ class ReplanJob:
     capacity_scale: float = 1.0
     headroom: float = 0.9
     search_seconds: float = 1.0  # the placer's improvement search (fresh plans, new GPUs)
+    tensor_parallel_size: int = 1  # GPUs of each worker (vLLM's --tensor-parallel-size)
     windows: tuple[WorkerWindow, ...] = ()  # observed since the last re-plan: training data
     # worker -> adapter (BASE_MODEL for the base model) -> share of its rate routed there:
     # a replicated adapter keeps the split it is routed by (the search splits unevenly)
@@ -135,7 +136,8 @@ def warm() -> None:
 
 def _predictor(job: ReplanJob) -> Predictor:
     config = PlannerConfig(max_model_len=job.max_model_len, headroom=job.headroom,
-                           search_seconds=job.search_seconds)
+                           search_seconds=job.search_seconds,
+                           tensor_parallel_size=job.tensor_parallel_size)
     return Target.resolve(job.model, job.gpu, job.profile).predictor(
         _surrogate_for(job.gateway_id), config, capacity_scale=job.capacity_scale)
 
@@ -190,7 +192,8 @@ def run_job(job: ReplanJob) -> ReplanResult:
                   "max_loras": g.engine.max_loras,
                   "predicted_tps": round(g.predicted_tps, 1),
                   "offered_tps": round(g.offered_tps, 1)} for g in used)
-    return ReplanResult(migration=migration, planned_gpus=len(used), gpus=gpus,
+    return ReplanResult(migration=migration,
+                        planned_gpus=len(used) * job.tensor_parallel_size, gpus=gpus,
                         validated=checked.ok, starved=starved,
                         plan_seconds=checked.plan_seconds,
                         validate_seconds=checked.validate_seconds, repairs=checked.repairs,

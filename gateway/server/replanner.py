@@ -99,7 +99,7 @@ class Replanner:
         cfg, fleet = self.app[GATEWAY_CONFIG], self.app[FLEET]
         demands = self.demands()
         holding = fleet.holding()
-        default = fallback_engine(demands, cfg.gpu, cfg.max_model_len)
+        default = fallback_engine(demands, cfg.gpu, cfg.max_model_len, cfg.tensor_parallel_size)
         workers = tuple(RunningWorker(
             name=w.endpoint.name, engine=w.engine or default,
             adapters=holding[w.endpoint.name],
@@ -116,6 +116,7 @@ class Replanner:
                          fresh=fresh, validate=cfg.validate_replans,
                          capacity_scale=self.learner.capacity_scale, headroom=cfg.headroom,
                          search_seconds=cfg.search_seconds,
+                         tensor_parallel_size=cfg.tensor_parallel_size,
                          windows=self.learner.take(), gateway_id=self.gateway_id,
                          shares={} if fleet.plan is None else {
                              wp.name: dict(wp.shares) for wp in fleet.plan.workers})
@@ -231,7 +232,9 @@ class Replanner:
 
     async def _scale_for_first_plan(self) -> None:
         fleet = self.app[FLEET]
-        missing = (fleet.planned_gpus or 0) - len(present(fleet))
+        # workers the first plan asked for and do not run (each tensor_parallel_size GPUs)
+        missing = ((fleet.planned_gpus or 0) // fleet.tensor_parallel_size
+                   - len(present(fleet)))
         if missing > 0:
             try:
                 await self.scaler.after(fleet, missing)

@@ -98,8 +98,9 @@ def test_a_config_folder_is_what_vllm_serves_and_tensor_parallel_workers(
     assert model == str(folder.resolve())
     assert flags["--tensor-parallel-size"] == "4"
     assert out["emit"]["tensor_parallel_size"] == 4 and out["gpus"] == 4 * out["workers"]
-    # The gateway plans one GPU per worker so far: no gateway.yaml that would not start.
-    assert not (tmp_path / "out" / "gateway.yaml").exists()
+    cfg = parse_config(yaml.safe_load((tmp_path / "out" / "gateway.yaml").read_text()))
+    assert cfg.tensor_parallel_size == 4 and cfg.model == str(folder.resolve())
+    assert len(cfg.workers) == out["workers"]
 
 
 def test_an_unwritable_folder_is_one_line_naming_the_flag(

@@ -104,3 +104,23 @@ def test_a_replicated_adapter_keeps_the_split_it_is_routed_by() -> None:
     assert result.migration.shares["w1"]["hot"] == pytest.approx(0.4)
     even = run_job(replace(job, shares={}))
     assert even.migration.shares["w0"]["hot"] == pytest.approx(0.5)
+
+
+def test_a_re_plan_at_tensor_parallel_four_counts_gpus(monkeypatch) -> None:
+    """Workers of 4 GPUs (Llama-3.1-70B): the re-plan's new engines carry the size and its
+    GPU count is workers times 4."""
+    plans: list[Plan] = []
+    twin = FakeTwin(rejections=0)
+
+    def check(plan: Plan, predictor: Predictor, **kw: object) -> FakeTwin.Verdict:
+        plans.append(plan)
+        return twin(plan, predictor, **kw)
+
+    monkeypatch.setattr(pipeline, "validate", check)
+    engine = EngineConfig(max_loras=8, max_cpu_loras=8, max_lora_rank=8,
+                          tensor_parallel_size=4)
+    job = replace(_job(fresh=True), model="llama-3.1-70b", tensor_parallel_size=4,
+                  workers=(RunningWorker("w0", engine, frozenset()),))
+    result = run_job(job)
+    assert result.planned_gpus == 4 * len(result.gpus) >= 4
+    assert plans and all(g.engine.tensor_parallel_size == 4 for g in plans[-1].gpus)
