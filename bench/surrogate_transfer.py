@@ -47,15 +47,15 @@ from gateway.pretrained import default_surrogate  # noqa: E402
 from planner import (  # noqa: E402
     COLUMNS,
     Shape,
+    Surrogate,
     evaluate,
     load_table,
     run_sample,
     sample_specs,
     save_table,
+    shipped_path,
     train,
 )
-from planner.pretrained import shipped_path  # noqa: E402
-from planner.surrogate import Surrogate  # noqa: E402
 from twin import get_gpu, get_model, load_profile  # noqa: E402
 
 GOAL = 1.5  # within 1.5x today's errors (issue 23)

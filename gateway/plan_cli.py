@@ -65,7 +65,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--profile", default=DEFAULT_PROFILE)
     p.add_argument("--surrogate", type=Path, help="model file from `lorafleet train` "
-                   "(default: trained once on the bundled table and cached)")
+                   "(default: the shipped one, planner/data/surrogate.bin)")
     p.add_argument("--objective", default="min-gpus", help="min-gpus (default) or "
                    "min-latency: meet --ttft-target/--e2e-target with the fewest GPUs, or the "
                    "best worst latency on --gpus N")

@@ -1,5 +1,6 @@
-"""The shipped surrogate as the gateway, the CLI and the benchmarks use it: trained once per
-machine and cached under ``$XDG_CACHE_HOME/lorafleet`` (``planner.pretrained_surrogate``)."""
+"""The shipped surrogate as the gateway, the CLI and the benchmarks use it: the file that
+ships with the planner, or, when the code or River changed since it was written, trained once
+per machine and cached under ``$XDG_CACHE_HOME/lorafleet`` (``planner.pretrained_surrogate``)."""
 
 from __future__ import annotations
 
@@ -16,5 +17,5 @@ def cache_dir() -> Path:
 
 
 def default_surrogate() -> Surrogate:
-    """The surrogate trained on the bundled tables, from the cache when it is there."""
+    """The surrogate trained on the bundled tables: shipped, or cached, or trained now."""
     return pretrained_surrogate(cache_dir())

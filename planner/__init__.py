@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from planner.placer import place, place_with
     from planner.plan import Assignment, GpuPlan, Plan, merged, with_cpu_room
     from planner.predictor import PlannerConfig, Predictor, Verdict
-    from planner.pretrained import cache_key, pretrained_surrogate
+    from planner.pretrained import cache_key, pretrained_surrogate, shipped_path
     from planner.ray_runner import RayUnavailableError, require_ray, run_on_ray
     from planner.scoring import evaluate, macro_f1, near_boundary, smape, split, starved
     from planner.surrogate import REGRESSORS, STARVATION_MODELS, Surrogate, analytic_share
@@ -112,7 +112,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "plan": ("Assignment", "GpuPlan", "Plan", "merged", "with_cpu_room"),
     "placer": ("place", "place_with"),
     "predictor": ("PlannerConfig", "Predictor", "Verdict"),
-    "pretrained": ("cache_key", "pretrained_surrogate"),
+    "pretrained": ("cache_key", "pretrained_surrogate", "shipped_path"),
     "ray_runner": ("RayUnavailableError", "require_ray", "run_on_ray"),
     "scoring": ("evaluate", "macro_f1", "near_boundary", "smape", "split", "starved"),
     "surrogate": ("REGRESSORS", "STARVATION_MODELS", "Surrogate", "analytic_share"),
@@ -211,6 +211,7 @@ __all__ = [
     "run_sample",
     "sample_specs",
     "save_table",
+    "shipped_path",
     "smape",
     "split",
     "starved",

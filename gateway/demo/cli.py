@@ -174,7 +174,7 @@ def _demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _check(args)
-    from gateway.pretrained import default_surrogate  # trains once, then cached on disk
+    from gateway.pretrained import default_surrogate  # the shipped file (trained only if stale)
 
     console = Console()
     adapters = demo_adapters(args.adapters, total_rate=args.rate, seed=args.seed)

@@ -51,7 +51,7 @@ def make_plan(cfg: GatewayConfig) -> InitialPlan:
     if cfg.placement is PlacementMode.ROUND_ROBIN or not adapters:
         return round_robin(adapters, names, gpu=cfg.gpu, max_model_len=cfg.max_model_len,
                            tensor_parallel_size=cfg.tensor_parallel_size)
-    from gateway.pretrained import default_surrogate  # trains once, then cached on disk
+    from gateway.pretrained import default_surrogate  # the shipped file (trained only if stale)
 
     return from_planner(adapters, names, default_surrogate(), gpu=cfg.gpu, model=cfg.model,
                         profile=cfg.profile, max_model_len=cfg.max_model_len,

@@ -97,7 +97,7 @@ class ReplanResult:
 
 @cache
 def _surrogate() -> Surrogate:
-    from gateway.pretrained import default_surrogate  # trains once, then cached on disk
+    from gateway.pretrained import default_surrogate  # the shipped file (trained only if stale)
 
     return default_surrogate()
 

@@ -16,6 +16,7 @@ since the planner would otherwise plan for an engine no worker runs.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -118,11 +119,12 @@ def engine_from(base: EngineConfig, given: Mapping[str, float], settings: Worker
 async def check_workers(session: aiohttp.ClientSession, workers: Sequence[tuple[str, str]],
                         base: EngineConfig, given: Mapping[str, float], base_model: str,
                         timeout_s: float) -> dict[str, EngineConfig]:
-    """Each reachable worker's engine (``engine_from``), by name; unreachable ones are left
-    to be read when they are reached."""
+    """Each reachable worker's engine (``engine_from``), by name, all asked at once (at most
+    ``timeout_s`` in all); unreachable ones are left to be read when they are reached."""
+    found = await asyncio.gather(*(fetch_settings(session, url, base_model, timeout_s)
+                                   for _, url in workers))
     out = {}
-    for name, url in workers:
-        settings = await fetch_settings(session, url, base_model, timeout_s)
+    for (name, _), settings in zip(workers, found, strict=True):
         if settings is None:
             logger.info("worker %s: not reachable yet; its settings are read when it is", name)
             continue
