@@ -48,7 +48,6 @@ from planner import (
     validate,
 )
 from twin.errors import ConfigError
-from twin.memory import plan_memory
 
 __all__ = ["register"]
 
@@ -130,16 +129,6 @@ def _tensor_parallel(args: argparse.Namespace) -> int:
     return int(value)
 
 
-def _check_fits(target: Target, config: PlannerConfig) -> None:
-    """vLLM's start-up refusal, before any planning, for a model that does not split
-    ``tensor_parallel_size`` ways or does not fit that way even with one LoRA slot (the
-    memory error names the smallest size that fits)."""
-    try:
-        plan_memory(target.model, target.gpu, config.engine(1), target.profile.memory)
-    except ConfigError as exc:  # only the split: the engine options are valid already
-        raise ConfigError("--tensor-parallel-size", exc.message) from None
-
-
 def _objective(args: argparse.Namespace) -> MinLatency | None:
     """The objective the flags ask for (None: min-gpus); a ConfigError naming a bad flag."""
     try:
@@ -186,7 +175,7 @@ def _plan_with(args: argparse.Namespace, pool: ProcessPoolExecutor,
     assert search is not None  # the flag has a default
     config = PlannerConfig(search_seconds=search, tensor_parallel_size=_tensor_parallel(args))
     target = Target.resolve(args.model, args.gpu, args.profile)
-    _check_fits(target, config)
+    target.check_fits(config, "--tensor-parallel-size")
     adapters = load_adapters(args.adapters)
     if args.surrogate:
         try:

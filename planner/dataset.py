@@ -29,9 +29,10 @@ import numpy as np
 from planner.demand import AdapterDemand
 from planner.features import FEATURES, worker_features
 from planner.placer import SLOT_CANDIDATES
+from planner.predictor import PlannerConfig
+from planner.target import Target
 from planner.validation import VALIDATION_S
 from twin.errors import InsufficientMemoryError
-from twin.memory import plan_memory
 from twin.profile import CalibrationProfile
 from twin.scenario import Scenario
 from twin.simulation import simulate
@@ -87,11 +88,9 @@ def sample_specs(n: int, seed: int, model: ModelSpec, gpu: GpuSpec,
     skipped, so both shapes yield ``n``. Workers span ``tensor_parallel_size`` GPUs.
     """
     # vLLM's refusal first (a model that does not split or fit at this size would otherwise
-    # be redrawn for ever): raises what ``plan_memory`` raises.
-    plan_memory(model, gpu, EngineConfig(max_loras=1, max_lora_rank=8,
-                                         max_model_len=max_model_len,
-                                         tensor_parallel_size=tensor_parallel_size),
-                profile.memory)
+    # be redrawn for ever).
+    Target(model, gpu, profile).check_fits(PlannerConfig(
+        max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size))
     rng = np.random.default_rng(seed)
     load_rng = np.random.default_rng(seed)
     made = 0

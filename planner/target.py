@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from twin.catalog import get_gpu, get_model
+from twin.errors import ConfigError
+from twin.memory import plan_memory
 from twin.profile import CalibrationProfile, load_profile
 from twin.specs import GpuSpec, ModelSpec
 
@@ -44,6 +46,17 @@ class Target:
         """The target named; ``twin.ConfigError`` naming ``model``, ``gpu`` or ``profile``
         when one is unknown."""
         return cls(get_model(model), get_gpu(gpu), load_profile(profile), profile)
+
+    def check_fits(self, config: PlannerConfig, field: str = "tensor_parallel_size") -> None:
+        """vLLM's start-up refusal, before anything is planned: the model does not split
+        ``config.tensor_parallel_size`` ways (``ConfigError`` naming ``field``), or does not
+        fit that way even with one LoRA slot (``InsufficientMemoryError``, naming the
+        smallest size that fits)."""
+        engine = config.engine(1)  # its own errors name their own fields
+        try:
+            plan_memory(self.model, self.gpu, engine, self.profile.memory)
+        except ConfigError as exc:  # only the split: the engine's options are valid
+            raise ConfigError(field, exc.message) from None
 
     def predictor(self, surrogate: Surrogate, config: PlannerConfig | None = None, *,
                   capacity_scale: float | None = None) -> Predictor:

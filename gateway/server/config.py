@@ -11,10 +11,8 @@ it on one line and exits with status 2). The file::
     emulate: {count: 4, time_scale: 1, slowdown: 1.0, jitter: 0.0}   # in-process emulated
                                       # workers (`lorafleet serve` only; adapters may omit path)
     actuator: {kind: kubernetes, statefulset: vllm}   # or {kind: command, command: "... {workers}"}
-    worker_engine:                    # what workers the gateway did not start run with
-      {max_loras: 8, max_cpu_loras: 32, max_lora_rank: 32}   # the rest: fallback defaults;
-                                      # what the workers report replaces it (a contradiction
-                                      # stops the start: gateway/server/worker_settings.py)
+    worker_engine:                    # what workers the gateway did not start run with, as
+      {max_loras: 8, max_cpu_loras: 32, max_lora_rank: 32}   # they do not report (else defaults)
     adapters:                         # the planner's format, plus the path workers load from
       - {name: sql, rank: 8, rate: 2.0, input_tokens: 512, output_tokens: 128, path: /ad/sql}
     placement: planner                # or round-robin
@@ -76,7 +74,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -85,6 +83,7 @@ import yaml
 
 from gateway.server.auth import KeySpec, parse_keys
 from gateway.server.entries import AdapterEntry, AdapterOrigin, parse_entries
+from gateway.server.worker_settings import configured_engine
 from planner import (
     DEFAULT_GPU,
     DEFAULT_MODEL,
@@ -95,7 +94,6 @@ from planner import (
 )
 from twin.catalog import gpu_from_mapping, gpu_ref
 from twin.errors import ConfigError
-from twin.memory import plan_memory
 from twin.routing import RoutingPolicy
 from twin.specs import EngineConfig
 
@@ -108,8 +106,6 @@ __all__ = ["AdapterEntry", "AdapterOrigin", "GatewayConfig", "PlacementMode", "W
 _SECURITY = ("keys", "worker_api_key_env", "admin_token_env", "metrics_token_env",
              "state_file")
 _FLEET = ("discovery", "actuator", "worker_engine")  # gateway/server/kube.py, planning.py
-_ENGINE_FIELDS = ("max_loras", "max_cpu_loras", "max_lora_rank", "max_num_seqs",
-                  "max_num_batched_tokens", "max_model_len", "gpu_memory_utilization")
 
 MAX_SECONDS = 7 * 24 * 3600.0  # a week: no timeout or interval longer
 # Every number of the config, bounded (name: low, high, low excluded): no value an admin can
@@ -366,14 +362,8 @@ def check_specs(values: dict[str, Any]) -> None:
     tp = values.get("tensor_parallel_size", 1)
     if not 1 <= tp <= 64:
         raise ConfigError("tensor_parallel_size", f"must be in [1, 64], got {tp}")
-    # vLLM's start-up refusal, at load: a model that does not split or fit at this size
-    # (the message names the smallest size that fits).
-    engine = PlannerConfig(max_model_len=values.get("max_model_len", 8192),
-                           tensor_parallel_size=tp).engine(1)
-    try:
-        plan_memory(target.model, target.gpu, engine, target.profile.memory)
-    except ConfigError as exc:
-        raise ConfigError("tensor_parallel_size", exc.message) from None
+    target.check_fits(PlannerConfig(max_model_len=values.get("max_model_len", 8192),
+                                    tensor_parallel_size=tp))
 
 
 def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
@@ -387,26 +377,11 @@ def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
     out: dict[str, Any] = {"actuator": kube.from_config(data.get("actuator"), "actuator")}
     if data.get("discovery") is not None:
         out["discovery"] = kube.discovery_from_config(data["discovery"], "discovery")
-    given = data.get("worker_engine") or {}
-    if not isinstance(given, dict):
-        raise ConfigError("worker_engine", f"must be a mapping of {list(_ENGINE_FIELDS)}")
-    for key, value in given.items():
-        if key not in _ENGINE_FIELDS:
-            raise ConfigError(f"worker_engine.{key}", f"unknown field; expected one of "
-                              f"{list(_ENGINE_FIELDS)}")
-        number = int | float if key == "gpu_memory_utilization" else int
-        if isinstance(value, bool) or not isinstance(value, number):
-            raise ConfigError(f"worker_engine.{key}", f"must be a number, got {value!r}")
-    out["worker_engine_given"] = tuple(sorted(given.items()))
     base = fallback_engine([a.demand for a in adapters], values.get("gpu", DEFAULT_GPU),
                            values.get("max_model_len", 8192),
                            values.get("tensor_parallel_size", 1))
-    if "max_loras" in given and "max_cpu_loras" not in given:  # room for the slots at least
-        given = {**given, "max_cpu_loras": max(base.cpu_loras, given["max_loras"])}
-    try:
-        out["worker_engine"] = replace(base, **given)
-    except ConfigError as exc:
-        raise exc.nested("worker_engine") from None
+    out["worker_engine"], out["worker_engine_given"] = configured_engine(
+        data.get("worker_engine") or {}, base)
     return out
 
 

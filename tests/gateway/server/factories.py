@@ -70,6 +70,15 @@ class Stack:
                 for i in range(len(self.workers.urls))]
 
 
+async def until_ready(app: web.Application, tries: int = 200) -> None:
+    """Wait (10 ms a try) until the gateway has installed its placement: ready."""
+    for _ in range(tries):
+        if app[FLEET].ready:
+            break
+        await asyncio.sleep(0.01)
+    assert app[FLEET].ready
+
+
 @asynccontextmanager
 async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, workers: int = 2,
                         shares: Sequence[dict[str, float]] | None = None,
@@ -107,11 +116,7 @@ async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, work
             adapters=scaffold_entries(adapters, folder), **values)
         app = create_app(cfg, plan=plan)
         async with TestServer(app) as server, aiohttp.ClientSession() as session:
-            for _ in range(200):
-                if app[FLEET].ready:
-                    break
-                await asyncio.sleep(0.01)
-            assert app[FLEET].ready
+            await until_ready(app)
             yield Stack(str(server.make_url("")).rstrip("/"), app, fleet, session)
     finally:
         await fleet.stop()

@@ -4,7 +4,6 @@ workers run them, and the GPU gauges count GPUs, not workers."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from gateway.server.config import GatewayConfig, WorkerEndpoint, parse_config
 from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
 from gateway.server.lifecycle import make_plan
 from planner.demand import AdapterDemand
+from tests.gateway.server.factories import until_ready
 from twin.errors import ConfigError, InsufficientMemoryError
 
 MODEL = "llama-3.1-70b"
@@ -59,11 +59,7 @@ async def test_an_emulated_fleet_at_tp_four_counts_gpus(tmp_path: Path) -> None:
             names, fleet.urls, strict=True)))
         app = create_app(cfg, plan=plan)
         async with TestServer(app) as server, aiohttp.ClientSession() as session:
-            for _ in range(500):
-                if app[FLEET].ready:
-                    break
-                await asyncio.sleep(0.01)
-            assert app[FLEET].ready
+            await until_ready(app, tries=500)
             async with session.get(server.make_url("/metrics")) as resp:
                 text = await resp.text()
     finally:
