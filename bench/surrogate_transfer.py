@@ -48,6 +48,7 @@ from planner import (  # noqa: E402
     COLUMNS,
     Shape,
     Surrogate,
+    adapt,
     evaluate,
     load_table,
     run_sample,
@@ -119,10 +120,7 @@ def main() -> None:
             "surrogate": scored, "analytic": analytic(rows)}
         if args.adapt and target != HOME:
             extra = table(target, args.adapt, args.seed + 1, args.workers, args.rerun)
-            adapted = Surrogate.load(shipped_path())
-            for row in extra:
-                adapted.learn_row(row)
-                adapted.learn_capacity_row(row)
+            adapted = adapt(Surrogate.load(shipped_path()), extra)  # `lorafleet train`'s
             results[target.name]["adapted"] = evaluate(adapted, rows).to_dict()
             results[target.name]["scratch"] = evaluate(train(extra), rows).to_dict()
     home = results[HOME.name]["surrogate"]

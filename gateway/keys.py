@@ -21,12 +21,13 @@ if TYPE_CHECKING:
     from gateway.server.registry import Fleet
     from gateway.server.replanner import Replanner
     from gateway.server.state import StateKeeper
+    from gateway.server.target_training import TargetSurrogate
     from gateway.server.upstream import UpstreamPool
 
 __all__ = ["ADMIN_TOKEN", "API_KEY", "CLIENT_SESSION", "EMULATED_WORKER", "FLEET",
            "GATEWAY_CONFIG", "GATEWAY_METRICS", "GUARD", "KEYRING", "METRICS_TOKEN", "OBSERVER",
            "RELEASES", "REPLANNER", "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER",
-           "UPSTREAM_POOL", "UPSTREAM_WORKER"]
+           "TARGET_SURROGATE", "UPSTREAM_POOL", "UPSTREAM_WORKER"]
 
 EMULATED_WORKER: web.AppKey[EmulatedWorker] = web.AppKey("emulated_worker")
 
@@ -40,6 +41,7 @@ OBSERVER: web.AppKey[Observer] = web.AppKey("gateway_observer")
 GUARD: web.AppKey[StarvationGuard] = web.AppKey("gateway_starvation_guard")
 REPLANNER: web.AppKey[Replanner] = web.AppKey("gateway_replanner")
 RELEASES: web.AppKey[Releases] = web.AppKey("gateway_releases")
+TARGET_SURROGATE: web.AppKey[TargetSurrogate] = web.AppKey("gateway_target_surrogate")
 REQUEST_ID = web.RequestKey("gateway_request_id", str)
 # Keys, admin token, state (gateway/server/auth.py, admin.py, state.py, access.py).
 KEYRING: web.AppKey[KeyRing] = web.AppKey("gateway_keyring")

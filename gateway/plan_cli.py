@@ -20,7 +20,7 @@ from rich.table import Table
 
 from gateway.cli import COMMANDS
 from gateway.cli_help import GPU_HELP, MODEL_HELP
-from gateway.pretrained import default_surrogate
+from gateway.pretrained import surrogate_for
 from planner import (
     DEFAULT_GPU,
     DEFAULT_MODEL,
@@ -179,11 +179,11 @@ def _plan_with(args: argparse.Namespace, pool: ProcessPoolExecutor,
     adapters = load_adapters(args.adapters)
     if args.surrogate:
         try:
-            surrogate = Surrogate.load(args.surrogate)
+            surrogate, source = Surrogate.load(args.surrogate), str(args.surrogate)
         except (OSError, ValueError) as exc:
             raise ConfigError("--surrogate", str(exc)) from None
     else:
-        surrogate = default_surrogate()
+        surrogate, source = surrogate_for(target, config.tensor_parallel_size)
     predictor = target.predictor(surrogate, config)
     n = len(adapters)
     stage(f"placing {n} adapters" + ("" if args.no_validate else
@@ -220,7 +220,8 @@ def _plan_with(args: argparse.Namespace, pool: ProcessPoolExecutor,
            "lower_bound": bound, "lower_bound_simple": simple,
            "validated": None if v is None else v.ok,
            "measured_tps": [] if v is None else v.measured_tps,
-           "plan_seconds": plan_seconds, "validate_seconds": validate_seconds}
+           "plan_seconds": plan_seconds, "validate_seconds": validate_seconds,
+           "surrogate": source}
     out.update(_latency_summary(objective, rows, v, fewest))
     if args.emit is not None:
         stage(f"writing {args.emit}")
@@ -379,3 +380,6 @@ def _print(out: dict[str, Any]) -> None:
                       f"{out['lower_bound_simple'] or '-'})")
     console.print(f"planned in {out['plan_seconds']:.2f} s, validated in "
                   f"{out['validate_seconds']:.2f} s")
+    if out["surrogate"] == "prior":
+        console.print("surrogate: the shipped one, as the prior for this target (`lorafleet "
+                      "train` with the same --model, --gpu and -tp makes its own)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from gateway.cli import COMMANDS
 from gateway.cli_help import GPU_HELP, MODEL_HELP
+from gateway.pretrained import train_target
 from planner import (
     COLUMNS,
     DEFAULT_CLASSIFIER,
@@ -28,11 +30,15 @@ from planner import (
     DEFAULT_REGRESSOR,
     REGRESSORS,
     STARVATION_MODELS,
+    TARGET_SAMPLES,
+    PlannerConfig,
     RayUnavailableError,
     SampleSpec,
     Shape,
     Surrogate,
+    Target,
     evaluate,
+    is_home,
     load_table,
     require_ray,
     run_on_ray,
@@ -125,9 +131,19 @@ def _on_ray(specs: list[SampleSpec], inputs: tuple[ModelSpec, GpuSpec, Calibrati
 
 
 def register_models(sub: Any) -> None:
-    tr = sub.add_parser("train", help=COMMANDS["train"][0])
-    tr.add_argument("--data", type=Path, required=True, help="folder with data.csv")
-    tr.add_argument("--out", type=Path, required=True, help="model file to write")
+    tr = sub.add_parser("train", help=COMMANDS["train"][0], description=TRAIN_DESCRIPTION,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("--data", type=Path, help="folder with data.csv: train new models on it "
+                    "(without it: the target's own surrogate, from its twin)")
+    tr.add_argument("--out", type=Path, help="model file to write (required with --data; "
+                    "default for a target: the cache `plan` and `serve` read)")
+    tr.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    tr.add_argument("--gpu", default=DEFAULT_GPU, help=GPU_HELP)
+    tr.add_argument("--profile", default=DEFAULT_PROFILE)
+    tr.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                    help="GPUs of each worker, as vLLM's flag (default 1)")
+    tr.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="parallel twin processes for a target (default: every CPU)")
     tr.add_argument("--regressor", default=DEFAULT_REGRESSOR, choices=sorted(REGRESSORS))
     tr.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=sorted(STARVATION_MODELS))
     tr.add_argument("--epochs", type=int, default=1)
@@ -150,7 +166,25 @@ def _rows(folder: Path) -> list[dict[str, float]]:
         raise ConfigError("--data", str(exc)) from None
 
 
+TRAIN_DESCRIPTION = """\
+Without --data: make the surrogate of a target (--model, --gpu, -tp) other than the shipped
+one's: TARGET_SAMPLES placement-shaped workers run in the target's twin and learned on top of
+the shipped surrogate or alone, whichever cross-validates better; cached where `lorafleet
+plan` and `lorafleet serve` find it (3-10 minutes on 2 cores). With --data: train new models
+on a table from `lorafleet dataset`.
+
+examples:
+  lorafleet train --model llama-3.1-70b --gpu a100-80gb -tp 4
+  lorafleet train --model ./Qwen2.5-7B-Instruct --gpu h100-80gb
+  lorafleet train --data out/ --out surrogate.bin
+""".replace("TARGET_SAMPLES", str(TARGET_SAMPLES))
+
+
 def _train(args: argparse.Namespace) -> int:
+    if args.data is None:
+        return _train_target(args)
+    if args.out is None:
+        raise ConfigError("--out", "required with --data")
     if args.epochs < 1:
         raise ConfigError("--epochs", f"must be >= 1, got {args.epochs}")
     train_rows, _ = split(_rows(args.data))
@@ -167,6 +201,38 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("--out", f"cannot write {args.out}: {exc.strerror}") from None
     Console(stderr=True).print(f"trained on {len(train_rows)} rows in "
                                f"{time.perf_counter() - started:.1f} s -> {args.out}")
+    return 0
+
+
+def _train_target(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise ConfigError("--workers", f"must be >= 1, got {args.workers}")
+    if not 1 <= args.tensor_parallel_size <= 64:
+        raise ConfigError("--tensor-parallel-size", f"must be in [1, 64], got "
+                          f"{args.tensor_parallel_size}")
+    target = Target.resolve(args.model, args.gpu, args.profile)
+    target.check_fits(PlannerConfig(tensor_parallel_size=args.tensor_parallel_size),
+                      "--tensor-parallel-size")
+    if args.out is not None and not args.out.parent.is_dir():
+        raise ConfigError("--out", f"no folder {args.out.parent}")
+    console = Console(stderr=True)
+    if is_home(target, args.tensor_parallel_size) and args.out is None:
+        console.print(f"{target.model.name} on {target.gpu.name}: the shipped surrogate's own "
+                      "target; nothing to train")
+        return 0
+    started = time.perf_counter()
+    with Progress(TextColumn("twin runs"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("train", total=TARGET_SAMPLES)
+        path, own = train_target(
+            target, args.tensor_parallel_size, workers=args.workers, out=args.out,
+            progress=lambda done, _: progress.update(task, completed=done))
+    scores = ", ".join(f"{start} {f1:.3f} / {err:.1%}" for start, (f1, err) in
+                       own.scores.items())
+    console.print(f"{target.model.name} on {target.gpu.name} (tensor parallel "
+                  f"{args.tensor_parallel_size}): {TARGET_SAMPLES} twin runs learned in "
+                  f"{time.perf_counter() - started:.0f} s, starting from {own.start.value} "
+                  f"(cross-validated near-boundary F1 / throughput SMAPE: {scores}) -> {path}")
     return 0
 
 

@@ -27,7 +27,7 @@ from enum import Enum
 import numpy as np
 
 from planner.demand import AdapterDemand
-from planner.features import FEATURES, worker_features
+from planner.features import FEATURES, capacity_estimate, worker_features
 from planner.placer import SLOT_CANDIDATES
 from planner.predictor import PlannerConfig
 from planner.target import Target
@@ -37,15 +37,19 @@ from twin.profile import CalibrationProfile
 from twin.scenario import Scenario
 from twin.simulation import simulate
 from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, GpuSpec, ModelSpec
+from twin.step_time import StepTimeModel
 from twin.workload import AdapterLoad, ArrivalSpec, LengthDist, Workload
 
-__all__ = ["COLUMNS", "TARGETS", "SampleSpec", "Shape", "placement_shaped", "run_sample",
-           "sample_specs"]
+__all__ = ["COLUMNS", "TARGETS", "SampleSpec", "Shape", "placement_shaped", "refeature",
+           "run_sample", "sample_specs"]
 
 TARGETS: tuple[str, ...] = ("throughput_tps", "ideal_tps", "starved", "any_adapter_starved",
                             "ttft_p50_s", "itl_p50_s", "e2e_p50_s")
 COLUMNS: tuple[str, ...] = ("seed", *FEATURES, *TARGETS)
 SLOT_CHOICES = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256)
+# Every sampled worker's scheduler limits (vLLM's defaults for a GPU serving LoRA).
+MAX_NUM_SEQS = 256
+MAX_NUM_BATCHED_TOKENS = 2048
 # PLACEMENT samples whose offered load is within this multiple band of the analytic capacity
 # run this long in the twin (the others 240-600 s, as SAMPLED ones). One finite run's verdict
 # near the boundary flips with the workload seed: on 121 such workers two seeds' labels agreed
@@ -110,7 +114,7 @@ def placement_shaped(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
                      near_boundary_s: float | None = NEAR_BOUNDARY_DURATION_S,
                      ) -> SampleSpec | None:
     """``spec`` with a slot per LoRA adapter (or the most slots that fit memory; ``None`` when
-    none do) and its offered load re-drawn as a multiple of the new analytic capacity: dense
+    none do) and its offered load re-drawn as a multiple of its capacity (``drawn_capacity``): dense
     around 1, a log-uniform tail (the sampler of ``bench/surrogate.py``'s held-out workers),
     and ``near_boundary_s`` long twin runs near the boundary (``None``: no longer there than
     elsewhere, as ``bench/surrogate.py``'s held-out workers)."""
@@ -119,9 +123,9 @@ def placement_shaped(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
     for slots in [enough, *(s for s in reversed(SLOT_CANDIDATES) if s < enough)]:
         engine = dataclasses.replace(spec.engine, max_loras=slots,
                                      max_cpu_loras=max(slots, loras))
+        step = profile.step_model(model, gpu, engine)
         try:
-            f = worker_features(spec.adapters, engine, model, gpu,
-                                profile.step_model(model, gpu, engine), profile.memory)
+            f = worker_features(spec.adapters, engine, model, gpu, step, profile.memory)
         except InsufficientMemoryError:
             continue
         break
@@ -129,7 +133,7 @@ def placement_shaped(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
         return None
     factor = (float(np.exp(rng.uniform(np.log(0.05), np.log(2.5)))) if rng.random() < 0.3
               else float(np.clip(np.exp(rng.normal(np.log(1.0), 0.25)), 0.1, 4.0)))
-    scale = factor / f["load_ratio"]
+    scale = factor / (f["offered_tps"] / drawn_capacity(f, step, engine))
     adapters = tuple(dataclasses.replace(a, rate=a.rate * scale) for a in spec.adapters)
     total = sum(a.rate for a in adapters)
     near = NEAR_BOUNDARY[0] <= factor <= NEAR_BOUNDARY[1]
@@ -153,7 +157,8 @@ def _draw(rng: np.random.Generator, seed: int, model: ModelSpec, gpu: GpuSpec,
     max_rank = max(ranks)
     slots = [s for s in SLOT_CHOICES if s <= max(count, 1)] or [1]
     max_loras = int(rng.choice(slots))
-    engine = EngineConfig(max_num_seqs=256, max_num_batched_tokens=2048, max_loras=max_loras,
+    engine = EngineConfig(max_num_seqs=MAX_NUM_SEQS, max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS,
+                          max_loras=max_loras,
                           max_cpu_loras=max(count, max_loras), max_lora_rank=max_rank,
                           max_model_len=max_model_len,
                           tensor_parallel_size=tensor_parallel_size)
@@ -185,7 +190,7 @@ def _draw(rng: np.random.Generator, seed: int, model: ModelSpec, gpu: GpuSpec,
         factor = float(np.exp(rng.uniform(np.log(0.03), np.log(3.0))))
     else:
         factor = float(np.clip(np.exp(rng.normal(np.log(0.8), 0.35)), 0.1, 4.0))
-    total_rate = factor * f["est_capacity_tps"] / (f["mean_input"] + f["mean_output"])
+    total_rate = factor * drawn_capacity(f, step, engine) / (f["mean_input"] + f["mean_output"])
     scaled = tuple(AdapterDemand(name=a.name, rank=a.rank, rate=a.rate * total_rate,
                                  input_tokens=a.input_tokens, output_tokens=a.output_tokens,
                                  input_std=a.input_std, output_std=a.output_std, cv=a.cv)
@@ -219,6 +224,51 @@ def run_sample(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
         "ttft_p50_s": _finite(result.ttft_p50_s), "itl_p50_s": _finite(result.itl_p50_s),
         "e2e_p50_s": _finite(result.e2e_p50_s)})
     return row
+
+
+def drawn_capacity(f: dict[str, float], step: StepTimeModel, engine: EngineConfig) -> float:
+    """The capacity the sampler draws a worker's offered load as a multiple of: the analytic
+    estimate the bundled tables were drawn with (``out * t_decode(B) / B + in * c_prefill``
+    engine seconds a request, ``B`` the full batch), which ``capacity_estimate`` has since
+    replaced as a feature. Kept here so that ``lorafleet dataset`` still makes the bundled
+    tables (``tests/planner/test_training.py``); the load factors' density near 1 is in
+    its terms."""
+    mean_in, mean_out = max(f["mean_input"], 1.0), max(f["mean_output"], 1.0)
+    batch = max(1.0, min(float(engine.max_num_seqs), f["kv_tokens"] / (mean_in + mean_out))
+                * f["slot_coverage"])
+    distinct = (float(min(f["served_adapters"], engine.max_loras, batch))
+                if engine.enable_lora else 0.0)
+    t_decode = step.predict(0.0, batch, batch * (mean_in + mean_out / 2), distinct)
+    chunk = float(engine.max_num_batched_tokens)
+    c_prefill = (step.predict(chunk, 0.0, chunk, 1.0) - step.predict(0.0, 0.0, 0.0, 1.0)) / chunk
+    return float((mean_in + mean_out) / (mean_out * t_decode / batch + mean_in * c_prefill))
+
+
+def refeature(rows: list[dict[str, float]], model: ModelSpec, gpu: GpuSpec,
+              profile: CalibrationProfile, tensor_parallel_size: int = 1) -> None:
+    """Recompute, in place, the analytic capacity (``est_capacity_tps``) and ``load_ratio``
+    of table rows sampled for ``model`` on ``gpu``, with today's ``capacity_estimate``.
+
+    Everything it needs is in the row (KV tokens, mean lengths, adapters, slots, rank, slot
+    coverage) or was the same for every sampled worker (``MAX_NUM_SEQS``,
+    ``MAX_NUM_BATCHED_TOKENS``), so a table keeps its twin runs (the labels) when the
+    estimate changes: a row then holds what ``worker_features`` gives for its worker today.
+    """
+    steps: dict[tuple[int, int], tuple[StepTimeModel, EngineConfig]] = {}
+    for row in rows:
+        key = (int(row["adapter_slots"]), int(row["max_lora_rank"]))
+        if key not in steps:
+            engine = EngineConfig(max_num_seqs=MAX_NUM_SEQS,
+                                  max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS,
+                                  max_loras=key[0], max_cpu_loras=key[0], max_lora_rank=key[1],
+                                  tensor_parallel_size=tensor_parallel_size)
+            steps[key] = (profile.step_model(model, gpu, engine), engine)
+        step, engine = steps[key]
+        capacity = capacity_estimate(
+            step, engine, int(row["kv_tokens"]), max(row["mean_input"], 1.0),
+            max(row["mean_output"], 1.0), row["expected_active"], row["slot_coverage"])
+        row["est_capacity_tps"] = capacity
+        row["load_ratio"] = row["offered_tps"] / capacity
 
 
 def _finite(x: float) -> float:

@@ -5,9 +5,9 @@ row, 406 unsaturated workers) its TTFT p50 has a SMAPE of 69%, with predictions 
 to 8.5x the twin's (5th to 95th percentile) and a quarter of them under 0.8x: too poor, and
 too often optimistic, to promise a target with. This estimate, from the profile's step-time
 model alone, is conservative on the held-out workers shaped as the placer shapes them (a slot
-per adapter, 115 rows): TTFT p50 1.76x the twin's at the median (1.05x-32x from the 5th to
-the 95th percentile: the queueing term is pessimistic near saturation), under it on 3 of
-115 (none of the 60 with Poisson arrivals); E2E p50 1.14x, under it on 14% (2% with Poisson
+per adapter, 299 rows): TTFT p50 2.5x the twin's at the median (1.05x-46x from the 5th to
+the 95th percentile: the queueing term is pessimistic near saturation), under it on 6 of
+299 (none of the 142 with Poisson arrivals); E2E p50 1.2x, under it on 8% (2% with Poisson
 arrivals). Workers with fewer slots than adapters, which the placer avoids, are not covered:
 there vLLM's LoRA skip rule dominates and the estimate under-predicts a third of them
 (``tests/planner/test_objective.py`` checks these figures).

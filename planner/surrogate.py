@@ -37,6 +37,7 @@ __all__ = [
     "Surrogate",
     "ThroughputModel",
     "analytic_share",
+    "scale_free",
     "transform",
 ]
 
@@ -51,6 +52,38 @@ def transform(x: Mapping[str, float]) -> dict[str, float]:
     for name in FEATURES:
         v = float(x[name])
         out[name] = math.log1p(max(v, 0.0)) if name in _LOG else v
+    return out
+
+
+# What a target's speed and memory scale (rates, tokens/s, KV tokens): the throughput
+# correction learns without them (``scale_free``), so it carries to GPUs and models of other
+# speeds. Trained on the home target's tables, on held-out workers of A100 + Llama-3.1-70B at
+# TP 4 its saturated-throughput SMAPE was 3.4% with them and 1.1% without; within 0.1 points
+# either way on the home target, H100 + Qwen2.5-7B and L40S + Llama-3.2-1B
+# (bench/surrogate_transfer.py).
+SCALED: frozenset[str] = frozenset({"sum_rate", "std_rate", "base_rate", "offered_tps",
+                                    "kv_tokens", "est_capacity_tps"})
+
+
+def scale_free(x: Mapping[str, float]) -> dict[str, float]:
+    """``transform(x)`` without the ``SCALED`` features, with the rates' spread and the base
+    model's share of them and the KV cache in requests of the mean length instead.
+
+    Examples
+    --------
+    >>> x = dict.fromkeys(FEATURES, 1.0) | {"sum_rate": 4.0, "std_rate": 2.0, "base_rate": 1.0,
+    ...                                      "kv_tokens": 300.0, "mean_input": 100.0,
+    ...                                      "mean_output": 50.0}
+    >>> f = scale_free(x)
+    >>> f["rate_spread"], f["base_share"], round(f["kv_requests"], 3), "sum_rate" in f
+    (0.5, 0.25, 1.099, False)
+    """
+    out = {k: v for k, v in transform(x).items() if k not in SCALED}
+    rate = max(float(x["sum_rate"]), 1e-12)
+    out["rate_spread"] = float(x["std_rate"]) / rate
+    out["base_share"] = float(x["base_rate"]) / rate
+    length = max(float(x["mean_input"]) + float(x["mean_output"]), 1.0)
+    out["kv_requests"] = math.log1p(max(float(x["kv_tokens"]), 0.0) / length)
     return out
 
 
@@ -174,21 +207,26 @@ def analytic_share(x: Mapping[str, float]) -> float:
 
 class ThroughputModel:
     """Tokens/s a worker serves, learned as the share of the offered tokens it serves minus
-    the analytic share (``analytic_share``). (``learn_one`` takes the served tokens/s and, in
-    ``offered``, the tokens/s that arrived in that window.)"""
+    the analytic share (``analytic_share``), from ``scale_free`` inputs. (``learn_one`` takes
+    the served tokens/s and, in ``offered``, the tokens/s that arrived in that window.)"""
 
     def __init__(self, model: str = "arf", seed: int = 0) -> None:
         self.model = model
         self.seed = seed
         self._est = REGRESSORS[model](seed)
+        self.scale_free = True
+
+    def _inputs(self, x: Mapping[str, float]) -> dict[str, float]:
+        # Models saved before ``scale_free`` learned every feature.
+        return scale_free(x) if getattr(self, "scale_free", False) else transform(x)
 
     def learn_one(self, x: Mapping[str, float], y: float, offered: float | None = None) -> None:
         total = offered if offered is not None else x["offered_tps"]
         if total > 0:
-            self._est.learn_one(transform(x), min(y / total, 1.5) - analytic_share(x))
+            self._est.learn_one(self._inputs(x), min(y / total, 1.5) - analytic_share(x))
 
     def predict_one(self, x: Mapping[str, float]) -> float:
-        share = float(self._est.predict_one(transform(x))) + analytic_share(x)
+        share = float(self._est.predict_one(self._inputs(x))) + analytic_share(x)
         return min(max(share, 0.0), 1.0) * x["offered_tps"]
 
 

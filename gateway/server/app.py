@@ -49,6 +49,7 @@ from gateway.server.replanner import replanning
 from gateway.server.restore import restore
 from gateway.server.routes import add_routes
 from gateway.server.state import FileStateStore, StateKeeper, keep_state
+from gateway.server.target_training import target_training
 
 __all__ = ["create_app", "serve"]
 
@@ -95,6 +96,7 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     app.cleanup_ctx.append(bootstrap(plan))
     app.cleanup_ctx.append(health_checks)
     app.cleanup_ctx.append(releases_ctx)  # closed after the replanner stops
+    app.cleanup_ctx.append(target_training())  # before the replanner: which surrogate
     app.cleanup_ctx.append(replanning)
     app.cleanup_ctx.append(discovery)  # after the replanner: workers join under its lock
     app.on_shutdown.append(_stop_serving)

@@ -48,6 +48,7 @@ it on one line and exits with status 2). The file::
     search_seconds: 1                 # the placer's improvement search, per plan
     time_scale: 1                     # emulated workers this much faster than real time
     tensor_parallel_size: 1           # GPUs of each worker (vLLM's): GPUs = workers x it
+    train_target: true                # not the shipped surrogate's target: train its own
     keys:                             # client API keys; none: an open gateway
       - {key_env: TEAM_A_KEY, name: team-a, adapters: [sql, chat], rate_limit: 5}
       - {key: sk-literal, name: ops, adapters: "*", rate_limit: 50, burst: 100}
@@ -193,6 +194,8 @@ class GatewayConfig:
     search_seconds: float = 1.0  # the placer's improvement search per plan (planner/improve.py)
     time_scale: float = 1.0  # emulated workers run this much faster than the profile
     tensor_parallel_size: int = 1  # GPUs of each worker (vLLM's flag): GPUs = workers x it
+    train_target: bool = True  # not the shipped surrogate's target: train its own, in the
+    # background (gateway/server/target_training.py)
     # keys, admin API, state, shutdown (gateway/server/auth.py, admin.py, state.py)
     keys: tuple[KeySpec, ...] = ()
     worker_api_key_env: str | None = None
@@ -274,7 +277,7 @@ _INTS = frozenset({"port", "max_model_len", "max_body_bytes", "retry_after_s",
                    "max_connections", "move_budget", "max_outstanding_per_worker",
                    "prefix_affinity_chars", "client_max_connections",
                    "client_max_connections_per_address", "tensor_parallel_size"})
-_BOOLS = frozenset({"validate_replans", "surge_replan", "starvation_guard"})
+_BOOLS = frozenset({"validate_replans", "surge_replan", "starvation_guard", "train_target"})
 
 
 def _scalar(key: str, value: Any) -> Any:

@@ -51,9 +51,12 @@ def make_plan(cfg: GatewayConfig) -> InitialPlan:
     if cfg.placement is PlacementMode.ROUND_ROBIN or not adapters:
         return round_robin(adapters, names, gpu=cfg.gpu, max_model_len=cfg.max_model_len,
                            tensor_parallel_size=cfg.tensor_parallel_size)
-    from gateway.pretrained import default_surrogate  # the shipped file (trained only if stale)
+    from gateway.pretrained import surrogate_for  # the target's own, else the shipped file
+    from planner import Target
 
-    return from_planner(adapters, names, default_surrogate(), gpu=cfg.gpu, model=cfg.model,
+    surrogate, _ = surrogate_for(Target.resolve(cfg.model, cfg.gpu, cfg.profile),
+                                 cfg.tensor_parallel_size)
+    return from_planner(adapters, names, surrogate, gpu=cfg.gpu, model=cfg.model,
                         profile=cfg.profile, max_model_len=cfg.max_model_len,
                         headroom=cfg.headroom, search_seconds=cfg.search_seconds,
                         tensor_parallel_size=cfg.tensor_parallel_size)

@@ -78,6 +78,7 @@ class ReplanJob:
     # the gateway whose windows these are: the planning process's surrogate learns one
     # gateway's live windows (another's job reloads it: tests run several in a process)
     gateway_id: str = ""
+    surrogate_path: str = ""  # the target's own surrogate (gateway/server/target_training.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,7 +97,10 @@ class ReplanResult:
 
 
 @cache
-def _surrogate() -> Surrogate:
+def _surrogate(path: str = "") -> Surrogate:
+    """The surrogate at ``path`` (a target's own), or the shipped one ("")."""
+    if path:
+        return Surrogate.load(path)
     from gateway.pretrained import default_surrogate  # the shipped file (trained only if stale)
 
     return default_surrogate()
@@ -105,14 +109,14 @@ def _surrogate() -> Surrogate:
 _learned_for: str | None = None  # the gateway whose live windows the cached surrogate learned
 
 
-def _surrogate_for(gateway_id: str) -> Surrogate:
-    """The planning process's surrogate, as one gateway's live windows taught it: reloaded
-    when it learned another gateway's."""
+def _surrogate_for(gateway_id: str, path: str = "") -> Surrogate:
+    """The planning process's surrogate (``path``: a target's own), as one gateway's live
+    windows taught it: reloaded when it learned another gateway's."""
     global _learned_for
     if _learned_for is not None and _learned_for != gateway_id:
         _surrogate.cache_clear()
         _learned_for = None
-    return _surrogate()
+    return _surrogate(path)
 
 
 def exit_with_parent(parent: int, every_s: float = PARENT_CHECK_S) -> None:
@@ -131,7 +135,7 @@ def exit_with_parent(parent: int, every_s: float = PARENT_CHECK_S) -> None:
 
 def warm() -> None:
     """Load the surrogate (and the planner's imports) before the first re-plan needs them."""
-    _surrogate()
+    _surrogate("")
 
 
 def _predictor(job: ReplanJob) -> Predictor:
@@ -139,7 +143,8 @@ def _predictor(job: ReplanJob) -> Predictor:
                            search_seconds=job.search_seconds,
                            tensor_parallel_size=job.tensor_parallel_size)
     return Target.resolve(job.model, job.gpu, job.profile).predictor(
-        _surrogate_for(job.gateway_id), config, capacity_scale=job.capacity_scale)
+        _surrogate_for(job.gateway_id, job.surrogate_path), config,
+        capacity_scale=job.capacity_scale)
 
 
 def _new_name(i: int) -> str:

@@ -26,7 +26,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, GUARD, OBSERVER
+from gateway.keys import (
+    FLEET,
+    GATEWAY_CONFIG,
+    GATEWAY_METRICS,
+    GUARD,
+    OBSERVER,
+    TARGET_SURROGATE,
+)
 from gateway.server import planning_process, triggers
 from gateway.server.errors import ApiError
 from gateway.server.learning import SCRAPE_INTERVAL_S, Learner
@@ -118,6 +125,7 @@ class Replanner:
                          search_seconds=cfg.search_seconds,
                          tensor_parallel_size=cfg.tensor_parallel_size,
                          windows=self.learner.take(), gateway_id=self.gateway_id,
+                         surrogate_path=self.app[TARGET_SURROGATE].path,
                          shares={} if fleet.plan is None else {
                              wp.name: dict(wp.shares) for wp in fleet.plan.workers})
 

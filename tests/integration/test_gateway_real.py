@@ -78,7 +78,8 @@ def _config(real_vllm: RealVllm, urls: list[str]) -> tuple[GatewayConfig, Initia
                         workers=tuple(WorkerEndpoint(f"w{i}", u) for i, u in enumerate(urls)),
                         adapters=adapters, placement=PlacementMode.ROUND_ROBIN,
                         max_model_len=512, replan_interval_s=0, validate_replans=False,
-                        health_interval_s=1.0, load_timeout_s=60, read_timeout_s=120)
+                        health_interval_s=1.0, load_timeout_s=60, read_timeout_s=120,
+                        train_target=False)  # no twin runs beside the servers' own CPU work
     # the servers' own engine options (tests/integration/server.py ENGINE_ARGS)
     engine = default_engine_for(get_gpu(cfg.gpu), max_loras=2, max_cpu_loras=4,
                                 max_lora_rank=16, max_model_len=512)

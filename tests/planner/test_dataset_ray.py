@@ -86,16 +86,16 @@ def test_placement_shape_gives_every_adapter_a_slot_when_memory_allows(specs) ->
 
 
 def test_placement_loads_crowd_the_boundary_and_run_longer_there(specs) -> None:
-    from planner.dataset import NEAR_BOUNDARY_DURATION_S
+    from planner.dataset import NEAR_BOUNDARY_DURATION_S, drawn_capacity
     from planner.features import worker_features
 
     model, gpu, profile = specs
     near = 0
     placed = list(sample_specs(60, 9, model, gpu, profile, shape=Shape.PLACEMENT))
     for p in placed:
-        ratio = worker_features(p.adapters, p.engine, model, gpu,
-                                profile.step_model(model, gpu, p.engine),
-                                profile.memory)["load_ratio"]
+        step = profile.step_model(model, gpu, p.engine)
+        x = worker_features(p.adapters, p.engine, model, gpu, step, profile.memory)
+        ratio = x["offered_tps"] / drawn_capacity(x, step, p.engine)  # what the sampler drew
         if 0.75 <= ratio <= 1.4:
             near += 1
             assert p.duration_s == NEAR_BOUNDARY_DURATION_S

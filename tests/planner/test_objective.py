@@ -68,7 +68,7 @@ def test_estimate_is_conservative_on_held_out_rows(specs) -> None:
         ttft.append(est.ttft_s / r["ttft_p50_s"])
         e2e.append(est.e2e_s / r["e2e_p50_s"])
     assert sum(x < 1 for x in ttft) / len(ttft) <= 0.05
-    assert 1.0 <= statistics.median(ttft) <= 2.5
+    assert 1.0 <= statistics.median(ttft) <= 3.0
     assert sum(x < 1 for x in e2e) / len(e2e) <= 0.2
     assert 1.0 <= statistics.median(e2e) <= 1.5
 

@@ -41,7 +41,7 @@ class FakeTwin:
 def small_surrogate():
     surrogate = train(bundled_rows()[::8])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(replan_job, "_surrogate", lambda: surrogate)
+        mp.setattr(replan_job, "_surrogate", lambda path="": surrogate)
         yield
 
 

@@ -48,7 +48,8 @@ async def test_an_emulated_fleet_at_tp_four_counts_gpus(tmp_path: Path) -> None:
     cfg = GatewayConfig(base_model="base", model=MODEL, tensor_parallel_size=4,
                         workers=tuple(WorkerEndpoint(n, "http://127.0.0.1:1") for n in names),
                         adapters=scaffold_entries(ADAPTERS, tmp_path, base_model=MODEL),
-                        search_seconds=0.1, time_scale=50.0)
+                        search_seconds=0.1, time_scale=50.0,
+                        train_target=False)  # tested in test_target_training.py
     plan = make_plan(cfg)
     assert all(e.tensor_parallel_size == 4 for e in plan.engines)
     assert plan.planned_gpus % 4 == 0 and plan.planned_gpus >= 4
