@@ -212,7 +212,7 @@ def row(policy: str, gpus: int | None, out: dict[str, Any], setup: Setup,
 
 
 def _error_trend(series: Sequence[dict[str, float]]) -> dict[str, float | None]:
-    """The prequential surrogate error (``gateway_surrogate_error``) over the first and the
+    """The prequential surrogate error (``lorafleet_surrogate_error``) over the first and the
     last three windows of a run."""
     errors = [p["error"] for p in series]
     if len(errors) < 6:

@@ -19,6 +19,10 @@ workers: the shipped surrogate after learning N placement-shaped workers of the 
 (seed + 1; River models learn online, so this is the shipped models carried on) and a
 surrogate trained on those N alone.
 
+With ``--own`` it also makes each other target's own surrogate as ``lorafleet train --model M
+--gpu G`` does (``gateway.pretrained.train_target``: its 150 twin runs, the start that
+cross-validates better), times it and scores it on the same held-out workers.
+
 Tables are kept in ``bench/data/transfer/`` (a rerun scores them again without the twin:
 ``--rerun`` makes them afresh). Run: ``.venv/bin/python bench/surrogate_transfer.py
 [--samples 150] [--workers 2]``; writes ``bench/results/surrogate_transfer.json``.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -43,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.surrogate import analytic  # noqa: E402
-from gateway.pretrained import default_surrogate  # noqa: E402
+from gateway.pretrained import default_surrogate, train_target  # noqa: E402
 from planner import (  # noqa: E402
     COLUMNS,
     Shape,
@@ -57,6 +62,7 @@ from planner import (  # noqa: E402
     shipped_path,
     train,
 )
+from planner import Target as PlannerTarget  # noqa: E402
 from twin import get_gpu, get_model, load_profile  # noqa: E402
 
 GOAL = 1.5  # within 1.5x today's errors (issue 23)
@@ -99,6 +105,21 @@ def table(target: Target, n: int, seed: int, workers: int, rerun: bool) -> list[
     return rows
 
 
+def own(target: Target, rows: list[dict[str, float]], workers: int) -> dict[str, Any]:
+    """The target's own surrogate, made as `lorafleet train` makes it, timed and scored."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        path, chosen = train_target(
+            PlannerTarget.resolve(target.model, target.gpu), target.tensor_parallel_size,
+            workers=workers, out=Path(folder) / "own.bin")
+        seconds = time.perf_counter() - started
+        scored = evaluate(Surrogate.load(path), rows).to_dict()
+    print(f"{target.name}: its own surrogate in {seconds:.0f} s ({chosen.start.value})",
+          flush=True)
+    return {**scored, "train_seconds": seconds, "workers": workers,
+            "start": chosen.start.value, "cross_validated": chosen.scores}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=150)
@@ -107,6 +128,8 @@ def main() -> None:
     parser.add_argument("--rerun", action="store_true")
     parser.add_argument("--adapt", type=int, default=0, metavar="N",
                         help="also learn N workers of each other target (seed + 1)")
+    parser.add_argument("--own", action="store_true",
+                        help="also make, time and score each other target's own surrogate")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/surrogate_transfer.json")
     args = parser.parse_args()
     surrogate = default_surrogate()
@@ -123,6 +146,8 @@ def main() -> None:
             adapted = adapt(Surrogate.load(shipped_path()), extra)  # `lorafleet train`'s
             results[target.name]["adapted"] = evaluate(adapted, rows).to_dict()
             results[target.name]["scratch"] = evaluate(train(extra), rows).to_dict()
+        if args.own and target != HOME:
+            results[target.name]["own"] = own(target, rows, args.workers)
     home = results[HOME.name]["surrogate"]
     out_table = Table(title=f"shipped surrogate on held-out placement-shaped workers "
                       f"(seed {args.seed}, {args.samples} each)")
@@ -158,9 +183,26 @@ def main() -> None:
                                     f"{z['starvation_f1_near_boundary']:.3f}",
                                     f"{a['ttft_smape']:.2f} / {z['ttft_smape']:.2f}")
         Console().print(adapt_table)
+    if args.own:
+        own_table = Table(title="each target's own surrogate, as `lorafleet train` makes it")
+        for col in ("target", "start", "seconds", "thr SMAPE", "F1 near", "within 1.5x"):
+            own_table.add_column(col, justify="right")
+        for name, r in results.items():
+            if "own" in r:
+                o = r["own"]
+                smape_ok = o["throughput_smape_saturated"] <= GOAL * home[
+                    "throughput_smape_saturated"]
+                f1_ok = (1 - o["starvation_f1_near_boundary"]) <= GOAL * (
+                    1 - home["starvation_f1_near_boundary"])
+                r["own_within_goal"] = {"throughput_smape": smape_ok, "starvation_f1_near": f1_ok}
+                own_table.add_row(name, o["start"], f"{o['train_seconds']:.0f}",
+                                  f"{o['throughput_smape_saturated']:.3f}",
+                                  f"{o['starvation_f1_near_boundary']:.3f}",
+                                  f"{'yes' if smape_ok else 'NO'} / {'yes' if f1_ok else 'NO'}")
+        Console().print(own_table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"samples": args.samples, "seed": args.seed, "goal": GOAL,
-                                    "adapt": args.adapt,
+                                    "adapt": args.adapt, "own": args.own,
                                     "results": results}, indent=1) + "\n")
 
 

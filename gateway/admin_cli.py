@@ -94,7 +94,8 @@ def _show(command: str, data: Any, console: Console) -> None:
         rows = [[w["name"], str(len(w["adapters"])), _shares(w["adapters"])]
                 for w in data["workers"]]
         console.print(_table(
-            f"placement: {data['gpus_active']} GPUs active, planned "
+            f"placement: {data['gpus_active']} GPUs active, {data['gpus_running']} running, "
+            "planned "
             f"{data['planned_gpus'] if data['planned_gpus'] is not None else '?'}",
             ["worker", "adapters", "shares"], rows))
         for policy, gpus in sorted(data.get("baselines", {}).items()):
@@ -102,9 +103,10 @@ def _show(command: str, data: Any, console: Console) -> None:
         if data.get("unplaced"):
             console.print(f"unplaced: {', '.join(data['unplaced'])}")
     elif command == "workers":
-        rows = [[w["name"], w["url"], w["status"], str(w["outstanding"]),
-                 ", ".join(w["resident"]) or "-"] for w in data["workers"]]
-        console.print(_table("workers", ["worker", "url", "status", "outstanding",
+        rows = [[w["name"], w["url"], w["status"], w["state"] or "gone",
+                 str(w["outstanding"]), ", ".join(w["resident"]) or "-"]
+                for w in data["workers"]]
+        console.print(_table("workers", ["worker", "url", "status", "state", "outstanding",
                                          "resident"], rows))
     elif isinstance(data, dict):
         rows = [[k, v if isinstance(v, str) else json.dumps(v)] for k, v in data.items()]

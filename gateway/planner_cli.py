@@ -144,6 +144,11 @@ def register_models(sub: Any) -> None:
                     help="GPUs of each worker, as vLLM's flag (default 1)")
     tr.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="parallel twin processes for a target (default: every CPU)")
+    tr.add_argument("--samples", type=int, default=TARGET_SAMPLES,
+                    help=f"a target's twin runs (default {TARGET_SAMPLES}; more: better, longer)")
+    tr.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="a target's twin runs on Ray (the optional extra `ray`): a local Ray "
+                    "with --workers CPUs, or the cluster at ADDRESS")
     tr.add_argument("--regressor", default=DEFAULT_REGRESSOR, choices=sorted(REGRESSORS))
     tr.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=sorted(STARVATION_MODELS))
     tr.add_argument("--epochs", type=int, default=1)
@@ -168,14 +173,15 @@ def _rows(folder: Path) -> list[dict[str, float]]:
 
 TRAIN_DESCRIPTION = """\
 Without --data: make the surrogate of a target (--model, --gpu, -tp) other than the shipped
-one's: TARGET_SAMPLES placement-shaped workers run in the target's twin and learned on top of
-the shipped surrogate or alone, whichever cross-validates better; cached where `lorafleet
-plan` and `lorafleet serve` find it (3-10 minutes on 2 cores). With --data: train new models
-on a table from `lorafleet dataset`.
+one's: TARGET_SAMPLES placement-shaped workers (--samples) run in the target's twin (--ray: on
+Ray) and learned on top of the shipped surrogate or alone, whichever cross-validates better;
+cached where `lorafleet plan` and `lorafleet serve` find it (2-10 minutes on 2 cores).
+With --data: train new models on a table from `lorafleet dataset`.
 
 examples:
   lorafleet train --model llama-3.1-70b --gpu a100-80gb -tp 4
   lorafleet train --model ./Qwen2.5-7B-Instruct --gpu h100-80gb
+  lorafleet train --model llama-3.2-1b --gpu l40s --samples 600 --ray auto
   lorafleet train --data out/ --out surrogate.bin
 """.replace("TARGET_SAMPLES", str(TARGET_SAMPLES))
 
@@ -207,6 +213,13 @@ def _train(args: argparse.Namespace) -> int:
 def _train_target(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError("--workers", f"must be >= 1, got {args.workers}")
+    if not 1 <= args.samples <= 100_000:
+        raise ConfigError("--samples", f"must be in [1, 100000], got {args.samples}")
+    if args.ray is not None:
+        try:
+            require_ray()
+        except RayUnavailableError as exc:
+            raise ConfigError("--ray", str(exc)) from None
     if not 1 <= args.tensor_parallel_size <= 64:
         raise ConfigError("--tensor-parallel-size", f"must be in [1, 64], got "
                           f"{args.tensor_parallel_size}")
@@ -223,14 +236,18 @@ def _train_target(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with Progress(TextColumn("twin runs"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("train", total=TARGET_SAMPLES)
-        path, own = train_target(
-            target, args.tensor_parallel_size, workers=args.workers, out=args.out,
-            progress=lambda done, _: progress.update(task, completed=done))
+        task = progress.add_task("train", total=args.samples)
+        try:
+            path, own = train_target(
+                target, args.tensor_parallel_size, samples=args.samples, workers=args.workers,
+                out=args.out, ray=args.ray,
+                progress=lambda done, _: progress.update(task, completed=done))
+        except ConnectionError as exc:
+            raise ConfigError("--ray", f"cannot reach Ray at {args.ray!r}: {exc}") from None
     scores = ", ".join(f"{start} {f1:.3f} / {err:.1%}" for start, (f1, err) in
                        own.scores.items())
     console.print(f"{target.model.name} on {target.gpu.name} (tensor parallel "
-                  f"{args.tensor_parallel_size}): {TARGET_SAMPLES} twin runs learned in "
+                  f"{args.tensor_parallel_size}): {args.samples} twin runs learned in "
                   f"{time.perf_counter() - started:.0f} s, starting from {own.start.value} "
                   f"(cross-validated near-boundary F1 / throughput SMAPE: {scores}) -> {path}")
     return 0

@@ -19,11 +19,13 @@ from pathlib import Path
 from planner import (
     TARGET_SAMPLES,
     OwnSurrogate,
+    SampleSpec,
     Surrogate,
     Target,
     is_home,
     own_surrogate,
     pretrained_surrogate,
+    run_on_ray,
     run_sample,
     target_key,
     target_specs,
@@ -41,12 +43,11 @@ def default_surrogate() -> Surrogate:
     return pretrained_surrogate(cache_dir())
 
 
-def target_path(target: Target, tensor_parallel_size: int = 1,
-                samples: int = TARGET_SAMPLES) -> Path | None:
+def target_path(target: Target, tensor_parallel_size: int = 1) -> Path | None:
     """Where ``target``'s own surrogate is cached (None for the shipped target)."""
     if is_home(target, tensor_parallel_size):
         return None
-    key = target_key(target, tensor_parallel_size, samples)
+    key = target_key(target, tensor_parallel_size)
     return cache_dir() / f"surrogate-target-{key}.bin"
 
 
@@ -65,32 +66,49 @@ def surrogate_for(target: Target, tensor_parallel_size: int = 1) -> tuple[Surrog
     return default_surrogate(), "prior"
 
 
-def train_target(target: Target, tensor_parallel_size: int = 1, *,
-                 samples: int = TARGET_SAMPLES, workers: int = 1, out: Path | None = None,
-                 progress: Callable[[int, int], None] | None = None,
-                 ) -> tuple[Path, OwnSurrogate]:
-    """Make ``target``'s own surrogate from ``samples`` of its placement-shaped twin runs
-    (``planner.target_specs``, on ``workers`` processes): the shipped one carried on with
-    them or new models trained on them alone, whichever cross-validates better
-    (``planner.own_surrogate``). Written atomically to ``out``, by default the cache where
-    ``surrogate_for`` finds it (with the default ``samples``); returned with the choice.
-    ``progress`` is told ``(runs done, in all)``."""
-    path = out or target_path(target, tensor_parallel_size, samples) or \
-        cache_dir() / "surrogate-target-home.bin"
-    specs = target_specs(target, tensor_parallel_size, samples)
-    work = partial(run_sample, model=target.model, gpu=target.gpu, profile=target.profile)
+def _twin_rows(target: Target, specs: list[SampleSpec], workers: int, ray: str | None,
+               progress: Callable[[int, int], None]) -> list[dict[str, float]]:
+    """``run_sample`` of each spec in the target's twin, in their order."""
     rows: list[dict[str, float]] = []
+    if ray is not None:
+        done = 0
+
+        def advance(k: int) -> None:
+            nonlocal done
+            done += k
+            progress(done, len(specs))
+
+        return run_on_ray(specs, target.model, target.gpu, target.profile,
+                          address=ray or None, num_cpus=workers, on_rows=advance)
+    work = partial(run_sample, model=target.model, gpu=target.gpu, profile=target.profile)
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(ProcessPoolExecutor(workers)) if workers > 1 else None
-        for row in (pool.map(work, specs) if pool else map(work, specs)):  # in seed order
+        for row in (pool.map(work, specs) if pool else map(work, specs)):
             rows.append(row)
-            if progress is not None:
-                progress(len(rows), len(specs))
+            progress(len(rows), len(specs))
+    return rows
+
+
+def train_target(target: Target, tensor_parallel_size: int = 1, *,
+                 samples: int = TARGET_SAMPLES, workers: int = 1, out: Path | None = None,
+                 ray: str | None = None, progress: Callable[[int, int], None] | None = None,
+                 ) -> tuple[Path, OwnSurrogate]:
+    """Make ``target``'s own surrogate from ``samples`` of its placement-shaped twin runs
+    (``planner.target_specs``, on ``workers`` processes, or on Ray: ``ray`` "" starts a
+    local one of ``workers`` CPUs, else it is a cluster's address): the shipped one carried on with
+    them or new models trained on them alone, whichever cross-validates better
+    (``planner.own_surrogate``). Written atomically to ``out``, by default the cache where
+    ``surrogate_for`` finds it; returned with the choice.
+    ``progress`` is told ``(runs done, in all)``."""
+    path = out or target_path(target, tensor_parallel_size) or \
+        cache_dir() / "surrogate-target-home.bin"
+    specs = target_specs(target, tensor_parallel_size, samples)
+    rows = _twin_rows(target, specs, workers, ray, progress or (lambda done, total: None))
     own = own_surrogate(rows, default_surrogate)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     own.surrogate.save(tmp, {
-        "target_key": target_key(target, tensor_parallel_size, samples),
+        "target_key": target_key(target, tensor_parallel_size),
         "model": target.model.name, "gpu": target.gpu.name,
         "tensor_parallel_size": tensor_parallel_size, "samples": len(rows),
         "start": own.start.value, "cross_validated": own.scores})

@@ -57,6 +57,7 @@ MAX_NUM_BATCHED_TOKENS = 2048
 # 1.0 at 2400 s (a longer run is the better use of the same twin time).
 NEAR_BOUNDARY = (0.75, 1.4)
 NEAR_BOUNDARY_DURATION_S = 2400.0
+NEAR_BOUNDARY_MIN_S = 600.0
 
 
 class Shape(Enum):
@@ -83,13 +84,14 @@ def _lognormal_lengths(mean: float, std: float) -> LengthDist:
 
 def sample_specs(n: int, seed: int, model: ModelSpec, gpu: GpuSpec,
                  profile: CalibrationProfile, max_model_len: int = 8192,
-                 shape: Shape = Shape.SAMPLED,
-                 tensor_parallel_size: int = 1) -> Iterator[SampleSpec]:
+                 shape: Shape = Shape.SAMPLED, tensor_parallel_size: int = 1,
+                 near_boundary_requests: float | None = None) -> Iterator[SampleSpec]:
     """``n`` feasible worker scenarios drawn from ``seed`` (memory-infeasible draws are redrawn).
 
     ``PLACEMENT`` reshapes the ``SAMPLED`` draws of the same seed (``placement_shaped``, its
     loads drawn from a second generator seeded with ``seed``); draws no slot count fits are
     skipped, so both shapes yield ``n``. Workers span ``tensor_parallel_size`` GPUs.
+    ``near_boundary_requests``: ``placement_shaped``'s.
     """
     # vLLM's refusal first (a model that does not split or fit at this size would otherwise
     # be redrawn for ever).
@@ -103,7 +105,8 @@ def sample_specs(n: int, seed: int, model: ModelSpec, gpu: GpuSpec,
         spec = _draw(np.random.default_rng(sub), sub, model, gpu, profile, max_model_len,
                      tensor_parallel_size)
         if spec is not None and shape is Shape.PLACEMENT:
-            spec = placement_shaped(spec, model, gpu, profile, load_rng)
+            spec = placement_shaped(spec, model, gpu, profile, load_rng,
+                                    near_boundary_requests=near_boundary_requests)
         if spec is not None:
             made += 1
             yield spec
@@ -112,12 +115,15 @@ def sample_specs(n: int, seed: int, model: ModelSpec, gpu: GpuSpec,
 def placement_shaped(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
                      profile: CalibrationProfile, rng: np.random.Generator, *,
                      near_boundary_s: float | None = NEAR_BOUNDARY_DURATION_S,
-                     ) -> SampleSpec | None:
+                     near_boundary_requests: float | None = None) -> SampleSpec | None:
     """``spec`` with a slot per LoRA adapter (or the most slots that fit memory; ``None`` when
     none do) and its offered load re-drawn as a multiple of its capacity (``drawn_capacity``): dense
     around 1, a log-uniform tail (the sampler of ``bench/surrogate.py``'s held-out workers),
     and ``near_boundary_s`` long twin runs near the boundary (``None``: no longer there than
-    elsewhere, as ``bench/surrogate.py``'s held-out workers)."""
+    elsewhere, as ``bench/surrogate.py``'s held-out workers); with
+    ``near_boundary_requests``, those runs end once that many requests have arrived, though
+    no sooner than ``NEAR_BOUNDARY_MIN_S`` (a fast target's workers take many more requests
+    in the same time: the labels' noise goes with the requests)."""
     loras = max(1, sum(1 for a in spec.adapters if not a.is_base))
     enough = next((s for s in SLOT_CANDIDATES if s >= loras), SLOT_CANDIDATES[-1])
     for slots in [enough, *(s for s in reversed(SLOT_CANDIDATES) if s < enough)]:
@@ -139,6 +145,8 @@ def placement_shaped(spec: SampleSpec, model: ModelSpec, gpu: GpuSpec,
     near = NEAR_BOUNDARY[0] <= factor <= NEAR_BOUNDARY[1]
     duration = (near_boundary_s if near_boundary_s is not None and near
                 else float(min(600.0, max(240.0, 4000.0 / total))))
+    if near and near_boundary_requests is not None:
+        duration = min(duration, max(NEAR_BOUNDARY_MIN_S, near_boundary_requests / total))
     return dataclasses.replace(spec, adapters=adapters, engine=engine, duration_s=duration)
 
 

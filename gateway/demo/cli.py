@@ -98,26 +98,25 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--observe-window", f"must be > 0, got {args.observe_window!r}")
 
 
-async def _report(stats: DemoStats, fleet: Any, baselines: dict[str, int],
-                  console: Console, start: float) -> None:
+async def _report(stats: DemoStats, fleet: Any, console: Console, start: float) -> None:
     start_wall = time.time()
     """Refresh the live view (a terminal) or print a progress line now and then (a pipe)."""
     loop = asyncio.get_running_loop()
     if not console.is_terminal:
         while True:
             await asyncio.sleep(PLAIN_EVERY_S)
-            print(plain_line(snapshot(stats, fleet, baselines, now=loop.time(), start=start,
+            print(plain_line(snapshot(stats, fleet, now=loop.time(), start=start,
                                       start_wall=start_wall)),
                   flush=True)
     with Live(console=console, auto_refresh=False) as live:
         while True:
-            live.update(render(snapshot(stats, fleet, baselines, now=loop.time(),
-                                        start=start, start_wall=start_wall)), refresh=True)
+            live.update(render(snapshot(stats, fleet, now=loop.time(), start=start,
+                                        start_wall=start_wall)), refresh=True)
             await asyncio.sleep(LIVE_EVERY_S)
 
 
 async def _run(args: argparse.Namespace, adapters: list[AdapterDemand], plan: InitialPlan,
-               baselines: dict[str, int], folder: Path, console: Console) -> dict[str, Any]:
+               folder: Path, console: Console) -> dict[str, Any]:
     from gateway.demo.load import LoadSpec, drive, make_client  # openai: a test extra
 
     spec = FleetSpec(workers=args.workers, slowdown=args.slowdown, jitter=args.jitter,
@@ -137,20 +136,17 @@ async def _run(args: argparse.Namespace, adapters: list[AdapterDemand], plan: In
     start = loop.time()
     start_wall = time.time()
     timer = loop.call_later(args.seconds, stop.set) if args.seconds > 0 else None
-    reporter = loop.create_task(_report(stats, fleet, baselines, console, start))
+    reporter = loop.create_task(_report(stats, fleet, console, start))
     try:
         async with make_client(fleet.url, args.concurrency) as client:
             arrivals = Arrivals(adapters, seed=args.seed,
                                 shift_every_s=args.shift_every or None)
             abandoned = await drive(client, adapters, arrivals, stats, load, stop)
         wall = loop.time() - start
-        replans = fleet.replans
-        planned = next((r["planned_gpus"] for r in reversed(replans) if not r["dry_run"]),
-                       plan.planned_gpus)
-        return summary(stats, gpus_active=fleet.gpus_active, planned_gpus=planned,
-                       replans=replans, migrations=fleet.migrations, start_wall=start_wall,
-                       baselines=baselines, adapters=len(adapters), wall_s=wall,
-                       abandoned=abandoned, adapters_per_worker=fleet.adapters_per_worker())
+        return summary(stats, gpus_active=fleet.gpus_active, reading=fleet.reading(),
+                       replans=fleet.replans, start_wall=start_wall, adapters=len(adapters),
+                       wall_s=wall, abandoned=abandoned,
+                       adapters_per_worker=fleet.adapters_per_worker())
     finally:
         if timer is not None:
             timer.cancel()
@@ -181,12 +177,11 @@ def _demo(args: argparse.Namespace) -> int:
     if not args.json:
         console.print(f"planning {len(adapters)} adapters ({args.rate:g} req/s in all) "
                       f"for {args.workers} emulated A100-80GB workers ...")
-    plan, baselines = plan_demo(adapters, FleetSpec(workers=args.workers,
-                                                    headroom=args.headroom),
-                                default_surrogate())
+    plan = plan_demo(adapters, FleetSpec(workers=args.workers, headroom=args.headroom),
+                     default_surrogate())
     with tempfile.TemporaryDirectory(prefix="lorafleet-demo-") as folder, _loop_runner() as r:
         try:
-            out = r.run(_run(args, adapters, plan, baselines, Path(folder), console))
+            out = r.run(_run(args, adapters, plan, Path(folder), console))
         except StartupError as exc:
             print(f"lorafleet: demo: {exc}", file=sys.stderr)
             return 2

@@ -1,8 +1,9 @@
 """The demo's gateway and emulated fleet, started in-process the way ``lorafleet serve
 --emulate`` starts them, with workers slower and noisier than the profile the planner knows.
 
-Planning (and the baselines it is compared with) is CPU-bound and happens before the event
-loop starts: ``plan_demo``; ``start_demo`` then brings the workers and the gateway up.
+Planning is CPU-bound and happens before the event loop starts: ``plan_demo``; ``start_demo``
+then brings the workers and the gateway up. What the demo shows of the fleet's GPUs it reads
+from the gateway's metrics (``read_metrics``), as Grafana does.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from gateway.keys import FLEET, REPLANNER
+from gateway.keys import FLEET, GATEWAY_METRICS, REPLANNER
 from gateway.server.app import create_app, serve
 from gateway.server.config import GatewayConfig, WorkerEndpoint
 from gateway.server.emulated import EmulatedFleet, scaffold_entries, start_emulated, worker_configs
@@ -26,12 +28,10 @@ from planner import (
     DEFAULT_PROFILE,
     AdapterDemand,
     Surrogate,
-    Target,
-    round_robin,
 )
 from twin.routing import BASE_MODEL
 
-__all__ = ["DemoFleet", "FleetSpec", "plan_demo", "start_demo"]
+__all__ = ["DemoFleet", "FleetReading", "FleetSpec", "plan_demo", "read_metrics", "start_demo"]
 
 READY_TIMEOUT_S = 60.0
 
@@ -77,17 +77,40 @@ class FleetSpec:
 
 
 def plan_demo(adapters: Sequence[AdapterDemand], spec: FleetSpec,
-              surrogate: Surrogate) -> tuple[InitialPlan, dict[str, int]]:
-    """The planner's placement over the workers, and the GPUs of the baselines: one GPU per
-    adapter (what the gateway's ``gateway_gpus_baseline`` reports) and round-robin at the
-    fewest GPUs the same surrogate check accepts."""
+              surrogate: Surrogate) -> InitialPlan:
+    """The planner's placement over the workers (the baselines it is compared with are the
+    gateway's own: ``lorafleet_gpus_baseline``, measured by its planning process)."""
     names = [f"w{i}" for i in range(spec.workers)]
-    plan = from_planner(adapters, names, surrogate, gpu=spec.gpu, model=spec.model,
+    return from_planner(adapters, names, surrogate, gpu=spec.gpu, model=spec.model,
                         profile=spec.profile, headroom=spec.headroom)
-    predictor = Target.resolve(spec.model, spec.gpu, spec.profile).predictor(surrogate)
-    baselines = {"one_per_adapter": sum(1 for a in adapters if not a.is_base),
-                 "round_robin": round_robin(adapters, predictor).num_gpus}
-    return plan, baselines
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetReading:
+    """The fleet as the gateway's metrics show it (the series the Grafana dashboard reads)."""
+
+    gpus_running: int  # lorafleet_gpus_running
+    gpus_planned: int  # lorafleet_gpus_planned
+    baselines: dict[str, int]  # lorafleet_gpus_baseline{policy}
+    gpu_seconds_saved: dict[str, float]  # lorafleet_gpu_seconds_saved_total{policy}
+    migrations: int  # lorafleet_migrations_total{outcome="ok"}: re-plans that moved adapters
+    adapters_moved: int  # lorafleet_adapters_moved_total
+
+
+def read_metrics(registry: CollectorRegistry) -> FleetReading:
+    """Read the gateway's registry as a scrape would (the fleet's series are computed now)."""
+    by_name: dict[str, dict[str, float]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            key = sample.labels.get("policy") or sample.labels.get("outcome") or ""
+            by_name.setdefault(sample.name, {})[key] = sample.value
+    return FleetReading(
+        gpus_running=int(by_name["lorafleet_gpus_running"][""]),
+        gpus_planned=int(by_name["lorafleet_gpus_planned"][""]),
+        baselines={k: int(v) for k, v in by_name["lorafleet_gpus_baseline"].items()},
+        gpu_seconds_saved=dict(by_name["lorafleet_gpu_seconds_saved_total"]),
+        migrations=int(by_name["lorafleet_migrations_total"]["ok"]),
+        adapters_moved=int(by_name["lorafleet_adapters_moved_total"][""]))
 
 
 @dataclass(slots=True)
@@ -123,6 +146,11 @@ class DemoFleet:
     def migrations(self) -> int:
         """Adapters moved by the migrations so far."""
         return self.app[REPLANNER].migrations
+
+    def reading(self) -> FleetReading:
+        """GPUs running, planned and of the baselines, GPU-seconds saved, migrations: as the
+        gateway's ``/metrics`` reports them."""
+        return read_metrics(self.app[GATEWAY_METRICS].registry)
 
     async def stop(self) -> None:
         await self.runner.cleanup()

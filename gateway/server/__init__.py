@@ -13,7 +13,7 @@ from gateway.server.config import (
 from gateway.server.errors import ApiError, GatewayError
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.planning import InitialPlan, from_planner, round_robin
-from gateway.server.registry import Fleet, WorkerState, WorkerStatus
+from gateway.server.registry import Fleet, WorkerPhase, WorkerState, WorkerStatus
 
 __all__ = [
     "AdapterEntry",
@@ -25,6 +25,7 @@ __all__ = [
     "InitialPlan",
     "PlacementMode",
     "WorkerEndpoint",
+    "WorkerPhase",
     "WorkerState",
     "WorkerStatus",
     "create_app",

@@ -7,7 +7,8 @@ OpenAI-style JSON.
 
 - ``GET /admin/placement``: each worker's adapters and shares, the plan's GPU count, GPUs
   active, and the baselines the metrics know.
-- ``GET /admin/workers``: name, URL, status, requests outstanding, adapters resident.
+- ``GET /admin/workers``: name, URL, status (health), state (``lorafleet_worker_state``'s;
+  null once gone), requests outstanding, adapters resident.
 - ``POST /admin/adapters`` ``{"name", "path", "rate"?, "input_tokens"?, "output_tokens"?,
   "input_std"?, "output_std"?, "cv"?}``: registers an adapter. Its rank is read from
   ``<path>/adapter_config.json`` (``r``), so the gateway must see the path the workers load
@@ -33,7 +34,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, field_validator
 
-from gateway.keys import ADMIN_TOKEN, CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS
+from gateway.keys import ADMIN_TOKEN, CLIENT_SESSION, FLEET, GATEWAY_CONFIG
 from gateway.openai_schema import OpenAIBody
 from gateway.server.auth import AuthError
 from gateway.server.config import AdapterEntry, AdapterOrigin
@@ -137,14 +138,13 @@ async def placement(request: web.Request) -> web.Response:
                     ("<base model>" if k == BASE_MODEL else k): v
                     for k, v in plan.workers[i].shares.items()}}
                for i, w in enumerate(fleet.workers)]
-    registry = request.app[GATEWAY_METRICS].registry
-    baselines = {s.labels["policy"]: s.value for m in registry.collect()
-                 if m.name == "gateway_gpus_baseline" for s in m.samples}
+    baselines = fleet.gpus_baseline()  # as lorafleet_gpus_baseline{policy} exports them
     placed = set().union(*(w["adapters"] for w in workers)) if workers else set()
     return web.json_response({
         "planned": plan is not None, "planned_gpus": fleet.planned_gpus,
         "tensor_parallel_size": fleet.tensor_parallel_size,
-        "gpus_active": fleet.gpus_active, "workers": workers, "baselines": baselines,
+        "gpus_active": fleet.gpus_active, "gpus_running": fleet.gpus_running,
+        "workers": workers, "baselines": baselines,
         "unplaced": sorted(set(fleet.adapters) - placed)})
 
 
@@ -152,6 +152,7 @@ async def workers(request: web.Request) -> web.Response:
     fleet = request.app[FLEET]
     return web.json_response({"workers": [
         {"name": w.endpoint.name, "url": w.endpoint.url, "status": w.status.value,
+         "state": getattr(fleet.phase(i), "value", None),  # lorafleet_worker_state's
          "outstanding": fleet.outstanding(i), "resident": sorted(w.resident)}
         for i, w in enumerate(fleet.workers)]})
 

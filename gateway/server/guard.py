@@ -48,7 +48,7 @@ __all__ = ["Evidence", "Finding", "GuardConfig", "StarvationGuard"]
 
 
 class Evidence(enum.StrEnum):
-    """What showed a worker starving (``gateway_starvation_findings_total{evidence}``)."""
+    """What showed a worker starving (``lorafleet_starvation_findings_total{evidence}``)."""
 
     LOCKOUT = "lockout"
     TTFT = "ttft"

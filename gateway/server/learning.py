@@ -10,7 +10,7 @@ worker's ``/metrics`` (``scrape.WorkerGauges``; the gateway's own timings of str
 stand in when a worker's histogram has too few tokens); lengths and rates from the gateway's
 own accounting (``observer.Observer``).
 
-``gateway_surrogate_error`` is prequential, as River evaluates a model learning online: each
+``lorafleet_surrogate_error`` is prequential, as River evaluates a model learning online: each
 window's inter-token latency is first predicted at the speed the plan assumed for its worker
 (the profile's step time over that speed), then learned from; the gauge is the median
 relative error over the window's workers. On a fleet that differs from the profile it starts
@@ -53,7 +53,7 @@ class Learner:
         self.pending: list[WorkerWindow] = []  # for the planning process's LatencyModel
         self.observed: deque[WindowObservation] = deque(maxlen=1000)  # newest last
         # (time, the window's relative error of the inter-token latency predicted at the
-        # speeds the plan assumed before it): ``gateway_surrogate_error``, prequential
+        # speeds the plan assumed before it): ``lorafleet_surrogate_error``, prequential
         self.errors: deque[tuple[float, float]] = deque(maxlen=1000)
         self.last_window = time.monotonic()
         # Speeds given instead of learned (the fleet bench's oracle: each emulated worker's

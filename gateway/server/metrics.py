@@ -1,30 +1,37 @@
-"""The gateway's Prometheus metrics, in a registry of its own (``gateway_`` prefix).
+"""The gateway's Prometheus metrics, in a registry of its own (``lorafleet_`` prefix).
 
 Labels stay bounded: per adapter (registered names only; anything else is ``UNKNOWN``) or per
-worker, never both. Worker gauges are read from the fleet at scrape time.
+worker, never both. The fleet's series (worker states, GPUs running, planned and of the
+baselines, GPU-seconds saved) are read from the fleet at scrape time
+(``gateway.server.fleet_metrics``).
 """
 
 from __future__ import annotations
 
 import enum
-from functools import partial
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from gateway.server.fleet_metrics import FleetCollector
 from gateway.server.registry import Fleet
 
-__all__ = ["UNKNOWN", "GatewayMetrics", "MigrationOutcome", "ReplanTrigger"]
+__all__ = ["LATENCY_BUCKETS", "UNKNOWN", "GatewayMetrics", "MigrationOutcome", "ReplanTrigger"]
 
 UNKNOWN = "<unknown>"  # the adapter label of requests that name no registered model
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0,
-                    80.0, 160.0)
+# Time to first token and end-to-end latency: 50 ms to 60 s, finely enough that p50 and p99
+# come out within a bucket's width of the truth in the range LLM serving lives in (a 10 s
+# starvation bound among them).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0,
+                   30.0, 45.0, 60.0)
 
 
 class MigrationOutcome(enum.StrEnum):
-    """``gateway_migrations_total{outcome}``: every value is exported from the start at 0."""
+    """``lorafleet_migrations_total{outcome}``: every value is exported from the start at 0.
+    A migration that moves no adapter is not counted."""
 
     OK = "ok"
     FAILED = "failed"
@@ -32,7 +39,7 @@ class MigrationOutcome(enum.StrEnum):
 
 
 class ReplanTrigger(enum.StrEnum):
-    """``gateway_replans_total{trigger}``: every value is exported from the start at 0."""
+    """``lorafleet_replans_total{trigger}``: every value is exported from the start at 0."""
 
     PERIODIC = "periodic"
     ADMIN = "admin"
@@ -45,10 +52,6 @@ class ReplanTrigger(enum.StrEnum):
     STARVATION = "starvation"  # a worker starves requests (gateway/server/guard.py)
 
 
-def _up(fleet: Fleet, index: int) -> float:
-    return 1.0 if fleet.workers[index].up else 0.0
-
-
 class GatewayMetrics:
     """The gateway's series; ``registry`` is what ``GET /metrics`` exports."""
 
@@ -59,68 +62,55 @@ class GatewayMetrics:
         # are bounded: registered adapters and UNKNOWN, HTTP statuses): ``labels()`` takes a
         # lock and builds tuples, once per child here
         self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
-        self.requests = Counter("gateway_requests", "Requests answered, by HTTP status.",
+        self.fleet_series: FleetCollector | None = None  # ``bind``
+        self.requests = Counter("lorafleet_requests", "Requests answered, by HTTP status.",
                                 ["adapter", "status"], registry=r)
-        self.ttft = Histogram("gateway_ttft_seconds", "Time to the first streamed token.",
-                              ["adapter"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.e2e = Histogram("gateway_e2e_seconds", "Request latency, end to end.",
-                             ["adapter"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("gateway_tokens", "Tokens from the workers' usage reports.",
+        self.ttft = Histogram("lorafleet_ttft_seconds", "Time to the first streamed token.",
+                              ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("lorafleet_e2e_seconds", "Request latency, end to end.",
+                             ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("lorafleet_tokens", "Tokens from the workers' usage reports.",
                               ["adapter", "kind"], registry=r)
-        self.worker_up = Gauge("gateway_worker_up", "1 if the worker answers health checks.",
-                               ["worker"], registry=r)
-        self.outstanding = Gauge("gateway_worker_outstanding",
-                                 "Requests the gateway has in flight on the worker.",
-                                 ["worker"], registry=r)
-        self.gpus_active = Gauge("gateway_gpus_active", "GPUs of the workers with adapters "
-                                 "routed to them (tensor_parallel_size each).",
-                                 registry=r)
-        self.gpus_baseline = Gauge("gateway_gpus_baseline",
-                                   "GPUs a naive placement would use.", ["policy"], registry=r)
-        self.gpus_saved = Gauge("gateway_gpus_saved",
-                                "GPUs saved against one GPU per adapter.", registry=r)
-        self.adapter_rate = Gauge("gateway_adapter_rate",
+        self.adapter_rate = Gauge("lorafleet_adapter_rate",
                                   "Observed arrival rate (requests/s) over the observer's window.",
                                   ["adapter"], registry=r)
-        self.migrations = Counter("gateway_migrations", "Adapter moves, by outcome.",
+        self.migrations = Counter("lorafleet_migrations", "Migrations that moved adapters "
+                                  "(ok), or whose loads failed and were undone (rolled_back), "
+                                  "by outcome; a re-plan that moves nothing counts none.",
                                   ["outcome"], registry=r)
-        self.replans = Counter("gateway_replans", "Re-plans, by what triggered them.",
+        self.adapters_moved = Counter("lorafleet_adapters_moved", "Adapters the migrations "
+                                      "moved: loaded on a worker that did not serve them, or "
+                                      "taken off one that did.", registry=r)
+        self.replans = Counter("lorafleet_replans", "Re-plans, by what triggered them.",
                                ["trigger"], registry=r)
-        self.replan_seconds = Histogram("gateway_replan_seconds",
+        self.replan_seconds = Histogram("lorafleet_replan_seconds",
                                         "Time to plan and validate a new placement.",
                                         buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
                                         registry=r)
-        self.scale_requests = Counter("gateway_scale_requests",
+        self.scale_requests = Counter("lorafleet_scale_requests",
                                       "Requests to the actuator for more or fewer workers, "
                                       "by direction and outcome.", ["direction", "outcome"],
                                       registry=r)
-        self.worker_speed = Gauge("gateway_worker_speed",
+        self.worker_speed = Gauge("lorafleet_worker_speed",
                                   "Share of the profile's capacity the plan assumes the worker "
                                   "delivers: learned from its own windows (the fleet's figure "
                                   "until it has enough), lowered while the starvation guard "
                                   "holds a penalty on it (1.0: the profile).", ["worker"],
                                   registry=r)
         self.starvation_findings = Counter(
-            "gateway_starvation_findings", "Starvation evidence the guard acted on, by kind "
+            "lorafleet_starvation_findings", "Starvation evidence the guard acted on, by kind "
             "(lockout, ttft, queue: gateway/server/guard.py).", ["evidence"], registry=r)
-        self.surrogate_error = Gauge("gateway_surrogate_error",
+        self.surrogate_error = Gauge("lorafleet_surrogate_error",
                                      "Relative error of the inter-token latency predicted at "
                                      "the speeds the plan assumed against the observed, over "
                                      "the last window (before learning from it).",
                                      registry=r)
 
     def bind(self, fleet: Fleet, adapters: int) -> None:
-        """Read the fleet's gauges at scrape time (``adapters``: the registered count at
-        start, kept for callers; the baseline follows the fleet's registry)."""
-        for i in range(len(fleet.workers)):
-            self.bind_worker(fleet, i)
-        fleet.on_join(partial(self.bind_worker, fleet))  # workers discovered at run time
-        self.gpus_active.set_function(lambda: fleet.gpus_active)
-        # one GPU per registered LoRA adapter, following adapters added or removed at run time
-        tp = fleet.tensor_parallel_size
-        self.gpus_baseline.labels("one_per_adapter").set_function(
-            lambda: len(fleet.adapters) * tp)
-        self.gpus_saved.set_function(lambda: len(fleet.adapters) * tp - fleet.gpus_active)
+        """Export the fleet's series, read at scrape time (``adapters``: the registered
+        count at start, kept for callers; the baseline follows the fleet's registry)."""
+        self.fleet_series = FleetCollector(fleet)
+        self.registry.register(self.fleet_series)
         # Labelled series exist from the first scrape (at 0), so dashboards and alert rules
         # have data before the first request, migration or re-plan.
         for adapter in sorted(fleet.adapters):
@@ -138,12 +128,18 @@ class GatewayMetrics:
             for result in ("ok", "failed", "skipped"):
                 self.scale_requests.labels(direction, result)
 
-    def bind_worker(self, fleet: Fleet, index: int) -> None:
-        """Worker ``index``'s gauges, read from the fleet at scrape time."""
-        name = fleet.workers[index].endpoint.name
-        self.outstanding.labels(name).set_function(partial(fleet.outstanding, index))
-        self.worker_up.labels(name).set_function(partial(_up, fleet, index))
-        self.worker_speed.labels(name).set(1.0)
+    def tick(self, fleet: Fleet, speed: Callable[[str], float]) -> None:
+        """The replanner's loop, each second: sample the fleet's GPUs for the GPU-seconds
+        saved, and export the speed each worker is planned at (``speed(worker)``); workers
+        that left the fleet lose their series."""
+        if self.fleet_series is not None:
+            self.fleet_series.tick()
+        for i, worker in enumerate(fleet.workers):
+            name = worker.endpoint.name
+            if fleet.phase(i) is None:
+                self.worker_speed.remove(name)  # a no-op when it has none
+            else:
+                self.worker_speed.labels(name).set(speed(name))
 
     def _child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         key = (metric, labels)

@@ -14,6 +14,11 @@ dropping a request: load on the targets, switch routing once, drain the sources,
 4. **Retire**: workers left empty are reported (highest-numbered first) and no longer count as
    GPUs in use.
 
+Only a migration that moves adapters (``MigrationReport.moved``: where the folded target
+routes them differs from where they are routed now) counts in ``lorafleet_migrations_total``,
+and each adapter it moves in ``lorafleet_adapters_moved_total``: most periodic re-plans
+keep everything where it is.
+
 Adapters the plan puts on workers the fleet does not have (the plan needs more GPUs than run)
 are folded onto the running workers with the fewest adapters by ``fold``; the replanner asks
 the actuator for more workers separately (``scaling.Scaler``).
@@ -53,7 +58,7 @@ class MigrationReport:
     retired: tuple[str, ...] = ()
     seconds: float = 0.0
     error: str | None = None
-    moved: tuple[str, ...] = field(default=())
+    moved: tuple[str, ...] = field(default=())  # adapters whose workers change (``_moved``)
 
     def as_dict(self) -> dict[str, object]:
         return {"outcome": self.outcome.value, "loaded": [list(x) for x in self.loaded],
@@ -123,6 +128,7 @@ async def execute(app: web.Application, migration: Migration,
     target = fold(migration.shares, names, hosts, takes)
     holding = fleet.holding()
     wanted = {wp.name: {k for k in wp.shares if k != BASE_MODEL} for wp in target.workers}
+    moved = _moved(holding, wanted)
 
     # 1. load where an adapter is wanted and not resident
     loads = [(w, a) for w in names for a in sorted(wanted[w])
@@ -152,7 +158,7 @@ async def execute(app: web.Application, migration: Migration,
         logger.warning("migration rolled back: %s", "; ".join(errors))
         return MigrationReport(outcome=MigrationOutcome.ROLLED_BACK, loaded=loaded,
                                seconds=time.perf_counter() - started, error=errors[0],
-                               moved=migration.moved)
+                               moved=moved)
 
     # 2. switch routing in one step
     fleet.set_plan(target)
@@ -170,10 +176,27 @@ async def execute(app: web.Application, migration: Migration,
                     if holding.get(n) and not target.workers[index[n]].shares)
     for n in retired:
         logger.info("worker %s retired (nothing placed on it)", n)
-    metrics.migrations.labels(MigrationOutcome.OK).inc()
+    if moved:  # a re-plan that keeps every adapter where it is is no migration
+        metrics.migrations.labels(MigrationOutcome.OK).inc()
+        metrics.adapters_moved.inc(len(moved))
     return MigrationReport(outcome=MigrationOutcome.OK, loaded=loaded, releasing=releasing,
                            retired=retired, seconds=time.perf_counter() - started,
-                           moved=migration.moved)
+                           moved=moved)
+
+
+def _moved(before: Mapping[str, Collection[str]],
+           after: Mapping[str, Collection[str]]) -> tuple[str, ...]:
+    """The adapters whose workers differ between ``before`` and ``after`` (worker -> LoRA
+    adapters routed there): loaded where they were not, or taken off a worker.
+
+    >>> _moved({"w0": {"a", "b"}, "w1": set()}, {"w0": {"a"}, "w1": {"b"}})
+    ('b',)
+    >>> _moved({"w0": {"a"}}, {"w0": {"a"}})
+    ()
+    """
+    pairs = {(w, a) for w, held in before.items() for a in held}
+    pairs ^= {(w, a) for w, held in after.items() for a in held}
+    return tuple(sorted({a for _, a in pairs}))
 
 
 class Releases:

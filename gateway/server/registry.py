@@ -11,48 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from gateway.server.auth import AuthError
 from gateway.server.config import AdapterEntry, WorkerEndpoint
 from gateway.server.errors import ApiError
+from gateway.server.worker_state import WorkerPhase, WorkerState, WorkerStatus
 from twin.routing import BASE_MODEL, Placement, Router, RoutingPolicy, WorkerPlacement
 from twin.specs import EngineConfig
 
-__all__ = ["Fleet", "WorkerState", "WorkerStatus"]
+__all__ = ["Fleet", "WorkerPhase", "WorkerState", "WorkerStatus"]
 
 logger = logging.getLogger(__name__)
-
-
-class WorkerStatus(enum.StrEnum):
-    UP = "up"
-    DOWN = "down"
-    DRAINING = "draining"  # an operator's drain: alive, routed nothing new, re-planned away
-    GONE = "gone"  # discovery lists it no more (scaled away): routed nothing, re-planned away
-
-
-@dataclass(slots=True)
-class WorkerState:
-    """One worker as the gateway sees it; ``engine`` is what it was started with (vLLM takes
-    ``max_loras``, ``max_cpu_loras`` and ``max_lora_rank`` only at start-up), if known."""
-
-    endpoint: WorkerEndpoint
-    status: WorkerStatus = WorkerStatus.UP
-    resident: set[str] = field(default_factory=set)
-    engine: EngineConfig | None = None
-    refreshed: set[str] = field(default_factory=set)  # stale copies unloaded (``Fleet.stale``)
-    # its --max-loras as it reports it (vLLM: only once it has run a request; until then
-    # ``engine`` holds the config's): gateway/server/worker_settings.py
-    max_loras_reported: bool = False
-
-    @property
-    def up(self) -> bool:
-        return self.status is WorkerStatus.UP
 
 
 class Fleet:
@@ -89,6 +62,10 @@ class Fleet:
         self.changed = asyncio.Event()  # set whenever a request finishes (drain waits on it)
         self.shutting_down = False  # SIGTERM: /ready answers 503 while requests finish
         self.planned_gpus: int | None = None  # GPUs the plan asked for, when known
+        # GPUs of each naive placement (``planner.baselines``) the planning process measured
+        # for the demands of the last plan; until then one GPU per registered LoRA adapter
+        self.baselines: dict[str, int] = {}
+        self.draining: set[int] = set()  # workers an operator drains: planned around
         self.removing: set[str] = set()  # adapters being removed (admin API)
         # From the state file at start-up (gateway/server/restore.py): adapters whose path or
         # rank the config changed (a worker's copy is unloaded, then loaded from the new path)
@@ -118,16 +95,38 @@ class Fleet:
         """The GPUs of the workers with something routed to them."""
         return self.workers_active * self.tensor_parallel_size
 
+    @property
+    def gpus_running(self) -> int:
+        """The GPUs of the workers that answer health checks, planned on or not (a retired
+        worker's GPUs run until the actuator removes it)."""
+        return sum(1 for w in self.workers if w.alive) * self.tensor_parallel_size
+
+    def gpus_baseline(self) -> dict[str, int]:
+        """GPUs by naive policy: as measured (``baselines``), else one per registered LoRA
+        adapter (``one_per_adapter`` before the planning process has measured it)."""
+        fallback = {"one_per_adapter": len(self.adapters) * self.tensor_parallel_size}
+        return {**fallback, **self.baselines}
+
+    def phase(self, index: int) -> WorkerPhase | None:
+        """Worker ``index``'s exported state (``WorkerState.phase``)."""
+        return self.workers[index].phase(index in self.draining)
+
     def outstanding(self, index: int) -> int:
         return 0 if self.router is None else self.router.outstanding[index]
 
     def set_plan(self, plan: Placement) -> None:
-        """Adopt ``plan`` (worker names must match) and route by it as far as resident."""
+        """Adopt ``plan`` (worker names must match) and route by it as far as resident; a
+        healthy worker it leaves empty is retired (``WorkerState.retired``)."""
         names = [w.name for w in plan.workers]
         expected = [w.endpoint.name for w in self.workers]
         if names != expected:
             raise ValueError(f"plan workers {names} differ from the fleet's {expected}")
         self.plan = plan
+        for worker, wp in zip(self.workers, plan.workers, strict=True):
+            if wp.shares:
+                worker.retired = False
+            elif worker.status is WorkerStatus.UP:
+                worker.retired = True  # a worker down stays down: it was not taken out
         self._install()
         self._changed()
 
@@ -152,6 +151,7 @@ class Fleet:
 
     def undrain(self, index: int) -> None:
         """Put a drained worker back into service (it is placed again at the next re-plan)."""
+        self.draining.discard(index)
         if self.workers[index].status is WorkerStatus.DRAINING:
             self.workers[index].status = WorkerStatus.UP
 

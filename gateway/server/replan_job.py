@@ -16,6 +16,10 @@ times, so a consolidation the twin says would starve a worker is not carried out
 worker it finds starving sheds load (or a GPU opens). The last plan is carried out either
 way, with the twin's verdict reported: a fleet that must grow is better served by a plan the
 twin doubts than by none.
+
+Each result also carries the GPUs of the naive placements of the same demands
+(``BASELINE_POLICIES``, exported as ``lorafleet_gpus_baseline``); ``measure_baselines`` counts
+them alone, the gateway's first job at start-up.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from planner import (
     Surrogate,
     Target,
     WorkerWindow,
+    baselines_in_twin,
     diff,
     learn_live,
     live_row,
@@ -48,10 +53,13 @@ from planner import (
     replan,
 )
 
-__all__ = ["ReplanJob", "ReplanResult", "exit_with_parent", "run_job", "warm"]
+__all__ = ["BASELINE_POLICIES", "ReplanJob", "ReplanResult", "exit_with_parent",
+           "measure_baselines", "run_job"]
 
 PARENT_CHECK_S = 1.0
 REPAIR_ROUNDS = 2
+# the naive placements the fleet's GPUs are compared with (``lorafleet_gpus_baseline``)
+BASELINE_POLICIES = ("one_per_adapter", "round_robin")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +102,7 @@ class ReplanResult:
     validate_seconds: float  # the twin's checks, and the repairs' plans between them
     repairs: int = 0  # plans made again because the twin rejected the one before
     learned: int = 0  # live windows the throughput and starvation models learned
+    baselines: Mapping[str, int] = field(default_factory=dict)  # GPUs by naive policy
 
 
 @cache
@@ -133,11 +142,6 @@ def exit_with_parent(parent: int, every_s: float = PARENT_CHECK_S) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def warm() -> None:
-    """Load the surrogate (and the planner's imports) before the first re-plan needs them."""
-    _surrogate("")
-
-
 def _predictor(job: ReplanJob) -> Predictor:
     config = PlannerConfig(max_model_len=job.max_model_len, headroom=job.headroom,
                            search_seconds=job.search_seconds,
@@ -145,6 +149,23 @@ def _predictor(job: ReplanJob) -> Predictor:
     return Target.resolve(job.model, job.gpu, job.profile).predictor(
         _surrogate_for(job.gateway_id, job.surrogate_path), config,
         capacity_scale=job.capacity_scale)
+
+
+def _baselines(job: ReplanJob, predictor: Predictor) -> dict[str, int]:
+    """GPUs of the naive placements of the job's demands, as ``lorafleet plan`` counts them
+    (``planner.baselines_in_twin`` without the twin): round-robin at the fewest GPUs the
+    placer's own check accepts."""
+    counts, accepted = baselines_in_twin(job.demands, predictor, 0.0, twin=False)
+    # round-robin splits no adapter: with one that needs more than a GPU no count is accepted
+    # (and the count tried is no baseline)
+    return {p: counts[p] for p in BASELINE_POLICIES if accepted.get(p, True)}
+
+
+def measure_baselines(job: ReplanJob) -> dict[str, int]:
+    """The baselines' GPUs for the job's demands: the gateway's first job, at start-up, before
+    any re-plan has measured them (it loads the surrogate, so the first re-plan does not wait
+    for imports and training)."""
+    return _baselines(job, _predictor(job))
 
 
 def _new_name(i: int) -> str:
@@ -202,4 +223,4 @@ def run_job(job: ReplanJob) -> ReplanResult:
                         validated=checked.ok, starved=starved,
                         plan_seconds=checked.plan_seconds,
                         validate_seconds=checked.validate_seconds, repairs=checked.repairs,
-                        learned=learned)
+                        learned=learned, baselines=_baselines(job, predictor))

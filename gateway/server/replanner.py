@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any
@@ -45,8 +46,8 @@ from gateway.server.registry import WorkerStatus
 from gateway.server.replan_job import (
     ReplanJob,
     ReplanResult,
+    measure_baselines,
     run_job,
-    warm,
 )
 from gateway.server.scaling import ScaleDirection, ScaleOutcome, Scaler, present
 from planner import AdapterDemand, RunningWorker, Stability
@@ -75,7 +76,6 @@ class Replanner:
         self.learner = Learner(app)
         self.gateway_id = uuid.uuid4().hex  # its live windows train the planning process
         self.scaler = Scaler(app[GATEWAY_CONFIG].actuator, app[GATEWAY_METRICS])
-        self.draining: set[int] = set()  # workers being drained: planned around
         self._handled_down: set[str] = set()
         self._placing: dict[str, asyncio.Future[dict[str, Any]]] = {}
         # Requests per wall second each adapter was planned for: the registered rates until
@@ -87,6 +87,12 @@ class Replanner:
         self.owed: ReplanTrigger | None = None
         self._retry_in = RETRY_FIRST_S
         self._retry_at = 0.0
+        self.measuring: Future[dict[str, int]] | None = None  # the baselines at start-up
+
+    @property
+    def draining(self) -> set[int]:
+        """Workers being drained: planned around (the fleet's, which exports them)."""
+        return self.app[FLEET].draining
 
     # -- the snapshot ----------------------------------------------------------------------
 
@@ -128,6 +134,11 @@ class Replanner:
                          surrogate_path=self.app[TARGET_SURROGATE].path,
                          shares={} if fleet.plan is None else {
                              wp.name: dict(wp.shares) for wp in fleet.plan.workers})
+
+    def planned_speed(self, worker: str) -> float:
+        """``speed``, the fleet's learned figure when the worker has none of its own."""
+        speed = self.speed(worker)
+        return self.learner.capacity_scale if speed is None else speed
 
     def speed(self, worker: str) -> float | None:
         """The speed the plan assumes for ``worker``: learned (None: the fleet's), times the
@@ -195,6 +206,7 @@ class Replanner:
             result = await self.compute(job)
             if not dry_run:
                 self.planned = self._wall_rates(job.demands)
+                self.app[FLEET].baselines = dict(result.baselines)
             metrics.replan_seconds.observe(time.perf_counter() - started)
             metrics.replans.labels(trigger.value).inc()
             m = result.migration
@@ -203,6 +215,7 @@ class Replanner:
                 "planned_gpus": result.planned_gpus, "gpus": list(result.gpus),
                 "validated": result.validated, "starved": list(result.starved),
                 "repairs": result.repairs, "learned_windows": result.learned,
+                "baselines": dict(result.baselines),
                 "plan_seconds": round(result.plan_seconds, 3),
                 "validate_seconds": round(result.validate_seconds, 3),
                 "diff": {"moved": list(m.moved), "retired": list(m.retired),
@@ -222,7 +235,7 @@ class Replanner:
                 report = await execute(self.app, m, avoid=draining)
                 body["migration"] = report.as_dict()
                 if report.outcome is MigrationOutcome.OK:
-                    self.migrations += len(m.moved)
+                    self.migrations += len(report.moved)
                     self.app[FLEET].planned_gpus = result.planned_gpus
                     await _persist(self.app)
             elif not dry_run:
@@ -301,7 +314,6 @@ class Replanner:
 
     def undrain(self, index: int) -> None:
         """Give a drained worker back to the planner (placed on at the next re-plan)."""
-        self.draining.discard(index)
         self.app[FLEET].undrain(index)
 
     async def run(self) -> None:
@@ -329,10 +341,8 @@ class Replanner:
             if loop.time() >= next_window:
                 next_window = loop.time() + cfg.observe_window_s / 2
                 self.learner.window()
-            for w in fleet.workers:  # the speed each worker is planned at
-                speed = self.speed(w.endpoint.name)
-                self.app[GATEWAY_METRICS].worker_speed.labels(w.endpoint.name).set(
-                    self.learner.capacity_scale if speed is None else speed)
+            self._adopt_baselines()
+            self.app[GATEWAY_METRICS].tick(fleet, self.planned_speed)
             try:
                 if triggers.down_holders(self.app, self._handled_down):
                     await self.replan(ReplanTrigger.WORKER_DOWN)
@@ -354,6 +364,18 @@ class Replanner:
                 logger.exception("re-plan failed; the placement is unchanged")
                 if next_at is not None:
                     next_at = loop.time() + cfg.replan_interval_s
+
+    def _adopt_baselines(self) -> None:
+        """Install the start-up measurement of the baselines once done (unless a re-plan
+        has measured them since); cancelled: the gateway stops."""
+        job = self.measuring
+        if job is None or not job.done() or job.cancelled():
+            return
+        self.measuring = None
+        if job.exception() is not None:
+            logger.warning("measuring the baselines failed: %r", job.exception())
+        elif not self.app[FLEET].baselines:
+            self.app[FLEET].baselines = job.result()
 
     def _wall_rates(self, demands: Iterable[AdapterDemand]) -> dict[str, float]:
         """Requests per wall second of ``demands`` (theirs are in the workers' time)."""
@@ -377,8 +399,8 @@ async def replanning(app: web.Application) -> AsyncIterator[None]:
 
     replanner = Replanner(app)
     app[REPLANNER] = replanner
-    if app[FLEET].adapters:  # the first re-plan should not wait for imports and training
-        planning_process.submit(warm)
+    if app[FLEET].adapters:  # warms the planning process too: the first re-plan waits less
+        replanner.measuring = planning_process.submit(measure_baselines, replanner.snapshot())
     try:
         async with background(replanner.run(), "replanner"):
             yield

@@ -11,7 +11,7 @@
 The same target is not asked twice within ``SETTLE_S`` (pods take minutes to start), and no
 scale-down is asked while a scale-up is still arriving. Each call is bounded by
 ``CALL_TIMEOUT_S`` on top of the actuator's own timeout, and its outcome is logged, counted
-(``gateway_scale_requests_total{direction, outcome}``) and kept as ``last`` for the re-plan
+(``lorafleet_scale_requests_total{direction, outcome}``) and kept as ``last`` for the re-plan
 result.
 
 Examples
@@ -51,7 +51,7 @@ class ScaleDirection(enum.StrEnum):
 
 
 class ScaleOutcome(enum.StrEnum):
-    """``gateway_scale_requests_total{outcome}``."""
+    """``lorafleet_scale_requests_total{outcome}``."""
 
     OK = "ok"
     FAILED = "failed"

@@ -98,7 +98,7 @@ def target_training(samples: int = TARGET_SAMPLES) -> Ctx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cfg = app[GATEWAY_CONFIG]
         target = Target.resolve(cfg.model, cfg.gpu, cfg.profile)
-        path: Path | None = target_path(target, cfg.tensor_parallel_size, samples)
+        path: Path | None = target_path(target, cfg.tensor_parallel_size)
         state = app[TARGET_SURROGATE] = TargetSurrogate()
         task = None
         if path is not None and path.is_file():

@@ -54,7 +54,7 @@ def starving(app: web.Application, gauges: WorkerGauges) -> bool:
 
 
 def export_rates(app: web.Application) -> None:
-    """``gateway_adapter_rate``: each adapter's observed rate, in the workers' time."""
+    """``lorafleet_adapter_rate``: each adapter's observed rate, in the workers' time."""
     cfg, metrics = app[GATEWAY_CONFIG], app[GATEWAY_METRICS]
     rates = app[OBSERVER].rates(now=time.monotonic())
     for name in app[FLEET].adapters:

@@ -219,28 +219,43 @@ def test_compose_config_accepts_the_file(file: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_dashboard_uses_the_provisioned_data_source() -> None:
+def test_dashboard_reads_a_prometheus_data_source_variable() -> None:
     dash = json.loads((DEPLOY / "grafana" / "lorafleet.json").read_text())
     assert dash["uid"] == "lorafleet" and dash["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    source = {"type": "prometheus", "uid": "${datasource}"}
+    assert variables["adapter"]["datasource"] == source
     panels = dash["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
     for p in panels:
         assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
         if p["type"] == "row":
             continue
-        assert p["datasource"] == {"type": "prometheus", "uid": "prometheus"}, p["title"]
-        assert p["targets"] and all(t["expr"] and t["refId"] for t in p["targets"])
+        assert p["datasource"] == source, p["title"]
+        assert p["targets"] and all(t["expr"] and t["refId"] and t["datasource"] == source
+                                    for t in p["targets"])
+    assert "gateway_" not in json.dumps(dash)
+    # savings first, then latency, adapters (top 10 by rate), re-planning
+    rows = [p["title"] for p in sorted(panels, key=lambda p: p["gridPos"]["y"])
+            if p["type"] == "row"]
+    assert rows[:4] == ["GPU savings", "Latency", "Adapters", "Re-planning"]
     exprs = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
-    for series in ("gateway_gpus_active", "gateway_gpus_baseline", "gateway_gpus_saved",
-                   "gateway_adapter_rate", "gateway_ttft_seconds_bucket",
-                   "gateway_e2e_seconds_bucket", "gateway_worker_outstanding",
-                   "gateway_worker_up", "gateway_migrations_total", "gateway_replans_total",
-                   "gateway_replan_seconds_bucket", "gateway_surrogate_error"):
+    for series in ("lorafleet_gpus_running", "lorafleet_gpus_planned", "lorafleet_gpus_baseline",
+                   "lorafleet_gpu_seconds_saved_total", "lorafleet_scale_requests_total",
+                   "lorafleet_adapter_rate", "lorafleet_ttft_seconds_bucket",
+                   "lorafleet_e2e_seconds_bucket", "lorafleet_worker_outstanding",
+                   "lorafleet_worker_state", "lorafleet_migrations_total",
+                   "lorafleet_adapters_moved_total", "lorafleet_replans_total",
+                   "lorafleet_replan_seconds_bucket", "lorafleet_surrogate_error"):
         assert series in exprs, series
+    assert "topk(10, sum by (adapter) (rate(lorafleet_requests_total" in exprs
     provisioning = DEPLOY / "grafana" / "provisioning"
-    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
-        "datasources"]
-    assert source["uid"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    (provisioned,) = yaml.safe_load(
+        (provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert provisioned["url"] == "http://prometheus:9090"
+    assert provisioned["type"] == "prometheus" and provisioned["isDefault"]  # the variable's
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "lorafleet.yml").read_text())[
         "providers"]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"

@@ -167,17 +167,20 @@ def drive_load(gateway: str, rounds: int = 2) -> int:
     return sent + 1
 
 
-def dashboard_queries() -> list[str]:
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target of every panel, Grafana's variables replaced
+    (``$__range``: the "today" of the GPU-hours panel, the window here too)."""
     data = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in data["panels"] for t in p.get("targets", [])]
-    values = {"$__rate_interval": WINDOW, "$__interval": WINDOW, "${adapter:regex}": ".*",
-              "$adapter": ".*"}
+    values = {"$__rate_interval": WINDOW, "$__interval": WINDOW, "$__range": WINDOW,
+              "${adapter:regex}": ".*", "$adapter": ".*"}
     out = []
-    for expr in exprs:
-        for var, value in values.items():
-            expr = expr.replace(var, value)
-        assert "$" not in expr, f"unsubstituted Grafana variable in {expr}"
-        out.append(expr)
+    for panel in data["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for var, value in values.items():
+                expr = expr.replace(var, value)
+            assert "$" not in expr, f"unsubstituted Grafana variable in {expr}"
+            out.append((panel["title"], expr))
     return out
 
 
@@ -199,7 +202,8 @@ def alert_queries() -> dict[str, str]:
 
 
 def test_without_comparison() -> None:
-    assert without_comparison("gateway_worker_up == 0") == "gateway_worker_up"
+    assert without_comparison('lorafleet_worker_state{state="down"} == 1') == \
+        'lorafleet_worker_state{state="down"}'
     assert without_comparison('sum(rate(x{status!="5"}[5m])) > 0.05\n') == \
         'sum(rate(x{status!="5"}[5m]))'
 
@@ -207,17 +211,17 @@ def test_without_comparison() -> None:
 def test_every_dashboard_and_alert_query_returns_data(stack: tuple[str, str]) -> None:
     gateway, prom = stack
     deadline = time.monotonic() + 15
-    while not api(prom, "/api/v1/query", query="gateway_gpus_active")["result"]:
+    while not api(prom, "/api/v1/query", query="lorafleet_gpus_running")["result"]:
         assert time.monotonic() < deadline, "Prometheus never scraped the gateway"
         time.sleep(0.5)
     sent = drive_load(gateway)
-    queries = {**{f"dashboard: {q}": q for q in dashboard_queries()},
+    queries = {**{f"dashboard panel {title!r}: {q}": q for title, q in dashboard_queries()},
                **{f"alert {name}: {q}": q for name, q in alert_queries().items()}}
-    assert len(queries) >= 25
+    assert len(queries) >= 30
     deadline = time.monotonic() + 25
     results: dict[str, list[Any]] = {}
     while True:
-        total = api(prom, "/api/v1/query", query="sum(gateway_requests_total)")["result"]
+        total = api(prom, "/api/v1/query", query="sum(lorafleet_requests_total)")["result"]
         scraped = bool(total) and float(total[0]["value"][1]) >= sent
         results = {k: api(prom, "/api/v1/query", query=q)["result"]
                    for k, q in queries.items()}
@@ -229,13 +233,24 @@ def test_every_dashboard_and_alert_query_returns_data(stack: tuple[str, str]) ->
     assert not empty, "queries without data:\n" + "\n".join(empty)
     for key, result in results.items():
         values = [float(s["value"][1]) for s in result]
-        if "gateway_replan_seconds" not in key:  # NaN until the first re-plan: 0/0
+        if "lorafleet_replan_seconds" not in key:  # NaN until the first re-plan: 0/0
             assert all(v == v for v in values), f"NaN in {key}: {result}"
-    labels = api(prom, "/api/v1/label/adapter/values", **{"match[]": "gateway_adapter_rate"})
+    labels = api(prom, "/api/v1/label/adapter/values", **{"match[]": "lorafleet_adapter_rate"})
     assert sorted(labels) == sorted(ADAPTERS)  # the dashboard's $adapter variable
     p99 = {s["metric"]["adapter"]: float(s["value"][1]) for s in results[
         "alert LorafleetAdapterStarving: " + alert_queries()["LorafleetAdapterStarving"]]}
     assert set(p99) == {*ADAPTERS, BASE} and all(0 < v < 10 for v in p99.values())
+    # kube-state-metrics style: every state of each worker present, exactly one at 1 (up:
+    # round-robin placed an adapter on each of the 3 workers), and their GPUs running
+    states: dict[str, dict[str, float]] = {}
+    for series in api(prom, "/api/v1/query", query="lorafleet_worker_state")["result"]:
+        labels = series["metric"]
+        states.setdefault(labels["worker"], {})[labels["state"]] = float(series["value"][1])
+    assert len(states) == 3, states
+    for worker, by_state in states.items():
+        assert by_state == {"up": 1, "draining": 0, "retired": 0, "down": 0}, worker
+    (running,) = api(prom, "/api/v1/query", query="lorafleet_gpus_running")["result"]
+    assert float(running["value"][1]) == 3
 
 
 def test_alert_rules_load_and_evaluate(stack: tuple[str, str]) -> None:

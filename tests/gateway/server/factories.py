@@ -64,6 +64,21 @@ class Stack:
                     total += sample.value
         return total
 
+    async def gateway_series(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """The gateway's series ``name`` from ``/metrics``, by their sorted labels."""
+        async with self.session.get(f"{self.url}/metrics") as resp:
+            text = await resp.text()
+        return {tuple(sorted(s.labels.items())): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == name}
+
+    async def worker_states(self) -> dict[str, str]:
+        """Worker -> its ``lorafleet_worker_state`` (the one series at 1 of its four)."""
+        series = await self.gateway_series("lorafleet_worker_state")
+        ones = [dict(labels) for labels, value in series.items() if value == 1]
+        assert len(ones) * 4 == len(series), series  # every state present, exactly one at 1
+        return {labels["worker"]: labels["state"] for labels in ones}
+
     async def served(self) -> list[float]:
         """Requests each worker finished."""
         return [await self.worker_metric(i, "vllm:request_success_total")

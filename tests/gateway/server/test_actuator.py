@@ -196,7 +196,7 @@ async def test_command_actuator_asked_for_more_workers_then_fewer(tmp_path: Path
         assert tally.ok > 10
         assert fleet.gpus_active == 2  # folded onto the running workers meanwhile
         scrape = await (await stack.session.get(f"{stack.url}/metrics")).text()
-        assert 'gateway_scale_requests_total{direction="up",outcome="ok"} 1.0' in scrape
+        assert 'lorafleet_scale_requests_total{direction="up",outcome="ok"} 1.0' in scrape
 
     out.unlink()
     names = [f"a{i}" for i in range(8)]
@@ -329,8 +329,7 @@ async def test_kubernetes_scale_up_is_discovered_and_placed_on(tmp_path: Path,
         assert "discovery" in triggers
         new = [i for i in range(2, want) if fleet.workers[i].resident]
         assert new and all(fleet.workers[i].up for i in new)
-        scrape = await (await stack.session.get(f"{stack.url}/metrics")).text()
-        assert f'gateway_worker_up{{worker="vllm-{new[0]}"}} 1.0' in scrape
+        assert (await stack.worker_states())[f"vllm-{new[0]}"] == "up"
 
         # scaled away from outside: the vanished pod is gone, its adapters re-planned
         top = len(fleet.workers) - 1
@@ -340,6 +339,8 @@ async def test_kubernetes_scale_up_is_discovered_and_placed_on(tmp_path: Path,
         await until(lambda: fleet.plan is not None and not fleet.plan.workers[top].shares,
                     timeout=60, what="its adapters re-planned away")
         assert fleet.router is not None and not fleet.router.placement.workers[top].shares
+        # it left the fleet: no series to page on
+        assert f"vllm-{top}" not in await stack.worker_states()
 
 
 async def test_first_plan_wanting_more_workers_asks_the_actuator(tmp_path: Path) -> None:

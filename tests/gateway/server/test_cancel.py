@@ -57,4 +57,4 @@ async def test_non_stream_disconnect_aborts_upstream(tmp_path: Path) -> None:
         await _until_idle(s)
         await _assert_no_more_tokens(s)
         async with s.session.get(f"{s.url}/metrics") as resp:
-            assert 'gateway_requests_total{adapter="sql",status="499"} 1.0' in await resp.text()
+            assert 'lorafleet_requests_total{adapter="sql",status="499"} 1.0' in await resp.text()

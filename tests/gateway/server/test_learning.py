@@ -53,7 +53,7 @@ async def _learned_scale(tmp_path: Path, slowdown: float) -> tuple[float, int]:
             await asyncio.gather(*tasks)
         registry = stack.app[GATEWAY_METRICS].registry
         learner = replanner.learner
-        error = registry.get_sample_value("gateway_surrogate_error")
+        error = registry.get_sample_value("lorafleet_surrogate_error")
         assert error == pytest.approx(learner.errors[-1][1])
         errors = [e for _, e in learner.errors]
         if slowdown > 1.1:  # predicted at the profile first, then at the learned speed
@@ -62,7 +62,7 @@ async def _learned_scale(tmp_path: Path, slowdown: float) -> tuple[float, int]:
             assert max(errors[-2:]) < 0.1
         for worker in ("w0", "w1"):  # each worker's own speed, or the fleet's until it has one
             own = learner.speed(worker)
-            assert registry.get_sample_value("gateway_worker_speed", {"worker": worker}) == \
+            assert registry.get_sample_value("lorafleet_worker_speed", {"worker": worker}) == \
                 pytest.approx(learner.capacity_scale if own is None else own, abs=0.02)
         return replanner.learner.capacity_scale, replanner.learner.online.windows()
 

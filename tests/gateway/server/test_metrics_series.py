@@ -27,14 +27,22 @@ def _samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_labelled_series_are_precreated_at_zero() -> None:
     samples = _samples()
     for adapter in ("sql", "chat"):
-        assert samples[("gateway_adapter_rate", (("adapter", adapter),))] == 0
+        assert samples[("lorafleet_adapter_rate", (("adapter", adapter),))] == 0
     for outcome in ("ok", "failed", "rolled_back"):
-        assert samples[("gateway_migrations_total", (("outcome", outcome),))] == 0
+        assert samples[("lorafleet_migrations_total", (("outcome", outcome),))] == 0
     for trigger in ("periodic", "admin", "drain", "worker_down", "startup"):
-        assert samples[("gateway_replans_total", (("trigger", trigger),))] == 0
+        assert samples[("lorafleet_replans_total", (("trigger", trigger),))] == 0
     for model in ("base", "sql", "chat"):  # histograms: rate() sees the first requests
-        assert samples[("gateway_ttft_seconds_count", (("adapter", model),))] == 0
-        assert samples[("gateway_e2e_seconds_count", (("adapter", model),))] == 0
+        assert samples[("lorafleet_ttft_seconds_count", (("adapter", model),))] == 0
+        assert samples[("lorafleet_e2e_seconds_count", (("adapter", model),))] == 0
+    assert samples[("lorafleet_adapters_moved_total", ())] == 0
+    for policy in ("one_per_adapter", "round_robin"):  # since the app was made (1 GPU saved)
+        assert 0 <= samples[("lorafleet_gpu_seconds_saved_total", (("policy", policy),))] < 1
+    assert samples[("lorafleet_gpus_baseline", (("policy", "one_per_adapter"),))] == 2
+    for state in ("up", "draining", "retired", "down"):  # one worker, up until told otherwise
+        assert samples[("lorafleet_worker_state", (("state", state), ("worker", "w0")))] == (
+            state == "up")
+    assert not [name for name, _ in samples if name.startswith("gateway_")]
     assert {o.value for o in MigrationOutcome} == {"ok", "failed", "rolled_back"}
     assert {t.value for t in ReplanTrigger} >= {"periodic", "admin", "drain", "worker_down",
                                                  "startup"}

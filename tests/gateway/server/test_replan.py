@@ -176,6 +176,15 @@ async def test_drained_worker_hands_its_adapters_over(tmp_path: Path) -> None:
         assert not fleet.holding()["w3"]
         held = set().union(*fleet.holding().values())
         assert lost <= held
+        # drained, then stopped by the operator: draining throughout, never down (no page)
+        assert (await stack.worker_states())["w3"] == "draining"
+        await stack.workers.runners[3].cleanup()
+        deadline = asyncio.get_running_loop().time() + 30
+        while fleet.workers[3].status is not WorkerStatus.DOWN:
+            assert asyncio.get_running_loop().time() < deadline, "the stop was not noticed"
+            await asyncio.sleep(0.1)
+        states = await stack.worker_states()  # the others up, or retired if emptied
+        assert states["w3"] == "draining" and "down" not in states.values(), states
 
 
 async def _kill_and_wait_for_replacement(stack: Stack, index: int) -> None:
@@ -197,6 +206,7 @@ async def test_dead_worker_adapters_are_placed_elsewhere(tmp_path: Path) -> None
         fleet = stack.app[FLEET]
         lost = sorted(fleet.holding()["w2"])
         await _kill_and_wait_for_replacement(stack, 2)
+        assert (await stack.worker_states())["w2"] == "down"  # crashed while serving: pages
         async with AsyncOpenAI(base_url=stack.v1, api_key="x", max_retries=0) as client:
             for name in lost:
                 await client.completions.create(model=name, prompt="x", max_tokens=1)

@@ -88,15 +88,17 @@ async def test_ready_health_and_metrics(stack: Stack, client: AsyncOpenAI) -> No
     _ = [c async for c in stream]
     async with stack.session.get(f"{stack.url}/metrics") as resp:
         text = await resp.text()
-    for line in ('gateway_requests_total{adapter="sql",status="200"} 1.0',
-                 'gateway_tokens_total{adapter="sql",kind="completion"} 3.0',
-                 'gateway_ttft_seconds_count{adapter="sql"} 1.0',
-                 'gateway_e2e_seconds_count{adapter="sql"} 1.0',
-                 'gateway_worker_outstanding{worker="w0"} 0.0',
-                 'gateway_worker_up{worker="w1"} 1.0',
-                 "gateway_gpus_active 2.0",
-                 'gateway_gpus_baseline{policy="one_per_adapter"} 3.0',
-                 "gateway_gpus_saved 1.0"):
+    for line in ('lorafleet_requests_total{adapter="sql",status="200"} 1.0',
+                 'lorafleet_tokens_total{adapter="sql",kind="completion"} 3.0',
+                 'lorafleet_ttft_seconds_count{adapter="sql"} 1.0',
+                 'lorafleet_e2e_seconds_count{adapter="sql"} 1.0',
+                 'lorafleet_worker_outstanding{worker="w0"} 0.0',
+                 'lorafleet_worker_state{state="up",worker="w1"} 1.0',
+                 'lorafleet_worker_state{state="down",worker="w1"} 0.0',
+                 "lorafleet_gpus_running 2.0",
+                 "lorafleet_gpus_planned 2.0",
+                 'lorafleet_gpus_baseline{policy="one_per_adapter"} 3.0',
+                 'lorafleet_gpu_seconds_saved_total{policy="one_per_adapter"} '):
         assert line in text, line
 
 

@@ -51,7 +51,7 @@ async def _load(url: str, names: list[str], rate: float, stop: asyncio.Event,
 
 def _starvation_replans(app) -> float:  # type: ignore[no-untyped-def]
     registry = app[GATEWAY_METRICS].registry
-    return registry.get_sample_value("gateway_replans_total", {"trigger": "starvation"}) or 0.0
+    return registry.get_sample_value("lorafleet_replans_total", {"trigger": "starvation"}) or 0.0
 
 
 async def test_the_guard_catches_a_skip_rule_lockout_within_10_s(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ async def test_the_guard_catches_a_skip_rule_lockout_within_10_s(tmp_path: Path)
         # lockout_s (5 s), checked once a second
         assert guard.last_fired - started < 10.0
         registry = stack.app[GATEWAY_METRICS].registry
-        assert registry.get_sample_value("gateway_starvation_findings_total",
+        assert registry.get_sample_value("lorafleet_starvation_findings_total",
                                          {"evidence": "lockout"}) >= 1
         body = next(b for b in stack.app[REPLANNER].history if b["trigger"] == "starvation")
         assert body["speeds"]["w0"] < 1.0  # the worker is planned with less room
@@ -105,5 +105,5 @@ async def test_no_guard_replan_on_a_steady_healthy_fleet_over_5_minutes(tmp_path
         assert _starvation_replans(stack.app) == 0
         registry = stack.app[GATEWAY_METRICS].registry
         for evidence in ("lockout", "ttft", "queue"):
-            assert registry.get_sample_value("gateway_starvation_findings_total",
+            assert registry.get_sample_value("lorafleet_starvation_findings_total",
                                              {"evidence": evidence}) == 0

@@ -82,7 +82,7 @@ async def test_the_target_is_trained_in_the_background() -> None:
             await asyncio.sleep(0.5)
         state = app[TARGET_SURROGATE]
         assert state.source is SurrogateSource.TRAINED
-        assert state.path == str(target_path(Target.resolve(MODEL, GPU), 1, 1))
+        assert state.path == str(target_path(Target.resolve(MODEL, GPU), 1))
         trained = Surrogate.load(state.path)
         assert trained.samples_seen == Surrogate.load(shipped_path()).samples_seen + 1
     finally:

@@ -4,6 +4,7 @@ workers run them, and the GPU gauges count GPUs, not workers."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,14 +62,19 @@ async def test_an_emulated_fleet_at_tp_four_counts_gpus(tmp_path: Path) -> None:
         app = create_app(cfg, plan=plan)
         async with TestServer(app) as server, aiohttp.ClientSession() as session:
             await until_ready(app, tries=500)
+            for _ in range(600):  # the planning process measures the baselines at start-up
+                if app[FLEET].baselines:
+                    break
+                await asyncio.sleep(0.1)
             async with session.get(server.make_url("/metrics")) as resp:
                 text = await resp.text()
     finally:
         await fleet.stop()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
-    active = app[FLEET].workers_active
-    assert active >= 1
-    assert samples[("gateway_gpus_active", ())] == 4 * active
-    assert samples[("gateway_gpus_baseline", (("policy", "one_per_adapter"),))] == 4 * len(
-        ADAPTERS)
+    assert samples[("lorafleet_gpus_running", ())] == 4 * len(names)
+    assert samples[("lorafleet_gpus_planned", ())] == plan.planned_gpus
+    per_adapter = samples[("lorafleet_gpus_baseline", (("policy", "one_per_adapter"),))]
+    round_robin = samples[("lorafleet_gpus_baseline", (("policy", "round_robin"),))]
+    assert per_adapter >= 4 * len(ADAPTERS) and per_adapter % 4 == 0
+    assert 4 <= round_robin <= per_adapter and round_robin % 4 == 0
