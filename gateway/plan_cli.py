@@ -18,8 +18,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gateway.cli import COMMANDS
-from gateway.cli_help import GPU_HELP, MODEL_HELP
+from gateway.cli import add_command
+from gateway.cli_help import GPU_HELP, MODEL_HELP, PROFILE_HELP
+from gateway.names import choice_type, shown
 from gateway.pretrained import surrogate_for
 from planner import (
     DEFAULT_GPU,
@@ -57,32 +58,48 @@ __all__ = ["register"]
 SIMPLE_BOUND_MAX = 200
 
 
+EXAMPLES = """\
+lorafleet plan examples/adapters-50.yaml
+lorafleet plan examples/adapters-50.yaml --surrogate surrogate.bin --confirm-baselines --json
+lorafleet plan examples/adapters-50.yaml --emit deploy/plan
+lorafleet plan examples/adapters-50.yaml --objective min-latency --ttft-target 0.15
+lorafleet plan examples/adapters-50.yaml --model llama-3.1-70b --gpu a100-80gb -tp 4
+"""
+
+
 def register(sub: Any) -> None:
-    p = sub.add_parser("plan", help=COMMANDS["plan"][0])
+    p = add_command(sub, "plan", examples=EXAMPLES)
     p.add_argument("adapters", type=Path, help="YAML with adapters: [{name, rank, rate, ...}]")
     p.add_argument("--gpu", default=DEFAULT_GPU, help=GPU_HELP)
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--profile", default=DEFAULT_PROFILE)
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help=PROFILE_HELP)
     p.add_argument("--surrogate", type=Path, help="model file from `lorafleet train` "
-                   "(default: the shipped one, planner/data/surrogate.bin)")
-    p.add_argument("--objective", default="min-gpus", help="min-gpus (default) or "
-                   "min-latency: meet --ttft-target/--e2e-target with the fewest GPUs, or the "
-                   "best worst latency on --gpus N")
-    p.add_argument("--ttft-target", metavar="S", help="median time to first token, seconds")
-    p.add_argument("--e2e-target", metavar="S", help="median end-to-end latency, seconds")
+                   "(default: the target's own, else the shipped planner/data/surrogate.bin)")
+    objectives = shown(ObjectiveName)
+    p.add_argument("--objective", default=ObjectiveName.MIN_GPUS.value,
+                   type=choice_type(objectives), choices=objectives,
+                   help="min-gpus, or min-latency: meet --ttft-target/--e2e-target with the "
+                   "fewest GPUs, or the best worst latency on --gpus N")
+    p.add_argument("--ttft-target", metavar="S", help="with min-latency: median time to first "
+                   "token, seconds")
+    p.add_argument("--e2e-target", metavar="S", help="with min-latency: median end-to-end "
+                   "latency, seconds")
     p.add_argument("--gpus", metavar="N", help="with min-latency: spread over exactly N GPUs")
     p.add_argument("--tensor-parallel-size", "-tp", default="1", metavar="N",
-                   help="GPUs of each worker, as vLLM's flag (default 1): the plan, the "
-                   "baselines and the lower bound count GPUs")
+                   help="GPUs of each worker, as vLLM's flag: the plan, the baselines and the "
+                   "lower bound count GPUs")
     p.add_argument("--search-seconds", default="1", metavar="S",
-                   help="the improvement search's budget after the greedy fill (default 1)")
+                   help="the improvement search's budget after the greedy fill")
     p.add_argument("--no-validate", action="store_true", help="skip the cluster-twin check")
-    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the baselines (one GPU per adapter, round-robin) and the lower "
+                   "bound")
     p.add_argument("--confirm-baselines", action="store_true",
                    help="add GPUs to each baseline until the cluster twin accepts it (a minute "
                    "or more at hundreds of adapters; default: the surrogate's counts)")
-    p.add_argument("--duration", type=float, default=180.0, help="twin seconds to validate")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--duration", type=float, default=180.0, metavar="S",
+                   help="twin seconds to validate")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.add_argument("--emit", type=Path, metavar="DIR",
                    help="write the plan to deploy: serve-worker.sh (the `vllm serve` command "
                    "of every worker), gateway.yaml and plan.json")

@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gateway.cli import COMMANDS
-from gateway.cli_help import GPU_HELP, MODEL_HELP
+from gateway.cli import DeprecatedAlias, add_command
+from gateway.cli_help import GPU_HELP, MODEL_HELP, PROFILE_HELP
+from gateway.names import choice_type
 from gateway.pretrained import train_target
 from planner import (
     COLUMNS,
@@ -56,20 +57,27 @@ from twin.specs import GpuSpec, ModelSpec
 __all__ = ["register", "register_models"]
 
 
+DATASET_EXAMPLES = """\
+lorafleet dataset --scenarios 4000 --out data/ --workers 2
+lorafleet dataset --scenarios 1200 --shape placement --out d2/ --ray auto
+lorafleet dataset --scenarios 200 --model llama-3.1-70b -tp 4 --out d70/
+"""
+
+
 def register(sub: Any) -> None:
-    ds = sub.add_parser("dataset", help=COMMANDS["dataset"][0])
+    ds = add_command(sub, "dataset", examples=DATASET_EXAMPLES)
     ds.add_argument("--scenarios", type=int, required=True, help="number of sampled workers")
     ds.add_argument("--out", type=Path, required=True, help="output folder (writes data.csv)")
     ds.add_argument("--workers", type=int, default=1, help="parallel processes")
-    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     ds.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     ds.add_argument("--gpu", default=DEFAULT_GPU, help=GPU_HELP)
-    ds.add_argument("--profile", default=DEFAULT_PROFILE)
+    ds.add_argument("--profile", default=DEFAULT_PROFILE, help=PROFILE_HELP)
     ds.add_argument("--shape", default=Shape.SAMPLED.value, choices=[s.value for s in Shape],
                     help="sampled: random slot counts; placement: a slot per adapter, as the "
                     "placer builds workers")
     ds.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
-                    help="GPUs of each sampled worker, as vLLM's flag (default 1)")
+                    help="GPUs of each sampled worker, as vLLM's flag")
     ds.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                     help="run the twin on Ray (the optional extra `ray`): a local Ray with "
                     "--workers CPUs, or the cluster at ADDRESS ('auto', 'ray://host:10001')")
@@ -130,34 +138,43 @@ def _on_ray(specs: list[SampleSpec], inputs: tuple[ModelSpec, GpuSpec, Calibrati
         raise ConfigError("--ray", f"cannot reach Ray at {args.ray!r}: {exc}") from None
 
 
+EVALUATE_EXAMPLES = "lorafleet evaluate --data data/ --surrogate surrogate.bin --json\n"
+
+
 def register_models(sub: Any) -> None:
-    tr = sub.add_parser("train", help=COMMANDS["train"][0], description=TRAIN_DESCRIPTION,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr = add_command(sub, "train", examples=TRAIN_EXAMPLES, description=TRAIN_DESCRIPTION)
     tr.add_argument("--data", type=Path, help="folder with data.csv: train new models on it "
                     "(without it: the target's own surrogate, from its twin)")
     tr.add_argument("--out", type=Path, help="model file to write (required with --data; "
                     "default for a target: the cache `plan` and `serve` read)")
     tr.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     tr.add_argument("--gpu", default=DEFAULT_GPU, help=GPU_HELP)
-    tr.add_argument("--profile", default=DEFAULT_PROFILE)
+    tr.add_argument("--profile", default=DEFAULT_PROFILE, help=PROFILE_HELP)
     tr.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
-                    help="GPUs of each worker, as vLLM's flag (default 1)")
+                    help="GPUs of each worker, as vLLM's flag")
     tr.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="parallel twin processes for a target (default: every CPU)")
     tr.add_argument("--samples", type=int, default=TARGET_SAMPLES,
-                    help=f"a target's twin runs (default {TARGET_SAMPLES}; more: better, longer)")
+                    help="a target's twin runs (more: better, longer)")
     tr.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                     help="a target's twin runs on Ray (the optional extra `ray`): a local Ray "
                     "with --workers CPUs, or the cluster at ADDRESS")
-    tr.add_argument("--regressor", default=DEFAULT_REGRESSOR, choices=sorted(REGRESSORS))
-    tr.add_argument("--classifier", default=DEFAULT_CLASSIFIER, choices=sorted(STARVATION_MODELS))
-    tr.add_argument("--epochs", type=int, default=1)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--regressor", default=DEFAULT_REGRESSOR, choices=sorted(REGRESSORS),
+                    help="with --data: the River regressor of throughput")
+    tr.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
+                    type=choice_type(STARVATION_MODELS), choices=sorted(STARVATION_MODELS),
+                    help="with --data: the starvation model (capacity-*: a capacity "
+                    "regressor with a margin)")
+    tr.add_argument("--epochs", type=int, default=1, help="with --data: passes over the table")
+    tr.add_argument("--seed", type=int, default=0, help="the models' seed")
     tr.set_defaults(func=_train)
-    ev = sub.add_parser("evaluate", help=COMMANDS["evaluate"][0])
+    ev = add_command(sub, "evaluate", examples=EVALUATE_EXAMPLES)
     ev.add_argument("--data", type=Path, required=True, help="folder with data.csv")
-    ev.add_argument("--model", type=Path, required=True, help="model file from `train`")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--surrogate", type=Path, metavar="FILE",  # required (or --model)
+                    help="the surrogate file from `lorafleet train` (required)")
+    ev.add_argument("--model", dest="surrogate", type=Path, action=DeprecatedAlias,
+                    new="--surrogate")
+    ev.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     ev.set_defaults(func=_evaluate)
 
 
@@ -177,13 +194,13 @@ one's: TARGET_SAMPLES placement-shaped workers (--samples) run in the target's t
 Ray) and learned on top of the shipped surrogate or alone, whichever cross-validates better;
 cached where `lorafleet plan` and `lorafleet serve` find it (2-10 minutes on 2 cores).
 With --data: train new models on a table from `lorafleet dataset`.
-
-examples:
-  lorafleet train --model llama-3.1-70b --gpu a100-80gb -tp 4
-  lorafleet train --model ./Qwen2.5-7B-Instruct --gpu h100-80gb
-  lorafleet train --model llama-3.2-1b --gpu l40s --samples 600 --ray auto
-  lorafleet train --data out/ --out surrogate.bin
 """.replace("TARGET_SAMPLES", str(TARGET_SAMPLES))
+TRAIN_EXAMPLES = """\
+lorafleet train --model llama-3.1-70b --gpu a100-80gb -tp 4
+lorafleet train --model ./Qwen2.5-7B-Instruct --gpu h100-80gb
+lorafleet train --model llama-3.2-1b --gpu l40s --samples 600 --ray auto
+lorafleet train --data out/ --out surrogate.bin
+"""
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -254,11 +271,13 @@ def _train_target(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.surrogate is None:
+        raise ConfigError("--surrogate", "is required: the surrogate file to evaluate")
     _, test_rows = split(_rows(args.data))
     try:
-        surrogate = Surrogate.load(args.model)
+        surrogate = Surrogate.load(args.surrogate)
     except (OSError, ValueError) as exc:
-        raise ConfigError("--model", str(exc)) from None
+        raise ConfigError("--surrogate", str(exc)) from None
     result = evaluate(surrogate, test_rows).to_dict()
     if args.json:
         print(json.dumps(result))

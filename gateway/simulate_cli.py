@@ -11,16 +11,21 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gateway.cli import COMMANDS
+from gateway.cli import add_command
 from twin.results import SimulationResult
 from twin.scenario import load_scenario
 from twin.simulation import simulate
 
 __all__ = ["register"]
 
+EXAMPLES = """\
+lorafleet simulate examples/scenarios/light-h100.yaml
+lorafleet simulate examples/scenarios/saturated-a100.yaml --json
+"""
+
 
 def register(sub: Any) -> None:
-    sim = sub.add_parser("simulate", help=COMMANDS["simulate"][0])
+    sim = add_command(sub, "simulate", examples=EXAMPLES)
     sim.add_argument("scenario", help="scenario YAML (see examples/scenarios/)")
     sim.add_argument("--json", action="store_true", help="print the result as one JSON object")
     sim.add_argument("--no-fast-path", action="store_true",

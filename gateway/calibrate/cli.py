@@ -21,7 +21,8 @@ from gateway.calibrate.calibrate import calibrate
 from gateway.calibrate.client import CalibrationError
 from gateway.calibrate.sweep import QUICK, STANDARD, AdapterSource
 from gateway.calibrate.validate import METRICS, Validation, relative_error, validate
-from gateway.cli import COMMANDS
+from gateway.cli import DeprecatedAlias, add_command
+from gateway.cli_help import MODEL_HELP, PROFILE_HELP
 from twin.catalog import get_model
 from twin.errors import ConfigError
 from twin.profile import load_profile, save_profile
@@ -55,30 +56,42 @@ def _rank_path(text: str) -> tuple[int, str]:
     return int(rank), path
 
 
+CALIBRATE_EXAMPLES = """\
+lorafleet calibrate --url http://127.0.0.1:8000 --out cpu.json --adapter /adapters/r8
+lorafleet calibrate --url http://gpu1:8000 --url http://gpu2:8000 --out h100.json \\
+    --adapter /adapters/r8 --adapter /adapters/r32 --model llama-3.1-8b --hardware "H100 SXM"
+"""
+VALIDATE_EXAMPLES = """\
+lorafleet validate examples/scenarios/light-h100.yaml --url http://127.0.0.1:8000 \\
+    --adapter 8=/adapters/r8 --json
+"""
+
+
 def register(sub: Any) -> None:
     """Add ``calibrate`` and ``validate`` to the ``lorafleet`` subcommands."""
-    cal = sub.add_parser("calibrate", help=COMMANDS["calibrate"][0])
+    cal = add_command(sub, "calibrate", examples=CALIBRATE_EXAMPLES)
     cal.add_argument("--url", required=True, action="append",
                      help="the server, e.g. http://127.0.0.1:8000; repeat for servers of the "
                      "same model started with other --max-loras (one profile fits them all)")
     cal.add_argument("--out", required=True, type=Path, help="profile JSON to write")
     cal.add_argument("--adapter", action="append", default=[], metavar="PATH",
                      help="an adapter folder the server can load (repeat for other ranks)")
-    cal.add_argument("--model-spec", default="tiny-llama",
-                     help="the twin's model spec of the served model (adapter sizes)")
-    cal.add_argument("--name", default=None, help="profile name (default: --out's stem)")
-    cal.add_argument("--hardware", default=None, help="hardware text for the profile source")
-    cal.add_argument("--max-loras", type=int, default=None,
+    cal.add_argument("--model", default="tiny-llama",
+                     help=f"the model the server runs, for adapter sizes: {MODEL_HELP}")
+    cal.add_argument("--model-spec", dest="model", action=DeprecatedAlias, new="--model")
+    cal.add_argument("--name", help="profile name (default: --out's stem)")
+    cal.add_argument("--hardware", help="hardware text for the profile source")
+    cal.add_argument("--max-loras", type=int,
                      help="the servers' --max-loras (default: read from each /metrics)")
     cal.add_argument("--quick", action="store_true", help="a short sweep (tests, smoke runs)")
     cal.set_defaults(func=_calibrate)
-    val = sub.add_parser("validate", help=COMMANDS["validate"][0])
+    val = add_command(sub, "validate", examples=VALIDATE_EXAMPLES)
     val.add_argument("scenario", help="scenario YAML (see examples/scenarios/)")
     val.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
     val.add_argument("--adapter", action="append", default=[], type=_rank_path,
                      metavar="RANK=PATH", help="load the scenario's rank-RANK adapters from "
                      "PATH (repeat per rank)")
-    val.add_argument("--profile", default=None, help="override the scenario's profile")
+    val.add_argument("--profile", help="override the scenario's profile: " + PROFILE_HELP)
     val.add_argument("--json", action="store_true", help="print one JSON object")
     val.set_defaults(func=_validate)
 
@@ -91,7 +104,7 @@ def _fail(flag: str, message: str) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     try:
         sources = [adapter_source(p) for p in args.adapter]
-        model = get_model(args.model_spec)
+        model = get_model(args.model)
     except ConfigError as exc:
         return _fail(exc.field, exc.message)
     if not sources:

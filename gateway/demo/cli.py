@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from gateway.cli import COMMANDS
+from gateway.cli import add_command
 from gateway.demo.fleet import FleetSpec, plan_demo, start_demo
 from gateway.demo.stats import DemoStats
 from gateway.demo.view import plain_line, render, snapshot, summary, summary_table
@@ -41,36 +41,44 @@ PLAIN_EVERY_S = 5.0  # progress lines on a pipe
 LIVE_EVERY_S = 0.5
 
 
+EXAMPLES = """\
+lorafleet demo
+lorafleet demo --seconds 0 --time-scale 4          # until Ctrl-C
+lorafleet demo --workers 4 --adapters 20 --rate 10 --json
+"""
+
+
 def register(sub: Any) -> None:
     """Add ``demo`` to the ``lorafleet`` subcommands."""
-    p = sub.add_parser("demo", help=COMMANDS["demo"][0])
+    p = add_command(sub, "demo", examples=EXAMPLES)
     p.add_argument("--seconds", type=float, default=75.0,
                    help="wall seconds of arrivals (0: until Ctrl-C), then the requests in "
-                   "flight finish (at most --drain-seconds more); default 75")
-    p.add_argument("--drain-seconds", type=float, default=15.0)
+                   "flight finish (at most --drain-seconds more)")
+    p.add_argument("--drain-seconds", type=float, default=15.0,
+                   help="how long requests in flight may finish after the arrivals end")
     p.add_argument("--time-scale", type=float, default=2.0,
                    help="workers and arrivals run this many times faster than real time")
     p.add_argument("--workers", type=int, default=8, help="emulated workers (A100-80GB each)")
     p.add_argument("--adapters", type=int, default=40, help="adapters (ranks 8/16/32)")
     p.add_argument("--rate", type=float, default=30.0,
                    help="their total rate, requests per simulated second (Zipf-skewed)")
-    p.add_argument("--stream-fraction", type=float, default=0.2)
+    p.add_argument("--stream-fraction", type=float, default=0.2,
+                   help="the share of requests that stream")
     p.add_argument("--concurrency", type=int, default=400, help="requests on the wire at most")
     p.add_argument("--shift-every", type=float, default=60.0, metavar="S",
-                   help="rotate which adapters are hot every S simulated seconds "
-                   "(default 60; 0: never)")
+                   help="rotate which adapters are hot every S simulated seconds (0: never)")
     p.add_argument("--replan-every", type=float, default=15.0, metavar="S",
-                   help="wall seconds between re-plans (default 15; 0: never)")
+                   help="wall seconds between re-plans (0: never)")
     p.add_argument("--headroom", type=float, default=0.8,
-                   help="plan each GPU for its load / headroom (default 0.8, against the "
-                   "planner's 0.9: slack for workers slower than the profile and for the "
-                   "shifting hot set; lower: shorter queues, more GPUs)")
+                   help="plan each GPU for its load / headroom (the planner's is 0.9: slack "
+                   "for workers slower than the profile and for the shifting hot set; lower: "
+                   "shorter queues, more GPUs)")
     p.add_argument("--observe-window", type=float, default=20.0, metavar="S",
-                   help="wall seconds of traffic each re-plan looks at (default 20)")
+                   help="wall seconds of traffic each re-plan looks at")
     p.add_argument("--slowdown", type=float, default=1.05,
                    help="workers' step times against the profile the planner knows")
     p.add_argument("--jitter", type=float, default=0.1, help="workers' step-time noise")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the adapters' and arrivals' seed")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     p.set_defaults(func=_demo)
 

@@ -1,12 +1,15 @@
-"""``lorafleet serve``: the gateway, with static workers or an emulated fleet.
+"""``lorafleet serve``: the gateway, in front of running workers or an emulated fleet.
 
+    lorafleet serve --worker-urls URL [URL ...] [--adapters FILE] [--api-key KEY]
     lorafleet serve --config gateway.yaml [--host H] [--port P]   # workers, discovery or
                                                                   # emulate: {count, ...}
     lorafleet serve --emulate N --adapters ADAPTERS.yaml [--port P] [--gpu a100-80gb]
                     [--time-scale k] [--placement planner|round-robin]
 
-The gateway prints its URL on stdout once it is ready (a placement installed, its adapters
-loaded). Invalid input ends with one line on stderr naming the field and exit status 2.
+``LORAFLEET_<FIELD>`` variables override the config's top-level fields and the flags
+override both (``gateway/server/config_env.py``, ``serve_config.py``). The gateway prints
+its URL on stdout once it is ready (a placement installed, its adapters loaded). Invalid
+input ends with one line on stderr naming the field, flag or variable and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,31 +28,19 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.cli import COMMANDS
-from gateway.cli_help import GPU_HELP, MODEL_HELP
+from gateway.cli import add_command
+from gateway.cli_help import GPU_HELP, LOG_LEVELS, MODEL_HELP, PROFILE_HELP, log_level, port
 from gateway.emulator.errors import StartupError
 from gateway.http import stop_signals, tune_gc, until_signalled
 from gateway.keys import FLEET
+from gateway.names import choice_type, shown
 from gateway.server.app import create_app, serve
-from gateway.server.config import (
-    GatewayConfig,
-    PlacementMode,
-    WorkerEndpoint,
-    check_specs,
-    parse_config,
-    read_config,
-)
-from gateway.server.emulated import (
-    EmulateSpec,
-    emulated_config_data,
-    scaffold_entries,
-    start_emulated,
-    worker_configs,
-)
-from gateway.server.lifecycle import make_plan
+from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint
+from gateway.server.emulated import EmulateSpec, start_emulated, worker_configs
 from gateway.server.planning import InitialPlan
+from gateway.server.serve_config import serve_config
 from gateway.server.worker_settings import check_workers
-from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE, load_adapters
+from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
 
@@ -59,82 +50,70 @@ logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 120.0
 
+EXAMPLES = """\
+lorafleet serve --worker-urls http://10.0.0.1:8000 http://10.0.0.2:8000 --adapters adapters.yaml
+lorafleet serve --worker-urls http://10.0.0.1:8000 --served-model-name llama-3.1-8b --api-key sk-1
+lorafleet serve --config gateway.yaml --port 9000
+LORAFLEET_REPLAN_INTERVAL_S=30 lorafleet serve --config gateway.yaml
+lorafleet serve --emulate 4 --adapters examples/adapters-50.yaml --time-scale 10
+"""
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {value}")
-    return value
+DESCRIPTION = """\
+Run the OpenAI-compatible gateway: in front of running vLLM workers (--worker-urls, or
+--config gateway.yaml), or of N emulated workers in this process (--emulate N). It prints its
+URL once its placement is loaded.
+
+Settings come from the flags, over LORAFLEET_<FIELD> environment variables (any top-level
+field of gateway.yaml that holds one value: LORAFLEET_PORT=9000,
+LORAFLEET_VALIDATE_REPLANS=false), over the config file, over the defaults. gateway.yaml's
+base_model is the name clients send (--served-model-name); its model is the model the
+planner's twin assumes the workers run (--model)."""
 
 
 def register(sub: Any) -> None:
     """Add ``serve`` to the ``lorafleet`` subcommands."""
-    p = sub.add_parser("serve", help=COMMANDS["serve"][0])
+    p = add_command(sub, "serve", examples=EXAMPLES, description=DESCRIPTION)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", type=Path, help="gateway.yaml with static worker URLs")
-    src.add_argument("--emulate", type=int, metavar="N", help="run N emulated workers in-process")
-    p.add_argument("--adapters", type=Path, help="with --emulate: the planner's adapters YAML")
-    p.add_argument("--host", default=None, help="default 127.0.0.1 (or the config's)")
-    p.add_argument("--port", type=_port, default=None, help="default 8080 (0: a free port)")
-    p.add_argument("--gpu", default=DEFAULT_GPU, help=GPU_HELP)
-    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--profile", default=DEFAULT_PROFILE)
-    p.add_argument("--served-model-name", default=None, help="default: the model spec's name")
-    p.add_argument("--time-scale", type=float, default=1.0,
-                   help="emulated workers run this many times faster than real time")
-    p.add_argument("--placement", choices=[m.value for m in PlacementMode],
-                   default=PlacementMode.PLANNER.value)
-    p.add_argument("--routing", choices=[r.value for r in RoutingPolicy],
-                   default=RoutingPolicy.PLACEMENT.value)
-    p.add_argument("--adapter-dir", type=Path, default=None,
-                   help="where emulated adapters are scaffolded (default: a temporary folder)")
-    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
-                   help="with --emulate: GPUs of each worker, as vLLM's flag (default 1)")
-    p.add_argument("--log-level", default="INFO")
+    src.add_argument("--worker-urls", nargs="+", metavar="URL",
+                     help="running vLLM workers (named w0, w1, ...), without a config file")
+    src.add_argument("--config", type=Path, metavar="FILE", help="gateway.yaml: workers "
+                     "(static URLs, discovery or emulate:), adapters and every other setting")
+    src.add_argument("--emulate", type=int, metavar="N",
+                     help="run N emulated workers in this process")
+    p.add_argument("--adapters", type=Path, metavar="FILE",
+                   help="with --worker-urls or --emulate: adapters: [{name, rank, rate, "
+                   "path, ...}] (gateway.yaml's; --emulate scaffolds those without a path)")
+    p.add_argument("--api-key", metavar="KEY", help="a key clients must send as "
+                   "Authorization: Bearer KEY, as vLLM's --api-key (added to the config's "
+                   "keys; default: none, an open gateway unless the config has keys)")
+    p.add_argument("--served-model-name", metavar="NAME",
+                   help="the base model's name, as clients send it and the workers serve it "
+                   "(gateway.yaml's base_model; default: with --worker-urls, the name the "
+                   "first worker lists in /v1/models; with --emulate, --model)")
+    p.add_argument("--model", help=f"{MODEL_HELP}; the planner's twin assumes the workers "
+                   f"run it (gateway.yaml's model; default {DEFAULT_MODEL})")
+    p.add_argument("--gpu", help=f"{GPU_HELP} (default {DEFAULT_GPU})")
+    p.add_argument("--profile", help=f"{PROFILE_HELP} (default {DEFAULT_PROFILE})")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, metavar="N",
+                   help="GPUs of each worker, as vLLM's flag (default 1)")
+    placements = shown(PlacementMode)
+    p.add_argument("--placement", type=choice_type(placements), choices=placements,
+                   help="the initial placement: the planner's, or adapters dealt round-robin "
+                   "(default planner)")
+    routings = shown(RoutingPolicy)
+    p.add_argument("--routing", type=choice_type(routings), choices=routings,
+                   help="how requests pick among an adapter's workers (default placement: "
+                   "the plan's shares)")
+    p.add_argument("--host", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=port, help="the port to listen on (default 8080; 0: a free "
+                   "port)")
+    p.add_argument("--time-scale", type=float, metavar="K", help="emulated workers run this "
+                   "many times faster than real time (default 1)")
+    p.add_argument("--adapter-dir", type=Path, metavar="DIR", help="where an emulated fleet's "
+                   "adapters are scaffolded (default: a temporary folder)")
+    p.add_argument("--log-level", type=log_level, choices=LOG_LEVELS, default="INFO",
+                   help="the gateway's log level")
     p.set_defaults(func=_serve)
-
-
-def _emulated_config(args: argparse.Namespace,
-                     folder: Path) -> tuple[GatewayConfig, InitialPlan]:
-    """The gateway config (worker URLs are placeholders until the workers listen) and the
-    plan for ``--emulate``; adapter folders are scaffolded under ``folder``."""
-    if args.emulate < 1:
-        raise ConfigError("--emulate", f"must be >= 1, got {args.emulate}")
-    if args.adapters is None:
-        raise ConfigError("--adapters", "is required with --emulate")
-    check_specs({"model": args.model, "gpu": args.gpu, "profile": args.profile,
-                 "tensor_parallel_size": args.tensor_parallel_size})
-    demands = load_adapters(args.adapters)
-    workers = tuple(WorkerEndpoint(f"w{i}", "http://127.0.0.1:1") for i in range(args.emulate))
-    cfg = GatewayConfig(base_model=args.served_model_name or args.model, workers=workers,
-                        adapters=scaffold_entries(demands, folder, base_model=args.model),
-                        placement=PlacementMode(args.placement),
-                        routing=RoutingPolicy(args.routing), gpu=args.gpu, model=args.model,
-                        profile=args.profile, host=args.host or "127.0.0.1",
-                        port=8080 if args.port is None else args.port,
-                        tensor_parallel_size=args.tensor_parallel_size)
-    return cfg, make_plan(cfg)
-
-
-def _file_config(args: argparse.Namespace, folder: Callable[[], Path]
-                 ) -> tuple[GatewayConfig, InitialPlan | None, EmulateSpec | None]:
-    """``--config``: static workers or discovery, or ``emulate:`` (an emulated fleet started
-    here, its adapters scaffolded in ``folder()`` when they give no ``path``)."""
-    if args.adapters is not None:
-        raise ConfigError("--adapters", "goes with --emulate; list adapters in the config")
-    data = read_config(args.config)
-    spec = None
-    if isinstance(data, dict) and "emulate" in data:
-        data, spec = emulated_config_data(data, folder())
-    cfg = parse_config(data)
-    if args.host is not None:
-        cfg = replace(cfg, host=args.host)
-    if args.port is not None:
-        cfg = replace(cfg, port=args.port)
-    if spec is None:
-        return cfg, None, None
-    cfg = replace(cfg, time_scale=spec.time_scale)
-    return cfg, make_plan(cfg), spec
 
 
 async def _wait_ready(app: web.Application) -> bool:
@@ -212,21 +191,15 @@ def _run(cfg: GatewayConfig, plan: InitialPlan | None, spec: EmulateSpec | None)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.ExitStack() as stack:
         def folder() -> Path:
             return args.adapter_dir or Path(stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="lorafleet-adapters-")))
 
-        spec: EmulateSpec | None
-        plan: InitialPlan | None
         try:
-            if args.emulate is not None:
-                cfg, plan = _emulated_config(args, folder())
-                spec = EmulateSpec(count=args.emulate, time_scale=args.time_scale)
-            else:
-                cfg, plan, spec = _file_config(args, folder)
+            cfg, plan, spec = serve_config(args, folder, os.environ)
         except (ConfigError, StartupError) as exc:
             print(f"lorafleet: serve: {exc}", file=sys.stderr)
             return 2

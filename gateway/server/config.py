@@ -1,9 +1,10 @@
 """The gateway's configuration: one frozen dataclass tree, loaded from ``gateway.yaml``.
 
 Every invalid value raises ``twin.errors.ConfigError`` naming its dotted field (the CLI prints
-it on one line and exits with status 2). The file::
+it on one line, exit status 2). ``lorafleet serve`` reads ``LORAFLEET_<FIELD>`` over each
+one-value field and its flags over both (``config_env.py``). The file::
 
-    base_model: llama-3.1-8b          # the name the workers serve the base model under
+    base_model: llama-3.1-8b          # the name clients send, as the workers serve it
     workers:                          # static worker URLs (or discovery, or emulate)
       - {url: "http://10.0.0.1:8000", name: w0}
     discovery:                        # the ready pods of a StatefulSet, listed every interval_s
@@ -16,9 +17,9 @@ it on one line and exits with status 2). The file::
     adapters:                         # the planner's format, plus the path workers load from
       - {name: sql, rank: 8, rate: 2.0, input_tokens: 512, output_tokens: 128, path: /ad/sql}
     placement: planner                # or round-robin
-    routing: placement                # twin.routing.RoutingPolicy
+    routing: placement                # least-outstanding, round-robin or prefer-loaded
     gpu: a100-80gb                    # what the planner assumes the workers run on
-    model: llama-3.1-8b
+    model: llama-3.1-8b               # the model the twin plans for (lorafleet's --model)
     profile: roofline-default
     host: 127.0.0.1
     port: 8080
@@ -82,6 +83,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.names import member
 from gateway.server.auth import KeySpec, parse_keys
 from gateway.server.entries import AdapterEntry, AdapterOrigin, parse_entries
 from gateway.server.worker_settings import configured_engine
@@ -281,13 +283,11 @@ _BOOLS = frozenset({"validate_replans", "surge_replan", "starvation_guard", "tra
 
 
 def _scalar(key: str, value: Any) -> Any:
-    if key in ("placement", "routing"):
-        kinds: type[enum.StrEnum] = PlacementMode if key == "placement" else RoutingPolicy
+    if key in ("placement", "routing"):  # round-robin or round_robin (gateway/names.py)
         try:
-            return kinds(value)
-        except ValueError:
-            raise ConfigError(key, f"must be one of {[k.value for k in kinds]}, "
-                              f"got {value!r}") from None
+            return member(PlacementMode if key == "placement" else RoutingPolicy, value)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
     if key == "max_body_bytes" and value is None:
         return None
     if key == "gpu" and isinstance(value, dict):  # the GPU's own spec: carried as its JSON

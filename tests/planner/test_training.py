@@ -120,7 +120,7 @@ def test_train_reports_progress_and_the_cli_writes_a_loadable_file(
                  "--regressor", "linear"]) == 0
     assert "trained on" in capsys.readouterr().err
     assert Surrogate.load(out).samples_seen > 0
-    assert main(["evaluate", "--data", str(tmp_path), "--model", str(out), "--json"]) == 0
+    assert main(["evaluate", "--data", str(tmp_path), "--surrogate", str(out), "--json"]) == 0
 
 
 @pytest.mark.parametrize(("argv", "field"), [

@@ -43,7 +43,7 @@ def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
                      "--name", f"r{rank}"]) == 0
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "worker", "--emulate", "--port", "0",
-         "--model-spec", "tiny-llama", "--served-model-name", "tiny-llama",
+         "--model", "tiny-llama", "--served-model-name", "tiny-llama",
          "--profile", str(tmp / "truth.json"), "--max-loras", "2", "--max-cpu-loras", "4",
          "--max-model-len", "512", "--time-scale", str(SCALE)],
         stdout=subprocess.PIPE, text=True)

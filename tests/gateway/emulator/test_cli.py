@@ -22,7 +22,7 @@ from gateway.cli import main
      "lorafleet: memory error: To serve at least one request with the model's max seq len"),
     (["--lora-modules", "x=/tmp/lorafleet-no-such-adapter"],
      "lorafleet: Loading lora x failed: No adapter found for <path>"),
-    (["--model-spec", "nope"], "lorafleet: invalid option: model: unknown model"),
+    (["--model", "nope"], "lorafleet: invalid option: model: unknown model"),
 ])
 def test_refused_options_exit_2_with_one_line(capsys: pytest.CaptureFixture[str],
                                               args: list[str], start: str) -> None:

@@ -1,0 +1,87 @@
+"""``LORAFLEET_<FIELD>`` environment variables over ``gateway.yaml`` (as LiteLLM reads its
+settings from the environment), for ``lorafleet serve``.
+
+The rule: a variable applies when its name is ``LORAFLEET_`` and, in upper case, a top-level
+field of ``gateway.yaml`` that holds one value (``FIELDS``: a number, a string, true or
+false): ``LORAFLEET_PORT=9000``, ``LORAFLEET_REPLAN_INTERVAL_S=30``,
+``LORAFLEET_VALIDATE_REPLANS=false``, ``LORAFLEET_STATE_FILE=/var/lib/lorafleet/state.json``.
+Every other ``LORAFLEET_*`` variable is not a setting and is left alone: the secrets a
+config names (``LORAFLEET_ADMIN_TOKEN``, ``LORAFLEET_METRICS_TOKEN``), ``lorafleet admin``'s
+``LORAFLEET_URL``, the test suite's switches (``LORAFLEET_REAL_VLLM``, ...). The lists and
+mappings (``workers``, ``adapters``, ``keys``, ``discovery``, ``actuator``,
+``worker_engine``, ``emulate``) come from the file or the flags only.
+
+A value is read as YAML reads it (``9000`` a number, ``false`` a switch, ``null`` nothing;
+a string field takes the text as it is, and ``gpu`` a JSON mapping too), then checked
+exactly as the file's value is: a bad one is one line naming the variable. Precedence: a
+flag over a variable over the file over the default.
+
+Examples
+--------
+>>> values({"LORAFLEET_PORT": "9000", "LORAFLEET_VALIDATE_REPLANS": "false",
+...         "LORAFLEET_HOST": "0.0.0.0", "LORAFLEET_ADMIN_TOKEN": "secret"})
+{'host': '0.0.0.0', 'port': 9000, 'validate_replans': False}
+>>> named(ConfigError("port", "must be in 0..65535, got 70000"), {"port": "LORAFLEET_PORT"})
+ConfigError('LORAFLEET_PORT: must be in 0..65535, got 70000')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+import yaml
+
+from gateway.server.config import GatewayConfig
+from twin.errors import ConfigError
+
+__all__ = ["FIELDS", "PREFIX", "named", "values", "variable"]
+
+PREFIX = "LORAFLEET_"
+# GatewayConfig's fields that gateway.yaml gives as a list or a mapping (or not at all)
+_STRUCTURED = frozenset({"workers", "adapters", "keys", "discovery", "actuator",
+                         "worker_engine", "worker_engine_given"})
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GatewayConfig)
+                                if f.name not in _STRUCTURED)
+# taken as the text given (``str`` or ``str | None`` fields); ``gpu`` may be a JSON mapping
+_TEXT = frozenset(f.name for f in fields(GatewayConfig)
+                  if f.name in FIELDS and str(f.type).split(" |")[0] == "str")
+
+
+def variable(field: str) -> str:
+    """The variable that sets ``field``: ``LORAFLEET_`` and its name in upper case."""
+    return PREFIX + field.upper()
+
+
+def values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Each field a ``LORAFLEET_<FIELD>`` variable of ``environ`` sets, with its value as
+    the YAML file would give it (not yet checked: ``parse_config`` does that)."""
+    out: dict[str, Any] = {}
+    for field in FIELDS:
+        name = variable(field)
+        if name not in environ:
+            continue
+        text = environ[name]
+        if field in _TEXT and not text.lstrip().startswith("{"):
+            out[field] = text
+            continue
+        try:
+            out[field] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(name, f"not a YAML value: {text!r}") from None
+        if out[field] is None and not text.strip():
+            raise ConfigError(name, "is set but empty")
+    return out
+
+
+def named(exc: ConfigError, sources: Mapping[str, str]) -> ConfigError:
+    """``exc`` naming what gave its field (``sources``: field, or dotted field, to a
+    variable or a flag), or ``exc`` itself when the file gave it."""
+    field = exc.field
+    ends = [len(field)] + [m.start() for m in reversed(list(re.finditer(r"[.\[]", field)))]
+    for end in ends:  # the longest part of the dotted path that a source gave
+        if field[:end] in sources:
+            return ConfigError(sources[field[:end]] + field[end:], exc.message)
+    return exc
