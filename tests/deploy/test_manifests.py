@@ -1,12 +1,16 @@
 """The deploy files hold together: Kubernetes manifests valid against the Kubernetes schemas
-(``kubernetes-validate``, offline, strict), compose files with the services, volumes and
-mounts they need (and ``docker compose config`` where a compose binary exists), gateway
-configs the gateway accepts, emulated-worker options the emulator accepts, and a dashboard
-and provisioning that agree on the data source."""
+(``kubernetes-validate``, offline, strict; the Prometheus Operator's ServiceMonitor, which it
+has no schema for, checked field by field against the Service it scrapes), the gateway's
+state on its own volume, a disruption budget over the workers, compose files with the
+services, volumes and mounts they need and no default admin token (and ``docker compose
+config`` where a compose binary exists), gateway configs the gateway accepts,
+emulated-worker options the emulator accepts, and a dashboard and provisioning that agree on
+the data source."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +23,7 @@ import yaml
 
 from gateway.emulator.cli import register as register_worker
 from gateway.emulator.cli import worker_configs
-from gateway.server.config import parse_config
+from gateway.server.config import GatewayConfig, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -27,9 +31,17 @@ K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose"
 
 
+# API groups of custom resources: kubernetes-validate has no schema for them.
+CUSTOM_GROUPS = ("monitoring.coreos.com/",)
+
+
 def k8s_docs() -> list[dict[str, Any]]:
     return [d for f in sorted(K8S.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
             if d is not None and d["kind"] != "Kustomization"]
+
+
+def builtin(doc: dict[str, Any]) -> bool:
+    return not doc["apiVersion"].startswith(CUSTOM_GROUPS)
 
 
 def find(kind: str, name: str) -> dict[str, Any]:
@@ -37,7 +49,8 @@ def find(kind: str, name: str) -> dict[str, Any]:
     return doc
 
 
-@pytest.mark.parametrize("doc", k8s_docs(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+@pytest.mark.parametrize("doc", [d for d in k8s_docs() if builtin(d)],
+                         ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
 def test_k8s_manifest_is_valid(doc: dict[str, Any]) -> None:
     kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
 
@@ -51,12 +64,143 @@ def test_k8s_validation_rejects_a_broken_manifest() -> None:
     bad["spec"]["template"]["spec"]["containers"][0]["port"] = 8080  # strict: unknown field
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, kubernetes_validate.latest_version(), strict=True)
+    bad = json.loads(json.dumps(find("PodDisruptionBudget", "vllm")))
+    bad["spec"]["selector"] = {"matchLabel": {"app.kubernetes.io/name": "vllm"}}  # misspelt
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, kubernetes_validate.latest_version(), strict=True)
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):  # hence the checks below
+        kubernetes_validate.validate(find("ServiceMonitor", "lorafleet-gateway"),
+                                     kubernetes_validate.latest_version(), strict=True)
 
 
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(
         f.name for f in K8S.glob("*.yaml") if f.name != "kustomization.yaml")
+
+
+def test_kustomize_builds_every_manifest() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl here: the kustomization was checked with PyYAML only")
+    done = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    built = sorted((d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(done.stdout))
+    assert built == sorted((d["kind"], d["metadata"]["name"]) for d in k8s_docs())
+
+
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector of matchLabels only (what these manifests use) selects ``labels``."""
+    assert set(selector) == {"matchLabels"}, selector
+    return bool(selector["matchLabels"]) and selector["matchLabels"].items() <= labels.items()
+
+
+def pod_labels() -> dict[str, dict[str, str]]:
+    """Each workload's pod template labels, by ``Kind/name``."""
+    return {f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]["metadata"]["labels"]
+            for d in k8s_docs() if d["kind"] in ("Deployment", "StatefulSet")}
+
+
+def test_gateway_state_lives_on_its_own_read_write_once_volume(
+        configmap_config: GatewayConfig) -> None:
+    cfg = configmap_config
+    assert cfg.state_file is not None
+    deployment = find("Deployment", "lorafleet-gateway")
+    # one writer: a single replica, the old pod gone before the new one mounts the volume
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    folder = str(Path(cfg.state_file).parent)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+    assert not mount.get("readOnly", False)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    pvc = find("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert not any(v.get("persistentVolumeClaim", {}).get("claimName") == pvc["metadata"][
+        "name"] for d in k8s_docs() if d["kind"] == "StatefulSet"
+        for v in d["spec"]["template"]["spec"].get("volumes", []))
+    # the volume is the gateway user's to write: its group owns it
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_admin_token_is_a_secret_the_manifests_do_not_ship() -> None:
+    (container,) = find("Deployment", "lorafleet-gateway")["spec"]["template"]["spec"][
+        "containers"]
+    (env,) = [e for e in container["env"] if e["name"] == "LORAFLEET_ADMIN_TOKEN"]
+    ref = env["valueFrom"]["secretKeyRef"]
+    assert not ref.get("optional", False)  # the pod does not start without it
+    assert ref["name"] not in {d["metadata"]["name"] for d in k8s_docs() if d["kind"] == "Secret"}
+    for f in K8S.glob("*.yaml"):
+        assert "change-me" not in f.read_text(), f.name
+
+
+# The fields of a ServiceMonitor's spec and of one endpoint (monitoring.coreos.com/v1, as in
+# the Prometheus Operator 0.93's CRD), for a strict check: a misspelt field is an error here,
+# as it is for kubernetes-validate.
+MONITOR_SPEC = {"attachMetadata", "bodySizeLimit", "convertClassicHistogramsToNHCB",
+                "endpoints", "fallbackScrapeProtocol", "jobLabel", "keepDroppedTargets",
+                "labelLimit", "labelNameLengthLimit", "labelValueLengthLimit",
+                "namespaceSelector", "nativeHistogramBucketLimit",
+                "nativeHistogramMinBucketFactor", "podTargetLabels", "sampleLimit",
+                "scrapeClass", "scrapeClassicHistograms", "scrapeNativeHistograms",
+                "scrapeProtocols", "selector", "selectorMechanism", "serviceDiscoveryRole",
+                "targetLabels", "targetLimit"}
+MONITOR_ENDPOINT = {"authorization", "basicAuth", "bearerTokenFile", "bearerTokenSecret",
+                    "enableHttp2", "filterRunning", "followRedirects", "honorLabels",
+                    "honorTimestamps", "interval", "metricRelabelings", "noProxy", "oauth2",
+                    "params", "path", "port", "proxyConnectHeader", "proxyFromEnvironment",
+                    "proxyUrl", "relabelings", "scheme", "scrapeTimeout", "targetPort",
+                    "tlsConfig", "trackTimestampsStaleness"}
+# The CRD's pattern for a duration (interval, scrapeTimeout).
+DURATION = re.compile(r"(0|(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?)")
+
+
+def test_service_monitor_scrapes_the_gateway_service(configmap_config: GatewayConfig) -> None:
+    monitor = find("ServiceMonitor", "lorafleet-gateway")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+    spec = monitor["spec"]
+    assert set(spec) <= MONITOR_SPEC and {"selector", "endpoints"} <= set(spec)
+    services = [d for d in k8s_docs() if d["kind"] == "Service"
+                and d["metadata"]["namespace"] == monitor["metadata"]["namespace"]
+                and matches(spec["selector"], d["metadata"].get("labels", {}))]
+    assert [s["metadata"]["name"] for s in services] == ["lorafleet-gateway"]  # not vllm
+    (service,) = services
+    assert "namespaceSelector" not in spec  # its own namespace, the Service's
+    (endpoint,) = spec["endpoints"]
+    assert set(endpoint) <= MONITOR_ENDPOINT
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["interval"] and DURATION.fullmatch(endpoint["interval"])
+    # the port serves the gateway's HTTP listener, where /metrics is
+    cfg = configmap_config
+    pod = find("Deployment", "lorafleet-gateway")["spec"]["template"]
+    assert matches({"matchLabels": service["spec"]["selector"]}, pod["metadata"]["labels"])
+    (container,) = pod["spec"]["containers"]
+    (target,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    assert target["containerPort"] == cfg.port
+    # /metrics needs a bearer token exactly when the config sets one, from the same Secret
+    if cfg.metrics_token_env is None:
+        assert not {"authorization", "bearerTokenSecret", "bearerTokenFile"} & set(endpoint)
+    else:
+        (env,) = [e for e in container["env"] if e["name"] == cfg.metrics_token_env]
+        assert endpoint["authorization"]["credentials"] == env["valueFrom"]["secretKeyRef"]
+
+
+def test_pod_disruption_budget_covers_the_workers_one_at_a_time() -> None:
+    pdb = find("PodDisruptionBudget", "vllm")
+    spec = pdb["spec"]
+    # maxUnavailable holds at any size the actuator scales the StatefulSet to
+    assert spec["maxUnavailable"] == 1 and "minAvailable" not in spec
+    assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    selected = [k for k, labels in pod_labels().items() if matches(spec["selector"], labels)]
+    assert selected == ["StatefulSet/vllm"]
+    sts = find("StatefulSet", "vllm")
+    assert pdb["metadata"]["namespace"] == sts["metadata"]["namespace"]
+    assert spec["selector"] == sts["spec"]["selector"]
 
 
 def test_vllm_statefulset_has_gpus_lora_and_a_headless_service() -> None:
@@ -104,18 +248,26 @@ def test_rbac_allows_exactly_what_kube_py_does() -> None:
             "metadata"]["name"]
 
 
-def test_gateway_configmap_discovers_and_scales_the_statefulset(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.server.kube import KubeApi, KubernetesActuator
+@pytest.fixture
+def configmap_config(monkeypatch: pytest.MonkeyPatch) -> GatewayConfig:
+    """The ConfigMap's gateway.yaml, parsed as the gateway does in a pod of the namespace."""
+    from gateway.server.kube import KubeApi
 
     def in_cluster(cls: type[KubeApi], namespace: str | None = None,
                    account_dir: Any = None) -> KubeApi:  # as a pod in the namespace sees it
         return KubeApi(server="https://10.96.0.1:443", namespace=namespace or "lorafleet")
 
     monkeypatch.setattr(KubeApi, "in_cluster", classmethod(in_cluster))
-    sts = find("StatefulSet", "vllm")
-    cfg = parse_config(yaml.safe_load(find("ConfigMap", "lorafleet-gateway")["data"][
+    return parse_config(yaml.safe_load(find("ConfigMap", "lorafleet-gateway")["data"][
         "gateway.yaml"]))
+
+
+def test_gateway_configmap_discovers_and_scales_the_statefulset(
+        configmap_config: GatewayConfig) -> None:
+    from gateway.server.kube import KubernetesActuator
+
+    sts = find("StatefulSet", "vllm")
+    cfg = configmap_config
     assert cfg.workers == () and cfg.discovery is not None
     labels = sts["spec"]["template"]["metadata"]["labels"]
     key, value = cfg.discovery.selector.split("=")
@@ -135,9 +287,7 @@ def test_gateway_configmap_discovers_and_scales_the_statefulset(
     assert all(a.path == f"/adapters/{a.demand.name}" for a in cfg.adapters)
     (container,) = find("Deployment", "lorafleet-gateway")["spec"]["template"]["spec"][
         "containers"]
-    secret = container["env"][0]["valueFrom"]["secretKeyRef"]
-    assert container["env"][0]["name"] == "LORAFLEET_ADMIN_TOKEN"
-    assert secret["key"] in find("Secret", secret["name"])["stringData"]
+    assert container["env"][0]["name"] == "LORAFLEET_ADMIN_TOKEN" == cfg.admin_token_env
 
 
 def compose(name: str) -> dict[str, Any]:
@@ -206,17 +356,51 @@ def test_cpu_compose_workers_start_with_their_options() -> None:
         assert worker.engine.max_lora_rank >= max(a.demand.rank for a in cfg.adapters)
 
 
+# Compose's required-variable form: `docker compose` stops with the message when it is unset
+# or empty (`${VAR?msg}`, without the colon, would accept an empty token).
+REQUIRED = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*):\?(?P<message>[^}]+)\}")
+
+
 @pytest.mark.parametrize("file", ["docker-compose.yml", "docker-compose.cpu.yml"])
-def test_compose_config_accepts_the_file(file: str) -> None:
+def test_compose_has_no_default_admin_token(file: str) -> None:
+    gateway = compose(file)["services"]["gateway"]
+    value = gateway["environment"]["LORAFLEET_ADMIN_TOKEN"]
+    required = REQUIRED.fullmatch(value)
+    assert required is not None, f"not required: {value!r}"
+    assert required["name"] == "LORAFLEET_ADMIN_TOKEN"
+    assert "LORAFLEET_ADMIN_TOKEN" in required["message"]  # says what to set
+    cfg = parse_config(yaml.safe_load((COMPOSE / mounts(gateway)[
+        "/etc/lorafleet/gateway.yaml"]).read_text()))
+    assert cfg.admin_token_env == "LORAFLEET_ADMIN_TOKEN"
+    assert "change-me" not in (COMPOSE / file).read_text()
+
+
+def test_required_variable_pattern() -> None:
+    assert REQUIRED.fullmatch("${LORAFLEET_ADMIN_TOKEN:?set LORAFLEET_ADMIN_TOKEN}")
+    for value in ("${LORAFLEET_ADMIN_TOKEN:-change-me}", "${LORAFLEET_ADMIN_TOKEN}",
+                  "${LORAFLEET_ADMIN_TOKEN?set it}", "${LORAFLEET_ADMIN_TOKEN:?}", "change-me"):
+        assert REQUIRED.fullmatch(value) is None, value
+
+
+def compose_command() -> list[str]:
     if shutil.which("docker-compose"):
-        cmd = ["docker-compose", "-f", str(COMPOSE / file), "config", "-q"]
-    elif shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
-                                                   capture_output=True).returncode == 0:
-        cmd = ["docker", "compose", "-f", str(COMPOSE / file), "config", "-q"]
-    else:
-        pytest.skip("no docker compose here: the files were checked with PyYAML only")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        return ["docker-compose"]
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
+                                                 capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    pytest.skip("no docker compose here: the files were checked with PyYAML only")
+
+
+@pytest.mark.parametrize("file", ["docker-compose.yml", "docker-compose.cpu.yml"])
+def test_compose_config_accepts_the_file_and_refuses_without_a_token(file: str) -> None:
+    cmd = [*compose_command(), "-f", str(COMPOSE / file), "config", "-q"]
+    env = {k: v for k, v in os.environ.items() if k != "LORAFLEET_ADMIN_TOKEN"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                          env={**env, "LORAFLEET_ADMIN_TOKEN": "a-token"})
     assert done.returncode == 0, done.stderr
+    for unset in (env, {**env, "LORAFLEET_ADMIN_TOKEN": ""}):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=unset)
+        assert done.returncode != 0 and "set LORAFLEET_ADMIN_TOKEN" in done.stderr
 
 
 def test_dashboard_reads_a_prometheus_data_source_variable() -> None:
