@@ -60,7 +60,7 @@ def start_vllm(workers: int, log_dir: Path, cpus: str | None) -> Service:
 BACKENDS: dict[str, BackendStarter] = {
     "instant": _fleet("instant", ["--max-num-seqs", "256"]),
     "a100-llama8b": _fleet("roofline-default", ["--gpu", "a100-80gb",
-                                                "--model-spec", "llama-3.1-8b"]),
+                                                "--model", "llama-3.1-8b"]),
     "vllm-cpu-tiny": start_vllm,
 }
 
