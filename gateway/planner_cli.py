@@ -84,9 +84,8 @@ def register(sub: Any) -> None:
     ds.set_defaults(func=_dataset)
 
 
-def _dataset(args: argparse.Namespace) -> int:
-    if args.scenarios < 1:
-        raise ConfigError("--scenarios", f"must be >= 1, got {args.scenarios}")
+def _check_twin_runs(args: argparse.Namespace) -> None:
+    """The flags of twin runs that `dataset` and `train` share: --workers, --ray, -tp."""
     if args.workers < 1:
         raise ConfigError("--workers", f"must be >= 1, got {args.workers}")
     if args.ray is not None:
@@ -94,10 +93,16 @@ def _dataset(args: argparse.Namespace) -> int:
             require_ray()
         except RayUnavailableError as exc:
             raise ConfigError("--ray", str(exc)) from None
-    model, gpu, profile = get_model(args.model), get_gpu(args.gpu), load_profile(args.profile)
     if not 1 <= args.tensor_parallel_size <= 64:
         raise ConfigError("--tensor-parallel-size", f"must be in [1, 64], got "
                           f"{args.tensor_parallel_size}")
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    if args.scenarios < 1:
+        raise ConfigError("--scenarios", f"must be >= 1, got {args.scenarios}")
+    _check_twin_runs(args)
+    model, gpu, profile = get_model(args.model), get_gpu(args.gpu), load_profile(args.profile)
     specs = list(sample_specs(args.scenarios, args.seed, model, gpu, profile,
                               tensor_parallel_size=args.tensor_parallel_size,
                               shape=Shape(args.shape)))
@@ -228,18 +233,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_target(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise ConfigError("--workers", f"must be >= 1, got {args.workers}")
     if not 1 <= args.samples <= 100_000:
         raise ConfigError("--samples", f"must be in [1, 100000], got {args.samples}")
-    if args.ray is not None:
-        try:
-            require_ray()
-        except RayUnavailableError as exc:
-            raise ConfigError("--ray", str(exc)) from None
-    if not 1 <= args.tensor_parallel_size <= 64:
-        raise ConfigError("--tensor-parallel-size", f"must be in [1, 64], got "
-                          f"{args.tensor_parallel_size}")
+    _check_twin_runs(args)
     target = Target.resolve(args.model, args.gpu, args.profile)
     target.check_fits(PlannerConfig(tensor_parallel_size=args.tensor_parallel_size),
                       "--tensor-parallel-size")
