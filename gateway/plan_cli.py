@@ -237,8 +237,7 @@ def _plan_with(args: argparse.Namespace, pool: ProcessPoolExecutor,
            "lower_bound": bound, "lower_bound_simple": simple,
            "validated": None if v is None else v.ok,
            "measured_tps": [] if v is None else v.measured_tps,
-           "plan_seconds": plan_seconds, "validate_seconds": validate_seconds,
-           "surrogate": source}
+           "plan_seconds": plan_seconds, "validate_seconds": validate_seconds, "surrogate": source}
     out.update(_latency_summary(objective, rows, v, fewest))
     if args.emit is not None:
         stage(f"writing {args.emit}")
@@ -398,5 +397,4 @@ def _print(out: dict[str, Any]) -> None:
     console.print(f"planned in {out['plan_seconds']:.2f} s, validated in "
                   f"{out['validate_seconds']:.2f} s")
     if out["surrogate"] == "prior":
-        console.print("surrogate: the shipped one, as the prior for this target (`lorafleet "
-                      "train` with the same --model, --gpu and -tp makes its own)")
+        console.print("surrogate: the shipped prior (`lorafleet train` makes this target's own)")

@@ -1,8 +1,7 @@
 """The gateway's configuration: one frozen dataclass tree, loaded from ``gateway.yaml``.
 
 Every invalid value raises ``twin.errors.ConfigError`` naming its dotted field (the CLI prints
-it on one line, exit status 2). ``lorafleet serve`` reads ``LORAFLEET_<FIELD>`` over each
-one-value field and its flags over both (``config_env.py``). The file::
+it on one line, exit status 2; ``LORAFLEET_<FIELD>`` overrides one: ``config_env.py``)::
 
     base_model: llama-3.1-8b          # the name clients send, as the workers serve it
     workers:                          # static worker URLs (or discovery, or emulate)
@@ -106,8 +105,7 @@ if TYPE_CHECKING:  # kube.py imports this module
 __all__ = ["AdapterEntry", "AdapterOrigin", "GatewayConfig", "PlacementMode", "WorkerEndpoint",
            "load_config", "parse_config", "read_config"]
 
-_SECURITY = ("keys", "worker_api_key_env", "admin_token_env", "metrics_token_env",
-             "state_file")
+_SECURITY = ("keys", "worker_api_key_env", "admin_token_env", "metrics_token_env", "state_file")
 _FLEET = ("discovery", "actuator", "worker_engine")  # gateway/server/kube.py, planning.py
 
 MAX_SECONDS = 7 * 24 * 3600.0  # a week: no timeout or interval longer
@@ -196,8 +194,7 @@ class GatewayConfig:
     search_seconds: float = 1.0  # the placer's improvement search per plan (planner/improve.py)
     time_scale: float = 1.0  # emulated workers run this much faster than the profile
     tensor_parallel_size: int = 1  # GPUs of each worker (vLLM's flag): GPUs = workers x it
-    train_target: bool = True  # not the shipped surrogate's target: train its own, in the
-    # background (gateway/server/target_training.py)
+    train_target: bool = True  # another target: train its own (server/target_training.py)
     # keys, admin API, state, shutdown (gateway/server/auth.py, admin.py, state.py)
     keys: tuple[KeySpec, ...] = ()
     worker_api_key_env: str | None = None

@@ -27,14 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import (
-    FLEET,
-    GATEWAY_CONFIG,
-    GATEWAY_METRICS,
-    GUARD,
-    OBSERVER,
-    TARGET_SURROGATE,
-)
+from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, GUARD, OBSERVER, TARGET_SURROGATE
 from gateway.server import planning_process, triggers
 from gateway.server.errors import ApiError
 from gateway.server.learning import SCRAPE_INTERVAL_S, Learner
@@ -384,10 +377,8 @@ class Replanner:
 
 async def _persist(app: web.Application) -> None:
     """Write the state file, when the gateway keeps one."""
-    try:
-        from gateway.server.state import persist
-    except ImportError:  # pragma: no cover - the state store is optional
-        return
+    from gateway.server.state import persist  # imported when first needed
+
     result = persist(app)
     if asyncio.iscoroutine(result):
         await result

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -135,3 +137,16 @@ async def gateway_stack(folder: Path, adapters: Sequence[AdapterDemand], *, work
             yield Stack(str(server.make_url("")).rstrip("/"), app, fleet, session)
     finally:
         await fleet.stop()
+
+
+def stop_serving(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM a `lorafleet serve` process and wait for it (killed past 60 s, then the
+    timeout raised); its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return str(err)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from tests.gateway.server.factories import stop_serving
 
 ADAPTERS = ("adapters:\n  - {name: sql, rank: 8, rate: 1.0}\n"
             "  - {name: chat, rank: 16, rate: 2.0}\n")
@@ -55,11 +55,5 @@ def test_serve_emulated_fleet(tmp_path: Path) -> None:
         assert ids == {"llama-3.1-8b", "sql", "chat"}
         assert (tmp_path / "ad" / "chat" / "adapter_config.json").is_file()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
+        err = stop_serving(proc)
     assert proc.returncode == 0, err

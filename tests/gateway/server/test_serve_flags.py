@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -25,6 +24,7 @@ from gateway.emulator.adapters import scaffold_adapter
 from gateway.server.config import PlacementMode
 from gateway.server.config_env import FIELDS, values, variable
 from gateway.server.serve_config import API_KEY_NAME, serve_config, served_model
+from tests.gateway.server.factories import stop_serving
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
 
@@ -239,11 +239,5 @@ def test_serve_worker_urls_without_a_config(tmp_path: Path, fleet: list[str]) ->
         with urllib.request.urlopen(request, timeout=60) as resp:
             assert json.load(resp)["usage"]["completion_tokens"] == 3
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise
+        err = stop_serving(proc)
     assert proc.returncode == 0, err
