@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
@@ -180,22 +181,28 @@ def bootstrap(plan: InitialPlan | None) -> Ctx:
 
 async def _health_loop(app: web.Application) -> None:
     cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
-    timeout = aiohttp.ClientTimeout(total=min(cfg.health_interval_s, cfg.connect_timeout_s))
+    limit = min(cfg.health_interval_s, cfg.connect_timeout_s)
+    timeout = aiohttp.ClientTimeout(total=limit)
+    # a late /health from a worker that sent response bytes this recently is load, not a
+    # miss: vLLM's API server answers it on the event loop that streams the tokens
+    busy_window = HEALTH_MISSES * (cfg.health_interval_s + limit)
 
     misses: Counter[int] = Counter()  # by worker index; workers may join at run time
 
     async def check(index: int) -> None:
-        url = fleet.workers[index].endpoint.url
-        refused = False
+        worker = fleet.workers[index]
+        refused = late = False
         try:
-            async with session.get(f"{url}/health", timeout=timeout) as resp:
+            async with session.get(f"{worker.endpoint.url}/health", timeout=timeout) as resp:
                 ok = resp.status == 200
         except aiohttp.ClientConnectorError:
             ok, refused = False, True
         except (aiohttp.ClientError, TimeoutError):
-            ok = False
-        misses[index] = 0 if ok else misses[index] + 1
-        worker = fleet.workers[index]
+            ok, late = False, True
+        if ok:
+            misses[index] = 0
+        elif not late or time.monotonic() - worker.answered_at > busy_window:
+            misses[index] += 1
         if ok and worker.status is WorkerStatus.DOWN and fleet.plan is not None:
             await sync_worker(app, index)  # it came back: reconcile and reload
         elif ok:

@@ -41,7 +41,7 @@ from gateway.keys import (
 from gateway.server.errors import ApiError, request_id, restyled
 from gateway.server.metrics import UNKNOWN
 from gateway.server.protocol import SamplingRequest
-from gateway.server.registry import WorkerStatus
+from gateway.server.registry import WorkerState, WorkerStatus
 from gateway.server.upstream import (
     ConnectFailed,
     Disconnected,
@@ -71,6 +71,7 @@ class _Call:
     rid: str
     prefix_key: int | None = None
     worker: str = ""
+    state: WorkerState | None = None  # the worker's, once picked (its ``answered_at``)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft: float | None = None
@@ -235,9 +236,10 @@ async def _lost_adapter(upstream: UpstreamResponse) -> bool:
 async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
     index, upstream = await _connect(call)
     fleet = call.request.app[FLEET]
-    call.worker = fleet.workers[index].endpoint.name
+    call.state = state = fleet.workers[index]
+    call.worker = state.endpoint.name
     call.request[UPSTREAM_WORKER] = call.worker  # for the access log
-    now = time.monotonic()
+    now = state.answered_at = time.monotonic()
     call.request.app[OBSERVER].dispatched(call.label, call.worker, now=now)
     guard = call.request.app[GUARD]
     call.guard_key = guard.sent(call.worker, call.label, streamed=call.stream, now=now)
@@ -253,6 +255,7 @@ async def _proxy(call: _Call) -> tuple[web.StreamResponse, int]:
         fleet.done(index, call.adapter)
         guard.ended(call.guard_key, now=time.monotonic(), ttft_s=call.ttft)
         if finished:
+            state.answered_at = time.monotonic()
             upstream.release()  # keep the connection alive for the next request
         else:
             upstream.close()  # the client left: dropping the connection aborts upstream
@@ -359,6 +362,8 @@ async def _relay_stream(call: _Call,
             break
         if not data:
             break
+        if call.state is not None:
+            call.state.answered_at = time.monotonic()
         pending += data
         cut = pending.rfind(b"\n\n")
         if cut < 0:

@@ -62,6 +62,10 @@ class WorkerState:
     # a plan left it empty while it was healthy (``Fleet.set_plan``): taken out of service,
     # so it is not down if it stops (a scale-down); a plan that places on it clears it
     retired: bool = False
+    # when it last sent the gateway response bytes (time.monotonic()): under load vLLM's API
+    # server may answer /health late while it streams tokens; a late health check of a worker
+    # that is still answering requests is not a miss (gateway/server/lifecycle.py)
+    answered_at: float = float("-inf")
 
     @property
     def up(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from openai import AsyncOpenAI
 from gateway.keys import FLEET, REPLANNER
 from gateway.server.app import create_app
 from gateway.server.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
-from gateway.server.lora_api import list_adapters, unload_adapter
+from gateway.server.lora_api import list_adapters, load_adapter, unload_adapter
 from gateway.server.migrate import settled
 from gateway.server.planning import InitialPlan
 from planner.demand import AdapterDemand
@@ -89,18 +89,25 @@ def _config(real_vllm: RealVllm, urls: list[str]) -> tuple[GatewayConfig, Initia
     return cfg, InitialPlan(placement=placement, engines=(engine, engine), planned_gpus=2)
 
 
+@pytest.fixture(autouse=True)
+async def _startup_adapters_after(real_vllm: RealVllm) -> AsyncIterator[None]:
+    """The session's server goes back to its start-up adapter alone for the other tests,
+    whatever the gateway here moved onto or off it."""
+    yield
+    startup = real_vllm.startup_adapter
+    async with aiohttp.ClientSession() as session:
+        for name in await list_adapters(session, real_vllm.base_url, timeout=60) - {startup}:
+            await unload_adapter(session, real_vllm.base_url, name, timeout=60)
+        await load_adapter(session, real_vllm.base_url, startup,
+                           str(real_vllm.adapters[startup]), timeout=60)
+
+
 async def test_gateway_serves_two_real_servers_and_moves_adapters_under_load(
         real_vllm: RealVllm, second_vllm: str) -> None:
     cfg, plan = _config(real_vllm, [real_vllm.base_url, second_vllm])
     app = create_app(cfg, plan=plan)
-    async with aiohttp.ClientSession() as session:
-        try:
-            async with TestServer(app) as server:
-                await _exercise(app, server, session, real_vllm, second_vllm)
-        finally:  # the session's server goes back to its start-up adapter for other tests
-            for name in (*MOVED, *KEPT):
-                if name != real_vllm.startup_adapter:
-                    await unload_adapter(session, real_vllm.base_url, name, timeout=30)
+    async with aiohttp.ClientSession() as session, TestServer(app) as server:
+        await _exercise(app, server, session, real_vllm, second_vllm)
 
 
 @dataclass
