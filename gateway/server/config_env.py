@@ -37,12 +37,13 @@ import yaml
 from gateway.server.config import GatewayConfig
 from twin.errors import ConfigError
 
-__all__ = ["FIELDS", "PREFIX", "named", "values", "variable"]
+__all__ = ["FIELDS", "PREFIX", "REDIS_URL", "named", "redis_url", "values", "variable"]
 
 PREFIX = "LORAFLEET_"
+REDIS_URL = "LORAFLEET_REDIS_URL"  # sets redis.url (a section of its own: gateway/shared/)
 # GatewayConfig's fields that gateway.yaml gives as a list or a mapping (or not at all)
 _STRUCTURED = frozenset({"workers", "adapters", "keys", "discovery", "actuator",
-                         "worker_engine", "worker_engine_given"})
+                         "worker_engine", "worker_engine_given", "redis"})
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GatewayConfig)
                                 if f.name not in _STRUCTURED)
 # taken as the text given (``str`` or ``str | None`` fields); ``gpu`` may be a JSON mapping
@@ -85,3 +86,21 @@ def named(exc: ConfigError, sources: Mapping[str, str]) -> ConfigError:
         if field[:end] in sources:
             return ConfigError(sources[field[:end]] + field[end:], exc.message)
     return exc
+
+
+def redis_url(data: dict[str, Any], environ: Mapping[str, str],
+              sources: dict[str, str]) -> None:
+    """``LORAFLEET_REDIS_URL`` over ``redis.url`` in ``data`` (a ``redis:`` section made
+    when the file has none), its source noted in ``sources``.
+
+    >>> data, sources = {"redis": {"prefix": "lf"}}, {}
+    >>> redis_url(data, {REDIS_URL: "redis://r:6379/0"}, sources); data, sources
+    ({'redis': {'prefix': 'lf', 'url': 'redis://r:6379/0'}}, {'redis.url': 'LORAFLEET_REDIS_URL'})
+    """
+    if REDIS_URL not in environ:
+        return
+    section = data.get("redis")
+    section = {"url": section} if isinstance(section, str) else \
+        dict(section) if isinstance(section, dict) else {}
+    data["redis"] = {**section, "url": environ[REDIS_URL]}
+    sources["redis.url"] = REDIS_URL

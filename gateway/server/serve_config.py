@@ -65,6 +65,7 @@ def serve_config(args: argparse.Namespace, folder: Callable[[], Path],
     if args.adapters is not None:  # "--adapters: adapters[0].rank: ..."
         sources["adapters"] = "--adapters: adapters"
     data = {**data, **env, **flags}
+    config_env.redis_url(data, environ, sources)
     _flag_extras(args, data, sources)
     if args.worker_urls and "base_model" not in data:
         data["base_model"] = served_model(args.worker_urls, _worker_token(data, environ))
