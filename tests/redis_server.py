@@ -53,7 +53,8 @@ class RedisServer:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {(self.folder / 'redis.log').read_text()}")
+                log_text = (self.folder / "redis.log").read_text()
+                raise RuntimeError(f"redis-server exited: {log_text}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
