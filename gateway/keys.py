@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from aiohttp import ClientSession, web
 
 if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
     from gateway.emulator.service import EmulatedWorker
     from gateway.server.auth import ApiKey, KeyRing
     from gateway.server.config import GatewayConfig
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ADMIN_TOKEN", "API_KEY", "CLIENT_SESSION", "EMULATED_WORKER", "FLEET",
            "GATEWAY_CONFIG", "GATEWAY_METRICS", "GUARD", "KEYRING", "METRICS_TOKEN", "OBSERVER",
-           "RELEASES", "REPLANNER", "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER",
+           "REDIS", "RELEASES", "REPLANNER", "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER",
            "TARGET_SURROGATE", "UPSTREAM_POOL", "UPSTREAM_WORKER"]
 
 EMULATED_WORKER: web.AppKey[EmulatedWorker] = web.AppKey("emulated_worker")
@@ -43,6 +45,8 @@ REPLANNER: web.AppKey[Replanner] = web.AppKey("gateway_replanner")
 RELEASES: web.AppKey[Releases] = web.AppKey("gateway_releases")
 TARGET_SURROGATE: web.AppKey[TargetSurrogate] = web.AppKey("gateway_target_surrogate")
 REQUEST_ID = web.RequestKey("gateway_request_id", str)
+# Replicas on shared state (gateway.yaml's redis:; gateway/shared/): None without it.
+REDIS: web.AppKey[aioredis.Redis | None] = web.AppKey("gateway_redis")
 # Keys, admin token, state (gateway/server/auth.py, admin.py, state.py, access.py).
 KEYRING: web.AppKey[KeyRing] = web.AppKey("gateway_keyring")
 ADMIN_TOKEN: web.AppKey[bytes | None] = web.AppKey("gateway_admin_token_digest")

@@ -46,6 +46,7 @@ from gateway.server.planning import InitialPlan
 from gateway.server.registry import Fleet
 from gateway.server.replan_routes import add_replan_routes
 from gateway.server.replanner import replanning
+from gateway.server.replicas import redis_client
 from gateway.server.restore import restore
 from gateway.server.routes import add_routes
 from gateway.server.state import FileStateStore, StateKeeper, keep_state
@@ -91,6 +92,7 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     app[GUARD] = StarvationGuard(GuardConfig(ttft_bound_s=cfg.ttft_bound_s / cfg.time_scale,
                                              relax_s=max(120.0, 2 * cfg.observe_window_s)))
     app.cleanup_ctx.append(client_session)
+    app.cleanup_ctx.append(redis_client)
     app.cleanup_ctx.append(upstream_auth(worker_key(cfg)))
     app.cleanup_ctx.append(keep_state)  # before bootstrap: it saves the installed plan
     app.cleanup_ctx.append(bootstrap(plan))

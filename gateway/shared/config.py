@@ -7,7 +7,7 @@
       prefix: lorafleet              # every key is <prefix>:<name>
       replica: null                  # this replica's name (default: <host name>:<port>)
       advertise_url: null            # where the others reach its admin API (default:
-                                     # http://<host name>:<port>)
+                                     # http://<the host's address>:<port>)
       connect_timeout_s: 1.0
       op_timeout_s: 0.5              # one Redis command
       lease_ttl_s: 5.0               # the leader's lease; renewed every third of it
@@ -81,6 +81,15 @@ class RedisConfig(BaseModel):
         return f"{self.prefix}:{name}"
 
 
+def _address(hostname: str) -> str:
+    """The host's own address (a pod's IP: Kubernetes and Docker map the host name to it in
+    /etc/hosts), else the name itself."""
+    try:
+        return socket.gethostbyname(hostname)
+    except OSError:
+        return hostname
+
+
 def parse_redis(data: Any, *, host: str, port: int, hostname: str | None = None
                 ) -> RedisConfig:
     """The ``redis:`` mapping checked, with the replica's name and URL defaulted from the
@@ -102,7 +111,7 @@ def parse_redis(data: Any, *, host: str, port: int, hostname: str | None = None
             message = "is required"
         raise ConfigError(f"redis.{field}" if field else "redis", message) from None
     name = hostname or socket.gethostname()
-    here = host if host not in ("0.0.0.0", "::", "", "localhost") else name
+    here = host if host not in ("0.0.0.0", "::", "", "localhost") else _address(name)
     updates = {"replica": cfg.replica or f"{name}:{port}",
                "advertise_url": cfg.advertise_url or f"http://{here}:{port}"}
     return cfg.model_copy(update=updates)
