@@ -22,14 +22,34 @@ if TYPE_CHECKING:
     from gateway.server.observer import Observer
     from gateway.server.registry import Fleet
     from gateway.server.replanner import Replanner
+    from gateway.server.replicas import Role
     from gateway.server.state import StateKeeper
     from gateway.server.target_training import TargetSurrogate
     from gateway.server.upstream import UpstreamPool
 
-__all__ = ["ADMIN_TOKEN", "API_KEY", "CLIENT_SESSION", "EMULATED_WORKER", "FLEET",
-           "GATEWAY_CONFIG", "GATEWAY_METRICS", "GUARD", "KEYRING", "METRICS_TOKEN", "OBSERVER",
-           "REDIS", "RELEASES", "REPLANNER", "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER",
-           "TARGET_SURROGATE", "UPSTREAM_POOL", "UPSTREAM_WORKER"]
+__all__ = [
+    "ADMIN_TOKEN",
+    "API_KEY",
+    "CLIENT_SESSION",
+    "EMULATED_WORKER",
+    "FLEET",
+    "GATEWAY_CONFIG",
+    "GATEWAY_METRICS",
+    "GUARD",
+    "KEYRING",
+    "METRICS_TOKEN",
+    "OBSERVER",
+    "REDIS",
+    "RELEASES",
+    "REPLANNER",
+    "REQUEST_ID",
+    "REQUEST_MODEL",
+    "ROLE",
+    "STATE_KEEPER",
+    "TARGET_SURROGATE",
+    "UPSTREAM_POOL",
+    "UPSTREAM_WORKER",
+]
 
 EMULATED_WORKER: web.AppKey[EmulatedWorker] = web.AppKey("emulated_worker")
 
@@ -47,6 +67,7 @@ TARGET_SURROGATE: web.AppKey[TargetSurrogate] = web.AppKey("gateway_target_surro
 REQUEST_ID = web.RequestKey("gateway_request_id", str)
 # Replicas on shared state (gateway.yaml's redis:; gateway/shared/): None without it.
 REDIS: web.AppKey[aioredis.Redis | None] = web.AppKey("gateway_redis")
+ROLE: web.AppKey[Role] = web.AppKey("gateway_role")  # leads, or follows (always leads alone)
 # Keys, admin token, state (gateway/server/auth.py, admin.py, state.py, access.py).
 KEYRING: web.AppKey[KeyRing] = web.AppKey("gateway_keyring")
 ADMIN_TOKEN: web.AppKey[bytes | None] = web.AppKey("gateway_admin_token_digest")

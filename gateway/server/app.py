@@ -44,9 +44,9 @@ from gateway.server.migrate import releases_ctx
 from gateway.server.observer import Observer
 from gateway.server.planning import InitialPlan
 from gateway.server.registry import Fleet
+from gateway.server.replan_loop import replanning
 from gateway.server.replan_routes import add_replan_routes
-from gateway.server.replanner import replanning
-from gateway.server.replicas import redis_client
+from gateway.server.replicas import forward_admin, redis_client, replica_role, shared_state
 from gateway.server.restore import restore
 from gateway.server.routes import add_routes
 from gateway.server.state import FileStateStore, StateKeeper, keep_state
@@ -68,10 +68,12 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
         (or restored from ``cfg.state_file``, which also restores the adapter registry).
     """
     store = FileStateStore(cfg.state_file) if cfg.state_file else None
-    restored = restore(cfg, plan, None if store is None else store.load())
+    saved = shared_state(cfg) if cfg.redis is not None else None
+    restored = restore(cfg, plan, saved if saved is not None or store is None else store.load())
     cfg, plan = restored.cfg, restored.plan
     app = web.Application(middlewares=[access_middleware, error_middleware, auth_middleware,
-                                       admin_middleware], client_max_size=cfg.body_limit)
+                                       admin_middleware, forward_admin],
+                          client_max_size=cfg.body_limit)
     app[GATEWAY_CONFIG] = cfg
     app[KEYRING] = KeyRing.resolve(cfg.keys)
     app[ADMIN_TOKEN] = token_digest(os.environ.get(cfg.admin_token_env))
@@ -93,6 +95,7 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
                                              relax_s=max(120.0, 2 * cfg.observe_window_s)))
     app.cleanup_ctx.append(client_session)
     app.cleanup_ctx.append(redis_client)
+    app.cleanup_ctx.append(replica_role)  # before the bootstrap: whether it leads
     app.cleanup_ctx.append(upstream_auth(worker_key(cfg)))
     app.cleanup_ctx.append(keep_state)  # before bootstrap: it saves the installed plan
     app.cleanup_ctx.append(bootstrap(plan))

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, REPLANNER
+from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, REPLANNER, ROLE
 from gateway.server.kube import ActuatorError
 from gateway.server.lifecycle import background, sync_worker
 from gateway.server.metrics import ReplanTrigger
@@ -73,7 +73,7 @@ async def _loop(app: web.Application) -> None:
     assert cfg.discovery is not None
     while True:
         try:
-            joined = await discover_once(app)
+            joined = await discover_once(app) if app[ROLE].leading else []
             if joined:
                 await _welcome(app, joined)
         except ActuatorError as exc:

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, UPSTREAM_POOL
+from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, ROLE, UPSTREAM_POOL
 from gateway.server.config import GatewayConfig, PlacementMode
 from gateway.server.lora_api import LoraCallError, list_adapters, load_adapter, unload_adapter
 from gateway.server.planning import InitialPlan, from_planner, round_robin
@@ -112,6 +112,9 @@ async def sync_worker(app: web.Application, index: int) -> None:
     cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
     worker = fleet.workers[index]
     url = worker.endpoint.url
+    if not app[ROLE].leading:  # a follower routes by the leader's residency, loads nothing
+        fleet.set_status(index, WorkerStatus.UP)
+        return
     try:
         resident = await list_adapters(session, url, timeout=cfg.load_timeout_s)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -148,7 +151,11 @@ async def sync_worker(app: web.Application, index: int) -> None:
 
 
 async def _initial(app: web.Application, plan: InitialPlan | None) -> None:
-    cfg, fleet = app[GATEWAY_CONFIG], app[FLEET]
+    cfg, fleet, role = app[GATEWAY_CONFIG], app[FLEET], app[ROLE]
+    while not role.leading:  # a follower: routes once the leader's state is adopted
+        if fleet.synced:
+            return
+        await asyncio.sleep(0.1)
     while not fleet.workers:  # discovery has found none yet (gateway/server/discovery.py)
         await asyncio.sleep(0.1)
     names = [w.endpoint.name for w in fleet.workers]
@@ -169,10 +176,19 @@ async def _initial(app: web.Application, plan: InitialPlan | None) -> None:
                 fleet.workers_active, len(fleet.workers), plan.planned_gpus)
 
 
+async def _take_over(app: web.Application) -> None:
+    """A follower took the lead: reconcile every worker with what the plan wants (a load the
+    old leader left half done is finished here)."""
+    fleet = app[FLEET]
+    if fleet.synced and fleet.plan is not None:
+        await asyncio.gather(*(sync_worker(app, i) for i in range(len(fleet.workers))))
+
+
 def bootstrap(plan: InitialPlan | None) -> Ctx:
     """The start-up task (``plan``: a precomputed plan, else one is made from the config)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[ROLE].on_lead.append(lambda: _take_over(app))
         async with background(_initial(app, plan), "bootstrap"):
             yield
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, RELEASES
+from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, RELEASES, ROLE
 from gateway.server.lora_api import LoraCallError, load_adapter, unload_adapter
 from gateway.server.metrics import MigrationOutcome
 from planner import Migration
@@ -160,7 +160,15 @@ async def execute(app: web.Application, migration: Migration,
                                seconds=time.perf_counter() - started, error=errors[0],
                                moved=moved)
 
-    # 2. switch routing in one step
+    # 2. switch routing in one step (fenced: a leader that lost the lead meanwhile, paused
+    # past its lease, undoes its loads instead: gateway/shared/lease.py)
+    if not app[ROLE].leading:
+        await _unload_all(app, loaded)
+        metrics.migrations.labels(MigrationOutcome.ROLLED_BACK).inc()
+        logger.warning("migration rolled back: this replica lost the lead")
+        return MigrationReport(outcome=MigrationOutcome.ROLLED_BACK, loaded=loaded,
+                               seconds=time.perf_counter() - started,
+                               error="this replica lost the lead", moved=moved)
     fleet.set_plan(target)
 
     # 3. drain each source of what it lost, then unload: in the background, so a long

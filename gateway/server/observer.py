@@ -28,12 +28,18 @@ from __future__ import annotations
 import bisect
 import math
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from planner import MAX_RATE, MAX_TOKENS, AdapterDemand
 
-__all__ = ["MIN_RATE", "SHIFT_Z", "Observer", "WorkerTraffic"]
+__all__ = ["MIN_RATE", "SHIFT_Z", "Event", "Observer", "WorkerTraffic"]
+
+T = TypeVar("T")
+# ("a", at, adapter) an arrival, ("s", at, adapter, worker) sent to a worker, ("f", at,
+# adapter, worker, prompt_tokens, completion_tokens, e2e_s, ttft_s or None) finished
+Event = tuple[Any, ...]
 
 MIN_RATE = 1e-3  # req/s a registered adapter that saw no traffic is planned for (it keeps a slot)
 # How far (in standard deviations of Poisson counting noise) an adapter's count over the
@@ -95,6 +101,15 @@ def _strays(count: int, expected: float, *, above: bool = False) -> bool:
     return z >= SHIFT_Z if above else abs(z) >= SHIFT_Z
 
 
+def _insort(queue: deque[T], item: T, at: Callable[[T], float]) -> None:
+    """Insert ``item`` into the time-ordered ``queue``, searching from the newest end."""
+    held = []
+    while queue and at(queue[-1]) > at(item):
+        held.append(queue.pop())
+    queue.append(item)
+    queue.extend(reversed(held))
+
+
 def _p50(values: list[float]) -> float | None:
     if not values:
         return None
@@ -120,16 +135,22 @@ class Observer:
         self._done: dict[str, deque[_Done]] = defaultdict(deque)
         self._by_worker: dict[str, deque[_Done]] = defaultdict(deque)
         self._sent: dict[str, deque[tuple[float, str]]] = defaultdict(deque)
+        # told every event this gateway sees (the other replicas merge them: gateway/shared/)
+        self.sink: Callable[[Event], None] | None = None
 
     def arrival(self, adapter: str, *, now: float) -> None:
         """A request for ``adapter`` (``twin.routing.BASE_MODEL`` for the base model)."""
         if self.started is None:
             self.started = now
         self._arrivals[adapter].append(now)
+        if self.sink is not None:
+            self.sink(("a", now, adapter))
 
     def dispatched(self, adapter: str, worker: str, *, now: float) -> None:
         """A request for ``adapter`` sent to ``worker`` (a retry elsewhere counts again)."""
         self._sent[worker].append((now, adapter))
+        if self.sink is not None:
+            self.sink(("s", now, adapter, worker))
 
     def finished(self, adapter: str, worker: str, *, prompt_tokens: int,
                  completion_tokens: int, e2e_s: float, now: float,
@@ -138,6 +159,31 @@ class Observer:
         done = _Done(now, adapter, prompt_tokens, completion_tokens, ttft_s, e2e_s)
         self._done[adapter].append(done)
         self._by_worker[worker].append(done)
+        if self.sink is not None:
+            self.sink(("f", now, adapter, worker, prompt_tokens, completion_tokens, e2e_s,
+                       ttft_s))
+
+    def merge(self, event: Event) -> None:
+        """Another replica's event (its time already on this process's clock), in time
+        order (events arrive a second or so late: each is inserted from the newest end).
+
+        >>> obs = Observer(window_s=10.0)
+        >>> obs.arrival("sql", now=5.0)
+        >>> obs.merge(("a", 4.0, "sql")); obs.merge(("f", 4.5, "sql", "w0", 10, 2, 0.3, 0.1))
+        >>> list(obs._arrivals["sql"]), obs.started, round(obs.rates(now=6.0)["sql"], 2)
+        ([4.0, 5.0], 4.0, 1.0)
+        """
+        at, adapter = float(event[1]), str(event[2])
+        if event[0] == "a":
+            self.started = at if self.started is None else min(self.started, at)
+            _insort(self._arrivals[adapter], at, lambda x: x)
+        elif event[0] == "s":
+            _insort(self._sent[str(event[3])], (at, adapter), lambda x: x[0])
+        elif event[0] == "f":
+            ttft = None if event[7] is None else float(event[7])
+            done = _Done(at, adapter, int(event[4]), int(event[5]), ttft, float(event[6]))
+            _insort(self._done[adapter], done, lambda x: x.at)
+            _insort(self._by_worker[str(event[3])], done, lambda x: x.at)
 
     def _trim(self, now: float) -> None:
         cut = now - self.window_s

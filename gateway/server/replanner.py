@@ -15,11 +15,12 @@ action.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -27,11 +28,18 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, GUARD, OBSERVER, TARGET_SURROGATE
-from gateway.server import planning_process, triggers
+from gateway.keys import (
+    FLEET,
+    GATEWAY_CONFIG,
+    GATEWAY_METRICS,
+    GUARD,
+    OBSERVER,
+    ROLE,
+    TARGET_SURROGATE,
+)
+from gateway.server import planning_process
 from gateway.server.errors import ApiError
-from gateway.server.learning import SCRAPE_INTERVAL_S, Learner
-from gateway.server.lifecycle import background
+from gateway.server.learning import Learner
 from gateway.server.metrics import MigrationOutcome, ReplanTrigger
 from gateway.server.migrate import execute
 from gateway.server.planning import fallback_engine
@@ -39,13 +47,12 @@ from gateway.server.registry import WorkerStatus
 from gateway.server.replan_job import (
     ReplanJob,
     ReplanResult,
-    measure_baselines,
     run_job,
 )
 from gateway.server.scaling import ScaleDirection, ScaleOutcome, Scaler, present
 from planner import AdapterDemand, RunningWorker, Stability
 
-__all__ = ["Replanner", "replanning"]
+__all__ = ["Replanner"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ class Replanner:
         self.scaler = Scaler(app[GATEWAY_CONFIG].actuator, app[GATEWAY_METRICS])
         self._handled_down: set[str] = set()
         self._placing: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._asked: dict[str, float] = {}  # ``triggers.unplaced_wanted``
         # Requests per wall second each adapter was planned for: the registered rates until
         # the first re-plan, then those of the last one computed that was not a dry run (its
         # migration may still roll back). None before the loop starts. Surges are measured
@@ -160,6 +168,8 @@ class Replanner:
         re-plan that fails (a worker down, a drain, an adapter to place) is owed: the loop
         tries again within ``RETRY_FIRST_S``, backing off to ``RETRY_MAX_S``, until one
         succeeds, instead of leaving the adapters unserved until the next period."""
+        if not self.app[ROLE].leading:  # admin calls go to the leader (replicas.py)
+            raise ApiError.unavailable("this replica does not lead the fleet; retry", 1)
         try:
             body = await self._replan(trigger, dry_run=dry_run, fresh=fresh)
         except Exception:
@@ -287,6 +297,11 @@ class Replanner:
         loads it); requests for it wait here, one re-plan for all of them, at most
         ``timeout`` seconds (then 503 with ``Retry-After``)."""
         fleet = self.app[FLEET]
+        if not self.app[ROLE].leading:  # the leader places it (triggers.unplaced_wanted)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while not fleet.placed(adapter):
+                        await asyncio.sleep(0.1)
         if fleet.placed(adapter):
             return
         task = self._placing.get(adapter)
@@ -309,67 +324,6 @@ class Replanner:
         """Give a drained worker back to the planner (placed on at the next re-plan)."""
         self.app[FLEET].undrain(index)
 
-    async def run(self) -> None:
-        """The periodic loop, and the down-worker watch."""
-        cfg, fleet = self.app[GATEWAY_CONFIG], self.app[FLEET]
-        loop = asyncio.get_running_loop()
-        next_at = loop.time() + cfg.replan_interval_s if cfg.replan_interval_s else None
-        next_window = loop.time() + cfg.observe_window_s / 2
-        next_scrape = loop.time()
-        next_surge = loop.time()
-        started = False
-        while True:
-            await asyncio.sleep(DOWN_CHECK_S)
-            if not self.app[FLEET].synced:
-                continue
-            if not started:  # the first plan may already want more workers than run
-                started = True
-                if self.planned is None:  # the first plan was made for the registered rates
-                    self.planned = self._wall_rates(self.registered())
-                await self._scale_for_first_plan()
-            triggers.export_rates(self.app)
-            if loop.time() >= next_scrape:
-                next_scrape = loop.time() + SCRAPE_INTERVAL_S
-                await self.learner.scrape()
-            if loop.time() >= next_window:
-                next_window = loop.time() + cfg.observe_window_s / 2
-                self.learner.window()
-            self._adopt_baselines()
-            self.app[GATEWAY_METRICS].tick(fleet, self.planned_speed)
-            try:
-                if triggers.down_holders(self.app, self._handled_down):
-                    await self.replan(ReplanTrigger.WORKER_DOWN)
-                elif self.owed is not None and loop.time() >= self._retry_at:
-                    await self.replan(self.owed)
-                elif next_at is not None and cfg.starvation_guard and triggers.starving(
-                        self.app, self.learner.gauges):
-                    await self.replan(ReplanTrigger.STARVATION)
-                elif next_at is not None and loop.time() >= next_at and fleet.adapters:
-                    await self.replan(ReplanTrigger.PERIODIC)
-                    next_at = loop.time() + cfg.replan_interval_s
-                elif next_at is not None and loop.time() >= next_surge and triggers.surging(
-                        self.app, self.planned):
-                    # The surge's evidence is the recent part of the window: wait that long
-                    # before another surge re-plan, so each one rests on fresh arrivals.
-                    next_surge = loop.time() + self.app[OBSERVER].recent_s(time.monotonic())
-                    await self.replan(ReplanTrigger.SURGE)
-            except Exception:
-                logger.exception("re-plan failed; the placement is unchanged")
-                if next_at is not None:
-                    next_at = loop.time() + cfg.replan_interval_s
-
-    def _adopt_baselines(self) -> None:
-        """Install the start-up measurement of the baselines once done (unless a re-plan
-        has measured them since); cancelled: the gateway stops."""
-        job = self.measuring
-        if job is None or not job.done() or job.cancelled():
-            return
-        self.measuring = None
-        if job.exception() is not None:
-            logger.warning("measuring the baselines failed: %r", job.exception())
-        elif not self.app[FLEET].baselines:
-            self.app[FLEET].baselines = job.result()
-
     def _wall_rates(self, demands: Iterable[AdapterDemand]) -> dict[str, float]:
         """Requests per wall second of ``demands`` (theirs are in the workers' time)."""
         scale = self.app[GATEWAY_CONFIG].time_scale
@@ -382,18 +336,3 @@ async def _persist(app: web.Application) -> None:
     result = persist(app)
     if asyncio.iscoroutine(result):
         await result
-
-
-async def replanning(app: web.Application) -> AsyncIterator[None]:
-    """``cleanup_ctx``: the replanner and its loop."""
-    from gateway.keys import REPLANNER
-
-    replanner = Replanner(app)
-    app[REPLANNER] = replanner
-    if app[FLEET].adapters:  # warms the planning process too: the first re-plan waits less
-        replanner.measuring = planning_process.submit(measure_baselines, replanner.snapshot())
-    try:
-        async with background(replanner.run(), "replanner"):
-            yield
-    finally:
-        planning_process.stop_planning()

@@ -1,16 +1,96 @@
-"""Replicas on shared state: the composition of ``gateway.shared`` into the app (nothing
-happens without ``redis:`` in the config: one gateway process, the embedded default)."""
+"""Replicas on shared state: the composition of ``gateway.shared`` into the app. Nothing
+here acts without ``redis:`` in the config (one gateway process, the embedded default: it
+always leads).
+
+With ``redis:``, every replica serves requests; one leads (``gateway.shared.lease``):
+
+- **the leader** runs the control loop (re-plans, migrations, the actuator, learning,
+  discovery) and publishes the fleet's state on every change (``replica_state.document``,
+  a fenced write), and once more when it takes the lead;
+- **a follower** polls the published version every ``POLL_S`` and routes by each new one
+  (``replica_state.adopt``) as soon as it appears; it loads and unloads nothing;
+- **every replica** sends its observer's events to the others and merges theirs
+  (``gateway.shared.observations``), so the leader plans on all the traffic and a follower
+  that takes over has the window already;
+- **admin calls** on a follower go to the leader (its ``advertise_url``) and its answer comes
+  back as it is; with no leader reachable they get 503, or act here with
+  ``redis.admin_fail_open``.
+
+``lorafleet_leader{replica}`` is 1 on the leader, 0 on the others.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
+from prometheus_client import Gauge
 
-from gateway.keys import GATEWAY_CONFIG, REDIS
-from gateway.shared.client import connect
+from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, OBSERVER, REDIS, ROLE
+from gateway.server.admin import PREFIX as ADMIN_PREFIX
+from gateway.server.config import GatewayConfig
+from gateway.server.errors import ApiError
+from gateway.server.replica_state import adopt, document
+from gateway.server.state import GatewayState
+from gateway.shared.client import UNREACHABLE, connect
+from gateway.shared.lease import LeaderLease
+from gateway.shared.observations import FLUSH_S, ObservationStream
+from gateway.shared.published import POLL_S, Published, load_now
+from twin.errors import ConfigError
 
-__all__ = ["redis_client"]
+__all__ = ["FORWARDED", "Role", "forward_admin", "redis_client", "replica_role",
+           "shared_state"]
+
+logger = logging.getLogger(__name__)
+
+FORWARDED = "X-Lorafleet-Forwarded-By"  # an admin call a follower passed to the leader
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def shared_state(cfg: GatewayConfig) -> GatewayState | None:
+    """The state the leader published, for ``create_app`` to restore (None: none yet, or
+    Redis unreachable at start-up: logged, and the replica follows once it answers)."""
+    assert cfg.redis is not None
+    try:
+        raw = load_now(cfg.redis)
+        return None if raw is None else GatewayState.from_json(json.loads(raw))
+    except UNREACHABLE as exc:
+        logger.warning("Redis at %s unreachable at start-up (%r): the published state is "
+                       "read once it answers", cfg.redis.url, exc)
+    except (ConfigError, ValueError) as exc:
+        logger.error("the published state in Redis is not one (%s): planning afresh", exc)
+    return None
+
+
+class Role:
+    """Whether this replica leads (always, without Redis), and who does."""
+
+    def __init__(self, name: str, lease: LeaderLease | None = None) -> None:
+        self.name = name
+        self.lease = lease
+        self.published: Published | None = None
+        self.applied: str | None = None  # the published version this replica routes by
+        self.on_lead: list[Callable[[], Awaitable[None]]] = []  # run when it takes the lead
+
+    @property
+    def shared(self) -> bool:
+        return self.lease is not None
+
+    @property
+    def leading(self) -> bool:
+        return self.lease is None or self.lease.leading
+
+    @property
+    def leader_url(self) -> str | None:
+        """The leader's admin API, when another replica leads."""
+        if self.lease is None or self.lease.leading or self.lease.leader is None:
+            return None
+        return self.lease.leader.url
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
@@ -23,3 +103,173 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     finally:
         if client is not None:
             await client.aclose()
+
+
+async def replica_role(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx`` (after ``redis_client``, before the bootstrap): the role, the lease
+    and its loops; the lease is released at the end, so another replica leads at once."""
+    cfg = app[GATEWAY_CONFIG]
+    gauge = Gauge("lorafleet_leader", "1 on the replica that runs the control loop (re-plans, "
+                  "migrations, scaling), 0 on the others.", ["replica"],
+                  registry=app[GATEWAY_METRICS].registry)
+    client = app[REDIS]
+    if cfg.redis is None or client is None:
+        app[ROLE] = role = Role(f"{cfg.host}:{cfg.port}")
+        gauge.labels(role.name).set(1)
+        yield
+        return
+    lease = LeaderLease(client, cfg.redis)
+    app[ROLE] = role = Role(cfg.redis.replica, lease)
+    role.published = Published(client, cfg.redis)
+    stream = ObservationStream(client, cfg.redis, window_s=cfg.observe_window_s)
+    app[OBSERVER].sink = stream.record
+    publisher = _Publisher(app, role)
+    app[FLEET].on_change(publisher.schedule)
+    await lease.step()
+    gauge.labels(role.name).set(int(role.leading))
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in (
+        ("lease", _lease_loop(app, role, publisher, gauge)),
+        ("follow", _follow_loop(app, role, publisher)), ("publish", publisher.run()),
+        ("observations", _observe_loop(app, stream)))]
+    try:
+        async with aiohttp.ClientSession() as session:
+            app[_FORWARD_SESSION] = session
+            yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if role.leading:
+            await publisher.publish()  # the state at shutdown, for the next leader
+        await lease.release()
+        gauge.labels(role.name).set(0)
+
+
+_FORWARD_SESSION = web.AppKey("gateway_forward_session", aiohttp.ClientSession)
+
+
+class _Publisher:
+    """The leader's side: publish the fleet's state after every change (coalesced)."""
+
+    def __init__(self, app: web.Application, role: Role) -> None:
+        self.app, self.role = app, role
+        self.wanted = asyncio.Event()
+
+    def schedule(self) -> None:
+        if self.role.leading:
+            self.wanted.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wanted.wait()
+            self.wanted.clear()
+            await self.publish()
+
+    async def publish(self) -> None:
+        lease, published = self.role.lease, self.role.published
+        fleet = self.app[FLEET]
+        if lease is None or published is None or lease.value is None or fleet.plan is None:
+            return
+        try:
+            version = await published.publish(lease.value, lease.epoch or 0, document(fleet))
+        except UNREACHABLE as exc:
+            logger.warning("publishing the fleet's state failed (%r); retried", exc)
+            await asyncio.sleep(POLL_S)
+            self.wanted.set()
+            return
+        if version is None:
+            logger.warning("replica %s leads no more: its state was not published",
+                           self.role.name)
+        else:
+            self.role.applied = version
+
+
+async def _lease_loop(app: web.Application, role: Role, publisher: _Publisher,
+                      gauge: Gauge) -> None:
+    lease = role.lease
+    assert lease is not None
+    was = role.leading
+    while True:
+        await asyncio.sleep(lease.renew_every_s)
+        now = await lease.step()
+        gauge.labels(role.name).set(int(now))
+        if now and not was:  # took the lead: publish what it routes by, then take over
+            await publisher.publish()
+            for hook in role.on_lead:
+                try:
+                    await hook()
+                except Exception:
+                    logger.exception("taking the lead")
+        was = now
+
+
+async def _follow_loop(app: web.Application, role: Role, publisher: _Publisher) -> None:
+    published = role.published
+    assert published is not None
+    while True:
+        await asyncio.sleep(POLL_S)
+        try:
+            version = await published.version()
+            if role.leading:
+                if version is None:  # Redis lost it (restarted): publish again
+                    await publisher.publish()
+                continue
+            if version is None or version == role.applied:
+                continue
+            found = await published.read()
+        except UNREACHABLE:
+            continue  # routing goes on by the last state; the lease loop logs the outage
+        if found is None:
+            continue
+        try:
+            adopt(app[FLEET], found[1])
+        except (ConfigError, ValueError, TypeError) as exc:
+            logger.error("the published state %s cannot be routed by: %s", found[0], exc)
+        role.applied = found[0]
+
+
+async def _observe_loop(app: web.Application, stream: ObservationStream) -> None:
+    observer = app[OBSERVER]
+    while True:
+        await asyncio.sleep(FLUSH_S)
+        await stream.flush()
+        for event in await stream.pull():
+            observer.merge(event)
+
+
+@web.middleware
+async def forward_admin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On a follower, an admin call goes to the leader and its answer comes back."""
+    role = request.app.get(ROLE)
+    if (role is None or not role.shared or role.leading
+            or not (request.path == ADMIN_PREFIX or request.path.startswith(ADMIN_PREFIX + "/"))):
+        return await handler(request)
+    cfg = request.app[GATEWAY_CONFIG].redis
+    assert cfg is not None
+    url = role.leader_url
+    if url is None or request.headers.get(FORWARDED):
+        if cfg.admin_fail_open:
+            return await handler(request)
+        raise ApiError.unavailable("no leader replica is known to take admin calls; retry "
+                                   "once one leads", max(1, round(cfg.lease_ttl_s)))
+    headers = {k: v for k, v in request.headers.items()
+               if k.lower() in ("authorization", "content-type", "accept")}
+    headers[FORWARDED] = role.name
+    try:
+        async with request.app[_FORWARD_SESSION].request(
+                request.method, url + request.path_qs, data=await request.read(),
+                headers=headers, timeout=aiohttp.ClientTimeout(total=None)) as resp:
+            body = await resp.read()
+            out = web.Response(body=body, status=resp.status)
+            for key in ("Content-Type", "Retry-After"):
+                if key in resp.headers:
+                    out.headers[key] = resp.headers[key]
+            return out
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        if cfg.admin_fail_open:
+            return await handler(request)
+        raise ApiError.unavailable(f"the leader replica at {url} cannot be reached "
+                                   f"({type(exc).__name__}); retry",
+                                   max(1, round(cfg.lease_ttl_s))) from None

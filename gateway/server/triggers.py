@@ -12,11 +12,11 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, GUARD, OBSERVER
+from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, GUARD, OBSERVER, ROLE
 from gateway.server.registry import WorkerStatus
 from gateway.server.scrape import WorkerGauges
 
-__all__ = ["down_holders", "export_rates", "starving", "surging"]
+__all__ = ["down_holders", "export_rates", "starving", "surging", "unplaced_wanted"]
 
 logger = logging.getLogger("gateway.server.replanner")
 
@@ -76,3 +76,22 @@ def down_holders(app: web.Application, handled: set[str]) -> bool:
         elif w.status not in _LOST:
             handled.discard(name)
     return fresh
+
+
+ASK_AGAIN_S = 30.0  # an adapter placed on demand and still unplaced is asked for again after
+
+
+def unplaced_wanted(app: web.Application, asked: dict[str, float]) -> bool:
+    """With replicas, requests for a registered adapter no plan places (a follower received
+    them: it waits for the leader's placement); ``asked`` holds when each was last
+    re-planned for. Alone, a request places its adapter itself (``ensure_placed``)."""
+    fleet = app[FLEET]
+    if not app[ROLE].shared or not fleet.synced or fleet.plan is None:
+        return False
+    now = time.monotonic()
+    rates = app[OBSERVER].rates(now=now)
+    wanted = [n for n in fleet.adapters if rates.get(n) and not fleet.placed(n)
+              and now - asked.get(n, -ASK_AGAIN_S) >= ASK_AGAIN_S]
+    for name in wanted:
+        asked[name] = now
+    return bool(wanted)

@@ -11,10 +11,11 @@ from gateway.shared.config import RedisConfig
 
 __all__ = ["UNREACHABLE", "RedisError", "connect"]
 
-# What a Redis that is down, restarting or too slow raises (redis-py's own classes, and
-# the OS's when a connection breaks mid-command)
-UNREACHABLE: tuple[type[BaseException], ...] = (
-    RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+# What a Redis that is down, restarting or too slow raises (redis-py's own classes, the OS's
+# when a connection breaks mid-command), or one that refuses a command (``RedisError``)
+UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError, RedisTimeoutError, RedisError, ConnectionError, TimeoutError,
+    OSError)
 
 
 def connect(cfg: RedisConfig) -> aioredis.Redis:
