@@ -146,8 +146,10 @@ class Fleet:
             worker.status = status
 
     def set_resident(self, index: int, names: set[str]) -> None:
+        """What worker ``index`` holds, as it reported it (replicas publish it)."""
         self.workers[index].resident = set(names)
         self._install()
+        self._changed()
 
     def undrain(self, index: int) -> None:
         """Put a drained worker back into service (it is placed again at the next re-plan)."""
@@ -188,7 +190,8 @@ class Fleet:
     # -- the adapter registry (admin API) and change listeners (the state file) -----------
 
     def on_change(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` whenever the plan or the registered adapters change."""
+        """Call ``listener`` whenever the plan, the registered adapters or a worker's
+        reported residency change."""
         self._listeners.append(listener)
 
     def _changed(self) -> None:
