@@ -1,11 +1,12 @@
 """The deploy files hold together: Kubernetes manifests valid against the Kubernetes schemas
 (``kubernetes-validate``, offline, strict; the Prometheus Operator's ServiceMonitor, which it
-has no schema for, checked field by field against the Service it scrapes), the gateway's
-state on its own volume, a disruption budget over the workers, compose files with the
-services, volumes and mounts they need and no default admin token (and ``docker compose
+has no schema for, checked field by field against the Service it scrapes), gateway replicas
+on a Redis StatefulSet (rolling updates that keep two serving, a disruption budget, no state
+volume), a disruption budget over the workers, compose files with the services, volumes and
+mounts they need, two gateways on one Redis and no default admin token (and ``docker compose
 config`` where a compose binary exists), gateway configs the gateway accepts,
-emulated-worker options the emulator accepts, and a dashboard and provisioning that agree on
-the data source."""
+emulated-worker options the emulator accepts, a dashboard and provisioning that agree on the
+data source, and fleet-wide figures that several replicas do not double."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
@@ -23,6 +25,7 @@ import yaml
 
 from gateway.emulator.cli import register as register_worker
 from gateway.emulator.cli import worker_configs
+from gateway.server import config_env
 from gateway.server.config import GatewayConfig, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,28 +105,93 @@ def pod_labels() -> dict[str, dict[str, str]]:
             for d in k8s_docs() if d["kind"] in ("Deployment", "StatefulSet")}
 
 
-def test_gateway_state_lives_on_its_own_read_write_once_volume(
+def test_gateway_replicas_roll_one_at_a_time_on_redis_not_a_volume(
         configmap_config: GatewayConfig) -> None:
     cfg = configmap_config
-    assert cfg.state_file is not None
     deployment = find("Deployment", "lorafleet-gateway")
-    # one writer: a single replica, the old pod gone before the new one mounts the volume
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    pod = deployment["spec"]["template"]["spec"]
+    spec = deployment["spec"]
+    # several replicas; an update adds one new pod and stops an old one only once it is ready
+    assert spec["replicas"] >= 2
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod = spec["template"]["spec"]
     (container,) = pod["containers"]
-    folder = str(Path(cfg.state_file).parent)
-    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
-    assert not mount.get("readOnly", False)
-    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    pvc = find("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
-    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert pvc["metadata"]["namespace"] == deployment["metadata"]["namespace"]
-    assert not any(v.get("persistentVolumeClaim", {}).get("claimName") == pvc["metadata"][
-        "name"] for d in k8s_docs() if d["kind"] == "StatefulSet"
-        for v in d["spec"]["template"]["spec"].get("volumes", []))
-    # the volume is the gateway user's to write: its group owns it
-    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    (http,) = [p for p in container["ports"] if p["name"] == "http"]
+    assert http["containerPort"] == cfg.port and cfg.host == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    # the listener closes at SIGTERM: the endpoints drop the pod first, then requests drain
+    sleep, seconds = container["lifecycle"]["preStop"]["exec"]["command"]
+    pause = int(seconds)
+    assert sleep == "sleep"
+    assert pause > 0 and pause + cfg.drain_timeout_s < pod["terminationGracePeriodSeconds"]
+    # spread over nodes where there are several, without refusing to schedule where not
+    (term,) = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert matches(term["podAffinityTerm"]["labelSelector"],
+                   spec["template"]["metadata"]["labels"])
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"][
+        "podAntiAffinity"]
+    # state in Redis: no state file, no volume but the read-only config, no state PVC
+    assert cfg.state_file is None and cfg.redis is not None
+    assert [v["name"] for v in pod["volumes"]] == ["config"]
+    assert all(m["readOnly"] for m in container["volumeMounts"])
+    assert "fsGroup" not in pod["securityContext"]
+    assert [d["metadata"]["name"] for d in k8s_docs()
+            if d["kind"] == "PersistentVolumeClaim"] == ["lorafleet-adapters"]
+    assert not (K8S / "gateway-state-pvc.yaml").exists()
+
+
+def test_pod_disruption_budget_keeps_a_gateway_replica() -> None:
+    pdb = find("PodDisruptionBudget", "lorafleet-gateway")
+    spec = pdb["spec"]
+    deployment = find("Deployment", "lorafleet-gateway")
+    assert spec["minAvailable"] == 1 < deployment["spec"]["replicas"]
+    assert "maxUnavailable" not in spec
+    assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    selected = [k for k, labels in pod_labels().items() if matches(spec["selector"], labels)]
+    assert selected == ["Deployment/lorafleet-gateway"]
+    assert pdb["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+
+
+def test_redis_statefulset_behind_the_service_the_config_names(
+        configmap_config: GatewayConfig) -> None:
+    sts, svc = find("StatefulSet", "redis"), find("Service", "redis")
+    namespace = find("Deployment", "lorafleet-gateway")["metadata"]["namespace"]
+    assert sts["metadata"]["namespace"] == svc["metadata"]["namespace"] == namespace
+    assert sts["spec"]["replicas"] == 1 and sts["spec"]["serviceName"] == "redis"
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert matches(sts["spec"]["selector"], labels)
+    assert matches({"matchLabels": svc["spec"]["selector"]}, labels)
+    assert [k for k, pod in pod_labels().items()
+            if matches({"matchLabels": svc["spec"]["selector"]}, pod)] == ["StatefulSet/redis"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "redis:7"
+    (port,) = svc["spec"]["ports"]
+    (target,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    assert port["port"] == target["containerPort"] == 6379
+    # the gateway's redis.url is the Service, by name, in its own namespace
+    assert configmap_config.redis is not None
+    url = urlsplit(configmap_config.redis.url)
+    assert url.scheme == "redis" and url.port == port["port"]
+    assert url.hostname in ("redis", f"redis.{namespace}", f"redis.{namespace}.svc",
+                            f"redis.{namespace}.svc.cluster.local")
+    # append-only file on the pod's own volume: runtime adapters outlive a full restart
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    (mount,) = container["volumeMounts"]
+    assert mount["name"] == claim["metadata"]["name"]
+    assert mount["mountPath"] == args[args.index("--dir") + 1]
+    # only the gateway's pods may connect
+    policy = find("NetworkPolicy", "redis")
+    assert matches(policy["spec"]["podSelector"], labels)
+    (rule,) = policy["spec"]["ingress"]
+    (source,) = rule["from"]
+    assert [k for k, pod in pod_labels().items() if matches(source["podSelector"], pod)] == [
+        "Deployment/lorafleet-gateway"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port["port"]}]
 
 
 def test_admin_token_is_a_secret_the_manifests_do_not_ship() -> None:
@@ -170,6 +238,8 @@ def test_service_monitor_scrapes_the_gateway_service(configmap_config: GatewayCo
     assert [s["metadata"]["name"] for s in services] == ["lorafleet-gateway"]  # not vllm
     (service,) = services
     assert "namespaceSelector" not in spec  # its own namespace, the Service's
+    # a target per endpoint, so every gateway replica is scraped, not one behind the Service
+    assert spec.get("serviceDiscoveryRole", "Endpoints") in ("Endpoints", "EndpointSlice")
     (endpoint,) = spec["endpoints"]
     assert set(endpoint) <= MONITOR_ENDPOINT
     (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
@@ -235,6 +305,7 @@ def test_pods_carry_scrape_annotations_for_their_port(kind: str, name: str) -> N
 
 
 def test_rbac_allows_exactly_what_kube_py_does() -> None:
+    # every replica runs under the account: whichever leads lists pods and patches the scale
     role = find("Role", "lorafleet-gateway")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"])
              for r in role["rules"]}
@@ -304,7 +375,8 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
 def test_compose_services_volumes_and_gateway_config(file: str, config: str) -> None:
     data = compose(file)
     services = data["services"]
-    assert {"gateway", "vllm-0", "vllm-1", "prometheus", "grafana"} <= set(services)
+    assert {"gateway", "gateway-b", "redis", "vllm-0", "vllm-1", "prometheus",
+            "grafana"} <= set(services)
     assert "adapters" in data["volumes"]
     gateway = services["gateway"]
     assert mounts(gateway)["/etc/lorafleet/gateway.yaml"] == f"./{config}"
@@ -318,7 +390,8 @@ def test_compose_services_volumes_and_gateway_config(file: str, config: str) -> 
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in prom["scrape_configs"] for c in job["static_configs"]
                for t in c["targets"]}
-    assert targets == {f"gateway:{cfg.port}", "vllm-0:8000", "vllm-1:8000"}
+    assert targets == {f"{name}:{cfg.port}" for name in gateways(data)} | {
+        "vllm-0:8000", "vllm-1:8000"}
     assert mounts(services["prometheus"])["/etc/prometheus"] == "../prometheus"
     grafana = mounts(services["grafana"])
     assert (COMPOSE / grafana["/etc/grafana/provisioning"]).is_dir()
@@ -363,16 +436,56 @@ REQUIRED = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*):\?(?P<message>[^}]+)\}")
 
 @pytest.mark.parametrize("file", ["docker-compose.yml", "docker-compose.cpu.yml"])
 def test_compose_has_no_default_admin_token(file: str) -> None:
-    gateway = compose(file)["services"]["gateway"]
-    value = gateway["environment"]["LORAFLEET_ADMIN_TOKEN"]
-    required = REQUIRED.fullmatch(value)
-    assert required is not None, f"not required: {value!r}"
-    assert required["name"] == "LORAFLEET_ADMIN_TOKEN"
-    assert "LORAFLEET_ADMIN_TOKEN" in required["message"]  # says what to set
-    cfg = parse_config(yaml.safe_load((COMPOSE / mounts(gateway)[
-        "/etc/lorafleet/gateway.yaml"]).read_text()))
-    assert cfg.admin_token_env == "LORAFLEET_ADMIN_TOKEN"
+    for name in gateways(compose(file)):
+        gateway = compose(file)["services"][name]
+        value = gateway["environment"]["LORAFLEET_ADMIN_TOKEN"]
+        required = REQUIRED.fullmatch(value)
+        assert required is not None, f"{name}: not required: {value!r}"
+        assert required["name"] == "LORAFLEET_ADMIN_TOKEN"
+        assert "LORAFLEET_ADMIN_TOKEN" in required["message"]  # says what to set
+        cfg = parse_config(yaml.safe_load((COMPOSE / mounts(gateway)[
+            "/etc/lorafleet/gateway.yaml"]).read_text()))
+        assert cfg.admin_token_env == "LORAFLEET_ADMIN_TOKEN"
     assert "change-me" not in (COMPOSE / file).read_text()
+
+
+def gateways(data: dict[str, Any]) -> list[str]:
+    """The compose services that run the gateway (``lorafleet serve``)."""
+    return sorted(name for name, service in data["services"].items()
+                  if service.get("command", [None])[0] == "serve")
+
+
+@pytest.mark.parametrize(("file", "config"), [("docker-compose.yml", "gateway.yaml"),
+                                              ("docker-compose.cpu.yml", "gateway.cpu.yaml")])
+def test_compose_runs_two_gateways_on_one_redis(file: str, config: str) -> None:
+    data = compose(file)
+    services = data["services"]
+    names = gateways(data)
+    assert names == ["gateway", "gateway-b"]
+    redis = services["redis"]
+    assert redis["image"] == "redis:7" and "redis-cli" in redis["healthcheck"]["test"]
+    assert "ports" not in redis  # only the gateways reach it
+    assert mounts(redis)["/data"] in data["volumes"]
+    host_ports, hostnames = [], []
+    for name in names:
+        gateway = services[name]
+        url = gateway["environment"]["LORAFLEET_REDIS_URL"]
+        assert urlsplit(url).hostname == "redis" and urlsplit(url).port == 6379
+        assert gateway["depends_on"]["redis"] == {"condition": "service_healthy"}
+        assert mounts(gateway)["/etc/lorafleet/gateway.yaml"] == f"./{config}"
+        # the variable turns the file's gateway into a replica on that Redis, as `serve` does
+        file_data = yaml.safe_load((COMPOSE / config).read_text())
+        assert "redis" not in file_data and "state_file" not in file_data
+        sources: dict[str, str] = {}
+        config_env.redis_url(file_data, {"LORAFLEET_REDIS_URL": url}, sources)
+        cfg = parse_config(file_data)
+        assert cfg.redis is not None and cfg.redis.url == url and cfg.host == "0.0.0.0"
+        (published,) = gateway["ports"]
+        host, container = published.split(":")
+        assert int(container) == cfg.port
+        host_ports.append(host)
+        hostnames.append(gateway["hostname"])
+    assert len(set(host_ports)) == len(set(hostnames)) == len(names)
 
 
 def test_required_variable_pattern() -> None:
@@ -443,6 +556,49 @@ def test_dashboard_reads_a_prometheus_data_source_variable() -> None:
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "lorafleet.yml").read_text())[
         "providers"]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+# Every gateway replica exports the same figures for the fleet: read with max(), never summed
+# (a sum doubles them with two replicas) nor raw (one alert, one line per replica).
+FLEET_FIGURES = ("lorafleet_gpus_running", "lorafleet_gpus_planned", "lorafleet_gpus_baseline",
+                 "lorafleet_worker_state", "lorafleet_gpu_seconds_saved_total")
+AGGREGATION = re.compile(r"\b(sum|max|min|avg|count)\s*(?:(?:by|without)\s*\([^)]*\)\s*)?$")
+
+
+def enclosing_aggregation(expr: str, at: int) -> str | None:
+    """The innermost aggregation operator around position ``at`` of a PromQL expression."""
+    depth = 0
+    for j in range(at - 1, -1, -1):
+        if expr[j] == ")":
+            depth += 1
+        elif expr[j] == "(":
+            if depth:
+                depth -= 1
+            elif found := AGGREGATION.search(expr[:j]):
+                return found[1]
+    return None
+
+
+def test_enclosing_aggregation() -> None:
+    expr = "sum by (state) (max by (worker, state) (a_1)) + rate(b_2[5m]) + c_3"
+    assert enclosing_aggregation(expr, expr.index("a_1")) == "max"
+    assert enclosing_aggregation(expr, expr.index("b_2")) is None
+    assert enclosing_aggregation(expr, expr.index("c_3")) is None
+    assert enclosing_aggregation("sum(rate(b_2[1m]))", 9) == "sum"
+
+
+def test_fleet_figures_are_not_doubled_by_replicas() -> None:
+    dash = json.loads((DEPLOY / "grafana" / "lorafleet.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [r["expr"] for g in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())[
+        "groups"] for r in g["rules"]]
+    seen = set()
+    for expr in exprs:
+        for name in FLEET_FIGURES:
+            for hit in re.finditer(rf"\b{name}\b", expr):
+                assert enclosing_aggregation(expr, hit.start()) == "max", (name, expr)
+                seen.add(name)
+    assert seen == set(FLEET_FIGURES)
 
 
 def test_dockerfile_runs_the_gateway_as_a_non_root_user() -> None:
