@@ -207,6 +207,14 @@ def _moved(before: Mapping[str, Collection[str]],
     return tuple(sorted({a for _, a in pairs}))
 
 
+# With replicas: how long a source keeps what a migration moved away before it drains and
+# unloads it, for the followers to route by the new placement (they poll every
+# ``gateway.shared.published.POLL_S``; their requests in flight finish either way: vLLM
+# loads the adapters of the requests it runs if missing: ``LRUCacheWorkerLoRAManager``,
+# vllm/lora/worker_manager.py)
+FOLLOWER_GRACE_S = 2.0
+
+
 class Releases:
     """Sources draining and unloading what a migration moved away, one task per (worker,
     adapter). Before unloading, a task checks that the current plan still routes nothing of
@@ -246,6 +254,8 @@ class Releases:
     async def _release(self, app: web.Application, worker: str, adapter: str) -> None:
         cfg, fleet, session = app[GATEWAY_CONFIG], app[FLEET], app[CLIENT_SESSION]
         index = next(i for i, w in enumerate(fleet.workers) if w.endpoint.name == worker)
+        if app[ROLE].shared:  # followers route by the old placement until they read the new
+            await asyncio.sleep(FOLLOWER_GRACE_S)
         if not await fleet.drained(index, [adapter], cfg.drain_timeout_s):
             logger.warning("%s did not drain %s in %.0f s; it stays loaded", worker, adapter,
                            cfg.drain_timeout_s)

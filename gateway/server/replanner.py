@@ -214,7 +214,8 @@ class Replanner:
             metrics.replans.labels(trigger.value).inc()
             m = result.migration
             body: dict[str, Any] = {
-                "trigger": trigger.value, "dry_run": dry_run, "fresh": fresh,
+                "trigger": trigger.value, "replica": self.app[ROLE].name,
+                "dry_run": dry_run, "fresh": fresh,
                 "planned_gpus": result.planned_gpus, "gpus": list(result.gpus),
                 "validated": result.validated, "starved": list(result.starved),
                 "repairs": result.repairs, "learned_windows": result.learned,
