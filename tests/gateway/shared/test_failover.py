@@ -145,7 +145,7 @@ async def test_redis_restarted_under_load(tmp_path: Path, redis_server: RedisSer
             await asyncio.sleep(3.0)  # past the lease's TTL: nobody leads, all serve
             served_without = tally.served - before
             redis_server.start()
-            leader, took = await _leader(session, gateways, NEW_LEADER_WITHIN_S)
+            _, took = await _leader(session, gateways, NEW_LEADER_WITHIN_S)
             client = aioredis.Redis.from_url(redis_server.url)
             try:
                 loop = asyncio.get_running_loop()
