@@ -69,7 +69,10 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     """
     store = FileStateStore(cfg.state_file) if cfg.state_file else None
     saved = shared_state(cfg) if cfg.redis is not None else None
-    restored = restore(cfg, plan, saved if saved is not None or store is None else store.load())
+    if saved is not None:
+        restored = restore(cfg, plan, saved, "the state the leader published in Redis")
+    else:
+        restored = restore(cfg, plan, None if store is None else store.load())
     cfg, plan = restored.cfg, restored.plan
     app = web.Application(middlewares=[access_middleware, error_middleware, auth_middleware,
                                        admin_middleware, forward_admin],

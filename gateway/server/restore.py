@@ -101,8 +101,8 @@ def _changes(old: AdapterEntry, new: AdapterEntry) -> list[str]:
     return out
 
 
-def restore(cfg: GatewayConfig, plan: InitialPlan | None,
-            state: GatewayState | None) -> Restored:
+def restore(cfg: GatewayConfig, plan: InitialPlan | None, state: GatewayState | None,
+            source: str = "the state file") -> Restored:
     """``cfg`` with the registry merged from the saved one (``merge``; every difference is
     logged) and the saved placement as the plan, less the adapters dropped; unchanged
     without a state. The placement is dropped, with a warning, when it names other workers
@@ -111,7 +111,7 @@ def restore(cfg: GatewayConfig, plan: InitialPlan | None,
         return Restored(cfg, plan)
     adapters, stale, dropped, notes = merge(cfg.adapters, state.adapters)
     for note in notes:
-        logger.info("state file: %s", note)
+        logger.info("%s: %s", source, note)
     cfg = dataclasses.replace(cfg, adapters=adapters)
     registered = {a.demand.name for a in adapters} | {BASE_MODEL}
     placement = {w: {k: v for k, v in shares.items() if k in registered}
@@ -120,9 +120,9 @@ def restore(cfg: GatewayConfig, plan: InitialPlan | None,
     names = [w.name for w in cfg.workers]
     restored = state.plan(names, None if plan is None else plan.engines)
     if restored is None:
-        logger.warning("the state file's placement (workers %s) does not fit workers %s; "
-                       "planning afresh", sorted(state.placement), names)
+        logger.warning("the placement in %s (workers %s) does not fit workers %s; "
+                       "planning afresh", source, sorted(state.placement), names)
         return Restored(cfg, plan, stale, dropped)
-    logger.info("restored %d adapters and the placement from the state file",
-                len(state.adapters) - len(dropped))
+    logger.info("restored %d adapters and the placement from %s",
+                len(state.adapters) - len(dropped), source)
     return Restored(cfg, restored, stale, dropped)

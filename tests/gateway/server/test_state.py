@@ -220,10 +220,11 @@ async def test_a_restart_merges_the_config_with_the_state(
             assert roots["chat"] == moved and "old" not in roots
             assert roots["extra"] == extra and roots["new"] == fresh
         notes = [r.getMessage() for r in caplog.records if r.name == "gateway.server.restore"]
-        assert "state file: adapter chat: the config changes path " \
+        assert "the state file: adapter chat: the config changes path " \
                f"{entries['chat'].path} -> {moved}" in notes
-        assert "state file: adapter new: new in the config" in notes
-        assert "state file: adapter extra: added through the admin API, kept" in notes
-        assert any(n.startswith("state file: adapter old: no longer in the config") for n in notes)
+        assert "the state file: adapter new: new in the config" in notes
+        assert "the state file: adapter extra: added through the admin API, kept" in notes
+        assert any(n.startswith("the state file: adapter old: no longer in the config")
+                   for n in notes)
     finally:
         await fleet.stop()
