@@ -45,11 +45,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        log = (self.folder / "redis.log").open("ab")
-        self.proc = subprocess.Popen(
-            [_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "no"],
-            stdout=log, stderr=subprocess.STDOUT)
+        with (self.folder / "redis.log").open("ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "no"],
+                stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
