@@ -25,11 +25,12 @@ if TYPE_CHECKING:
     from gateway.server.state import StateKeeper
     from gateway.server.target_training import TargetSurrogate
     from gateway.server.upstream import UpstreamPool
+    from gateway.shared.limits import FleetLimits
 
 __all__ = ["ADMIN_TOKEN", "API_KEY", "CLIENT_SESSION", "EMULATED_WORKER", "FLEET",
            "GATEWAY_CONFIG", "GATEWAY_METRICS", "GUARD", "KEYRING", "METRICS_TOKEN", "OBSERVER",
-           "REDIS", "RELEASES", "REPLANNER", "REQUEST_ID", "REQUEST_MODEL", "STATE_KEEPER",
-           "TARGET_SURROGATE", "UPSTREAM_POOL", "UPSTREAM_WORKER"]
+           "REDIS", "RELEASES", "REPLANNER", "REQUEST_ID", "REQUEST_MODEL", "SHARED_LIMITS",
+           "STATE_KEEPER", "TARGET_SURROGATE", "UPSTREAM_POOL", "UPSTREAM_WORKER"]
 
 EMULATED_WORKER: web.AppKey[EmulatedWorker] = web.AppKey("emulated_worker")
 
@@ -47,6 +48,8 @@ TARGET_SURROGATE: web.AppKey[TargetSurrogate] = web.AppKey("gateway_target_surro
 REQUEST_ID = web.RequestKey("gateway_request_id", str)
 # Replicas on shared state (gateway.yaml's redis:; gateway/shared/): None without it.
 REDIS: web.AppKey[aioredis.Redis | None] = web.AppKey("gateway_redis")
+# Fleet-wide per-key limits (gateway/server/key_limits.py): None without redis: or rate limits.
+SHARED_LIMITS: web.AppKey[FleetLimits | None] = web.AppKey("gateway_shared_limits")
 # Keys, admin token, state (gateway/server/auth.py, admin.py, state.py, access.py).
 KEYRING: web.AppKey[KeyRing] = web.AppKey("gateway_keyring")
 ADMIN_TOKEN: web.AppKey[bytes | None] = web.AppKey("gateway_admin_token_digest")

@@ -37,6 +37,7 @@ from gateway.server.config import GatewayConfig
 from gateway.server.discovery import discovery
 from gateway.server.errors import error_middleware
 from gateway.server.guard import GuardConfig, StarvationGuard
+from gateway.server.key_limits import shared_limits
 from gateway.server.lifecycle import bootstrap, client_session, health_checks
 from gateway.server.listener import ConnectionGuard, GuardedSite, ListenerLimits
 from gateway.server.metrics import GatewayMetrics
@@ -93,6 +94,7 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
                                              relax_s=max(120.0, 2 * cfg.observe_window_s)))
     app.cleanup_ctx.append(client_session)
     app.cleanup_ctx.append(redis_client)
+    app.cleanup_ctx.append(shared_limits)  # after redis_client: its client
     app.cleanup_ctx.append(upstream_auth(worker_key(cfg)))
     app.cleanup_ctx.append(keep_state)  # before bootstrap: it saves the installed plan
     app.cleanup_ctx.append(bootstrap(plan))
