@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gateway.server.state import StateKeeper
     from gateway.server.target_training import TargetSurrogate
     from gateway.server.upstream import UpstreamPool
+    from gateway.shared.limits import FleetLimits
 
 __all__ = [
     "ADMIN_TOKEN",
@@ -45,6 +46,7 @@ __all__ = [
     "REQUEST_ID",
     "REQUEST_MODEL",
     "ROLE",
+    "SHARED_LIMITS",
     "STATE_KEEPER",
     "TARGET_SURROGATE",
     "UPSTREAM_POOL",
@@ -68,6 +70,8 @@ REQUEST_ID = web.RequestKey("gateway_request_id", str)
 # Replicas on shared state (gateway.yaml's redis:; gateway/shared/): None without it.
 REDIS: web.AppKey[aioredis.Redis | None] = web.AppKey("gateway_redis")
 ROLE: web.AppKey[Role] = web.AppKey("gateway_role")  # leads, or follows (always leads alone)
+# Fleet-wide per-key limits (gateway/server/key_limits.py): None without redis: or rate limits.
+SHARED_LIMITS: web.AppKey[FleetLimits | None] = web.AppKey("gateway_shared_limits")
 # Keys, admin token, state (gateway/server/auth.py, admin.py, state.py, access.py).
 KEYRING: web.AppKey[KeyRing] = web.AppKey("gateway_keyring")
 ADMIN_TOKEN: web.AppKey[bytes | None] = web.AppKey("gateway_admin_token_digest")

@@ -45,7 +45,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        with (self.folder / "redis.log").open("ab") as log:  # the child keeps its own
+        with (self.folder / "redis.log").open("ab") as log:  # the child keeps its own copy
             self.proc = subprocess.Popen(
                 [_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "no"],

@@ -37,6 +37,7 @@ from gateway.server.config import GatewayConfig
 from gateway.server.discovery import discovery
 from gateway.server.errors import error_middleware
 from gateway.server.guard import GuardConfig, StarvationGuard
+from gateway.server.key_limits import shared_limits
 from gateway.server.lifecycle import bootstrap, client_session, health_checks
 from gateway.server.listener import ConnectionGuard, GuardedSite, ListenerLimits
 from gateway.server.metrics import GatewayMetrics
@@ -99,6 +100,7 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     app.cleanup_ctx.append(client_session)
     app.cleanup_ctx.append(redis_client)
     app.cleanup_ctx.append(replica_role)  # before the bootstrap: whether it leads
+    app.cleanup_ctx.append(shared_limits)  # after redis_client: its client
     app.cleanup_ctx.append(upstream_auth(worker_key(cfg)))
     app.cleanup_ctx.append(keep_state)  # before bootstrap: it saves the installed plan
     app.cleanup_ctx.append(bootstrap(plan))

@@ -16,7 +16,8 @@ With keys, every ``/v1/*`` request needs ``Authorization: Bearer <key>``:
   ``code: rate_limit_exceeded``) and ``Retry-After``, the whole seconds until a request
   would pass again (rounded up). The bucket holds ``burst`` tokens (default
   ``max(1, rate_limit)``) refilled at ``rate_limit`` per second; every ``/v1/*`` request takes
-  one.
+  one. With ``redis:`` (replicas) the bucket is one for the whole fleet, in Redis
+  (``gateway/server/key_limits.py``).
 
 Keys are compared in constant time: the SHA-256 of the presented key against each configured
 key's with ``hmac.compare_digest``, every key checked (vLLM's scheme).
@@ -56,6 +57,7 @@ from aiohttp import web
 
 from gateway.keys import API_KEY, CLIENT_SESSION, KEYRING, REQUEST_MODEL, UPSTREAM_POOL
 from gateway.server.errors import ApiError
+from gateway.server.key_limits import token_wait
 from twin.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -271,7 +273,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise AuthError.invalid() if header else AuthError.missing()
     request[API_KEY] = key
     if key.bucket is not None:
-        wait = key.bucket.take(ring.clock())
+        wait = await token_wait(request, key)  # fleet-wide with redis:, else this replica's
         if wait > 0:
             raise AuthError.rate_limited(key, wait)
     return await handler(request)
