@@ -22,7 +22,6 @@ With ``redis:``, every replica serves requests; one leads (``gateway.shared.leas
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,6 +47,7 @@ __all__ = ["FORWARDED", "Role", "forward_admin", "redis_client", "replica_role",
 
 logger = logging.getLogger(__name__)
 
+STOP_WAIT_S = 2.0  # for the loops to end at shutdown
 FORWARDED = "X-Lorafleet-Forwarded-By"  # an admin call a follower passed to the leader
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,6 +76,7 @@ class Role:
         self.published: Published | None = None
         self.applied: str | None = None  # the published version this replica routes by
         self.on_lead: list[Callable[[], Awaitable[None]]] = []  # run when it takes the lead
+        self.stopping = False  # the replica stops: its loops end
 
     @property
     def shared(self) -> bool:
@@ -130,17 +131,19 @@ async def replica_role(app: web.Application) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(coro, name=name) for name, coro in (
         ("lease", _lease_loop(app, role, publisher, gauge)),
         ("follow", _follow_loop(app, role, publisher)), ("publish", publisher.run()),
-        ("observations", _observe_loop(app, stream)))]
+        ("observations", _observe_loop(app, role, stream)))]
     try:
         async with aiohttp.ClientSession() as session:
             app[_FORWARD_SESSION] = session
             yield
     finally:
+        # a loop ends at its next turn, or at once when cancelled (a Redis call may swallow
+        # the cancellation: redis-py turns some into connection errors, which the loops
+        # take for an outage and go on), so none is waited for without bound
+        role.stopping = True
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.wait(tasks, timeout=STOP_WAIT_S)
         if role.leading:
             await publisher.publish()  # the state at shutdown, for the next leader
         await lease.release()
@@ -162,7 +165,7 @@ class _Publisher:
             self.wanted.set()
 
     async def run(self) -> None:
-        while True:
+        while not self.role.stopping:
             await self.wanted.wait()
             self.wanted.clear()
             await self.publish()
@@ -191,7 +194,7 @@ async def _lease_loop(app: web.Application, role: Role, publisher: _Publisher,
     lease = role.lease
     assert lease is not None
     was = role.leading
-    while True:
+    while not role.stopping:
         await asyncio.sleep(lease.renew_every_s)
         now = await lease.step()
         gauge.labels(role.name).set(int(now))
@@ -208,7 +211,7 @@ async def _lease_loop(app: web.Application, role: Role, publisher: _Publisher,
 async def _follow_loop(app: web.Application, role: Role, publisher: _Publisher) -> None:
     published = role.published
     assert published is not None
-    while True:
+    while not role.stopping:
         await asyncio.sleep(POLL_S)
         try:
             version = await published.version()
@@ -230,9 +233,9 @@ async def _follow_loop(app: web.Application, role: Role, publisher: _Publisher) 
         role.applied = found[0]
 
 
-async def _observe_loop(app: web.Application, stream: ObservationStream) -> None:
+async def _observe_loop(app: web.Application, role: Role, stream: ObservationStream) -> None:
     observer = app[OBSERVER]
-    while True:
+    while not role.stopping:
         await asyncio.sleep(FLUSH_S)
         await stream.flush()
         for event in await stream.pull():
