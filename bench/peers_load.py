@@ -188,7 +188,7 @@ class LoadSpec:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -266,7 +266,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     return {"kind": spec.kind, "concurrency": spec.concurrency, "rate": spec.rate,
             "stream": spec.stream, **counts, "measured": len(lat), "wall_s": wall,
             "achieved_rps": len(lat) / wall if wall > 0 else 0.0,
-            "p50_ms": _pct(lat, 50), "p90_ms": _pct(lat, 90), "p99_ms": _pct(lat, 99),
+            "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99),
             "mean_ms": sum(lat) / len(lat) if lat else float("nan")}
 
 

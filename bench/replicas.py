@@ -55,6 +55,7 @@ from peers_load import (
     cpu_seconds,
     free_port,
     measure,
+    pct,
     start_service,
     taskset,
 )
@@ -73,17 +74,6 @@ RATE = 1e6  # the key's limit: never reached, every request checks it
 PYTHON = [sys.executable, "-m", "gateway.cli"]
 T = TypeVar("T")
 ENV = {"PYTHONPATH": str(ROOT)}  # this checkout's gateway, whatever the venv has installed
-
-
-def pct(values: list[float], q: float) -> float:
-    """The ``q``-th percentile of ``values``, interpolated (NaN for none)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = q / 100 * (len(ordered) - 1)
-    lo = int(rank)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
 
 
 def start_worker(log_dir: Path, cpus: str | None) -> Service:

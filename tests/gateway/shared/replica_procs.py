@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ from gateway.server.emulated import scaffold_entries
 from gateway.server.planning import fallback_engine
 from planner.demand import AdapterDemand
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN
-from tests.gateway.server.procfleet import START_TIMEOUT_S, worker_processes
+from tests.gateway.server.procfleet import START_TIMEOUT_S, WorkerProcess, worker_processes
 from tests.redis_server import free_port
 
 ADMIN_TOKEN = "replica-token"
@@ -30,31 +29,10 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @dataclass
-class GatewayProcess:
-    name: str
-    proc: asyncio.subprocess.Process
-    url: str
-    log: Path
+class GatewayProcess(WorkerProcess):
+    """One ``lorafleet serve`` process: kill, freeze, thaw and stop as a worker's."""
 
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-
-    def freeze(self) -> None:
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGCONT)
-                self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+    name: str = ""
 
 
 async def series(session: aiohttp.ClientSession, gateway: GatewayProcess,
@@ -91,7 +69,7 @@ async def _start(name: str, config: Path, log: Path) -> GatewayProcess:
         proc.kill()
         await proc.wait()
         raise RuntimeError(f"gateway {name} did not start: {log.read_text()[-3000:]}")
-    return GatewayProcess(name, proc, url, log)
+    return GatewayProcess(proc, url, log, name)
 
 
 async def until_ready(session: aiohttp.ClientSession, gateway: GatewayProcess,
