@@ -55,6 +55,7 @@ lorafleet serve --worker-urls http://10.0.0.1:8000 http://10.0.0.2:8000 --adapte
 lorafleet serve --worker-urls http://10.0.0.1:8000 --served-model-name llama-3.1-8b --api-key sk-1
 lorafleet serve --config gateway.yaml --port 9000
 LORAFLEET_REPLAN_INTERVAL_S=30 lorafleet serve --config gateway.yaml
+LORAFLEET_REDIS_URL=redis://redis:6379/0 lorafleet serve --config gateway.yaml --host 0.0.0.0
 lorafleet serve --emulate 4 --adapters examples/adapters-50.yaml --time-scale 10
 """
 
@@ -65,7 +66,9 @@ URL once its placement is loaded.
 
 Settings come from the flags, over LORAFLEET_<FIELD> environment variables (any top-level
 field of gateway.yaml that holds one value: LORAFLEET_PORT=9000,
-LORAFLEET_VALIDATE_REPLANS=false), over the config file, over the defaults. gateway.yaml's
+LORAFLEET_VALIDATE_REPLANS=false), over the config file, over the defaults.
+LORAFLEET_REDIS_URL sets redis.url: replicas on one Redis, one leading (re-plans,
+migrations, scaling), all serving. gateway.yaml's
 base_model is the name clients send (--served-model-name); its model is the model the
 planner's twin assumes the workers run (--model)."""
 
