@@ -22,6 +22,7 @@ With ``redis:``, every replica serves requests; one leads (``gateway.shared.leas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,7 +38,8 @@ from gateway.server.errors import ApiError
 from gateway.server.replica_state import adopt, document
 from gateway.server.state import GatewayState
 from gateway.shared.client import UNREACHABLE, connect
-from gateway.shared.lease import LeaderLease
+from gateway.shared.config import RedisConfig
+from gateway.shared.lease import LeaderInfo, LeaderLease
 from gateway.shared.observations import FLUSH_S, ObservationStream
 from gateway.shared.published import POLL_S, Published, load_now
 from twin.errors import ConfigError
@@ -85,6 +87,15 @@ class Role:
     @property
     def leading(self) -> bool:
         return self.lease is None or self.lease.leading
+
+    async def refresh_leader(self) -> str | None:
+        """Read who holds the lease now (between this replica's own renewals); the
+        leader's URL as ``leader_url``."""
+        if self.lease is not None and not self.lease.leading:
+            with contextlib.suppress(*UNREACHABLE):
+                self.lease.leader = LeaderInfo.parse(await self.lease.client.get(
+                    self.lease.key))
+        return self.leader_url
 
     @property
     def leader_url(self) -> str | None:
@@ -251,28 +262,47 @@ async def forward_admin(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     cfg = request.app[GATEWAY_CONFIG].redis
     assert cfg is not None
-    url = role.leader_url
-    if url is None or request.headers.get(FORWARDED):
-        if cfg.admin_fail_open:
+    if request.headers.get(FORWARDED):  # this replica was taken for the leader: no more
+        return await _unforwarded(request, handler, cfg, "this replica does not lead")
+    body = await request.read()
+    url = role.leader_url or await role.refresh_leader()
+    for attempt in range(2):
+        if role.leading:  # it took the lead meanwhile
             return await handler(request)
-        raise ApiError.unavailable("no leader replica is known to take admin calls; retry "
-                                   "once one leads", max(1, round(cfg.lease_ttl_s)))
+        if url is None:
+            return await _unforwarded(request, handler, cfg, "no leader replica is known")
+        try:
+            return await _forward(request, url, body, role.name)
+        except aiohttp.ClientConnectorError:  # the leader it knew is gone: who leads now?
+            fresh = await role.refresh_leader() if attempt == 0 else None
+            if fresh is None or fresh == url:
+                return await _unforwarded(request, handler, cfg,
+                                          f"the leader replica at {url} cannot be reached")
+            url = fresh
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return await _unforwarded(request, handler, cfg, f"the leader replica at {url} "
+                                      f"failed ({type(exc).__name__})")
+    raise AssertionError("unreachable")
+
+
+async def _forward(request: web.Request, url: str, body: bytes, name: str) -> web.Response:
     headers = {k: v for k, v in request.headers.items()
                if k.lower() in ("authorization", "content-type", "accept")}
-    headers[FORWARDED] = role.name
-    try:
-        async with request.app[_FORWARD_SESSION].request(
-                request.method, url + request.path_qs, data=await request.read(),
-                headers=headers, timeout=aiohttp.ClientTimeout(total=None)) as resp:
-            body = await resp.read()
-            out = web.Response(body=body, status=resp.status)
-            for key in ("Content-Type", "Retry-After"):
-                if key in resp.headers:
-                    out.headers[key] = resp.headers[key]
-            return out
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        if cfg.admin_fail_open:
-            return await handler(request)
-        raise ApiError.unavailable(f"the leader replica at {url} cannot be reached "
-                                   f"({type(exc).__name__}); retry",
-                                   max(1, round(cfg.lease_ttl_s))) from None
+    headers[FORWARDED] = name
+    async with request.app[_FORWARD_SESSION].request(
+            request.method, url + request.path_qs, data=body, headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None)) as resp:
+        out = web.Response(body=await resp.read(), status=resp.status)
+        for key in ("Content-Type", "Retry-After"):
+            if key in resp.headers:
+                out.headers[key] = resp.headers[key]
+        return out
+
+
+async def _unforwarded(request: web.Request, handler: Handler, cfg: RedisConfig,
+                       why: str) -> web.StreamResponse:
+    """An admin call no leader takes: acted on here (``admin_fail_open``), else 503."""
+    if cfg.admin_fail_open:
+        return await handler(request)
+    raise ApiError.unavailable(f"{why} to take admin calls; retry once one leads",
+                               max(1, round(cfg.lease_ttl_s)))

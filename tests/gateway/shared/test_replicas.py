@@ -16,10 +16,11 @@ from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.emulator.adapters import scaffold_adapter
-from gateway.keys import FLEET, OBSERVER, REPLANNER
+from gateway.keys import FLEET, OBSERVER, REPLANNER, ROLE
+from gateway.shared.lease import LeaderInfo
 from tests.gateway.server.factories import demands
 from tests.gateway.shared.replica_stack import Replica, replica_stack, until
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 NAMES = ("a0", "a1", "a2", "a3")
 ADMIN = {"Authorization": "Bearer replica-token"}
@@ -150,3 +151,17 @@ async def test_a_stopped_leader_hands_over_and_serving_goes_on(
         assert all(served), served
         assert took < 2.0, took  # a renewal period, not a TTL
         assert new.app[REPLANNER].history[-1]["trigger"] == "admin"
+
+
+async def test_a_follower_that_knew_a_gone_leader_asks_redis_who_leads(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    async with replica_stack(tmp_path, redis_server.url, demands(*NAMES)
+                             ) as replicas, aiohttp.ClientSession() as session:
+        leader, follower = replicas
+        lease = follower.app[ROLE].lease
+        assert lease is not None
+        lease.leader = LeaderInfo("gone", f"http://127.0.0.1:{free_port()}", 0)  # refused
+        async with session.post(f"{follower.url}/admin/replan", headers=ADMIN) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+        assert body["replica"] == "r0" and leader.app[REPLANNER].history
