@@ -75,11 +75,15 @@ def worker_command(engine: EngineConfig, *, time_scale: float, seed: int) -> lis
             "--time-scale", str(time_scale), "--seed", str(seed)]
 
 
-async def _start_one(command: list[str], log: Path) -> WorkerProcess:
+async def start_printing_url(command: list[str], log: Path, what: str,
+                             env: dict[str, str] | None = None
+                             ) -> tuple[asyncio.subprocess.Process, str]:
+    """Start ``command`` (stderr to ``log``) and read the URL it prints first; the process
+    is killed and ``RuntimeError`` raised (with the log's end) if none comes in time."""
     with log.open("wb") as err:  # the child keeps its own descriptor
         proc = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     assert proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
@@ -89,8 +93,12 @@ async def _start_one(command: list[str], log: Path) -> WorkerProcess:
     if not url.startswith("http://"):
         proc.kill()
         await proc.wait()
-        raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
-    return WorkerProcess(proc, url, log)
+        raise RuntimeError(f"{what} did not start: {log.read_text()[-3000:]}")
+    return proc, url
+
+
+async def _start_one(command: list[str], log: Path) -> WorkerProcess:
+    return WorkerProcess(*await start_printing_url(command, log, "worker"), log)
 
 
 @asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -21,7 +20,11 @@ from gateway.server.emulated import scaffold_entries
 from gateway.server.planning import fallback_engine
 from planner.demand import AdapterDemand
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN
-from tests.gateway.server.procfleet import START_TIMEOUT_S, WorkerProcess, worker_processes
+from tests.gateway.server.procfleet import (
+    WorkerProcess,
+    start_printing_url,
+    worker_processes,
+)
 from tests.redis_server import free_port
 
 ADMIN_TOKEN = "replica-token"
@@ -54,21 +57,9 @@ async def leads(session: aiohttp.ClientSession, gateway: GatewayProcess) -> bool
 
 
 async def _start(name: str, config: Path, log: Path) -> GatewayProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LORAFLEET_ADMIN_TOKEN": ADMIN_TOKEN}
-    with log.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
-            "--log-level", "INFO", stdout=asyncio.subprocess.PIPE, stderr=err, env=env)
-    assert proc.stdout is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
-    except TimeoutError:
-        line = b""
-    url = line.decode().strip()
-    if not url.startswith("http://"):
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"gateway {name} did not start: {log.read_text()[-3000:]}")
+    proc, url = await start_printing_url(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
+         "--log-level", "INFO"], log, f"gateway {name}", {"LORAFLEET_ADMIN_TOKEN": ADMIN_TOKEN})
     return GatewayProcess(proc, url, log, name)
 
 
