@@ -63,8 +63,8 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(ROOT))
+from gateway.config.redis import RedisConfig
 from gateway.shared.client import connect
-from gateway.shared.config import RedisConfig
 from gateway.shared.limits import SharedBuckets
 from tests.redis_server import RedisServer
 

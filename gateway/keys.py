@@ -13,9 +13,9 @@ from aiohttp import ClientSession, web
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
+    from gateway.config import GatewayConfig
     from gateway.emulator.service import EmulatedWorker
     from gateway.server.auth import ApiKey, KeyRing
-    from gateway.server.config import GatewayConfig
     from gateway.server.guard import StarvationGuard
     from gateway.server.metrics import GatewayMetrics
     from gateway.server.migrate import Releases

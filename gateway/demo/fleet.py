@@ -17,9 +17,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway.config import GatewayConfig, WorkerEndpoint
 from gateway.keys import FLEET, GATEWAY_METRICS, REPLANNER
 from gateway.server.app import create_app, serve
-from gateway.server.config import GatewayConfig, WorkerEndpoint
 from gateway.server.emulated import EmulatedFleet, scaffold_entries, start_emulated, worker_configs
 from gateway.server.planning import InitialPlan, from_planner
 from planner import (

@@ -1,8 +1,7 @@
 """The HTTP gateway (``lorafleet serve``): an OpenAI-compatible router in front of vLLM
 workers, routing by the planner's placement with ``twin.routing.Router``."""
 
-from gateway.server.app import create_app, serve
-from gateway.server.config import (
+from gateway.config import (
     AdapterEntry,
     GatewayConfig,
     PlacementMode,
@@ -10,6 +9,7 @@ from gateway.server.config import (
     load_config,
     parse_config,
 )
+from gateway.server.app import create_app, serve
 from gateway.server.errors import ApiError, GatewayError
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.planning import InitialPlan, from_planner, round_robin

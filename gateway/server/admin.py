@@ -34,10 +34,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field, field_validator
 
+from gateway.config import AdapterEntry, AdapterOrigin
 from gateway.keys import ADMIN_TOKEN, CLIENT_SESSION, FLEET, GATEWAY_CONFIG
 from gateway.openai_schema import OpenAIBody
 from gateway.server.auth import AuthError
-from gateway.server.config import AdapterEntry, AdapterOrigin
 from gateway.server.errors import ApiError, clip
 from gateway.server.lora_api import LoraCallError, unload_adapter
 from gateway.server.protocol import parse_body, read_json

@@ -2,7 +2,7 @@
 
 Examples
 --------
->>> from gateway.server.config import parse_config
+>>> from gateway.config import parse_config
 >>> cfg = parse_config({"base_model": "b", "workers": ["http://127.0.0.1:8001"]})
 >>> routes = {r.resource.canonical for r in create_app(cfg).router.routes()
 ...           if r.resource is not None}
@@ -19,6 +19,7 @@ import os
 from aiohttp import web
 
 from gateway import http
+from gateway.config import GatewayConfig
 from gateway.keys import (
     ADMIN_TOKEN,
     FLEET,
@@ -33,7 +34,6 @@ from gateway.keys import (
 from gateway.server.access import access_middleware
 from gateway.server.admin import add_admin_routes, admin_middleware, token_digest
 from gateway.server.auth import KeyRing, auth_middleware, upstream_auth, worker_key
-from gateway.server.config import GatewayConfig
 from gateway.server.discovery import discovery
 from gateway.server.errors import error_middleware
 from gateway.server.guard import GuardConfig, StarvationGuard

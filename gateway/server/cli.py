@@ -7,7 +7,7 @@
                     [--time-scale k] [--placement planner|round-robin]
 
 ``LORAFLEET_<FIELD>`` variables override the config's top-level fields and the flags
-override both (``gateway/server/config_env.py``, ``serve_config.py``). The gateway prints
+override both (``gateway/config/env.py``, ``serve_config.py``). The gateway prints
 its URL on stdout once it is ready (a placement installed, its adapters loaded). Invalid
 input ends with one line on stderr naming the field, flag or variable and exit status 2.
 """
@@ -30,12 +30,12 @@ from aiohttp import web
 
 from gateway.cli import add_command
 from gateway.cli_help import GPU_HELP, LOG_LEVELS, MODEL_HELP, PROFILE_HELP, log_level, port
+from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.emulator.errors import StartupError
 from gateway.http import stop_signals, tune_gc, until_signalled
 from gateway.keys import FLEET
 from gateway.names import choice_type, shown
 from gateway.server.app import create_app, serve
-from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.server.emulated import EmulateSpec, start_emulated, worker_configs
 from gateway.server.planning import InitialPlan
 from gateway.server.serve_config import serve_config

@@ -46,7 +46,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from gateway.server.config import MAX_SECONDS, WorkerEndpoint
+from gateway.config.settings import MAX_SECONDS, WorkerEndpoint
 from gateway.server.errors import GatewayError
 from twin.errors import ConfigError
 

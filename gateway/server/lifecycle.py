@@ -25,8 +25,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.config import GatewayConfig, PlacementMode
 from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, ROLE, UPSTREAM_POOL
-from gateway.server.config import GatewayConfig, PlacementMode
 from gateway.server.lora_api import LoraCallError, list_adapters, load_adapter, unload_adapter
 from gateway.server.planning import InitialPlan, from_planner, round_robin
 from gateway.server.registry import WorkerStatus

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from gateway.config.engine import fallback_engine
 from planner import (
     DEFAULT_GPU,
     DEFAULT_MODEL,
@@ -30,15 +31,12 @@ from planner import (
     Target,
     plan_checked,
 )
-from twin.catalog import get_gpu
 from twin.routing import BASE_MODEL, Placement, WorkerPlacement
-from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, default_engine_for
 
-__all__ = ["InitialPlan", "fallback_engine", "from_planner", "round_robin"]
+__all__ = ["InitialPlan", "from_planner", "round_robin"]
 
 logger = logging.getLogger(__name__)
 
-MAX_SLOTS = 8  # GPU LoRA slots of a round-robin worker (more adapters swap through the LRU)
 
 
 # The initial placement over the running workers: the planner's ``Assignment``.
@@ -47,20 +45,6 @@ InitialPlan = Assignment
 
 def _key(a: AdapterDemand) -> str:
     return BASE_MODEL if a.is_base else a.name
-
-
-def fallback_engine(adapters: Sequence[AdapterDemand], gpu: str,
-                    max_model_len: int, tensor_parallel_size: int = 1) -> EngineConfig:
-    """Engine options for a worker holding ``adapters`` when no plan chose them: every rank
-    served, up to ``MAX_SLOTS`` GPU slots, a CPU slot for each adapter."""
-    loras = [a for a in adapters if not a.is_base]
-    top = max((a.rank for a in loras), default=8)
-    rank = next(r for r in ALLOWED_LORA_RANKS if r >= top)
-    slots = max(1, min(len(loras), MAX_SLOTS))
-    return default_engine_for(get_gpu(gpu), max_loras=slots,
-                              max_cpu_loras=max(slots, len(loras)), max_lora_rank=rank,
-                              max_model_len=max_model_len,
-                              tensor_parallel_size=tensor_parallel_size)
 
 
 def round_robin(adapters: Sequence[AdapterDemand], workers: Sequence[str], *,

@@ -16,8 +16,8 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from http import HTTPStatus
 
+from gateway.config import AdapterEntry, WorkerEndpoint
 from gateway.server.auth import AuthError
-from gateway.server.config import AdapterEntry, WorkerEndpoint
 from gateway.server.errors import ApiError
 from gateway.server.worker_state import WorkerPhase, WorkerState, WorkerStatus
 from twin.routing import BASE_MODEL, Placement, Router, RoutingPolicy, WorkerPlacement

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.config.engine import fallback_engine
 from gateway.keys import (
     FLEET,
     GATEWAY_CONFIG,
@@ -42,7 +43,6 @@ from gateway.server.errors import ApiError
 from gateway.server.learning import Learner
 from gateway.server.metrics import MigrationOutcome, ReplanTrigger
 from gateway.server.migrate import execute
-from gateway.server.planning import fallback_engine
 from gateway.server.registry import WorkerStatus
 from gateway.server.replan_job import (
     ReplanJob,

@@ -7,7 +7,7 @@ worker's URL, the adapters each one holds (resident), and the baselines' GPU cou
 
 Examples
 --------
->>> from gateway.server.config import AdapterEntry, WorkerEndpoint
+>>> from gateway.config import AdapterEntry, WorkerEndpoint
 >>> from planner import AdapterDemand
 >>> from twin.routing import RoutingPolicy
 >>> sql = AdapterEntry(AdapterDemand(name="sql", rank=8, rate=1.0), "/ad/sql")
@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.server.config import WorkerEndpoint
+from gateway.config import WorkerEndpoint
 from gateway.server.registry import Fleet
 from gateway.server.state import GatewayState, snapshot
 from twin.routing import Placement, WorkerPlacement

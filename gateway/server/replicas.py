@@ -31,14 +31,14 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Gauge
 
+from gateway.config import GatewayConfig
+from gateway.config.redis import RedisConfig
 from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, OBSERVER, REDIS, ROLE
 from gateway.server.admin import PREFIX as ADMIN_PREFIX
-from gateway.server.config import GatewayConfig
 from gateway.server.errors import ApiError
 from gateway.server.replica_state import adopt, document
 from gateway.server.state import GatewayState
 from gateway.shared.client import UNREACHABLE, connect
-from gateway.shared.config import RedisConfig
 from gateway.shared.lease import LeaderInfo, LeaderLease
 from gateway.shared.observations import FLUSH_S, ObservationStream
 from gateway.shared.published import POLL_S, Published, load_now

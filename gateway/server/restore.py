@@ -33,7 +33,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.server.config import AdapterEntry, AdapterOrigin, GatewayConfig
+from gateway.config import AdapterEntry, AdapterOrigin, GatewayConfig
 from gateway.server.planning import InitialPlan
 from gateway.server.state import GatewayState
 from planner import AdapterDemand

@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.server import config_env
-from gateway.server.config import GatewayConfig, parse_config, read_config
+from gateway.config import GatewayConfig, parse_config, read_config
+from gateway.config import env as config_env
 from gateway.server.emulated import MAX_EMULATED, EmulateSpec, emulated_config_data
 from gateway.server.lifecycle import make_plan
 from gateway.server.planning import InitialPlan

@@ -16,7 +16,7 @@ Examples
 --------
 >>> import tempfile
 >>> from planner import AdapterDemand
->>> from gateway.server.config import AdapterEntry
+>>> from gateway.config import AdapterEntry
 >>> sql = AdapterEntry(AdapterDemand(name="sql", rank=8, rate=2.0), "/ad/sql")
 >>> state = GatewayState(placement={"w0": {"sql": 1.0}, "w1": {}}, adapters=(sql,))
 >>> store = FileStateStore(tempfile.mkdtemp() + "/state.json")
@@ -42,8 +42,8 @@ from typing import Any, ClassVar, Protocol
 
 from aiohttp import web
 
+from gateway.config import AdapterEntry, AdapterOrigin
 from gateway.keys import FLEET, STATE_KEEPER
-from gateway.server.config import AdapterEntry, AdapterOrigin
 from gateway.server.planning import InitialPlan
 from gateway.server.registry import Fleet
 from planner import AdapterDemand, adapter_name_error, demand_error

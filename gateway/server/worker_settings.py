@@ -26,17 +26,15 @@ from typing import Any
 import aiohttp
 
 from gateway.calibrate.prom import parse_metrics
+from gateway.config.engine import applied
 from twin.errors import ConfigError
 from twin.specs import EngineConfig
 
-__all__ = ["ENGINE_FIELDS", "WorkerSettings", "check_workers", "configured_engine",
+__all__ = ["WorkerSettings", "check_workers",
            "engine_from", "fetch_settings", "parse_settings"]
 
 logger = logging.getLogger(__name__)
 
-# What gateway.yaml's ``worker_engine`` may state.
-ENGINE_FIELDS = ("max_loras", "max_cpu_loras", "max_lora_rank", "max_num_seqs",
-                 "max_num_batched_tokens", "max_model_len", "gpu_memory_utilization")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,34 +101,6 @@ async def fetch_settings(session: aiohttp.ClientSession, url: str, base_model: s
     return parse_settings(text, models if isinstance(models, dict) else None, base_model)
 
 
-def _applied(base: EngineConfig, changes: Mapping[str, Any],
-             stated: Mapping[str, Any]) -> EngineConfig:
-    """``base`` with ``changes``; a ``max_loras`` among them raises the CPU tier to hold the
-    slots at least (vLLM: ``max_cpu_loras >= max_loras``) unless ``stated`` sets it."""
-    if "max_loras" in changes and "max_cpu_loras" not in stated:
-        changes = {**changes, "max_cpu_loras": max(base.cpu_loras, changes["max_loras"])}
-    try:
-        return dataclasses.replace(base, **changes)
-    except ConfigError as exc:
-        raise exc.nested("worker_engine") from None
-
-
-def configured_engine(given: Any, base: EngineConfig,
-                      ) -> tuple[EngineConfig, tuple[tuple[str, float], ...]]:
-    """gateway.yaml's ``worker_engine`` over ``base`` (``ConfigError`` naming a bad field),
-    and the options it states."""
-    if not isinstance(given, dict):
-        raise ConfigError("worker_engine", f"must be a mapping of {list(ENGINE_FIELDS)}")
-    for key, value in given.items():
-        if key not in ENGINE_FIELDS:
-            raise ConfigError(f"worker_engine.{key}", f"unknown field; expected one of "
-                              f"{list(ENGINE_FIELDS)}")
-        number = int | float if key == "gpu_memory_utilization" else int
-        if isinstance(value, bool) or not isinstance(value, number):
-            raise ConfigError(f"worker_engine.{key}", f"must be a number, got {value!r}")
-    return _applied(base, given, given), tuple(sorted(given.items()))
-
-
 def engine_from(base: EngineConfig, given: Mapping[str, float], settings: WorkerSettings,
                 worker: str) -> EngineConfig:
     """``base`` with what the worker reports; ``ConfigError`` naming
@@ -140,7 +110,7 @@ def engine_from(base: EngineConfig, given: Mapping[str, float], settings: Worker
         if name in given and given[name] != value:
             raise ConfigError(f"worker_engine.{name}", f"the config says {given[name]:g} but "
                               f"worker {worker} runs {value:g} (as it reports it)")
-    return _applied(base, known, given)
+    return applied(base, known, given)
 
 
 async def check_workers(session: aiohttp.ClientSession, workers: Sequence[tuple[str, str]],

@@ -7,7 +7,7 @@ empty while it was healthy (retired, until the actuator removes it), is never do
 
 Examples
 --------
->>> from gateway.server.config import WorkerEndpoint
+>>> from gateway.config import WorkerEndpoint
 >>> w = WorkerState(WorkerEndpoint("w0", "http://w0:8000"))
 >>> w.status = WorkerStatus.DOWN
 >>> w.phase(draining=False).value, w.phase(draining=True).value
@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from gateway.server.config import WorkerEndpoint
+from gateway.config import WorkerEndpoint
 from twin.specs import EngineConfig
 
 __all__ = ["WorkerPhase", "WorkerState", "WorkerStatus"]

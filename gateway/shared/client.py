@@ -7,7 +7,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.shared.config import RedisConfig
+from gateway.config.redis import RedisConfig
 
 __all__ = ["UNREACHABLE", "RedisError", "connect"]
 

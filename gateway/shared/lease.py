@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from gateway.config.redis import RedisConfig
 from gateway.shared.client import UNREACHABLE
-from gateway.shared.config import RedisConfig
 
 __all__ = ["DRIFT", "LeaderInfo", "LeaderLease"]
 

@@ -41,8 +41,8 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
+from gateway.config.redis import RedisConfig
 from gateway.shared.client import UNREACHABLE, RedisError
-from gateway.shared.config import RedisConfig
 
 __all__ = ["TAKE", "FleetLimits", "LimitsUnavailable", "LocalBucket", "SharedBuckets",
            "expiry_ms", "redacted"]

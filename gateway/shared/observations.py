@@ -26,8 +26,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from gateway.config.redis import RedisConfig
 from gateway.shared.client import UNREACHABLE
-from gateway.shared.config import RedisConfig
 
 __all__ = ["FLUSH_S", "MAX_PENDING", "ObservationStream"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from gateway.shared.config import RedisConfig
+from gateway.config.redis import RedisConfig
 
 __all__ = ["POLL_S", "Published", "load_now"]
 

@@ -23,10 +23,10 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from gateway.config import GatewayConfig, parse_config
+from gateway.config import env as config_env
 from gateway.emulator.cli import register as register_worker
 from gateway.emulator.cli import worker_configs
-from gateway.server import config_env
-from gateway.server.config import GatewayConfig, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

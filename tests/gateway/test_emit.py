@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from gateway.server.config import parse_config
+from gateway.config import parse_config
 from planner import load_adapters
 
 ROOT = Path(__file__).resolve().parents[2]

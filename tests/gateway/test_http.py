@@ -11,10 +11,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
+from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.http import GC_GEN0_THRESHOLD, tune_gc
 from gateway.keys import FLEET
 from gateway.server.app import create_app
-from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint
 
 
 def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:

@@ -23,9 +23,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
+from gateway.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.keys import FLEET, REPLANNER
 from gateway.server.app import create_app
-from gateway.server.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.server.lora_api import list_adapters, load_adapter, unload_adapter
 from gateway.server.migrate import settled
 from gateway.server.planning import InitialPlan

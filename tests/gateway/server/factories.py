@@ -16,16 +16,17 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
+from gateway.config.engine import fallback_engine
 from gateway.keys import FLEET
 from gateway.server.app import create_app
-from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.server.emulated import (
     EmulatedFleet,
     scaffold_entries,
     start_emulated,
     worker_configs,
 )
-from gateway.server.planning import InitialPlan, fallback_engine, round_robin
+from gateway.server.planning import InitialPlan, round_robin
 from planner.demand import AdapterDemand
 from twin.routing import Placement, WorkerPlacement
 

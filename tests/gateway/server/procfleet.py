@@ -22,11 +22,12 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
+from gateway.config.engine import fallback_engine
 from gateway.keys import FLEET
 from gateway.server.app import create_app
-from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.server.emulated import scaffold_entries
-from gateway.server.planning import fallback_engine, round_robin
+from gateway.server.planning import round_robin
 from planner.demand import AdapterDemand
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN
 from twin.specs import EngineConfig

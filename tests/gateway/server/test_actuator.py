@@ -23,11 +23,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint, parse_config
+from gateway.config.engine import fallback_engine
 from gateway.emulator.app import create_app as create_worker_app
 from gateway.emulator.app import serve as serve_worker
 from gateway.keys import FLEET, REPLANNER
 from gateway.server.app import create_app
-from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint, parse_config
 from gateway.server.emulated import EmulatedFleet, scaffold_entries, worker_configs
 from gateway.server.kube import (
     ActuatorError,
@@ -38,7 +39,7 @@ from gateway.server.kube import (
     NoActuator,
 )
 from gateway.server.metrics import ReplanTrigger
-from gateway.server.planning import fallback_engine, round_robin
+from gateway.server.planning import round_robin
 from gateway.server.registry import Fleet, WorkerStatus
 from gateway.server.scaling import ScaleOutcome, Scaler, down_target
 from planner.demand import AdapterDemand

@@ -15,11 +15,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
+from gateway.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
+from gateway.config.keys import parse_keys
 from gateway.emulator.adapters import scaffold_adapter
 from gateway.keys import FLEET
 from gateway.server.app import create_app
-from gateway.server.auth import KeyRing, TokenBucket, parse_keys
-from gateway.server.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
+from gateway.server.auth import KeyRing, TokenBucket
 from gateway.server.planning import round_robin
 from tests.gateway.server.factories import BASE, Stack, demands, gateway_stack
 from twin.errors import ConfigError

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.server.config import PlacementMode, load_config, parse_config
+from gateway.config import PlacementMode, load_config, parse_config
 from gateway.server.planning import from_planner, round_robin
 from planner import Target
 from planner.demand import AdapterDemand

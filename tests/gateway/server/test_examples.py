@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.server.config import load_config
+from gateway.config import load_config
 
 EXAMPLES = sorted((Path(__file__).parents[3] / "examples").glob("gateway*.yaml"))
 

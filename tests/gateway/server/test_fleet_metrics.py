@@ -9,7 +9,7 @@ import itertools
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.server.config import AdapterEntry, WorkerEndpoint
+from gateway.config import AdapterEntry, WorkerEndpoint
 from gateway.server.fleet_metrics import FleetCollector, SavingsMeter
 from gateway.server.metrics import LATENCY_BUCKETS, GatewayMetrics
 from gateway.server.registry import Fleet, WorkerStatus

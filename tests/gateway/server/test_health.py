@@ -14,10 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
+from gateway.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.emulator.adapters import scaffold_adapter
 from gateway.keys import FLEET
 from gateway.server.app import create_app
-from gateway.server.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.server.planning import round_robin
 from gateway.server.registry import WorkerStatus
 from tests.gateway.server.factories import BASE, demands

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.server.config import WorkerEndpoint
+from gateway.config import WorkerEndpoint
 from gateway.server.kube import (
     ActuatorError,
     CommandActuator,

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.config import parse_config
 from gateway.server.app import create_app, serve
-from gateway.server.config import parse_config
 
 OTHER = "127.0.0.2"  # a second client address on the loopback network
 

@@ -20,9 +20,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.cli import _parser, main
+from gateway.config import PlacementMode
+from gateway.config.env import FIELDS, values, variable
 from gateway.emulator.adapters import scaffold_adapter
-from gateway.server.config import PlacementMode
-from gateway.server.config_env import FIELDS, values, variable
 from gateway.server.serve_config import API_KEY_NAME, serve_config, served_model
 from tests.gateway.server.factories import stop_serving
 from twin.errors import ConfigError

@@ -13,16 +13,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.emulator.adapters import scaffold_adapter
-from gateway.keys import FLEET, STATE_KEEPER
-from gateway.server.app import create_app
-from gateway.server.config import (
+from gateway.config import (
     AdapterEntry,
     AdapterOrigin,
     GatewayConfig,
     PlacementMode,
     WorkerEndpoint,
 )
+from gateway.emulator.adapters import scaffold_adapter
+from gateway.keys import FLEET, STATE_KEEPER
+from gateway.server.app import create_app
 from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
 from gateway.server.planning import round_robin
 from gateway.server.state import FileStateStore, GatewayState, snapshot

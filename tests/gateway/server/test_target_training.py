@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from gateway.config import GatewayConfig, WorkerEndpoint
 from gateway.keys import GATEWAY_CONFIG, TARGET_SURROGATE
 from gateway.pretrained import surrogate_for, target_path
-from gateway.server.config import GatewayConfig, WorkerEndpoint
 from gateway.server.target_training import SurrogateSource, target_training
 from planner import Surrogate, Target, shipped_path
 

@@ -13,9 +13,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.config import GatewayConfig, WorkerEndpoint, parse_config
 from gateway.keys import FLEET
 from gateway.server.app import create_app
-from gateway.server.config import GatewayConfig, WorkerEndpoint, parse_config
 from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
 from gateway.server.lifecycle import make_plan
 from planner.demand import AdapterDemand

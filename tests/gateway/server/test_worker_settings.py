@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 import yaml
 
+from gateway.config import parse_config
 from gateway.server.cli import _workers_settings
-from gateway.server.config import parse_config
 from gateway.server.worker_settings import WorkerSettings, engine_from, fetch_settings
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN
 from tests.gateway.server.procfleet import worker_processes

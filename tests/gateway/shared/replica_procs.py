@@ -16,8 +16,8 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.config.engine import fallback_engine
 from gateway.server.emulated import scaffold_entries
-from gateway.server.planning import fallback_engine
 from planner.demand import AdapterDemand
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN
 from tests.gateway.server.procfleet import (

@@ -13,12 +13,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
+from gateway.config.engine import fallback_engine
+from gateway.config.redis import parse_redis
 from gateway.keys import FLEET, ROLE
 from gateway.server.app import create_app
-from gateway.server.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
-from gateway.server.planning import fallback_engine, round_robin
-from gateway.shared.config import parse_redis
+from gateway.server.planning import round_robin
 from planner.demand import AdapterDemand
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN
 from tests.redis_server import free_port

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.config.redis import RedisConfig, parse_redis
 from gateway.shared.client import connect
-from gateway.shared.config import RedisConfig, parse_redis
 from gateway.shared.lease import LeaderLease
 from gateway.shared.published import Published
 from tests.redis_server import RedisServer

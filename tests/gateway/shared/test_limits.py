@@ -16,10 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 from openai import AsyncOpenAI
 
+from gateway.config.keys import parse_keys
+from gateway.config.redis import RedisConfig
 from gateway.keys import SHARED_LIMITS
-from gateway.server.auth import TokenBucket, parse_keys
+from gateway.server.auth import TokenBucket
 from gateway.shared.client import connect
-from gateway.shared.config import RedisConfig
 from gateway.shared.limits import (
     REDIS_DOWN,
     FleetLimits,

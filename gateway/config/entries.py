@@ -1,5 +1,5 @@
 """A registered adapter: its expected load, the path the workers load it from, and where it
-was registered (the config or the admin API). ``gateway.server.config`` re-exports both
+was registered (the config or the admin API). ``gateway.config`` re-exports both
 classes."""
 
 from __future__ import annotations

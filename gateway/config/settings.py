@@ -58,7 +58,7 @@ it on one line, exit status 2; ``LORAFLEET_<FIELD>`` overrides one: ``config_env
                                       # (unset in the config: /metrics is open)
     state_file: /var/lib/lorafleet/state.json  # placement + registry, restored at start-up
     drain_timeout_s: 30               # SIGTERM: how long in-flight requests may finish
-    redis: {url: "redis://redis:6379/0"}   # replicas on shared state (gateway/shared/config.py)
+    redis: {url: "redis://redis:6379/0"}   # replicas on shared state (gateway/config/redis.py)
 
 Examples
 --------
@@ -83,11 +83,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.config.engine import configured_engine
+from gateway.config.entries import AdapterEntry, AdapterOrigin, parse_entries
+from gateway.config.keys import KeySpec, parse_keys
+from gateway.config.redis import RedisConfig, parse_redis
 from gateway.names import member
-from gateway.server.auth import KeySpec, parse_keys
-from gateway.server.entries import AdapterEntry, AdapterOrigin, parse_entries
-from gateway.server.worker_settings import configured_engine
-from gateway.shared.config import RedisConfig, parse_redis
 from planner import (
     DEFAULT_GPU,
     DEFAULT_MODEL,
@@ -368,8 +368,8 @@ def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
            values: dict[str, Any]) -> dict[str, Any]:
     """``discovery``, ``actuator`` (checked by ``kube``), ``redis`` and ``worker_engine``
     (workers' fixed options: as given, else ``planning.fallback_engine``'s)."""
+    from gateway.config.engine import fallback_engine
     from gateway.server import kube  # kube.py imports this module
-    from gateway.server.planning import fallback_engine
 
     out: dict[str, Any] = {"actuator": kube.from_config(data.get("actuator"), "actuator")}
     if data.get("redis") is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.server import config_env
-from gateway.server.config import parse_config
+from gateway.config import env as config_env
+from gateway.config import parse_config
 from twin.errors import ConfigError
 
 BASE = {"base_model": "b", "workers": ["http://127.0.0.1:8001"], "port": 9000}

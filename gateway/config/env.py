@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from gateway.server.config import GatewayConfig
+from gateway.config import GatewayConfig
 from twin.errors import ConfigError
 
 __all__ = ["FIELDS", "PREFIX", "REDIS_URL", "named", "redis_url", "values", "variable"]
