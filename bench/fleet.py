@@ -70,9 +70,9 @@ from rich.table import Table
 from bench.fleet_load import schedule
 from bench.fleet_run import Setup, row, run_gateway, run_prefer_loaded
 from gateway.config.engine import fallback_engine
+from gateway.control.planning import InitialPlan, from_planner
 from gateway.demo.workload import Arrivals, demo_adapters
 from gateway.pretrained import default_surrogate
-from gateway.server.planning import InitialPlan, from_planner
 from planner import (
     AdapterDemand,
     Plan,

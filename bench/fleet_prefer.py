@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from gateway.server.lora_api import load_adapter
+from gateway.fleet.lora_api import load_adapter
 from twin.routing import Placement, Router, RoutingPolicy, WorkerPlacement
 
 LOAD_TIMEOUT_S = 60.0

@@ -23,11 +23,11 @@ from aiohttp import web
 
 from bench.fleet_load import Arrival, drive, make_client, summarize
 from bench.fleet_prefer import create_proxy, state_of
+from gateway.control.planning import InitialPlan
 from gateway.demo.fleet import DemoFleet, FleetSpec, start_demo
 from gateway.emulator.app import serve as serve_worker
-from gateway.keys import EMULATED_WORKER, REPLANNER
 from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
-from gateway.server.planning import InitialPlan
+from gateway.server.keys import CONTROL, EMULATED_WORKER
 from planner import AdapterDemand
 
 SAMPLE_S = 0.5  # wall seconds between samples of the GPUs in use and of the loop's lag
@@ -49,7 +49,7 @@ class Setup:
     drain_s: float = 30.0  # wall seconds the last requests may take
     grace_s: float = 20.0  # simulated seconds past the arrivals an answer still counts
     ttft_bound_s: float = 10.0  # simulated seconds: the rare requests' p99 TTFT bound
-    starvation_guard: bool = True  # lorafleet's (gateway/server/guard.py)
+    starvation_guard: bool = True  # lorafleet's (gateway/fleet/guard.py)
     concurrency: int = 2000
 
 
@@ -138,8 +138,8 @@ async def run_gateway(setup: Setup, plan: InitialPlan, folder: Path, *,
             "capacity_ratio": None if o.capacity_ratio is None else round(o.capacity_ratio, 3),
             "itl_ratio": None if o.ratio is None or not o.expected_itl_s
             else round(o.observed_itl_s / o.expected_itl_s, 3)}
-            for o in fleet.app[REPLANNER].learner.observed]
-        learner = fleet.app[REPLANNER].learner
+            for o in fleet.app[CONTROL].replanner.learner.observed]
+        learner = fleet.app[CONTROL].replanner.learner
         out["surrogate_error_by_window"] = [
             {"at_s": round((t - t_mono) * setup.time_scale, 1), "error": round(e, 3)}
             for t, e in learner.errors]

@@ -1,6 +1,6 @@
 """The engine options of workers the gateway did not start (``worker_engine:`` in
 ``gateway.yaml``), and those of a worker no plan chose options for (``fallback_engine``).
-What workers report of themselves is read in ``gateway/server/worker_settings.py``.
+What workers report of themselves is read in ``gateway/fleet/worker_settings.py``.
 """
 
 from __future__ import annotations

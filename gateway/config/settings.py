@@ -102,7 +102,7 @@ from twin.routing import RoutingPolicy
 from twin.specs import EngineConfig
 
 if TYPE_CHECKING:  # kube.py imports this module
-    from gateway.server.kube import Actuator, KubeDiscovery
+    from gateway.fleet.kube import Actuator, KubeDiscovery
 
 __all__ = ["AdapterEntry", "AdapterOrigin", "GatewayConfig", "PlacementMode", "WorkerEndpoint",
            "load_config", "parse_config", "read_config"]
@@ -177,7 +177,7 @@ class GatewayConfig:
     client_max_connections_per_address: int = 1024  # from one IP address (0: no limit)
     max_outstanding_per_worker: int = 512  # 0: unlimited; else 429 when all holders are full
     prefix_affinity_chars: int = 256  # 0: no prefix affinity
-    # re-planning (gateway/server/replanner.py)
+    # re-planning (gateway/control/replanner.py)
     replan_interval_s: float = 60.0  # 0: only on POST /admin/replan, a drain or a worker down
     observe_window_s: float = 60.0  # the observer's sliding window
     move_budget: int = 8  # adapters a periodic re-plan may move beyond forced moves
@@ -200,13 +200,13 @@ class GatewayConfig:
     metrics_token_env: str | None = None  # set: GET /metrics needs this bearer token
     state_file: str | None = None
     drain_timeout_s: float = 30.0
-    # the fleet's size and source (gateway/server/kube.py, discovery.py)
+    # the fleet's size and source (gateway/fleet/kube.py, discovery.py)
     discovery: KubeDiscovery | None = None  # set: workers come (and go) from Kubernetes
     actuator: Actuator | None = None  # None: no actuator (retired workers stay up, idle)
     redis: RedisConfig | None = None  # None: one gateway process (no replicas)
     worker_engine: EngineConfig | None = None  # None: the initial plan's (emulated workers)
     # The worker_engine options the file states (the rest are defaults): a worker that
-    # reports another value is a start-up error (gateway/server/worker_settings.py).
+    # reports another value is a start-up error (gateway/fleet/worker_settings.py).
     worker_engine_given: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
@@ -369,7 +369,7 @@ def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
     """``discovery``, ``actuator`` (checked by ``kube``), ``redis`` and ``worker_engine``
     (workers' fixed options: as given, else ``planning.fallback_engine``'s)."""
     from gateway.config.engine import fallback_engine
-    from gateway.server import kube  # kube.py imports this module
+    from gateway.fleet import kube  # kube.py imports this module
 
     out: dict[str, Any] = {"actuator": kube.from_config(data.get("actuator"), "actuator")}
     if data.get("redis") is not None:

@@ -25,13 +25,13 @@ from rich.console import Console
 from rich.live import Live
 
 from gateway.cli import add_command
+from gateway.control.planning import InitialPlan
 from gateway.demo.fleet import FleetSpec, plan_demo, start_demo
 from gateway.demo.stats import DemoStats
 from gateway.demo.view import plain_line, render, snapshot, summary, summary_table
 from gateway.demo.workload import Arrivals, demo_adapters
 from gateway.emulator.errors import StartupError
 from gateway.http import tune_gc
-from gateway.server.planning import InitialPlan
 from planner import AdapterDemand
 from twin.errors import ConfigError
 

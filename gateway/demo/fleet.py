@@ -18,10 +18,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.config import GatewayConfig, WorkerEndpoint
-from gateway.keys import FLEET, GATEWAY_METRICS, REPLANNER
+from gateway.control.planning import InitialPlan, from_planner
 from gateway.server.app import create_app, serve
 from gateway.server.emulated import EmulatedFleet, scaffold_entries, start_emulated, worker_configs
-from gateway.server.planning import InitialPlan, from_planner
+from gateway.server.keys import CONTROL, FLEET, GATEWAY_METRICS
 from planner import (
     DEFAULT_GPU,
     DEFAULT_MODEL,
@@ -140,12 +140,12 @@ class DemoFleet:
     @property
     def replans(self) -> list[dict[str, Any]]:
         """The re-plans so far (``Replanner.history``), oldest first."""
-        return list(self.app[REPLANNER].history)
+        return list(self.app[CONTROL].replanner.history)
 
     @property
     def migrations(self) -> int:
         """Adapters moved by the migrations so far."""
-        return self.app[REPLANNER].migrations
+        return self.app[CONTROL].replanner.migrations
 
     def reading(self) -> FleetReading:
         """GPUs running, planned and of the baselines, GPU-seconds saved, migrations: as the
@@ -181,7 +181,7 @@ async def start_demo(adapters: Sequence[AdapterDemand], plan: InitialPlan, spec:
         app = create_app(cfg, plan=plan)
         runner = await serve(app, cfg.host, 0)
         if spec.known_speeds:
-            app[REPLANNER].learner.known = {
+            app[CONTROL].replanner.learner.known = {
                 w.name: 1 / spec.slowdown_of(i) for i, w in enumerate(cfg.workers)}
         fleet = DemoFleet(app, runner, workers, f"http://{cfg.host}:{runner.addresses[0][1]}")
         loop = asyncio.get_running_loop()

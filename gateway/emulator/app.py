@@ -36,7 +36,7 @@ from gateway.emulator.errors import ApiError
 from gateway.emulator.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest, parse_body
 from gateway.emulator.service import VLLM_VERSION, EmulatedWorker
 from gateway.http import serve
-from gateway.keys import EMULATED_WORKER
+from gateway.server.keys import EMULATED_WORKER
 
 __all__ = ["create_app", "serve"]
 

@@ -30,7 +30,7 @@ from gateway.emulator.protocol import (
 )
 from gateway.emulator.service import EmulatedWorker
 from gateway.emulator.text import count_tokens, filler, filler_token, render_chat
-from gateway.keys import EMULATED_WORKER
+from gateway.server.keys import EMULATED_WORKER
 from twin.events import EventKind
 
 __all__ = ["chat_completions", "completions", "read_json"]

@@ -9,11 +9,11 @@ from gateway.config import (
     load_config,
     parse_config,
 )
+from gateway.control.planning import InitialPlan, from_planner, round_robin
+from gateway.errors import ApiError, GatewayError
+from gateway.fleet.metrics import GatewayMetrics
+from gateway.fleet.registry import Fleet, WorkerPhase, WorkerState, WorkerStatus
 from gateway.server.app import create_app, serve
-from gateway.server.errors import ApiError, GatewayError
-from gateway.server.metrics import GatewayMetrics
-from gateway.server.planning import InitialPlan, from_planner, round_robin
-from gateway.server.registry import Fleet, WorkerPhase, WorkerState, WorkerStatus
 
 __all__ = [
     "AdapterEntry",

@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from gateway.keys import API_KEY, REQUEST_ID, REQUEST_MODEL, UPSTREAM_WORKER
-from gateway.server.errors import clip
+from gateway.errors import clip
+from gateway.server.keys import API_KEY, REQUEST_ID, REQUEST_MODEL, UPSTREAM_WORKER
 
 __all__ = ["ACCESS_LOGGER", "access_middleware", "logfmt", "new_request_id", "valid_request_id"]
 

@@ -35,11 +35,10 @@ from aiohttp import web
 from pydantic import Field, field_validator
 
 from gateway.config import AdapterEntry, AdapterOrigin
-from gateway.keys import ADMIN_TOKEN, CLIENT_SESSION, FLEET, GATEWAY_CONFIG
+from gateway.errors import ApiError, AuthError, clip
+from gateway.fleet.lora_api import LoraCallError, unload_adapter
 from gateway.openai_schema import OpenAIBody
-from gateway.server.auth import AuthError
-from gateway.server.errors import ApiError, clip
-from gateway.server.lora_api import LoraCallError, unload_adapter
+from gateway.server.keys import ADMIN_TOKEN, CLIENT_SESSION, FLEET, GATEWAY_CONFIG
 from gateway.server.protocol import parse_body, read_json
 from planner import MAX_CV, MAX_RATE, MAX_TOKENS, AdapterDemand, adapter_name_error
 from twin.routing import BASE_MODEL

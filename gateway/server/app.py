@@ -15,13 +15,32 @@ True
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 from aiohttp import web
 
 from gateway import http
 from gateway.config import GatewayConfig
-from gateway.keys import (
+from gateway.control.plane import ControlPlane
+from gateway.control.planning import InitialPlan
+from gateway.control.replicas import shared_state
+from gateway.control.restore import restore
+from gateway.control.running import running
+from gateway.control.state import FileStateStore, StateKeeper
+from gateway.fleet.metrics import GatewayMetrics
+from gateway.fleet.registry import Fleet
+from gateway.fleet.upstream import UpstreamPool
+from gateway.server.access import access_middleware
+from gateway.server.admin import add_admin_routes, admin_middleware, token_digest
+from gateway.server.auth import KeyRing, auth_middleware, worker_key
+from gateway.server.errors import error_middleware
+from gateway.server.forward import forward_admin, forward_session
+from gateway.server.key_limits import shared_limits
+from gateway.server.keys import (
     ADMIN_TOKEN,
+    CLIENT_SESSION,
+    CONTROL,
     FLEET,
     GATEWAY_CONFIG,
     GATEWAY_METRICS,
@@ -29,31 +48,15 @@ from gateway.keys import (
     KEYRING,
     METRICS_TOKEN,
     OBSERVER,
-    STATE_KEEPER,
+    UPSTREAM_POOL,
 )
-from gateway.server.access import access_middleware
-from gateway.server.admin import add_admin_routes, admin_middleware, token_digest
-from gateway.server.auth import KeyRing, auth_middleware, upstream_auth, worker_key
-from gateway.server.discovery import discovery
-from gateway.server.errors import error_middleware
-from gateway.server.guard import GuardConfig, StarvationGuard
-from gateway.server.key_limits import shared_limits
-from gateway.server.lifecycle import bootstrap, client_session, health_checks
 from gateway.server.listener import ConnectionGuard, GuardedSite, ListenerLimits
-from gateway.server.metrics import GatewayMetrics
-from gateway.server.migrate import releases_ctx
-from gateway.server.observer import Observer
-from gateway.server.planning import InitialPlan
-from gateway.server.registry import Fleet
-from gateway.server.replan_loop import replanning
 from gateway.server.replan_routes import add_replan_routes
-from gateway.server.replicas import forward_admin, redis_client, replica_role, shared_state
-from gateway.server.restore import restore
 from gateway.server.routes import add_routes
-from gateway.server.state import FileStateStore, StateKeeper, keep_state
-from gateway.server.target_training import target_training
 
 __all__ = ["create_app", "serve"]
+
+Ctx = Callable[[web.Application], AsyncIterator[None]]
 
 
 def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Application:
@@ -86,34 +89,59 @@ def create_app(cfg: GatewayConfig, *, plan: InitialPlan | None = None) -> web.Ap
     fleet = Fleet(cfg.base_model, cfg.workers, {a.demand.name: a for a in cfg.adapters},
                   cfg.routing, cfg.retry_after_s, cfg.tensor_parallel_size)
     fleet.stale, fleet.dropped = restored.stale, restored.dropped
-    app[FLEET] = fleet
     fleet.planned_gpus = None if plan is None else plan.planned_gpus
-    app[STATE_KEEPER] = None if store is None else StateKeeper(store, fleet)
     metrics = GatewayMetrics()
     metrics.bind(fleet, adapters=len(cfg.adapters))
-    app[GATEWAY_METRICS] = metrics
-    app[OBSERVER] = Observer(cfg.observe_window_s)
-    # a penalty holds while the learner sees at least four windows of the worker at its new
-    # load (120 s: on the fleet bench at 1.2x, penalties lifted after 60 s starved an adapter)
-    app[GUARD] = StarvationGuard(GuardConfig(ttft_bound_s=cfg.ttft_bound_s / cfg.time_scale,
-                                             relax_s=max(120.0, 2 * cfg.observe_window_s)))
-    app.cleanup_ctx.append(client_session)
-    app.cleanup_ctx.append(redis_client)
-    app.cleanup_ctx.append(replica_role)  # before the bootstrap: whether it leads
-    app.cleanup_ctx.append(shared_limits)  # after redis_client: its client
-    app.cleanup_ctx.append(upstream_auth(worker_key(cfg)))
-    app.cleanup_ctx.append(keep_state)  # before bootstrap: it saves the installed plan
-    app.cleanup_ctx.append(bootstrap(plan))
-    app.cleanup_ctx.append(health_checks)
-    app.cleanup_ctx.append(releases_ctx)  # closed after the replanner stops
-    app.cleanup_ctx.append(target_training())  # before the replanner: which surrogate
-    app.cleanup_ctx.append(replanning)
-    app.cleanup_ctx.append(discovery)  # after the replanner: workers join under its lock
+    plane = ControlPlane(cfg, fleet, metrics,
+                         keeper=None if store is None else StateKeeper(store, fleet))
+    app[CONTROL] = plane
+    # what the request path reads and records
+    app[FLEET], app[GATEWAY_METRICS] = fleet, metrics
+    app[OBSERVER], app[GUARD] = plane.observer, plane.guard
+    app.cleanup_ctx.append(_client_session(plane, worker_key(cfg)))
+    app.cleanup_ctx.append(lambda _app: _running(plane, plan))  # the control plane's work
+    app.cleanup_ctx.append(shared_limits)  # after the plane's Redis client
+    app.cleanup_ctx.append(forward_session)
     app.on_shutdown.append(_stop_serving)
     add_routes(app)
     add_admin_routes(app)
     add_replan_routes(app)
     return app
+
+
+async def _running(plane: ControlPlane, plan: InitialPlan | None) -> AsyncIterator[None]:
+    async with running(plane, plan):
+        yield
+
+
+def _client_session(plane: ControlPlane, worker_key: str | None) -> Ctx:
+    """``cleanup_ctx``: the one ``ClientSession`` to the workers (the control plane's calls,
+    and the admin API's) and the ``UpstreamPool`` of the proxied requests, both sending
+    ``worker_key`` (``worker_api_key_env``) as ``Authorization: Bearer``."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        cfg = plane.cfg
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s,
+                                        sock_read=cfg.read_timeout_s)
+        connector = aiohttp.TCPConnector(limit=cfg.max_connections)
+        # No cookie jar: a gateway must not replay one worker's Set-Cookie on every
+        # client's requests (and filtering an empty jar per request is CPU for nothing).
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                         cookie_jar=aiohttp.DummyCookieJar()) as session:
+            app[CLIENT_SESSION] = plane.session = session
+            pool = UpstreamPool(connect_timeout_s=cfg.connect_timeout_s,
+                                read_timeout_s=cfg.read_timeout_s,
+                                max_connections=cfg.max_connections)
+            app[UPSTREAM_POOL] = pool
+            if worker_key is not None:
+                session.headers["Authorization"] = f"Bearer {worker_key}"
+                pool.headers["Authorization"] = f"Bearer {worker_key}"
+            try:
+                yield
+            finally:
+                await pool.close()
+
+    return ctx
 
 
 async def _stop_serving(app: web.Application) -> None:

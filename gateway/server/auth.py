@@ -47,24 +47,24 @@ import hmac
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from gateway.config.keys import KeySpec
-from gateway.keys import API_KEY, CLIENT_SESSION, KEYRING, REQUEST_MODEL, UPSTREAM_POOL
-from gateway.server.errors import ApiError
+from gateway.errors import ApiError, AuthError
 from gateway.server.key_limits import token_wait
+from gateway.server.keys import API_KEY, KEYRING, REQUEST_MODEL
 from twin.errors import ConfigError
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
 
-__all__ = ["ApiKey", "AuthError", "KeyRing", "TokenBucket", "auth_middleware",
-           "check_model", "upstream_auth", "visible", "worker_key"]
+__all__ = ["ApiKey", "KeyRing", "TokenBucket", "auth_middleware",
+           "check_model", "rate_limited", "visible", "worker_key"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -150,38 +150,16 @@ class KeyRing:
         return found
 
 
-class AuthError(ApiError):
-    """An ``ApiError`` whose ``code`` is OpenAI's string code rather than the status."""
+def rate_limited(key: ApiKey, wait_s: float) -> AuthError:
+    """429 for ``key``, a request ``wait_s`` seconds too early."""
+    assert key.bucket is not None
+    retry = max(1, math.ceil(wait_s))
+    return AuthError(HTTPStatus.TOO_MANY_REQUESTS, "requests",
+                     f"Rate limit reached for key {key.name} on requests per second: limit "
+                     f"{key.bucket.rate:g}/s, burst {key.bucket.burst:g}. Please try again "
+                     f"in {retry}s.", "rate_limit_exceeded", retry_after=retry)
 
-    def __init__(self, status: HTTPStatus, err_type: str, message: str, code: str | None,
-                 retry_after: int | None = None) -> None:
-        super().__init__(status, err_type, message, retry_after=retry_after)
-        self.code = code
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.err_type, "param": None,
-                          "code": self.code}}
-
-    @classmethod
-    def missing(cls) -> AuthError:
-        return cls(HTTPStatus.UNAUTHORIZED, "invalid_request_error",
-                   "You didn't provide an API key. You need to provide your API key in an "
-                   "Authorization header using Bearer auth (i.e. Authorization: Bearer "
-                   "YOUR_KEY).", None)
-
-    @classmethod
-    def invalid(cls) -> AuthError:
-        return cls(HTTPStatus.UNAUTHORIZED, "invalid_request_error",
-                   "Incorrect API key provided.", "invalid_api_key")
-
-    @classmethod
-    def rate_limited(cls, key: ApiKey, wait_s: float) -> AuthError:
-        assert key.bucket is not None
-        retry = max(1, math.ceil(wait_s))
-        return cls(HTTPStatus.TOO_MANY_REQUESTS, "requests",
-                   f"Rate limit reached for key {key.name} on requests per second: limit "
-                   f"{key.bucket.rate:g}/s, burst {key.bucket.burst:g}. Please try again in "
-                   f"{retry}s.", "rate_limit_exceeded", retry_after=retry)
 
 
 @web.middleware
@@ -199,7 +177,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if key.bucket is not None:
         wait = await token_wait(request, key)  # fleet-wide with redis:, else this replica's
         if wait > 0:
-            raise AuthError.rate_limited(key, wait)
+            raise rate_limited(key, wait)
     return await handler(request)
 
 
@@ -226,16 +204,3 @@ def worker_key(cfg: GatewayConfig, environ: Mapping[str, str] | None = None) -> 
         raise ConfigError("worker_api_key_env",
                           f"environment variable {cfg.worker_api_key_env} is not set")
     return secret
-
-
-def upstream_auth(secret: str | None) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` that makes ``secret`` a default ``Authorization: Bearer`` header of
-    the app's client session and upstream pool (register it after their context)."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        if secret is not None:
-            app[CLIENT_SESSION].headers["Authorization"] = f"Bearer {secret}"
-            app[UPSTREAM_POOL].headers["Authorization"] = f"Bearer {secret}"
-        yield
-
-    return ctx

@@ -31,15 +31,15 @@ from aiohttp import web
 from gateway.cli import add_command
 from gateway.cli_help import GPU_HELP, LOG_LEVELS, MODEL_HELP, PROFILE_HELP, log_level, port
 from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
+from gateway.control.planning import InitialPlan
 from gateway.emulator.errors import StartupError
+from gateway.fleet.worker_settings import check_workers
 from gateway.http import stop_signals, tune_gc, until_signalled
-from gateway.keys import FLEET
 from gateway.names import choice_type, shown
 from gateway.server.app import create_app, serve
 from gateway.server.emulated import EmulateSpec, start_emulated, worker_configs
-from gateway.server.planning import InitialPlan
+from gateway.server.keys import FLEET
 from gateway.server.serve_config import serve_config
-from gateway.server.worker_settings import check_workers
 from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE
 from twin.errors import ConfigError
 from twin.routing import RoutingPolicy

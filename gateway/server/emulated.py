@@ -16,11 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import AdapterEntry
+from gateway.control.planning import InitialPlan
 from gateway.emulator.adapters import scaffold_adapter
 from gateway.emulator.app import create_app as create_worker_app
 from gateway.emulator.app import serve as serve_worker
 from gateway.emulator.config import WorkerConfig
-from gateway.server.planning import InitialPlan
 from planner import DEFAULT_GPU, DEFAULT_MODEL, DEFAULT_PROFILE, AdapterDemand
 from twin.catalog import get_gpu, get_model
 from twin.errors import ConfigError

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.keys import GATEWAY_CONFIG, KEYRING, REDIS, SHARED_LIMITS
-from gateway.server.errors import ApiError
+from gateway.errors import ApiError
+from gateway.server.keys import CONTROL, GATEWAY_CONFIG, KEYRING, SHARED_LIMITS
 from gateway.shared.limits import FleetLimits, LimitsUnavailable, SharedBuckets
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ async def shared_limits(app: web.Application) -> AsyncIterator[None]:
     """``cleanup_ctx`` (after ``redis_client``): ``app[SHARED_LIMITS]``, the fleet-wide
     buckets, when the app has Redis and some key a rate limit; else None."""
     cfg = app[GATEWAY_CONFIG]
-    client = app[REDIS]
+    client = app[CONTROL].redis
     limited = any(spec.rate_limit is not None for spec in cfg.keys)
     app[SHARED_LIMITS] = None
     if client is not None and cfg.redis is not None and limited:

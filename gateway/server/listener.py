@@ -44,7 +44,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.server.errors import ApiError, clip, error_type
+from gateway.errors import ApiError, clip, error_type
 
 __all__ = ["ConnectionGuard", "GuardedSite", "ListenerLimits"]
 

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
-from gateway.keys import GATEWAY_CONFIG
+from gateway.errors import ApiError
 from gateway.openai_schema import OpenAIBody, StreamOptions, validation_message
-from gateway.server.errors import ApiError
+from gateway.server.keys import GATEWAY_CONFIG
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "SamplingRequest", "StreamOptions",
            "parse_body", "read_json"]

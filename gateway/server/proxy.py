@@ -28,27 +28,28 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import (
-    FLEET,
-    GATEWAY_CONFIG,
-    GATEWAY_METRICS,
-    GUARD,
-    OBSERVER,
-    REPLANNER,
-    UPSTREAM_POOL,
-    UPSTREAM_WORKER,
-)
-from gateway.server.errors import ApiError, request_id, restyled
-from gateway.server.metrics import UNKNOWN
-from gateway.server.protocol import SamplingRequest
-from gateway.server.registry import WorkerState, WorkerStatus
-from gateway.server.upstream import (
+from gateway.errors import ApiError
+from gateway.fleet.metrics import UNKNOWN
+from gateway.fleet.registry import WorkerState, WorkerStatus
+from gateway.fleet.upstream import (
     ConnectFailed,
     Disconnected,
     ReadTimeout,
     UpstreamError,
     UpstreamResponse,
 )
+from gateway.server.errors import request_id, restyled
+from gateway.server.keys import (
+    CONTROL,
+    FLEET,
+    GATEWAY_CONFIG,
+    GATEWAY_METRICS,
+    GUARD,
+    OBSERVER,
+    UPSTREAM_POOL,
+    UPSTREAM_WORKER,
+)
+from gateway.server.protocol import SamplingRequest
 
 __all__ = ["forward"]
 
@@ -153,7 +154,7 @@ async def forward(request: web.Request, path: str, raw: bytes, body: dict[str, A
         request.app[OBSERVER].arrival(label, now=time.monotonic())
         fleet = request.app[FLEET]
         if adapter is not None and fleet.synced and not fleet.placed(adapter):
-            await request.app[REPLANNER].ensure_placed(
+            await request.app[CONTROL].replanner.ensure_placed(
                 adapter, request.app[GATEWAY_CONFIG].load_timeout_s)
         call = _Call(request, path, _upstream_payload(raw, body, parsed), adapter, label,
                      bool(parsed.stream), parsed.include_usage, started, request_id(request),

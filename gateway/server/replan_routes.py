@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import FLEET, REPLANNER
+from gateway.errors import ApiError, clip
+from gateway.fleet.metrics import ReplanTrigger
 from gateway.openai_schema import OpenAIBody
-from gateway.server.errors import ApiError, clip
-from gateway.server.metrics import ReplanTrigger
+from gateway.server.keys import CONTROL, FLEET
 from gateway.server.protocol import parse_body, read_json
 
 __all__ = ["ReplanRequest", "add_replan_routes"]
@@ -45,8 +45,9 @@ async def replan(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise ApiError.bad_request("the request body must be a JSON object")
     parsed = parse_body(ReplanRequest, body)
-    result = await request.app[REPLANNER].replan(ReplanTrigger.ADMIN, dry_run=parsed.dry_run,
-                                                 fresh=parsed.fresh)
+    replanner = request.app[CONTROL].replanner
+    result = await replanner.replan(ReplanTrigger.ADMIN, dry_run=parsed.dry_run,
+                                    fresh=parsed.fresh)
     return web.json_response(result)
 
 
@@ -60,12 +61,12 @@ def _worker(request: web.Request) -> int:
 
 
 async def drain(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[REPLANNER].drain(_worker(request)))
+    return web.json_response(await request.app[CONTROL].replanner.drain(_worker(request)))
 
 
 async def undrain(request: web.Request) -> web.Response:
     index = _worker(request)
-    request.app[REPLANNER].undrain(index)
+    request.app[CONTROL].replanner.undrain(index)
     w = request.app[FLEET].workers[index]
     return web.json_response({"worker": w.endpoint.name, "status": w.status.value})
 

@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, METRICS_TOKEN
+from gateway.errors import ApiError
 from gateway.server.admin import check_bearer
 from gateway.server.auth import check_model, visible
-from gateway.server.errors import ApiError
+from gateway.server.keys import FLEET, GATEWAY_CONFIG, GATEWAY_METRICS, METRICS_TOKEN
 from gateway.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,

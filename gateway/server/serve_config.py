@@ -30,9 +30,9 @@ import yaml
 
 from gateway.config import GatewayConfig, parse_config, read_config
 from gateway.config import env as config_env
+from gateway.control.lifecycle import make_plan
+from gateway.control.planning import InitialPlan
 from gateway.server.emulated import MAX_EMULATED, EmulateSpec, emulated_config_data
-from gateway.server.lifecycle import make_plan
-from gateway.server.planning import InitialPlan
 from planner import DEFAULT_MODEL
 from twin.errors import ConfigError
 

@@ -103,7 +103,7 @@ class SharedBuckets:
     Parameters
     ----------
     client
-        The replica's Redis client (``app[REDIS]``).
+        The replica's Redis client (``app[CONTROL].redis``).
     cfg
         The ``redis:`` section: the buckets live under ``cfg.key("bucket:<name>")``.
     expiry_margin_s

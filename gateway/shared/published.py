@@ -7,7 +7,7 @@ The leader writes both in one script that first checks the lease still holds its
 lost its data counts epochs from 1 again) and the term's count of publications, so a
 follower compares versions for equality only.
 
-The document is the leader's to define (``gateway.server.replicas``); here it is bytes.
+The document is the leader's to define (``gateway.control.replicas``); here it is bytes.
 """
 
 from __future__ import annotations

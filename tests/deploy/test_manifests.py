@@ -322,7 +322,7 @@ def test_rbac_allows_exactly_what_kube_py_does() -> None:
 @pytest.fixture
 def configmap_config(monkeypatch: pytest.MonkeyPatch) -> GatewayConfig:
     """The ConfigMap's gateway.yaml, parsed as the gateway does in a pod of the namespace."""
-    from gateway.server.kube import KubeApi
+    from gateway.fleet.kube import KubeApi
 
     def in_cluster(cls: type[KubeApi], namespace: str | None = None,
                    account_dir: Any = None) -> KubeApi:  # as a pod in the namespace sees it
@@ -335,7 +335,7 @@ def configmap_config(monkeypatch: pytest.MonkeyPatch) -> GatewayConfig:
 
 def test_gateway_configmap_discovers_and_scales_the_statefulset(
         configmap_config: GatewayConfig) -> None:
-    from gateway.server.kube import KubernetesActuator
+    from gateway.fleet.kube import KubernetesActuator
 
     sts = find("StatefulSet", "vllm")
     cfg = configmap_config

@@ -13,8 +13,8 @@ from openai import AsyncOpenAI
 
 from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.http import GC_GEN0_THRESHOLD, tune_gc
-from gateway.keys import FLEET
 from gateway.server.app import create_app
+from gateway.server.keys import FLEET
 
 
 def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:

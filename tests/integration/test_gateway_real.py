@@ -24,11 +24,11 @@ from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
 from gateway.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
-from gateway.keys import FLEET, REPLANNER
+from gateway.control.migrate import settled
+from gateway.control.planning import InitialPlan
+from gateway.fleet.lora_api import list_adapters, load_adapter, unload_adapter
 from gateway.server.app import create_app
-from gateway.server.lora_api import list_adapters, load_adapter, unload_adapter
-from gateway.server.migrate import settled
-from gateway.server.planning import InitialPlan
+from gateway.server.keys import CONTROL, FLEET
 from planner.demand import AdapterDemand
 from twin.catalog import get_gpu
 from twin.routing import BASE_MODEL, Placement, WorkerPlacement
@@ -169,7 +169,7 @@ async def _exercise(app: web.Application, server: TestServer,
     try:
         while traffic.served < 10:
             await asyncio.sleep(0.2)
-        result = await app[REPLANNER].drain(1)  # re-plan: w1's adapters go to w0
+        result = await app[CONTROL].replanner.drain(1)  # re-plan: w1's adapters go to w0
         before = traffic.served
         while traffic.served < before + 10:
             await asyncio.sleep(0.2)
@@ -179,7 +179,7 @@ async def _exercise(app: web.Application, server: TestServer,
     failed = traffic.failed
 
     _check(result, failed, fleet.holding())
-    await settled(app)  # the source drains and unloads in the background
+    await settled(app[CONTROL])  # the source drains and unloads in the background
     on_w0 = await list_adapters(session, real_vllm.base_url, timeout=10)
     on_w1 = await list_adapters(session, second_vllm, timeout=10)
     assert set(MOVED) <= on_w0 and not set(MOVED) & on_w1  # loaded, then unloaded
@@ -235,7 +235,7 @@ async def test_gateway_learns_each_real_servers_speed(
             async for _ in stream:
                 pass
 
-        replanner = app[REPLANNER]
+        replanner = app[CONTROL].replanner
         tasks = [asyncio.create_task(traffic.loop(k, [*KEPT, *MOVED], streamed))
                  for k in range(8)]
         loop = asyncio.get_running_loop()

@@ -1,5 +1,5 @@
 """A real vLLM server reports the options the gateway reads instead of ``worker_engine``
-(gateway/server/worker_settings.py): ``--max-loras`` in ``vllm:lora_requests_info``,
+(gateway/fleet/worker_settings.py): ``--max-loras`` in ``vllm:lora_requests_info``,
 ``--max-model-len`` in ``/v1/models``, the block size and memory share in
 ``vllm:cache_config_info``."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from gateway.server.worker_settings import fetch_settings
+from gateway.fleet.worker_settings import fetch_settings
 
 from .server import ENGINE_ARGS, RealVllm
 

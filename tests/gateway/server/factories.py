@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.config.engine import fallback_engine
-from gateway.keys import FLEET
+from gateway.control.planning import InitialPlan, round_robin
 from gateway.server.app import create_app
 from gateway.server.emulated import (
     EmulatedFleet,
@@ -26,7 +26,7 @@ from gateway.server.emulated import (
     start_emulated,
     worker_configs,
 )
-from gateway.server.planning import InitialPlan, round_robin
+from gateway.server.keys import FLEET
 from planner.demand import AdapterDemand
 from twin.routing import Placement, WorkerPlacement
 

@@ -24,10 +24,10 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.config.engine import fallback_engine
-from gateway.keys import FLEET
+from gateway.control.planning import round_robin
 from gateway.server.app import create_app
 from gateway.server.emulated import scaffold_entries
-from gateway.server.planning import round_robin
+from gateway.server.keys import FLEET
 from planner.demand import AdapterDemand
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN
 from twin.specs import EngineConfig

@@ -12,7 +12,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from gateway.emulator.adapters import scaffold_adapter
-from gateway.keys import FLEET
+from gateway.server.keys import FLEET
 from tests.gateway.server.factories import BASE, Stack, demands, gateway_stack
 
 TOKEN = "admin-secret"

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.cli import main
 from gateway.emulator.adapters import scaffold_adapter
-from gateway.keys import FLEET
+from gateway.server.keys import FLEET
 from tests.gateway.server.factories import Stack, demands, gateway_stack
 
 TOKEN = "admin-secret"

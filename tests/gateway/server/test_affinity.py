@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from gateway.keys import FLEET
+from gateway.server.keys import FLEET
 from gateway.server.proxy import prefix_key
 from tests.gateway.server.factories import Stack, demands, gateway_stack
 

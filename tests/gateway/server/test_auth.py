@@ -17,11 +17,11 @@ from openai import AsyncOpenAI
 
 from gateway.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.config.keys import parse_keys
+from gateway.control.planning import round_robin
 from gateway.emulator.adapters import scaffold_adapter
-from gateway.keys import FLEET
 from gateway.server.app import create_app
 from gateway.server.auth import KeyRing, TokenBucket
-from gateway.server.planning import round_robin
+from gateway.server.keys import FLEET
 from tests.gateway.server.factories import BASE, Stack, demands, gateway_stack
 from twin.errors import ConfigError
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from gateway.keys import FLEET
+from gateway.server.keys import FLEET
 from tests.gateway.server.factories import Stack, demands, gateway_stack
 
 LONG = {"model": "sql", "prompt": "x", "max_tokens": 1500}  # ~15 s of decoding in real time

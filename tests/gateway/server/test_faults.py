@@ -21,8 +21,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from gateway.keys import FLEET
-from gateway.server.registry import WorkerStatus
+from gateway.fleet.registry import WorkerStatus
+from gateway.server.keys import FLEET
 from tests.gateway.server.factories import demands
 from tests.gateway.server.procfleet import FaultStack, fault_stack
 

@@ -10,9 +10,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import parse_config
-from gateway.keys import GATEWAY_METRICS
+from gateway.fleet.metrics import MigrationOutcome, ReplanTrigger
 from gateway.server.app import create_app
-from gateway.server.metrics import MigrationOutcome, ReplanTrigger
+from gateway.server.keys import GATEWAY_METRICS
 from tests.gateway.server.factories import demands, gateway_stack
 
 

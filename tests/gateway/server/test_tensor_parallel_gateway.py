@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import GatewayConfig, WorkerEndpoint, parse_config
-from gateway.keys import FLEET
+from gateway.control.lifecycle import make_plan
 from gateway.server.app import create_app
 from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
-from gateway.server.lifecycle import make_plan
+from gateway.server.keys import FLEET
 from planner.demand import AdapterDemand
 from tests.gateway.server.factories import until_ready
 from twin.errors import ConfigError, InsufficientMemoryError

@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestServer
 from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
 from gateway.config.engine import fallback_engine
 from gateway.config.redis import parse_redis
-from gateway.keys import FLEET, ROLE
+from gateway.control.planning import round_robin
 from gateway.server.app import create_app
 from gateway.server.emulated import scaffold_entries, start_emulated, worker_configs
-from gateway.server.planning import round_robin
+from gateway.server.keys import CONTROL, FLEET
 from planner.demand import AdapterDemand
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN
 from tests.redis_server import free_port
@@ -40,7 +40,7 @@ class Replica:
 
     @property
     def leading(self) -> bool:
-        return self.app[ROLE].leading
+        return self.app[CONTROL].role.leading
 
 
 async def until(check: Any, timeout: float = 20.0, what: str = "") -> float:

@@ -18,8 +18,8 @@ from openai import AsyncOpenAI
 
 from gateway.config.keys import parse_keys
 from gateway.config.redis import RedisConfig
-from gateway.keys import SHARED_LIMITS
 from gateway.server.auth import TokenBucket
+from gateway.server.keys import SHARED_LIMITS
 from gateway.shared.client import connect
 from gateway.shared.limits import (
     REDIS_DOWN,

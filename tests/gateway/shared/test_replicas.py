@@ -16,7 +16,7 @@ from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.emulator.adapters import scaffold_adapter
-from gateway.keys import FLEET, OBSERVER, REPLANNER, ROLE
+from gateway.server.keys import CONTROL, FLEET, OBSERVER
 from gateway.shared.lease import LeaderInfo
 from tests.gateway.server.factories import demands
 from tests.gateway.shared.replica_stack import Replica, replica_stack, until
@@ -80,8 +80,8 @@ async def test_followers_route_by_the_leaders_placement_within_a_second(
         assert lag < 1.0, lag
         after = leader.app[FLEET].holding()
         assert after["w1"] == frozenset() and after["w0"] == frozenset(NAMES)
-        assert leader.app[REPLANNER].history and not any(
-            f.app[REPLANNER].history for f in followers)  # it ran on the leader alone
+        assert leader.app[CONTROL].replanner.history and not any(
+            f.app[CONTROL].replanner.history for f in followers)  # it ran on the leader alone
         for replica in replicas:
             await asyncio.gather(*(_complete(replica, n) for n in NAMES))
 
@@ -113,7 +113,7 @@ async def test_an_adapter_added_on_a_follower_is_placed_by_the_leader(
         await until(lambda: "late" in follower.app[FLEET].adapters, timeout=2)
         await _complete(follower, "late")  # waits for the leader to place and load it
         assert leader.app[FLEET].placed("late") and follower.app[FLEET].placed("late")
-        triggers = [b["trigger"] for b in leader.app[REPLANNER].history]
+        triggers = [b["trigger"] for b in leader.app[CONTROL].replanner.history]
         assert triggers == ["on_demand"], triggers
 
 
@@ -150,7 +150,7 @@ async def test_a_stopped_leader_hands_over_and_serving_goes_on(
         assert not failed, failed[:5]
         assert all(served), served
         assert took < 2.0, took  # a renewal period, not a TTL
-        assert new.app[REPLANNER].history[-1]["trigger"] == "admin"
+        assert new.app[CONTROL].replanner.history[-1]["trigger"] == "admin"
 
 
 async def test_a_follower_that_knew_a_gone_leader_asks_redis_who_leads(
@@ -158,10 +158,10 @@ async def test_a_follower_that_knew_a_gone_leader_asks_redis_who_leads(
     async with replica_stack(tmp_path, redis_server.url, demands(*NAMES)
                              ) as replicas, aiohttp.ClientSession() as session:
         leader, follower = replicas
-        lease = follower.app[ROLE].lease
+        lease = follower.app[CONTROL].role.lease
         assert lease is not None
         lease.leader = LeaderInfo("gone", f"http://127.0.0.1:{free_port()}", 0)  # refused
         async with session.post(f"{follower.url}/admin/replan", headers=ADMIN) as resp:
             body = await resp.json()
             assert resp.status == 200, body
-        assert body["replica"] == "r0" and leader.app[REPLANNER].history
+        assert body["replica"] == "r0" and leader.app[CONTROL].replanner.history
