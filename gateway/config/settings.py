@@ -78,15 +78,17 @@ import enum
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.config.engine import configured_engine
+from gateway.config.engine import configured_engine, fallback_engine
 from gateway.config.entries import AdapterEntry, AdapterOrigin, parse_entries
+from gateway.config.fleet import ActuatorSpec, DiscoverySpec, parse_actuator, parse_discovery
 from gateway.config.keys import KeySpec, parse_keys
 from gateway.config.redis import RedisConfig, parse_redis
+from gateway.config.validation import MAX_SECONDS
 from gateway.names import member
 from planner import (
     DEFAULT_GPU,
@@ -101,16 +103,11 @@ from twin.errors import ConfigError
 from twin.routing import RoutingPolicy
 from twin.specs import EngineConfig
 
-if TYPE_CHECKING:  # kube.py imports this module
-    from gateway.server.kube import Actuator, KubeDiscovery
-
 __all__ = ["AdapterEntry", "AdapterOrigin", "GatewayConfig", "PlacementMode", "WorkerEndpoint",
            "load_config", "parse_config", "read_config"]
 
 _SECURITY = ("keys", "worker_api_key_env", "admin_token_env", "metrics_token_env", "state_file")
-_FLEET = ("discovery", "actuator", "worker_engine", "redis")  # kube.py, planning.py, shared/
-
-MAX_SECONDS = 7 * 24 * 3600.0  # a week: no timeout or interval longer
+_FLEET = ("discovery", "actuator", "worker_engine", "redis")  # fleet.py, engine.py, redis.py
 # Every number of the config, bounded (name: low, high, low excluded): no value an admin can
 # give overflows a computation or asks for resources no machine has.
 _BOUNDS: dict[str, tuple[float, float, bool]] = {
@@ -200,9 +197,9 @@ class GatewayConfig:
     metrics_token_env: str | None = None  # set: GET /metrics needs this bearer token
     state_file: str | None = None
     drain_timeout_s: float = 30.0
-    # the fleet's size and source (gateway/server/kube.py, discovery.py)
-    discovery: KubeDiscovery | None = None  # set: workers come (and go) from Kubernetes
-    actuator: Actuator | None = None  # None: no actuator (retired workers stay up, idle)
+    # the fleet's size and source (specs: gateway/server/kube.py builds them at start-up)
+    discovery: DiscoverySpec | None = None  # set: workers come (and go) from Kubernetes
+    actuator: ActuatorSpec | None = None  # None: no actuator (retired workers stay up, idle)
     redis: RedisConfig | None = None  # None: one gateway process (no replicas)
     worker_engine: EngineConfig | None = None  # None: the initial plan's (emulated workers)
     # The worker_engine options the file states (the rest are defaults): a worker that
@@ -366,17 +363,16 @@ def check_specs(values: dict[str, Any]) -> None:
 
 def _fleet(data: dict[str, Any], adapters: tuple[AdapterEntry, ...],
            values: dict[str, Any]) -> dict[str, Any]:
-    """``discovery``, ``actuator`` (checked by ``kube``), ``redis`` and ``worker_engine``
-    (workers' fixed options: as given, else ``planning.fallback_engine``'s)."""
-    from gateway.config.engine import fallback_engine
-    from gateway.server import kube  # kube.py imports this module
-
-    out: dict[str, Any] = {"actuator": kube.from_config(data.get("actuator"), "actuator")}
+    """``discovery``, ``actuator``, ``redis`` and ``worker_engine`` (workers' fixed
+    options: as given, else ``engine.fallback_engine``'s)."""
+    out: dict[str, Any] = {}
+    if data.get("actuator") is not None:
+        out["actuator"] = parse_actuator(data["actuator"])
     if data.get("redis") is not None:
         out["redis"] = parse_redis(data["redis"], host=values.get("host", "127.0.0.1"),
                                    port=values.get("port", 8080))
     if data.get("discovery") is not None:
-        out["discovery"] = kube.discovery_from_config(data["discovery"], "discovery")
+        out["discovery"] = parse_discovery(data["discovery"])
     base = fallback_engine([a.demand for a in adapters], values.get("gpu", DEFAULT_GPU),
                            values.get("max_model_len", 8192),
                            values.get("tensor_parallel_size", 1))

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.keys import CLIENT_SESSION, FLEET, GATEWAY_CONFIG, REPLANNER, ROLE
-from gateway.server.kube import ActuatorError
+from gateway.server.kube import ActuatorError, discovery_for
 from gateway.server.lifecycle import background, sync_worker
 from gateway.server.metrics import ReplanTrigger
 from gateway.server.registry import WorkerStatus
@@ -38,7 +38,7 @@ async def discover_once(app: web.Application) -> list[int]:
     empty fleet for ``bootstrap`` and returns none). ``ActuatorError`` if the API fails."""
     cfg, fleet = app[GATEWAY_CONFIG], app[FLEET]
     assert cfg.discovery is not None
-    found = await cfg.discovery.workers(session=app[CLIENT_SESSION])
+    found = await discovery_for(cfg.discovery).workers(session=app[CLIENT_SESSION])
     joined: list[int] = []
     async with app[REPLANNER].lock:
         first = not fleet.workers

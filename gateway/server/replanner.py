@@ -40,6 +40,7 @@ from gateway.keys import (
 )
 from gateway.server import planning_process
 from gateway.server.errors import ApiError
+from gateway.server.kube import actuator_for
 from gateway.server.learning import Learner
 from gateway.server.metrics import MigrationOutcome, ReplanTrigger
 from gateway.server.migrate import execute
@@ -75,7 +76,7 @@ class Replanner:
         self.migrations = 0
         self.learner = Learner(app)
         self.gateway_id = uuid.uuid4().hex  # its live windows train the planning process
-        self.scaler = Scaler(app[GATEWAY_CONFIG].actuator, app[GATEWAY_METRICS])
+        self.scaler = Scaler(actuator_for(app[GATEWAY_CONFIG].actuator), app[GATEWAY_METRICS])
         self._handled_down: set[str] = set()
         self._placing: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._asked: dict[str, float] = {}  # ``triggers.unplaced_wanted``
