@@ -124,7 +124,7 @@ def _message(error: ErrorDetails, fields: Callable[[], list[str]]) -> str:
         close = difflib.get_close_matches(str(error["loc"][-1]), names, 1)
         return f"unknown field; did you mean {close[0]!r}?" if close else "unknown field"
     if kind in _TYPES:
-        return f"must be {_TYPES[kind]}, got {shown(value)}"
+        return f"must be {_TYPES[kind]}, got {value!r}"
     if kind == "string_too_short" and ctx.get("min_length") == 1:
         return f"must be a non-empty string, got {value!r}"
     if kind == "string_too_long":
