@@ -12,13 +12,27 @@ from typing import Any
 from planner import AdapterDemand
 from twin.catalog import get_gpu
 from twin.errors import ConfigError
-from twin.specs import ALLOWED_LORA_RANKS, EngineConfig, default_engine_for
+from twin.specs import ALLOWED_LORA_RANKS, MAX_ENGINE_INT, EngineConfig, default_engine_for
 
-__all__ = ["ENGINE_FIELDS", "MAX_SLOTS", "applied", "configured_engine", "fallback_engine"]
+__all__ = ["ENGINE_FIELDS", "ENGINE_SCHEMA", "MAX_SLOTS", "applied", "configured_engine",
+           "fallback_engine"]
 
 # What gateway.yaml's ``worker_engine`` may state.
 ENGINE_FIELDS = ("max_loras", "max_cpu_loras", "max_lora_rank", "max_num_seqs",
                  "max_num_batched_tokens", "max_model_len", "gpu_memory_utilization")
+_COUNT = {"type": "integer", "minimum": 1, "maximum": MAX_ENGINE_INT}
+# ``worker_engine:`` for the JSON Schema: vLLM's flags of the same names
+ENGINE_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "description": "the engine options of workers the gateway did not start, as they do not "
+                   "report them (the rest: defaults for the adapters)",
+    "properties": {
+        **{name: {**_COUNT, "description": f"vLLM's --{name.replace('_', '-')}"}
+           for name in ENGINE_FIELDS if name != "gpu_memory_utilization"},
+        "max_lora_rank": {"enum": list(ALLOWED_LORA_RANKS),
+                          "description": "vLLM's --max-lora-rank"},
+        "gpu_memory_utilization": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                                   "description": "vLLM's --gpu-memory-utilization"}}}
 MAX_SLOTS = 8  # GPU LoRA slots of a round-robin worker (more adapters swap through the LRU)
 
 

@@ -30,7 +30,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -46,9 +47,20 @@ _STRUCTURED = frozenset({"workers", "adapters", "keys", "discovery", "actuator",
                          "worker_engine", "worker_engine_given", "redis"})
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GatewayConfig)
                                 if f.name not in _STRUCTURED)
+
+
+def _text(kind: Any) -> bool:
+    """Whether a field of type ``kind`` holds text (``str``, ``str | None``, annotated)."""
+    if get_origin(kind) is Annotated:
+        return _text(get_args(kind)[0])
+    if get_origin(kind) in (Union, UnionType):
+        return all(_text(k) for k in get_args(kind) if k is not type(None))
+    return kind is str
+
+
 # taken as the text given (``str`` or ``str | None`` fields); ``gpu`` may be a JSON mapping
-_TEXT = frozenset(f.name for f in fields(GatewayConfig)
-                  if f.name in FIELDS and str(f.type).split(" |")[0] == "str")
+_TEXT = frozenset(name for name, kind in get_type_hints(GatewayConfig, include_extras=True).items()
+                  if name in FIELDS and _text(kind))
 
 
 def variable(field: str) -> str:

@@ -19,10 +19,25 @@ from typing import Any
 
 from twin.errors import ConfigError
 
-__all__ = ["MAX_KEY_RATE", "KeySpec", "parse_keys"]
+__all__ = ["KEY_SCHEMA", "MAX_KEY_RATE", "KeySpec", "parse_keys"]
 
 MAX_KEY_RATE = 1e6  # requests/s (and burst) one key may be given
 _KEY_FIELDS = frozenset({"key", "key_env", "name", "adapters", "rate_limit", "burst"})
+_TEXT = {"type": "string", "minLength": 1}
+_RATE = {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_KEY_RATE}
+# An item of ``keys:`` as gateway.yaml gives it, for the JSON Schema (``parse_keys`` checks it)
+KEY_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["name"],
+    "oneOf": [{"required": ["key"]}, {"required": ["key_env"]}],
+    "properties": {
+        "name": {**_TEXT, "description": "the key's name (in the access log and metrics)"},
+        "key": {**_TEXT, "description": "the key itself (or key_env)"},
+        "key_env": {**_TEXT, "description": "the environment variable holding the key"},
+        "adapters": {"anyOf": [{"const": "*"}, {"type": "array", "items": _TEXT}],
+                     "default": "*", "description": 'the models it may use ("*": all)'},
+        "rate_limit": {**_RATE, "description": "requests per second (default: no limit)"},
+        "burst": {**_RATE, "description": "requests at once (default: rate_limit, at "
+                                          "least 1)"}}}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

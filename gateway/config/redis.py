@@ -33,11 +33,12 @@ twin.errors.ConfigError: redis.url: must be a redis://, rediss:// or unix:// URL
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, field_validator
 
+from gateway.config.validation import Range, validated
 from twin.errors import ConfigError
 
 __all__ = ["RedisConfig", "parse_redis"]
@@ -48,18 +49,18 @@ SCHEMES = ("redis", "rediss", "unix")
 class RedisConfig(BaseModel):
     """The ``redis:`` section, resolved (``replica`` and ``advertise_url`` filled in)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     url: str
     prefix: str = Field(default="lorafleet", min_length=1, max_length=64,
                         pattern=r"^[A-Za-z0-9_.:-]+$")
     replica: str = Field(default="", max_length=128)
     advertise_url: str = ""
-    connect_timeout_s: float = Field(default=1.0, gt=0, le=60)
-    op_timeout_s: float = Field(default=0.5, gt=0, le=60)
-    lease_ttl_s: float = Field(default=5.0, ge=0.5, le=300)
-    limits_fail_open: bool = True
-    admin_fail_open: bool = False
+    connect_timeout_s: Annotated[StrictFloat, Range(0, 60, open_low=True)] = 1.0
+    op_timeout_s: Annotated[StrictFloat, Range(0, 60, open_low=True)] = 0.5
+    lease_ttl_s: Annotated[StrictFloat, Range(0.5, 300)] = 5.0
+    limits_fail_open: StrictBool = True
+    admin_fail_open: StrictBool = False
 
     @field_validator("url")
     @classmethod
@@ -99,17 +100,7 @@ def parse_redis(data: Any, *, host: str, port: int, hostname: str | None = None
         data = {"url": data}
     if not isinstance(data, dict):
         raise ConfigError("redis", "must be a mapping {url, prefix, ...} or a redis:// URL")
-    try:
-        cfg = RedisConfig.model_validate(data, strict=True)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(p) for p in error["loc"]) or ""
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = f"unknown field; expected {sorted(RedisConfig.model_fields)}"
-        elif error["type"] == "missing":
-            message = "is required"
-        raise ConfigError(f"redis.{field}" if field else "redis", message) from None
+    cfg = validated(RedisConfig, data, "redis")
     name = hostname or socket.gethostname()
     here = host if host not in ("0.0.0.0", "::", "", "localhost") else _address(name)
     updates = {"replica": cfg.replica or f"{name}:{port}",

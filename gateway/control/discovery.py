@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from gateway.control.plane import ControlPlane
 
 from gateway.control.lifecycle import background, sync_worker
-from gateway.fleet.kube import ActuatorError
+from gateway.fleet.kube import ActuatorError, discovery_for
 from gateway.fleet.metrics import ReplanTrigger
 from gateway.fleet.registry import WorkerStatus
 
@@ -39,7 +39,7 @@ async def discover_once(plane: ControlPlane) -> list[int]:
     empty fleet for ``bootstrap`` and returns none). ``ActuatorError`` if the API fails."""
     cfg, fleet = plane.cfg, plane.fleet
     assert cfg.discovery is not None
-    found = await cfg.discovery.workers(session=plane.session)
+    found = await discovery_for(cfg.discovery).workers(session=plane.session)
     joined: list[int] = []
     async with plane.replanner.lock:
         first = not fleet.workers

@@ -41,6 +41,7 @@ from gateway.control.replan_job import (
 from gateway.control.scaling import ScaleDirection, ScaleOutcome, Scaler, present
 from gateway.control.target_training import TargetSurrogate
 from gateway.errors import ApiError
+from gateway.fleet.kube import actuator_for
 from gateway.fleet.metrics import MigrationOutcome, ReplanTrigger
 from gateway.fleet.registry import WorkerStatus
 from planner import AdapterDemand, RunningWorker, Stability
@@ -68,7 +69,7 @@ class Replanner:
         self.migrations = 0
         self.learner = Learner(plane)
         self.gateway_id = uuid.uuid4().hex  # its live windows train the planning process
-        self.scaler = Scaler(plane.cfg.actuator, plane.metrics)
+        self.scaler = Scaler(actuator_for(plane.cfg.actuator), plane.metrics)
         self._handled_down: set[str] = set()
         self._placing: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._asked: dict[str, float] = {}  # ``triggers.unplaced_wanted``

@@ -5,7 +5,9 @@ set's pods by label selector and keeps the ready ones, ordered by ordinal, so th
 "retire the highest-numbered worker first" matches a StatefulSet scale-down (which removes the
 highest ordinal first). The actuator changes the fleet size: nothing, a shell command, or a
 merge patch of the StatefulSet's ``scale`` subresource. Plain aiohttp, not the kubernetes
-client: three calls do not justify its weight.
+client: three calls do not justify its weight. What to build comes from ``gateway.yaml`` as
+plain specs (``gateway/config/fleet.py``): ``actuator_for`` and ``discovery_for`` build the
+runtime objects, looking up the in-cluster API when the spec names no server.
 
 The API shapes (PodList, Pod ``status.podIP`` and ``status.conditions``, the autoscaling/v1
 ``Scale`` object, and the ``Status`` object of a failed call) follow the Kubernetes API
@@ -21,12 +23,9 @@ Errors::
 
 Examples
 --------
->>> from_config({"kind": "command", "command": "kubectl scale sts/vllm --replicas={workers}"})
-CommandActuator(template='kubectl scale sts/vllm --replicas={workers}', timeout_s=60.0)
->>> from_config({"kind": "kubernetes"}, field="actuator")
-Traceback (most recent call last):
-...
-twin.errors.ConfigError: actuator.statefulset: is required for kind kubernetes
+>>> from gateway.config.fleet import parse_actuator, parse_discovery
+>>> actuator_for(parse_actuator({"kind": "command", "command": "scale --replicas={workers}"}))
+CommandActuator(template='scale --replicas={workers}', timeout_s=60.0)
 >>> ordinal("vllm-12"), ordinal("gateway")
 (12, None)
 """
@@ -46,13 +45,14 @@ from urllib.parse import quote
 
 import aiohttp
 
-from gateway.config.settings import MAX_SECONDS, WorkerEndpoint
+from gateway.config.fleet import ActuatorSpec, DiscoverySpec
+from gateway.config.settings import WorkerEndpoint
 from gateway.errors import GatewayError
 from twin.errors import ConfigError
 
 __all__ = ["SERVICE_ACCOUNT_DIR", "Actuator", "ActuatorError", "CommandActuator", "KubeApi",
-           "KubeDiscovery", "KubeError", "KubernetesActuator", "NoActuator", "discover_workers",
-           "discovery_from_config", "from_config", "ordinal"]
+           "KubeDiscovery", "KubeError", "KubernetesActuator", "NoActuator", "actuator_for",
+           "check_access", "discover_workers", "discovery_for", "kube_api", "ordinal"]
 
 logger = logging.getLogger(__name__)
 
@@ -268,74 +268,29 @@ class KubernetesActuator:
                     workers)
 
 
-def _str(data: Mapping[str, Any], key: str, field: str, *, required: bool = True,
-         ) -> str | None:
-    value = data.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{field}.{key}", f"is required for kind {data['kind']}"
-                          if value is None else f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _kube_api(data: Mapping[str, Any], field: str) -> KubeApi:
-    """``server`` (+ ``token_path``, ``ca_path``) if given, else the in-cluster API."""
-    namespace = _str(data, "namespace", field, required=False)
-    server = _str(data, "server", field, required=False)
-    if server is None:
+def kube_api(spec: ActuatorSpec | DiscoverySpec, field: str) -> KubeApi:
+    """The API ``spec`` names (``server``, ``token_path``, ``ca_path``), else the in-cluster
+    one: ``ConfigError`` naming ``field`` outside a pod."""
+    if spec.server is None:
         try:
-            return KubeApi.in_cluster(namespace)
+            return KubeApi.in_cluster(spec.namespace)
         except ConfigError as exc:
             raise exc.nested(field) from None
-    token = _str(data, "token_path", field, required=False)
-    ca = _str(data, "ca_path", field, required=False)
-    return KubeApi(server=server.rstrip("/"), namespace=namespace or "default",
-                   token_path=None if token is None else Path(token),
-                   ca_path=None if ca is None else Path(ca))
+    return KubeApi(server=spec.server, namespace=spec.namespace or "default",
+                   token_path=None if spec.token_path is None else Path(spec.token_path),
+                   ca_path=None if spec.ca_path is None else Path(spec.ca_path))
 
 
-_FIELDS = {"none": {"kind"}, "command": {"kind", "command", "timeout_s"},
-           "kubernetes": {"kind", "statefulset", "namespace", "server", "token_path",
-                          "ca_path"}}
-
-
-def from_config(data: Any, field: str = "actuator") -> Actuator:
-    """The actuator for ``{kind: none|command|kubernetes, ...}`` (``None``: no actuator).
-
-    ``command``: ``command`` (a template with ``{workers}``), ``timeout_s`` (default 60).
-    ``kubernetes``: ``statefulset``, optional ``namespace`` (default: the pod's), optional
-    ``server``/``token_path``/``ca_path`` (default: the in-cluster API).
-    """
-    if data is None:
+def actuator_for(spec: ActuatorSpec | None, field: str = "actuator") -> Actuator:
+    """The actuator ``spec`` describes (``None``: no actuator); ``ConfigError`` naming
+    ``field`` when its API is the in-cluster one and this is no pod."""
+    if spec is None or spec.kind == "none":
         return NoActuator()
-    if not isinstance(data, Mapping):
-        raise ConfigError(field, "must be a mapping {kind: none|command|kubernetes, ...}")
-    kind = data.get("kind")
-    if kind not in _FIELDS:
-        raise ConfigError(f"{field}.kind", f"must be one of {sorted(_FIELDS)}, got {kind!r}")
-    unknown = sorted(set(data) - _FIELDS[kind])
-    if unknown:
-        raise ConfigError(f"{field}.{unknown[0]}", f"unknown field for kind {kind}")
-    if kind == "none":
-        return NoActuator()
-    if kind == "command":
-        template = _str(data, "command", field)
-        assert template is not None
-        try:
-            template.format(workers=1)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"{field}.command", f"only {{workers}} may be substituted: "
-                              f"{exc!r}") from None
-        timeout = data.get("timeout_s", 60.0)
-        if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                or not 0 < timeout <= MAX_SECONDS):
-            raise ConfigError(f"{field}.timeout_s", f"must be a number in (0, {MAX_SECONDS:g}], "
-                              f"got {timeout!r}")
-        return CommandActuator(template, float(timeout))
-    statefulset = _str(data, "statefulset", field)
-    assert statefulset is not None
-    return KubernetesActuator(_kube_api(data, field), statefulset)
+    if spec.kind == "command":
+        assert spec.command is not None  # the spec requires it
+        return CommandActuator(spec.command, spec.timeout_s)
+    assert spec.statefulset is not None
+    return KubernetesActuator(kube_api(spec, field), spec.statefulset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,32 +309,25 @@ class KubeDiscovery:
                                       session=session)
 
 
-def discovery_from_config(data: Any, field: str = "discovery") -> KubeDiscovery:
-    """``{kind: kubernetes, selector, port?, interval_s?, namespace?, server?, token_path?,
-    ca_path?}`` (``port`` 8000 and ``interval_s`` 10 by default).
+def discovery_for(spec: DiscoverySpec, field: str = "discovery") -> KubeDiscovery:
+    """The discovery ``spec`` describes; ``ConfigError`` naming ``field`` when its API is
+    the in-cluster one and this is no pod.
 
     Examples
     --------
-    >>> d = discovery_from_config({"kind": "kubernetes", "selector": "app=vllm",
-    ...                            "server": "https://k8s:6443", "namespace": "llm"})
+    >>> from gateway.config.fleet import parse_discovery
+    >>> d = discovery_for(parse_discovery({"kind": "kubernetes", "selector": "app=vllm",
+    ...                                    "server": "https://k8s:6443", "namespace": "llm"}))
     >>> d.selector, d.port, d.api.namespace
     ('app=vllm', 8000, 'llm')
     """
-    if not isinstance(data, Mapping) or data.get("kind") != "kubernetes":
-        raise ConfigError(f"{field}.kind", "must be kubernetes (static workers need no "
-                          "discovery)")
-    unknown = sorted(set(data) - (_FIELDS["kubernetes"] - {"statefulset"})
-                     - {"selector", "port", "interval_s"})
-    if unknown:
-        raise ConfigError(f"{field}.{unknown[0]}", "unknown field for kind kubernetes")
-    selector = _str(data, "selector", field)
-    assert selector is not None
-    port = data.get("port", 8000)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ConfigError(f"{field}.port", f"must be in 1..65535, got {port!r}")
-    interval = data.get("interval_s", 10.0)
-    if (isinstance(interval, bool) or not isinstance(interval, int | float)
-            or not 0 < interval <= MAX_SECONDS):
-        raise ConfigError(f"{field}.interval_s", f"must be a number in (0, {MAX_SECONDS:g}], "
-                          f"got {interval!r}")
-    return KubeDiscovery(_kube_api(data, field), selector, port, float(interval))
+    return KubeDiscovery(kube_api(spec, field), spec.selector, spec.port, spec.interval_s)
+
+
+def check_access(actuator: ActuatorSpec | None, discovery: DiscoverySpec | None) -> None:
+    """Build what the config's specs describe once, at start-up: a Kubernetes API the config
+    does not name must be the pod's (``ConfigError`` naming the field, not a failure at the
+    first scale or listing)."""
+    actuator_for(actuator)
+    if discovery is not None:
+        discovery_for(discovery)

@@ -5,6 +5,7 @@
                                                                   # emulate: {count, ...}
     lorafleet serve --emulate N --adapters ADAPTERS.yaml [--port P] [--gpu a100-80gb]
                     [--time-scale k] [--placement planner|round-robin]
+    lorafleet serve --print-config-schema          # gateway.yaml's JSON Schema, for editors
 
 ``LORAFLEET_<FIELD>`` variables override the config's top-level fields and the flags
 override both (``gateway/config/env.py``, ``serve_config.py``). The gateway prints
@@ -31,6 +32,7 @@ from aiohttp import web
 from gateway.cli import add_command
 from gateway.cli_help import GPU_HELP, LOG_LEVELS, MODEL_HELP, PROFILE_HELP, log_level, port
 from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint
+from gateway.config.schema import schema_text
 from gateway.control.planning import InitialPlan
 from gateway.emulator.errors import StartupError
 from gateway.fleet.worker_settings import check_workers
@@ -57,6 +59,7 @@ lorafleet serve --config gateway.yaml --port 9000
 LORAFLEET_REPLAN_INTERVAL_S=30 lorafleet serve --config gateway.yaml
 LORAFLEET_REDIS_URL=redis://redis:6379/0 lorafleet serve --config gateway.yaml --host 0.0.0.0
 lorafleet serve --emulate 4 --adapters examples/adapters-50.yaml --time-scale 10
+lorafleet serve --print-config-schema > gateway.schema.json   # for editors of gateway.yaml
 """
 
 DESCRIPTION = """\
@@ -83,6 +86,9 @@ def register(sub: Any) -> None:
                      "(static URLs, discovery or emulate:), adapters and every other setting")
     src.add_argument("--emulate", type=int, metavar="N",
                      help="run N emulated workers in this process")
+    src.add_argument("--print-config-schema", action="store_true",
+                     help="print gateway.yaml's JSON Schema (deploy/gateway.schema.json: "
+                     "completion and checks in editors) and exit")
     p.add_argument("--adapters", type=Path, metavar="FILE",
                    help="with --worker-urls or --emulate: adapters: [{name, rank, rate, "
                    "path, ...}] (gateway.yaml's; --emulate scaffolds those without a path)")
@@ -194,6 +200,9 @@ def _run(cfg: GatewayConfig, plan: InitialPlan | None, spec: EmulateSpec | None)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.print_config_schema:
+        print(schema_text(), end="")
+        return 0
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.ExitStack() as stack:

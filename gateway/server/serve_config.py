@@ -32,6 +32,7 @@ from gateway.config import GatewayConfig, parse_config, read_config
 from gateway.config import env as config_env
 from gateway.control.lifecycle import make_plan
 from gateway.control.planning import InitialPlan
+from gateway.fleet.kube import check_access
 from gateway.server.emulated import MAX_EMULATED, EmulateSpec, emulated_config_data
 from planner import DEFAULT_MODEL
 from twin.errors import ConfigError
@@ -74,6 +75,7 @@ def serve_config(args: argparse.Namespace, folder: Callable[[], Path],
         data, spec = emulated_config_data(data, folder())
     try:
         cfg = parse_config(data)
+        check_access(cfg.actuator, cfg.discovery)  # in a pod, unless the config names the API
     except ConfigError as exc:
         raise config_env.named(exc, sources) from None
     if spec is None:

@@ -321,7 +321,8 @@ def test_rbac_allows_exactly_what_kube_py_does() -> None:
 
 @pytest.fixture
 def configmap_config(monkeypatch: pytest.MonkeyPatch) -> GatewayConfig:
-    """The ConfigMap's gateway.yaml, parsed as the gateway does in a pod of the namespace."""
+    """The ConfigMap's gateway.yaml, parsed as the gateway does in a pod of the namespace
+    (where ``kube.actuator_for`` finds the in-cluster API)."""
     from gateway.fleet.kube import KubeApi
 
     def in_cluster(cls: type[KubeApi], namespace: str | None = None,
@@ -335,7 +336,7 @@ def configmap_config(monkeypatch: pytest.MonkeyPatch) -> GatewayConfig:
 
 def test_gateway_configmap_discovers_and_scales_the_statefulset(
         configmap_config: GatewayConfig) -> None:
-    from gateway.fleet.kube import KubernetesActuator
+    from gateway.fleet.kube import KubernetesActuator, actuator_for
 
     sts = find("StatefulSet", "vllm")
     cfg = configmap_config
@@ -345,8 +346,9 @@ def test_gateway_configmap_discovers_and_scales_the_statefulset(
     assert labels[key] == value and sts["spec"]["selector"]["matchLabels"][key] == value
     (worker,) = sts["spec"]["template"]["spec"]["containers"]
     assert cfg.discovery.port == worker["ports"][0]["containerPort"]
-    assert isinstance(cfg.actuator, KubernetesActuator)
-    assert cfg.actuator.statefulset == sts["metadata"]["name"]
+    actuator = actuator_for(cfg.actuator)  # in a pod of the namespace, as the fixture's
+    assert isinstance(actuator, KubernetesActuator)
+    assert actuator.statefulset == sts["metadata"]["name"]
     args = dict(a.removeprefix("--").split("=") for a in worker["args"] if "=" in a)
     engine = cfg.worker_engine
     assert engine is not None

@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config import GatewayConfig, PlacementMode, WorkerEndpoint, parse_config
 from gateway.config.engine import fallback_engine
+from gateway.config.fleet import ActuatorSpec, DiscoverySpec
 from gateway.control.planning import round_robin
 from gateway.control.scaling import ScaleOutcome, Scaler, down_target
 from gateway.emulator.app import create_app as create_worker_app
@@ -32,10 +33,8 @@ from gateway.emulator.app import serve as serve_worker
 from gateway.fleet.kube import (
     ActuatorError,
     CommandActuator,
-    KubeApi,
-    KubeDiscovery,
-    KubernetesActuator,
     NoActuator,
+    actuator_for,
 )
 from gateway.fleet.metrics import ReplanTrigger
 from gateway.fleet.registry import Fleet, WorkerStatus
@@ -43,9 +42,9 @@ from gateway.server.app import create_app
 from gateway.server.emulated import EmulatedFleet, scaffold_entries, worker_configs
 from gateway.server.keys import CONTROL, FLEET
 from planner.demand import AdapterDemand
-from tests.gateway.control.test_replan import steady_load
-from tests.gateway.fleet.test_kube import SELECTOR, TOKEN, FakeKube, pod
 from tests.gateway.server.factories import BASE, MAX_MODEL_LEN, Stack, demands, gateway_stack
+from tests.gateway.fleet.test_kube import SELECTOR, TOKEN, FakeKube, pod
+from tests.gateway.control.test_replan import steady_load
 from twin.errors import ConfigError
 from twin.routing import Placement, RoutingPolicy, WorkerPlacement
 
@@ -81,7 +80,8 @@ def test_config_takes_discovery_actuator_and_worker_engine() -> None:
                         "worker_engine": {"max_loras": 4, "max_num_seqs": 64}})
     assert cfg.workers == () and cfg.discovery is not None
     assert (cfg.discovery.selector, cfg.discovery.interval_s) == (SELECTOR, 5.0)
-    assert cfg.actuator == CommandActuator("scale {workers}", 60.0)
+    assert cfg.actuator == ActuatorSpec(kind="command", command="scale {workers}")
+    assert actuator_for(cfg.actuator) == CommandActuator("scale {workers}", 60.0)
     engine = cfg.worker_engine
     assert engine is not None
     # given options win; the rest come from planning.fallback_engine (rank 32 served)
@@ -89,7 +89,8 @@ def test_config_takes_discovery_actuator_and_worker_engine() -> None:
     assert engine.cpu_loras >= 4
     static = parse_config({"base_model": "b", "workers": ["http://10.0.0.1:8000"],
                            "adapters": ADAPTERS})
-    assert isinstance(static.actuator, NoActuator) and static.discovery is None
+    assert static.actuator is None and static.discovery is None
+    assert isinstance(actuator_for(static.actuator), NoActuator)
     assert static.worker_engine == fallback_engine([static.adapters[0].demand], "a100-80gb",
                                                    8192)
 
@@ -180,7 +181,7 @@ async def test_scaler_asks_once_counts_failures_and_waits_for_a_scale_up() -> No
 
 async def test_command_actuator_asked_for_more_workers_then_fewer(tmp_path: Path) -> None:
     out = tmp_path / "scaled"
-    actuator = CommandActuator(f"echo {{workers}} >> {out}", timeout_s=10)
+    actuator = ActuatorSpec(kind="command", command=f"echo {{workers}} >> {out}", timeout_s=10)
     async with gateway_stack(tmp_path / "a", heavy(), workers=2, roomy=True,
                              replan_interval_s=0, observe_window_s=600,
                              validate_replans=False, actuator=actuator) as stack:
@@ -276,14 +277,16 @@ async def kube_stack(folder: Path, adapters: list[AdapterDemand], token: Path,
         await start(i)
     kube = TestServer(fake.app())
     await kube.start_server()
-    api = KubeApi(server=str(kube.make_url("")).rstrip("/"), namespace="llm", token_path=token)
+    access = {"server": str(kube.make_url("")), "namespace": "llm", "token_path": str(token)}
     cfg = GatewayConfig(
         base_model=BASE, workers=(), adapters=scaffold_entries(adapters, folder),
         placement=PlacementMode.ROUND_ROBIN, max_model_len=MAX_MODEL_LEN,
         health_interval_s=0.2, connect_timeout_s=1.0, replan_interval_s=0,
         observe_window_s=600, validate_replans=False,
-        discovery=KubeDiscovery(api, SELECTOR, port, interval_s=0.2),
-        actuator=KubernetesActuator(api, "vllm"), worker_engine=engine)
+        discovery=DiscoverySpec(kind="kubernetes", selector=SELECTOR, port=port, interval_s=0.2,
+                                **access),
+        actuator=ActuatorSpec(kind="kubernetes", statefulset="vllm", **access),
+        worker_engine=engine)
     app = create_app(cfg)
     try:
         async with TestServer(app) as server, aiohttp.ClientSession() as session:
@@ -346,7 +349,7 @@ async def test_kubernetes_scale_up_is_discovered_and_placed_on(tmp_path: Path,
 
 async def test_first_plan_wanting_more_workers_asks_the_actuator(tmp_path: Path) -> None:
     out = tmp_path / "scaled"
-    actuator = CommandActuator(f"echo {{workers}} >> {out}", timeout_s=10)
+    actuator = ActuatorSpec(kind="command", command=f"echo {{workers}} >> {out}", timeout_s=10)
     async with gateway_stack(tmp_path / "a", demands("x", "y"), workers=2, roomy=True,
                              planned_gpus=3, replan_interval_s=0, actuator=actuator) as stack:
         loop = asyncio.get_running_loop()
