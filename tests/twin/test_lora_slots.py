@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.reference_steps import fit_steps, load_reference, predict_rows, reference_rows
 from twin.catalog import get_gpu, get_model
 from twin.profile import load_profile
 from twin.specs import EngineConfig
@@ -93,3 +96,43 @@ def test_shipped_profiles_without_the_terms_keep_them_at_zero() -> None:
         coeffs = profile.roofline or profile.linear
         assert coeffs is not None
         assert coeffs.lora.per_adapter_sq_s == 0 and coeffs.lora.enabled_step_s == 0
+
+
+REFERENCE_ROWS = reference_rows(load_reference())
+
+
+@pytest.mark.parametrize("group", ["slots", "adapters"])
+def test_h100_profile_is_within_5_percent_of_every_lora_microbenchmark(group: str) -> None:
+    """Batch-1 steps at each max_loras and rank, and batch-220 steps on 300 slots with 1 to
+    300 adapters: the shipped profile against the reference's measurements."""
+    lin = load_profile("h100-64gb-llama-3.1-8b").linear
+    assert lin is not None and lin.lora.per_adapter_sq_s > 0
+    rows = [r for r in REFERENCE_ROWS if r["group"] == group]
+    assert len(rows) >= 22
+    for r, t in zip(rows, predict_rows(lin, rows), strict=True):
+        assert t == pytest.approx(r["step_time_s"], rel=0.05), r["label"]
+
+
+def test_the_fit_is_the_shipped_profile() -> None:
+    fit = fit_steps(REFERENCE_ROWS)
+    shipped = json.loads((Path(__file__).resolve().parents[2]
+                          / "twin/profiles/h100-64gb-llama-3.1-8b.json").read_text())["linear"]
+    got = fit.coefficients
+    assert got.lora.per_adapter_sq_s == pytest.approx(shipped["lora"]["per_adapter_sq_s"],
+                                                      rel=1e-9)
+    assert got.lora.enabled_step_s == pytest.approx(shipped["lora"]["enabled_step_s"], rel=1e-9)
+    assert got.base_s == pytest.approx(shipped["base_s"], rel=1e-9)
+
+
+@pytest.mark.parametrize("output", [100, 200])
+def test_the_measured_adapter_cost_is_convex(output: int) -> None:
+    """Each output length's batch-220 steps against the adapters in use: a parabola fits them
+    better than a line, curving up."""
+    rows = [r for r in REFERENCE_ROWS
+            if r["group"] == "adapters" and r["label"].endswith(f"out={output}")]
+    k = np.array([r["distinct_adapters"] for r in rows])
+    t = np.array([r["step_time_s"] for r in rows])
+    line, parabola = np.polyfit(k, t, 1), np.polyfit(k, t, 2)
+    err_line = np.mean(np.abs(np.polyval(line, k) / t - 1))
+    err_parabola = np.mean(np.abs(np.polyval(parabola, k) / t - 1))
+    assert parabola[0] > 0 and err_parabola < 0.8 * err_line
