@@ -2,99 +2,63 @@
 
 Input: ``bench/data/h100_reference.json`` (numbers copied from GitHub
 FerranAgulloLopez/GPULLMAdapterOptimization at commit bae36e2d, see the README beside it).
-Output: ``twin/profiles/h100-64gb-llama-3.1-8b.json`` (linear step model, memory overheads and
-load times fitted to those measurements) and ``twin/profiles/roofline-default.json`` (roofline
-efficiencies fitted on the same H100 data, for GPUs without measurements). Prints the fit
-errors as a table and writes them to ``bench/results/profile_fit.json``.
+Output: ``twin/profiles/h100-64gb-llama-3.1-8b.json``: the linear step model fitted to every
+step the reference measured at once (no-LoRA decode and prefill steps, batch-1 steps against
+``max_loras`` and rank, batch-220 steps against the adapters in use; ``bench/reference_steps``),
+memory overheads and load times. Prints the fit errors and writes them to
+``bench/results/profile_fit.json``, and the LoRA rows (step time against slots and against
+adapters in use, measured and fitted) to ``bench/results/lora_slots_fit.json`` and
+``lora_slots_fit.svg``.
 
-Run: ``.venv/bin/python bench/fit_reference_profile.py``
+With ``--roofline`` it also refits ``twin/profiles/roofline-default.json`` (roofline
+efficiencies on the same no-LoRA steps and published A100/H100 decode steps, the LoRA terms of
+the H100 fit), for GPUs without measurements. Not by default: the shipped surrogate
+(``planner/data``) was distilled from twin runs on that profile and goes stale when it changes.
+
+Run: ``PYTHONPATH=. .venv/bin/python bench/fit_reference_profile.py [--roofline]``
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from twin.catalog import get_gpu, get_model
-from twin.memory import MemoryOverheads
-from twin.profile import CalibrationProfile, LoadTimes, save_profile
-from twin.specs import GIB, EngineConfig
-from twin.step_time import (
-    LinearCoefficients,
-    LoRACoefficients,
-    RooflineCoefficients,
-    RooflineStepTime,
-)
-
 ROOT = Path(__file__).resolve().parent.parent
-DATA = json.loads((ROOT / "bench/data/h100_reference.json").read_text())
+sys.path.insert(0, str(ROOT))
+
+from bench.lora_slots_plot import write_svg  # noqa: E402
+from bench.reference_steps import (  # noqa: E402
+    GROUPS,
+    fit_steps,
+    load_reference,
+    predict_rows,
+    reference_rows,
+)
+from twin.catalog import get_gpu, get_model  # noqa: E402
+from twin.memory import MemoryOverheads  # noqa: E402
+from twin.profile import CalibrationProfile, LoadTimes, load_profile, save_profile  # noqa: E402
+from twin.specs import GIB, EngineConfig  # noqa: E402
+from twin.step_time import LoRACoefficients, RooflineCoefficients, RooflineStepTime  # noqa: E402
+
+DATA = load_reference()
 MODEL = get_model("llama-3.1-8b")
 GPU = get_gpu("h100-64gb")
 SOURCE_REPO = "github.com/FerranAgulloLopez/GPULLMAdapterOptimization@bae36e2d"
-PROMPT_TOKENS = 6  # "input 1 word" prompts: chat template plus one word
+#: The numeric fields of a row kept as the profile's samples.
+SAMPLE_KEYS = ("prefill_tokens", "decode_seqs", "context_tokens", "distinct_adapters",
+               "lora_tokens", "max_loras", "max_lora_rank", "step_time_s")
 # bench/roofline_check.py: the published TTFTs of all-at-once runs exceed the twin's, with the
 # request overhead at 0, by a near-constant 25-27 ms on A100-80GB and H100-80GB alike (vLLM
 # 0.5.4's API server: HTTP, tokenising, streaming).
 REQUEST_OVERHEAD_S = 0.026
-
-
-def decode_samples() -> list[dict[str, float]]:
-    """Per-step samples: measured decode steps (no LoRA) and full 2048-token prefill chunks."""
-    out = []
-    for p in DATA["decode_sweep"]:
-        if p.get("step_time_s") is None:
-            continue
-        b = p["mean_batch_size_prometheus"]
-        ctx = b * (PROMPT_TOKENS + p["output_tokens"] / 2)
-        out.append({"prefill_tokens": 0.0, "decode_seqs": b, "context_tokens": ctx,
-                    "distinct_adapters": 0.0, "max_loras": 0.0, "max_lora_rank": 0.0,
-                    "step_time_s": p["step_time_s"]})
-    for p in DATA["prefill"]["per_step_points"]:
-        out.append({"prefill_tokens": p["tokens_per_step_approx"], "decode_seqs": 0.0,
-                    "context_tokens": p["tokens_per_step_approx"], "distinct_adapters": 0.0,
-                    "max_loras": 0.0, "max_lora_rank": 0.0,
-                    "step_time_s": p["step_time_median_s"]})
-    return out
-
-
-def fit_linear(samples: list[dict[str, float]]) -> LinearCoefficients:
-    x = np.array([[1.0, s["prefill_tokens"] + s["decode_seqs"], s["decode_seqs"],
-                   s["context_tokens"]] for s in samples])
-    y = np.array([s["step_time_s"] for s in samples])
-    c, *_ = np.linalg.lstsq(x, y, rcond=None)
-    return LinearCoefficients(base_s=float(c[0]), per_token_s=float(c[1]),
-                              per_seq_s=float(c[2]), per_context_token_s=float(c[3]),
-                              lora=fit_lora())
-
-
-def fit_lora() -> LoRACoefficients:
-    """Slot cost from batch-1 steps vs max_loras (no adapter in the batch), adapter cost from
-    the batch-220 steps vs distinct adapters (300 slots, rank 8)."""
-    b1 = [p for p in DATA["decode_batch1_vs_max_loras"] if p["max_lora_rank"] == 8]
-    slots = np.array([p["max_loras"] for p in b1], dtype=float)
-    t = np.array([p["step_time_s"] for p in b1])
-    per_slot, t0 = np.polyfit(slots, t, 1)
-    r32 = {p["max_loras"]: p["step_time_s"] for p in DATA["decode_batch1_vs_max_loras"]
-           if p["max_lora_rank"] == 32}
-    r8 = dict(zip(slots.astype(int).tolist(), t.tolist(), strict=True))
-    common = sorted(set(r32) & set(r8) - {8})
-    ratio = np.mean([(r32[s] - t0) / (r8[s] - t0) for s in common])
-    rank_slope = float((ratio - 1) / 3)  # rank 32 is 3 units of (r/8 - 1) above rank 8
-    pts = [p for p in DATA["lora_overhead"]["raw_points"] if p.get("step_time_s")]
-    distinct = np.array([p["mean_unique_adapters_per_step"] for p in pts])
-    steps = np.array([p["step_time_s"] for p in pts])
-    per_adapter, intercept = np.polyfit(distinct, steps, 1)
-    base = DATA["lora_overhead"]["raw_points"][0]["baseline_no_lora_mean_itl_ms"] / 1e3
-    batch = np.mean([p["mean_batch_size_prometheus"] for p in pts])
-    slot_total = (intercept - base) / 300  # seconds per slot at this batch
-    per_slot_token = max(0.0, (slot_total - per_slot) / batch)
-    return LoRACoefficients(per_slot_s=float(per_slot), per_slot_token_s=float(per_slot_token),
-                            rank_slope=rank_slope, per_adapter_s=float(per_adapter))
 
 
 def fit_memory() -> MemoryOverheads:
@@ -173,22 +137,35 @@ def fit_roofline(samples: list[dict[str, float]], lora: LoRACoefficients) -> Roo
     return best[1]
 
 
-def main() -> None:
-    samples = decode_samples()
-    linear = fit_linear(samples)
-    memory = fit_memory()
-    load = fit_load()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--roofline", action="store_true",
+                        help="also refit twin/profiles/roofline-default.json (the shipped "
+                        "surrogate was distilled on it)")
+    args = parser.parse_args(argv)
+    rows = reference_rows(DATA)
+    fit = fit_steps(rows)
+    samples = [{k: float(r[k]) for k in SAMPLE_KEYS} for r in rows]
     source = {"hardware": "NVIDIA H100 64GB (MareNostrum 5), 63.43 GiB",
               "model": "meta-llama/Llama-3.1-8B-Instruct (bf16)",
               "vllm_version": "0.8.5 (V1 engine, reference fork)", "date": "2025",
               "citations": [SOURCE_REPO, "arXiv 2508.08343", "arXiv 2602.24044"],
               "fitted_by": "bench/fit_reference_profile.py"}
     h100 = CalibrationProfile(name="h100-64gb-llama-3.1-8b", kind="linear", source=source,
-                              linear=linear, memory=memory, load=load,
+                              linear=fit.coefficients, memory=fit_memory(), load=fit_load(),
                               request_overhead_s=0.0, samples=samples)
-    roof = fit_roofline(samples, linear.lora)
+    save_profile(h100, ROOT / "twin/profiles/h100-64gb-llama-3.1-8b.json")
+    default_path = ROOT / "twin/profiles/roofline-default.json"
+    if args.roofline:
+        no_lora = [s for s in samples if not s["max_loras"]]
+        save_profile(roofline_default(no_lora, fit.coefficients.lora, h100.load), default_path)
+    report(rows, h100, load_profile(default_path))
+
+
+def roofline_default(samples: list[dict[str, float]], lora: LoRACoefficients,
+                     load: LoadTimes) -> CalibrationProfile:
     published = published_steps()
-    default = CalibrationProfile(
+    return CalibrationProfile(
         name="roofline-default", kind="roofline",
         source={"hardware": "any GPU of twin/catalog.py (datasheet FLOP/s and bandwidth)",
                 "model": "Llama-3.1-8B class", "vllm_version": "0.5-0.21 (published) and "
@@ -199,40 +176,55 @@ def main() -> None:
                 "steps and published A100/H100 decode steps; request_overhead_s is the "
                 "median published-minus-twin TTFT of all-at-once runs (HTTP, tokenising)",
                 "fitted_by": "bench/fit_reference_profile.py"},
-        roofline=roof, memory=MemoryOverheads(), load=load,
+        roofline=fit_roofline(samples, lora), memory=MemoryOverheads(), load=load,
         request_overhead_s=REQUEST_OVERHEAD_S)
-    save_profile(h100, ROOT / "twin/profiles/h100-64gb-llama-3.1-8b.json")
-    save_profile(default, ROOT / "twin/profiles/roofline-default.json")
-    report(samples, h100, default)
 
 
-def report(samples: list[dict[str, float]], h100: CalibrationProfile,
+def report(rows: list[dict[str, Any]], h100: CalibrationProfile,
            default: CalibrationProfile) -> None:
+    assert h100.linear is not None
+    linear = predict_rows(h100.linear, rows)
     engine = EngineConfig(enable_lora=False, max_num_seqs=2048, max_num_batched_tokens=2048)
-    lin = h100.step_model(MODEL, GPU, engine)
     roof = default.step_model(MODEL, GPU, engine)
-    table = Table(title="Step time fit on the H100 reference (no LoRA)")
-    for col in ("prefill", "decode", "measured ms", "linear ms", "roofline ms"):
+    table = Table(title="Step time fit on the H100 reference")
+    for col in ("group", "step", "measured ms", "linear ms", "error", "roofline ms"):
         table.add_column(col, justify="right")
-    rows = []
-    for s in samples:
-        args = (s["prefill_tokens"], s["decode_seqs"], s["context_tokens"], 0.0)
-        a, b = lin.predict(*args), roof.predict(*args)
-        rows.append({"measured_s": s["step_time_s"], "linear_s": a, "roofline_s": b})
-        table.add_row(f"{s['prefill_tokens']:.0f}", f"{s['decode_seqs']:.0f}",
-                      f"{s['step_time_s'] * 1e3:.2f}", f"{a * 1e3:.2f}", f"{b * 1e3:.2f}")
-    Console().print(table)
-    m = np.array([r["measured_s"] for r in rows])
-    errs = {k: float(np.mean(np.abs(np.array([r[k] for r in rows]) - m) / m))
-            for k in ("linear_s", "roofline_s")}
-    print(f"mean relative error: linear {errs['linear_s']:.1%}, "
-          f"roofline {errs['roofline_s']:.1%}; memory: {h100.memory}")
+    out_rows = []
+    for r, a in zip(rows, linear, strict=True):
+        b = None if r["max_loras"] else float(roof.predict(
+            r["prefill_tokens"], r["decode_seqs"], r["context_tokens"], 0.0))
+        err = a / r["step_time_s"] - 1
+        out_rows.append({"group": r["group"], "step": r["label"], "source": r["source"],
+                         "max_loras": r["max_loras"], "max_lora_rank": r["max_lora_rank"],
+                         "decode_seqs": r["decode_seqs"],
+                         "context_tokens": r["context_tokens"],
+                         "distinct_adapters": r["distinct_adapters"],
+                         "adapters_measured": r["adapters_measured"],
+                         "measured_s": r["step_time_s"], "linear_s": a,
+                         "linear_error": err, "roofline_s": b})
+        table.add_row(r["group"], r["label"], f"{r['step_time_s'] * 1e3:.2f}", f"{a * 1e3:.2f}",
+                      f"{err:+.1%}", "" if b is None else f"{b * 1e3:.2f}")
+    Console(width=120).print(table)
+    errs = {g: {"max": max(abs(o["linear_error"]) for o in out_rows if o["group"] == g),
+                "mean": float(np.mean([abs(o["linear_error"]) for o in out_rows
+                                       if o["group"] == g]))} for g in GROUPS}
+    base = [o for o in out_rows if o["roofline_s"] is not None]
+    roof_err = float(np.mean([abs(o["roofline_s"] / o["measured_s"] - 1) for o in base]))
+    for g, e in errs.items():
+        print(f"{g:>9}: linear max {e['max']:.1%}, mean {e['mean']:.1%}")
+    print(f"no-LoRA steps, roofline-default: mean {roof_err:.1%}; memory: {h100.memory}")
     out = ROOT / "bench/results"
     out.mkdir(exist_ok=True)
     (out / "profile_fit.json").write_text(json.dumps(
-        {"rows": rows, "mean_relative_error": errs, "kv_fit_gib": {
-            "lora_slot_extra_mib": h100.memory.lora_slot_extra_bytes / 2**20,
-            "non_torch_gib": h100.memory.non_torch_bytes / GIB}}, indent=1) + "\n")
+        {"rows": out_rows, "linear_error_by_group": errs, "roofline_mean_error": roof_err,
+         "coefficients": h100.to_dict()["linear"], "kv_fit_gib": {
+             "lora_slot_extra_mib": h100.memory.lora_slot_extra_bytes / 2**20,
+             "non_torch_gib": h100.memory.non_torch_bytes / GIB}}, indent=1) + "\n")
+    lora_rows = [o for o in out_rows if o["group"] in ("slots", "adapters")]
+    (out / "lora_slots_fit.json").write_text(json.dumps(
+        {"coefficients": h100.to_dict()["linear"]["lora"], "rows": lora_rows,
+         "max_error": max(abs(o["linear_error"]) for o in lora_rows)}, indent=1) + "\n")
+    write_svg(lora_rows, h100.linear, out / "lora_slots_fit.svg")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,14 @@ machine's hiccups) are dropped once and the fit repeated. Coefficients that come
 are pinned to 0 and the rest refitted, so the model never predicts a step shorter for more
 work.
 
+The overhead is small beside the steps it rides on, and as a residual of the step model it
+can come out at or below 0 when a loaded machine slows the decode rows more than the
+first-token ones. First-token rows can carry ``outside_engine_s``: the client's time to first
+token less vLLM's own (``vllm:time_to_first_token_seconds``, counted from when the API server
+takes the request), measured per request. That time is spent where no engine step is (the
+HTTP exchange, the event loop), so its median over the rows is a floor for the overhead: the
+fit finds only what the overhead holds beyond it, never less.
+
 A row's ``lora_tokens`` defaults to all its tokens when it has adapters (what the step model
 assumes when not told), and ``max_loras`` to none (no slot columns). ``rank_slope`` is not
 fitted: one ``--max-lora-rank`` is swept.
@@ -37,7 +45,8 @@ import numpy as np
 from twin.profile import LoadTimes
 from twin.step_time import LinearCoefficients, LoRACoefficients
 
-__all__ = ["COLUMNS", "LinearFit", "fit_linear", "fit_load_times", "row_features"]
+__all__ = ["COLUMNS", "LinearFit", "fit_linear", "fit_load_times", "overhead_floor",
+           "row_features"]
 
 #: The fitted unknowns, in the design matrix's column order (earlier columns win a tie).
 COLUMNS = ("base_s", "per_token_s", "per_seq_s", "per_context_token_s", "per_adapter_s",
@@ -46,6 +55,7 @@ COLUMNS = ("base_s", "per_token_s", "per_seq_s", "per_context_token_s", "per_ada
 _LORA = ("per_adapter_s", "per_lora_token_s", "per_active_step_s", "per_active_token_s",
          "per_slot_s", "per_slot_token_s")
 _OUTLIER_MADS = 4.0
+_OVERHEAD = COLUMNS.index("request_overhead_s")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +70,7 @@ class LinearFit:
     rows_used: int
     rows_dropped: int
     columns_fitted: tuple[str, ...] = ()
+    overhead_floor_s: float = 0.0
 
 
 def row_features(s: dict[str, float]) -> list[float]:
@@ -73,6 +84,20 @@ def row_features(s: dict[str, float]) -> list[float]:
     return [1.0, tokens, s["decode_seqs"], s["context_tokens"], k, lora, active,
             active * tokens, slots, slots * tokens, overhead, overhead * s.get("busy", 0.0),
             s.get("arrivals", 0.0)]
+
+
+def overhead_floor(samples: Sequence[dict[str, float]]) -> float:
+    """The median ``outside_engine_s`` of the first-token rows that carry one (0 if none).
+
+    Examples
+    --------
+    >>> rows = [{"includes_overhead": 1.0, "outside_engine_s": v} for v in (0.002, 0.003, 0.9)]
+    >>> overhead_floor(rows + [{"includes_overhead": 0.0, "step_time_s": 0.01}])
+    0.003
+    """
+    values = [s["outside_engine_s"] for s in samples
+              if s.get("includes_overhead", 0.0) and "outside_engine_s" in s]
+    return max(0.0, float(np.median(values))) if values else 0.0
 
 
 def _design(samples: Sequence[dict[str, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +139,8 @@ def fit_linear(samples: Sequence[dict[str, float]]) -> LinearFit:
     Each sample has ``prefill_tokens``, ``decode_seqs``, ``context_tokens``,
     ``distinct_adapters``, ``step_time_s``, optionally ``lora_tokens`` and ``max_loras``,
     and, for first-token rows, ``includes_overhead`` = 1 (``step_time_s`` is then the time
-    to first token).
+    to first token) and optionally ``outside_engine_s`` (the overhead's floor,
+    ``overhead_floor``).
 
     Examples
     --------
@@ -134,16 +160,20 @@ def fit_linear(samples: Sequence[dict[str, float]]) -> LinearFit:
         raise ValueError(f"need at least 6 samples, got {len(samples)}")
     x, y = _design(samples)
     free = _identifiable(x)
+    # The floor is known: fit what the overhead holds beyond it (the floor's share of each
+    # first-token row is taken off before the fit and put back in its predictions).
+    floor = overhead_floor(samples)
+    known = floor * x[:, _OVERHEAD]
     # Relative least squares: divide each row by its measurement.
     w = 1.0 / y
-    coef = _nonnegative_lstsq(x * w[:, None], y * w, free)
-    rel = (x @ coef - y) / y
+    coef = _nonnegative_lstsq(x * w[:, None], (y - known) * w, free)
+    rel = (x @ coef + known - y) / y
     # A floor of 0.1%: rows of an exact fit are not outliers of its rounding errors.
     mad = max(float(np.median(np.abs(rel - np.median(rel)))), 1e-3)
     keep = np.abs(rel - np.median(rel)) <= _OUTLIER_MADS * 1.4826 * mad
     if keep.sum() >= len(free) and not keep.all():
-        coef = _nonnegative_lstsq(x[keep] * w[keep, None], y[keep] * w[keep], free)
-    rel = (x[keep] @ coef - y[keep]) / y[keep]
+        coef = _nonnegative_lstsq(x[keep] * w[keep, None], (y - known)[keep] * w[keep], free)
+    rel = (x[keep] @ coef + known[keep] - y[keep]) / y[keep]
     c = dict(zip(COLUMNS, (float(v) for v in coef), strict=True))
     lora = LoRACoefficients(**{name: c[name] for name in _LORA})
     return LinearFit(
@@ -151,11 +181,12 @@ def fit_linear(samples: Sequence[dict[str, float]]) -> LinearFit:
                                         per_seq_s=c["per_seq_s"],
                                         per_context_token_s=c["per_context_token_s"],
                                         lora=lora),
-        request_overhead_s=c["request_overhead_s"], busy_overhead_s=c["busy_overhead_s"],
+        request_overhead_s=floor + c["request_overhead_s"],
+        busy_overhead_s=c["busy_overhead_s"],
         request_cpu_s=c["request_cpu_s"],
         mean_relative_error=float(np.mean(np.abs(rel))),
         rows_used=int(keep.sum()), rows_dropped=int((~keep).sum()),
-        columns_fitted=tuple(COLUMNS[j] for j in free))
+        columns_fitted=tuple(COLUMNS[j] for j in free), overhead_floor_s=floor)
 
 
 def fit_load_times(disk: Sequence[tuple[int, float]],

@@ -7,7 +7,16 @@ over: for each scheduled request, its computed plus new tokens), ``distinct_adap
 worker's ``max_loras`` and ``max_lora_rank`` are bound at construction: vLLM's LoRA kernels run
 over every slot padded to the maximum rank, so many slots slow every step, even steps without
 adapters (the reference measured decode steps at batch 220 running 2x slower with 300 slots
-and one adapter in use).
+and one adapter in use). An engine started with LoRA also pays a constant every step
+(``enabled_step_s``; vLLM runs its LoRA kernels in every step of such an engine). On the
+reference's H100 it is what a batch-1 base-model step on a LoRA server costs beyond the
+no-LoRA sweep's line and the slots; no batch-1 step without LoRA was measured, so it also
+holds that line's error at batch 1.
+
+Each distinct adapter in a step costs ``per_adapter_s``, and the cost of one more grows with
+how many are already there: ``per_adapter_sq_s * distinct_adapters**2`` (the reference's decode
+steps at batch 220 with 1 to 156 adapters in use cost about 0.31 ms per adapter at first and
+0.36 ms near the end). Both default to 0, which is the linear model of profiles without them.
 
 LoRA tokens cost on their own: on vLLM's CPU build a LoRA token costs several times a base
 one. Its CPU kernels (``lora/ops/torch_ops``, used for prefill and decode alike) gather an
@@ -76,11 +85,12 @@ def lora_features(tokens: Num, distinct_adapters: Num, lora_tokens: Num | None
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoRACoefficients:
-    """LoRA cost per step: ``slots * (per_slot_s + per_slot_token_s * tokens) * rank_factor
-    + per_adapter_s * distinct_adapters + (per_lora_token_s * lora_tokens + active *
-    (per_active_step_s + per_active_token_s * tokens)) * rank_factor``, with ``active`` 1 for
-    a step with any LoRA token and ``rank_factor = 1 + rank_slope * (r / 8 - 1)`` for the
-    engine's ``max_lora_rank`` ``r`` (kernels pad every adapter to it)."""
+    """LoRA cost per step: ``enabled_step_s + slots * (per_slot_s + per_slot_token_s * tokens)
+    * rank_factor + per_adapter_s * distinct_adapters + per_adapter_sq_s *
+    distinct_adapters**2 + (per_lora_token_s * lora_tokens + active * (per_active_step_s +
+    per_active_token_s * tokens)) * rank_factor``, with ``active`` 1 for a step with any LoRA
+    token and ``rank_factor = 1 + rank_slope * (r / 8 - 1)`` for the engine's
+    ``max_lora_rank`` ``r`` (kernels pad every adapter to it); all 0 without LoRA."""
 
     per_slot_s: float = 0.0
     per_slot_token_s: float = 0.0
@@ -89,6 +99,8 @@ class LoRACoefficients:
     per_lora_token_s: float = 0.0
     per_active_step_s: float = 0.0
     per_active_token_s: float = 0.0
+    enabled_step_s: float = 0.0
+    per_adapter_sq_s: float = 0.0
 
     def token_factors(self, engine: EngineConfig) -> tuple[float, float, float]:
         """(per LoRA token, per step with LoRA, per token of such a step) seconds for this
@@ -100,12 +112,19 @@ class LoRACoefficients:
                 self.per_active_token_s * rank)
 
     def slot_factor(self, engine: EngineConfig) -> tuple[float, float]:
-        """(constant, per-token) seconds of the slot overhead for this engine."""
+        """(constant, per-token) seconds of the slot overhead for this engine (the constant
+        holds ``enabled_step_s``)."""
         if not engine.enable_lora:
             return 0.0, 0.0
         rank = 1.0 + self.rank_slope * (engine.max_lora_rank / 8.0 - 1.0)
         slots = engine.max_loras * rank
-        return slots * self.per_slot_s, slots * self.per_slot_token_s
+        return self.enabled_step_s + slots * self.per_slot_s, slots * self.per_slot_token_s
+
+    def adapter_factors(self, engine: EngineConfig) -> tuple[float, float]:
+        """(per distinct adapter, per squared distinct adapter) seconds; zeros without LoRA."""
+        if not engine.enable_lora:
+            return 0.0, 0.0
+        return self.per_adapter_s, self.per_adapter_sq_s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,7 +162,7 @@ class LinearStepTime:
         self._per_token = c.per_token_s + slot_tok_s
         self._per_seq = c.per_seq_s
         self._per_ctx = c.per_context_token_s
-        self._per_adapter = c.lora.per_adapter_s if engine.enable_lora else 0.0
+        self._per_adapter, self._per_adapter_sq = c.lora.adapter_factors(engine)
         self._lora_tok, self._active, self._active_tok = c.lora.token_factors(engine)
 
     def predict(self, prefill_tokens: Num, decode_seqs: Num, context_tokens: Num,
@@ -153,6 +172,8 @@ class LinearStepTime:
         t = (self._base + self._per_token * tokens + self._per_seq * decode_seqs
              + self._per_ctx * context_tokens + self._per_adapter * distinct_adapters
              + self._lora_tok * lora + active * (self._active + self._active_tok * tokens))
+        if self._per_adapter_sq:  # profiles without the term skip its arithmetic
+            t = t + self._per_adapter_sq * distinct_adapters * distinct_adapters
         return t  # type: ignore[no-any-return]
 
 
@@ -210,7 +231,8 @@ class RooflineStepTime:
         self._slot_tok = slot_tok_s + self._allreduce_per_token_s
         adapter_bytes = (model.lora_slot_bytes(engine.max_lora_rank, tp)
                          if engine.enable_lora else 0)
-        self._per_adapter = ((c.lora.per_adapter_s + adapter_bytes / bandwidth)
+        per_adapter, self._per_adapter_sq = c.lora.adapter_factors(engine)
+        self._per_adapter = ((per_adapter + adapter_bytes / bandwidth)
                              if engine.enable_lora else 0.0)
         self._overlap = c.overlap
         self._lora_tok, self._active, self._active_tok = c.lora.token_factors(engine)
@@ -224,6 +246,9 @@ class RooflineStepTime:
         vector = isinstance(compute, np.ndarray)
         hi = np.maximum(compute, memory) if vector else max(compute, memory)
         lo = (compute + memory) - hi
-        return (self._base + hi + self._overlap * lo  # type: ignore[no-any-return]
-                + self._slot_tok * tokens + self._per_adapter * distinct_adapters
-                + self._lora_tok * lora + active * (self._active + self._active_tok * tokens))
+        t = (self._base + hi + self._overlap * lo
+             + self._slot_tok * tokens + self._per_adapter * distinct_adapters
+             + self._lora_tok * lora + active * (self._active + self._active_tok * tokens))
+        if self._per_adapter_sq:
+            t = t + self._per_adapter_sq * distinct_adapters * distinct_adapters
+        return t  # type: ignore[no-any-return]

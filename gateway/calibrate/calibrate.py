@@ -52,14 +52,17 @@ def build_profile(results: SweepResult | Sequence[SweepResult], model: ModelSpec
                 "http_rtt_s": sum(r.http_rtt_s for r in runs) / len(runs),
                 "columns": list(fit.columns_fitted),
                 "idle_overhead_s": fit.request_overhead_s,
+                "overhead_floor_s": fit.overhead_floor_s,
                 "busy_overhead_s": fit.busy_overhead_s, "request_cpu_s": fit.request_cpu_s},
         "load_samples": {"disk": disk_loads, "cpu_to_gpu": swap_loads},
         "note": "step rows: mean decode step of a burst (vLLM's inter-token latency "
                 "histogram) of base-model, LoRA and mixed requests; first-token rows: client "
                 "time to first token = overhead + one prefill step, on an idle server and "
                 "(busy 1) with decodes running, less half a step of wait; the request "
-                "overhead is idle + busy; arrival rows: decode steps while short requests "
-                "arrive (arrivals per step), which give request_cpu_s; slot terms are "
+                "overhead is idle + busy, the idle one at least the median time of requests "
+                "sent alone outside vLLM's own time to first token (overhead_floor_s); "
+                "arrival rows: decode steps while short requests arrive (arrivals per "
+                "step), which give request_cpu_s; slot terms are "
                 "fitted when the sweeps cover several max_loras, else folded into base_s.",
     }
     return CalibrationProfile(name=name, kind="linear", source=source,

@@ -11,7 +11,9 @@ Every measurement goes through vLLM's HTTP API and ``/metrics`` (``ServerClient`
   half its output, on average over the burst.
 - **Prefill and per-request overhead**: requests sent one at a time (and bursts that fill the
   token budget, base, LoRA and mixed) with ``max_tokens=1``; the client's time to first token
-  is the overhead plus one prefill step (median of the repeats).
+  is the overhead plus one prefill step (median of the repeats). Of each request sent alone,
+  the part outside vLLM's own clock (the client's time to first token less the growth of
+  ``vllm:time_to_first_token_seconds``'s sum) is a floor for the overhead (``twin.fit``).
 - **Overhead on a busy engine**: single requests sent at random moments while ``B`` others
   decode (``busy_batches``); their time to first token is the overhead, the wait for the step
   under way (half a step on average, as the twin waits) and a prefill step that carries the
@@ -44,6 +46,7 @@ __all__ = ["QUICK", "STANDARD", "AdapterSource", "ServerFacts", "SweepPlan", "Sw
            "discover", "run_sweep"]
 
 ITL = "vllm:inter_token_latency_seconds"
+TTFT = "vllm:time_to_first_token_seconds"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,11 +140,14 @@ async def _burst(client: ServerClient, models: list[str], batch: int, prompt: in
 
 def _row(prefill: float, decode: float, context: float, adapters: int, seconds: float, *,
          lora_tokens: float, max_loras: int, overhead: bool, busy: bool = False,
-         arrivals: float = 0.0) -> dict[str, float]:
-    return {"prefill_tokens": prefill, "decode_seqs": decode, "context_tokens": context,
-            "distinct_adapters": float(adapters), "lora_tokens": lora_tokens,
-            "max_loras": float(max_loras), "step_time_s": seconds,
-            "includes_overhead": float(overhead), "busy": float(busy), "arrivals": arrivals}
+         arrivals: float = 0.0, outside: list[float] | None = None) -> dict[str, float]:
+    row = {"prefill_tokens": prefill, "decode_seqs": decode, "context_tokens": context,
+           "distinct_adapters": float(adapters), "lora_tokens": lora_tokens,
+           "max_loras": float(max_loras), "step_time_s": seconds,
+           "includes_overhead": float(overhead), "busy": float(busy), "arrivals": arrivals}
+    if outside:
+        row["outside_engine_s"] = statistics.median(outside)
+    return row
 
 
 def _mix(names: list[str], base: str, batch: int, share: float, k: int) -> list[str] | None:
@@ -183,10 +189,10 @@ async def _first_token_rows(client: ServerClient, plan: SweepPlan, facts: Server
     for k in (0, 1):
         model = names[0] if k else facts.base_model
         for prompt in prompts:
-            ttft = [await _ttft(client, model, prompt) for _ in range(plan.repeats)]
+            ttft, outside = await _alone(client, model, prompt, plan.repeats)
             out.steps.append(_row(prompt, 0.0, prompt, k, statistics.median(ttft),
                                   lora_tokens=float(prompt * k), max_loras=facts.max_loras,
-                                  overhead=True, arrivals=1.0))
+                                  overhead=True, arrivals=1.0, outside=outside))
             progress(f"first token prompt={prompt} adapters={k}: "
                      f"{statistics.median(ttft) * 1e3:.1f} ms")
     batch = max(1, plan.token_budget // prompts[-1])
@@ -204,6 +210,22 @@ async def _first_token_rows(client: ServerClient, plan: SweepPlan, facts: Server
         out.steps.append(_row(tokens, 0.0, tokens, int(n_lora > 0), statistics.median(ttft),
                               lora_tokens=float(n_lora * prompts[-1]),
                               max_loras=facts.max_loras, overhead=True, arrivals=float(batch)))
+
+
+async def _alone(client: ServerClient, model: str, prompt: int,
+                 repeats: int) -> tuple[list[float], list[float]]:
+    """Times to first token of ``repeats`` requests sent one at a time, and of each the part
+    outside vLLM's own time to first token (which starts when the API server takes the
+    request and ends when it has the token): the HTTP exchange and the client's loop."""
+    ttft, outside = [], []
+    before = (await client.scrape()).histogram(TTFT)
+    for _ in range(repeats):
+        ttft.append(await _ttft(client, model, prompt))
+        after = (await client.scrape()).histogram(TTFT)
+        if after[1] - before[1] == 1:  # nothing else ran meanwhile
+            outside.append(ttft[-1] - (after[0] - before[0]))
+        before = after
+    return ttft, outside
 
 
 async def _busy_rows(client: ServerClient, plan: SweepPlan, facts: ServerFacts,

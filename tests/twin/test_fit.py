@@ -90,3 +90,56 @@ def test_without_mixed_batches_lora_tokens_and_active_tokens_are_one_column() ->
     assert lora.per_lora_token_s == pytest.approx(
         TRUTH.lora.per_lora_token_s + TRUTH.lora.per_active_token_s, rel=1e-6)
     assert fit.mean_relative_error < 1e-9
+
+
+def loaded_rows(outside: tuple[float, ...] = ()) -> list[dict[str, float]]:
+    """Rows of a loaded machine: the decode steps run 10% slow and the first-token rows hold
+    a fifth of their overhead, so the overhead left beyond the fitted steps is below 0; the
+    idle first-token rows carry ``outside`` in turn as their measured out-of-engine time."""
+    out = rows(max_loras=(2,))
+    idle = 0
+    for r in out:
+        if r["includes_overhead"]:
+            r["step_time_s"] -= 0.8 * (OVERHEAD + BUSY * r["busy"])
+            if outside and not r["busy"] and r["arrivals"] == 1.0:
+                r["outside_engine_s"] = outside[idle % len(outside)]
+                idle += 1
+        else:
+            r["step_time_s"] *= 1.1
+    return out
+
+
+def test_on_a_loaded_machine_the_fitted_overhead_pins_at_zero_without_a_floor() -> None:
+    fit = fit_linear(loaded_rows())
+    assert fit.request_overhead_s == 0 and fit.overhead_floor_s == 0
+
+
+def test_the_measured_outside_time_floors_the_overhead() -> None:
+    # Noisy per-row medians and one hiccup: the floor is their median, not their mean.
+    outside = (0.0011, 0.0013, 0.0012, 0.0009, 0.0014, 0.0010, 0.0012, 0.25)
+    fit = fit_linear(loaded_rows(outside))
+    assert fit.overhead_floor_s == pytest.approx(0.0012)
+    assert fit.request_overhead_s >= fit.overhead_floor_s > 0
+    # The floor does not cost the fit: the steps are what they were without it.
+    without = fit_linear(loaded_rows())
+    assert fit.mean_relative_error < without.mean_relative_error + 0.005
+
+
+def test_a_floor_below_the_overhead_leaves_the_fit_exact() -> None:
+    out = rows()
+    for r in out:
+        if r["includes_overhead"]:
+            r["outside_engine_s"] = 0.4 * OVERHEAD
+    fit = fit_linear(out)
+    assert fit.overhead_floor_s == pytest.approx(0.4 * OVERHEAD)
+    assert fit.request_overhead_s == pytest.approx(OVERHEAD, rel=1e-6)
+    assert fit.busy_overhead_s == pytest.approx(BUSY, rel=1e-6)
+    assert fit.request_cpu_s == pytest.approx(CPU, rel=1e-6)
+    assert fit.mean_relative_error < 1e-9 and fit.rows_dropped == 0
+
+
+def test_outside_times_of_rows_without_overhead_are_ignored() -> None:
+    out = rows(max_loras=(2,))
+    for r in out:
+        r["outside_engine_s"] = 0.0 if r["includes_overhead"] else 1.0
+    assert fit_linear(out).overhead_floor_s == 0
