@@ -42,9 +42,9 @@ from gateway.server.app import create_app
 from gateway.server.emulated import EmulatedFleet, scaffold_entries, worker_configs
 from gateway.server.keys import CONTROL, FLEET
 from planner.demand import AdapterDemand
-from tests.gateway.server.factories import BASE, MAX_MODEL_LEN, Stack, demands, gateway_stack
-from tests.gateway.fleet.test_kube import SELECTOR, TOKEN, FakeKube, pod
 from tests.gateway.control.test_replan import steady_load
+from tests.gateway.fleet.test_kube import SELECTOR, TOKEN, FakeKube, pod
+from tests.gateway.server.factories import BASE, MAX_MODEL_LEN, Stack, demands, gateway_stack
 from twin.errors import ConfigError
 from twin.routing import Placement, RoutingPolicy, WorkerPlacement
 
