@@ -10,17 +10,21 @@ refuse anything (1e6/s): what is measured is the cost of checking it. Load: the 
 aiohttp client of ``bench/peers_load.py`` in a process of its own.
 
 (a) Latency at concurrency 1: the key's bucket on the gateway itself (no ``redis:``) against
-the bucket in Redis (one EVALSHA per request), two gateways up at once, and the worker called
-directly, the three interleaved request by request by one client (aiohttp, in this process):
-load from other work on a shared machine falls on all three alike. Redis's cost is the p50
-(p99) of the Redis gateway less the local one's, per round, then the median over rounds.
+the bucket in Redis (taken a few tokens at a time: the gateway leases them,
+``gateway/shared/token_lease.py``, and asks Redis again in the background when half are
+used), two gateways up at once, and the worker called directly, the three interleaved request
+by request by one client (aiohttp, in this process): load from other work on a shared machine
+falls on all three alike. Redis's cost is the p50 (p99) of the Redis gateway less the local
+one's, per round, then the median over rounds; beside it, the Redis gateway's EVALSHAs per
+request (Redis's ``INFO commandstats``: 1.0 would be one call a request).
 Nothing is pinned by default: on a machine shared with other work a pinned Redis cannot move
 off a core another job holds, and each request's extra wake-up of Redis then waits for that
 job's time slice (with another job running here: 2.6 ms added at p50 pinned, 0.8 to 0.9 ms
 unpinned, in runs minutes apart); ``--pin`` puts the gateways on CPU 0 and the worker,
 Redis and the client on CPU 1, as ``bench/gateway_overhead.py`` does, for a quiet machine.
-Beside it, ``SharedBuckets.take`` alone in this process (uvloop): the round trip the gateway
-pays. Target: Redis adds at most 0.3 ms at p50.
+Beside it, ``SharedBuckets.take`` alone in this process (uvloop): the round trip a request
+waits for when its key's lease is empty (the key's first request, or a key at its limit).
+Target: Redis adds at most 0.3 ms at p50.
 
 (b) Throughput: 1 replica against 2 (each its own ``serve`` process on the same ``redis:``),
 ``--concurrency`` client connections spread evenly over the replicas, unpinned. On a 2-core
@@ -59,6 +63,7 @@ from peers_load import (
     start_service,
     taskset,
 )
+from redis import Redis as SyncRedis
 from rich.console import Console
 from rich.table import Table
 
@@ -71,6 +76,7 @@ from tests.redis_server import RedisServer
 TARGET_REDIS_P50_ADDED_MS = 0.3
 KEY = "sk-bench-replicas"
 RATE = 1e6  # the key's limit: never reached, every request checks it
+LATENCY_WARMUP = 50  # requests per target and round in (a), not timed
 PYTHON = [sys.executable, "-m", "gateway.cli"]
 T = TypeVar("T")
 ENV = {"PYTHONPATH": str(ROOT)}  # this checkout's gateway, whatever the venv has installed
@@ -98,6 +104,16 @@ def start_gateway(name: str, worker: str, redis_url: str | None, log_dir: Path,
     return start_service(name, [*taskset(cpus), *PYTHON, "serve", "--config", str(path),
                                 "--log-level", "WARNING"],
                          log_dir=log_dir, urls_on_stdout=1, env=ENV)
+
+
+def evalsha_calls(url: str) -> int:
+    """EVALSHAs Redis has run since it started (``INFO commandstats``)."""
+    client = SyncRedis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 def pin(pid: int, cpus: str | None) -> None:
@@ -211,7 +227,7 @@ def throughput(replicas: list[Service], rounds: int, seconds: float,
 
 
 def summarize(lat_rows: list[dict[str, Any]], tput_rows: list[dict[str, Any]],
-              take: dict[str, float]) -> dict[str, float]:
+              take: dict[str, float], evalsha_per_request: float) -> dict[str, float]:
     def med(rows: list[dict[str, Any]], field: str, **match: Any) -> float:
         return statistics.median(r[field] for r in rows
                                  if all(r[k] == v for k, v in match.items()))
@@ -229,6 +245,7 @@ def summarize(lat_rows: list[dict[str, Any]], tput_rows: list[dict[str, Any]],
             for i in sorted({r["round"] for r in lat_rows}))
     out["redis_cpu_ms_per_request"] = (med(lat_rows, "cpu_ms_per_request", target="redis")
                                        - med(lat_rows, "cpu_ms_per_request", target="local"))
+    out["redis_evalsha_per_request"] = evalsha_per_request
     out["take_round_trip_p50_ms"] = take["p50_ms"]
     out["take_round_trip_p99_ms"] = take["p99_ms"]
     one = med(tput_rows, "achieved_rps", replicas=1)
@@ -294,8 +311,11 @@ def run(log_dir: Path, rounds: int, seconds: float, concurrency: int, pinned: bo
         if side_cpus is not None:  # this process is the client of (a)
             os.sched_setaffinity(0, {int(side_cpus)})
         others = Neighbours([redis.proc.pid, *(svc.proc.pid for svc in services)])
+        calls0 = evalsha_calls(redis.url)
         lat_rows = latency({"direct": worker, "local": local, "redis": shared}, rounds,
-                           seconds)
+                           seconds, warmup=LATENCY_WARMUP)
+        sent = sum(r["requests"] + LATENCY_WARMUP for r in lat_rows if r["target"] == "redis")
+        evalsha_per_request = (evalsha_calls(redis.url) - calls0) / sent
         others_a = others.share()
         os.sched_setaffinity(0, everywhere)
         local.stop()
@@ -312,6 +332,7 @@ def run(log_dir: Path, rounds: int, seconds: float, concurrency: int, pinned: bo
             svc.stop()
         redis.stop()
     return {"take": take, "latency": lat_rows, "throughput": tput_rows,
+            "evalsha_per_request": evalsha_per_request,
             "others_cpu_share": {"a": others_a, "b": others_b},
             "pinned_a": {"gateways": gw_cpus, "worker_redis_client": side_cpus}}
 
@@ -331,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
         result = run(Path(tmp), rounds, seconds, args.concurrency,
                      pinned=args.pin and (os.cpu_count() or 1) >= 2)
-    summary = summarize(result["latency"], result["throughput"], result["take"])
+    summary = summarize(result["latency"], result["throughput"], result["take"],
+                        result["evalsha_per_request"])
     print_table(summary)
     verdict = {"redis_p50_added_at_most_0.3ms":
                summary["redis_p50_added_ms"] <= TARGET_REDIS_P50_ADDED_MS}
@@ -341,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "setup": {"worker": "lorafleet fleet --emulate 1 --profile instant", "model": "base",
-                  "max_tokens": 16, "key_rate_limit": RATE, "seconds_per_run": seconds,
+                  "max_tokens": 16, "key_rate_limit": RATE,
+                  "shared_limits": "leased tokens (gateway/shared/token_lease.py)",
+                  "seconds_per_run": seconds,
                   "rounds": rounds, "concurrency_b": args.concurrency,
                   "pinned_a": result["pinned_a"], "pinned_b": None,
                   "cpu_count": os.cpu_count(),

@@ -1,6 +1,7 @@
 """A rate-limited key's token for one request: from the bucket every replica shares in Redis
-when the gateway runs as replicas (``redis:`` in ``gateway.yaml``; ``gateway/shared/limits.py``),
-else from this replica's own bucket (``ApiKey.bucket``).
+when the gateway runs as replicas (``redis:`` in ``gateway.yaml``; ``gateway/shared/limits.py``:
+through a lease of a few tokens, so most requests do not wait on Redis), else from this
+replica's own bucket (``ApiKey.bucket``).
 
 With shared limits and Redis down, ``redis.limits_fail_open`` chooses: this replica's bucket
 decides (true), or the request is answered 503 in OpenAI's shape (false; ``Retry-After``: when
@@ -31,12 +32,14 @@ async def shared_limits(app: web.Application) -> AsyncIterator[None]:
     cfg = app[GATEWAY_CONFIG]
     client = app[CONTROL].redis
     limited = any(spec.rate_limit is not None for spec in cfg.keys)
-    app[SHARED_LIMITS] = None
+    app[SHARED_LIMITS] = limits = None
     if client is not None and cfg.redis is not None and limited:
-        app[SHARED_LIMITS] = FleetLimits(SharedBuckets(client, cfg.redis),
-                                         fail_open=cfg.redis.limits_fail_open,
-                                         clock=app[KEYRING].clock)
+        app[SHARED_LIMITS] = limits = FleetLimits(SharedBuckets(client, cfg.redis),
+                                                  fail_open=cfg.redis.limits_fail_open,
+                                                  clock=app[KEYRING].clock)
     yield
+    if limits is not None:
+        await limits.aclose()  # its refills in flight, before the client closes
 
 
 async def token_wait(request: web.Request, key: ApiKey) -> float:

@@ -56,9 +56,10 @@ class CountingBuckets(SharedBuckets):
 
     calls = 0
 
-    async def take(self, name: str, rate: float, burst: float) -> float:
+    async def lease(self, name: str, rate: float, burst: float, want: int = 1
+                    ) -> tuple[int, float]:
         self.calls += 1
-        return await super().take(name, rate, burst)
+        return await super().lease(name, rate, burst, want)
 
 
 async def _answered(buckets: SharedBuckets, name: str = "k", tries: int = 5) -> float:
@@ -119,6 +120,57 @@ async def test_wait_expiry_and_a_missing_bucket_is_full(
     await asyncio.sleep(0.3)
     assert await client.exists(quick.key("b")) == 0
     assert await quick.take("b", 100.0, 1.0) == 0.0  # and comes back full
+
+
+async def test_a_lease_takes_up_to_half_the_bucket(
+        redis_server: RedisServer, client: aioredis.Redis) -> None:
+    buckets = SharedBuckets(client, RedisConfig(url=redis_server.url))
+    assert await buckets.lease("a", 0.01, 20.0, want=6) == (6, 0.0)  # 20 held: 6 of them
+    assert await buckets.lease("a", 0.01, 20.0, want=50) == (7, 0.0)  # 14 held: half
+    assert await buckets.lease("a", 0.01, 20.0, want=50) == (3, 0.0)  # 7 held
+    assert await buckets.lease("a", 0.01, 20.0, want=50) == (2, 0.0)
+    assert await buckets.lease("a", 0.01, 20.0, want=50) == (1, 0.0)
+    assert await buckets.lease("a", 0.01, 20.0, want=50) == (1, 0.0)  # 1 held: still one
+    taken, wait = await buckets.lease("a", 0.01, 20.0, want=50)
+    assert taken == 0 and 99 < wait <= 100  # empty: a token in 100 s, as take says
+    assert 99 < await buckets.take("a", 0.01, 20.0) <= 100
+    assert float((await client.hgetall(buckets.key("a")))[b"tokens"]) < 0.01
+
+
+async def test_two_leasing_replicas_grant_burst_plus_rate_in_all(
+        redis_server: RedisServer) -> None:
+    cfg = RedisConfig(url=redis_server.url, prefix="t")
+    rate, burst, span = 100.0, 100.0, 2.0  # leases of up to 10 tokens
+    async with AsyncExitStack() as stack:
+        clients = [connect(cfg), connect(cfg)]
+        for c in clients:
+            stack.push_async_callback(c.aclose)
+        shared = [CountingBuckets(c, cfg) for c in clients]
+        replicas = [FleetLimits(b, fail_open=True) for b in shared]
+        for replica in replicas:
+            stack.push_async_callback(replica.aclose)
+        granted, served_locally, asked = [0, 0], [0, 0], [0]
+        start = time.monotonic()
+
+        async def user(i: int) -> None:
+            local = TokenBucket(rate=rate, burst=burst, now=time.monotonic())
+            while time.monotonic() - start < span:
+                asked[0] += 1
+                if await replicas[i].take("team", local) == 0.0:
+                    granted[i] += 1
+                    await asyncio.sleep(0)  # the request's own work (a leased token: no wait)
+                else:
+                    await asyncio.sleep(0.001)
+                served_locally[i] += replicas[i].down
+
+        await asyncio.gather(*(user(i % 2) for i in range(8)))
+        elapsed = time.monotonic() - start
+    allowed = burst + rate * elapsed  # one bucket for the key; each replica's would be 2x
+    assert served_locally == [0, 0]  # Redis answered throughout
+    assert 0.85 * allowed <= sum(granted) <= allowed + 1, (granted, elapsed)
+    assert min(granted) > 0.25 * sum(granted)  # both replicas were served
+    # at the limit, a refused request is told the wait Redis gave another shortly before
+    assert sum(b.calls for b in shared) < 0.5 * asked[0], (asked, granted)
 
 
 async def test_script_is_loaded_again_after_a_restart(
@@ -210,9 +262,10 @@ def _openai(stack: Stack, key: str) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=stack.v1, api_key=key, max_retries=0, timeout=20)
 
 
+@pytest.mark.parametrize("burst", [2.0, 20.0])  # leases of one token; of up to two
 async def test_two_replicas_limit_a_key_to_its_rate_in_all(
-        tmp_path: Path, redis_server: RedisServer) -> None:
-    rate, burst, span = 10.0, 2.0, 2.0
+        tmp_path: Path, redis_server: RedisServer, burst: float) -> None:
+    rate, span = 10.0, 2.0
     keys = [{"key": "sk-t", "name": "team", "rate_limit": rate, "burst": burst}]
     redis = _redis(redis_server)
     async with _replica(tmp_path / "a", redis, keys) as a, \
