@@ -16,6 +16,10 @@ The scheduling rules are vLLM 0.32's ``v1/core/sched/scheduler.py`` ``schedule()
   the full prompt must fit in the free blocks (``scheduler_reserve_full_isl``, default on) or
   the scan stops; without chunked prefill a prompt larger than the budget stops it too.
 
+``bench/scheduler_lockstep.py`` checks these rules against vLLM's own ``Scheduler`` class on the
+same arrivals and step times: every step and every request's times agree, the ``max_loras``
+lockout (three adapters on two slots) and preemptions included.
+
 Requests in decode are kept in aggregate (``DecodeSet``). At most one running request is in
 prefill, and it is the last in ``running``: a partial chunk exhausts the budget, so nothing is
 admitted after it until its prompt is done. Between events that can change the batch, runs of

@@ -6,7 +6,9 @@ requests still running at the end count as far as they were processed. lorafleet
 same test per adapter, with the evidence (served vs offered tokens, requests left waiting,
 the longest wait), and calls an adapter starved only when its longest wait also exceeds a
 tenth of the run, so that a rare adapter whose one request arrived in the last second is
-not called starved.
+not called starved. An adapter is *locked out* when it is starved and served less than
+``LOCKOUT_FRACTION`` of its offered tokens: with more adapters than ``max_loras`` slots, vLLM's
+skip rule keeps an adapter out for as long as the resident adapters' running sets never empty.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import numpy as np
 
 from twin.request import Request
 
-__all__ = ["AdapterResult", "SimulationResult", "summarize", "weighted_percentile"]
+__all__ = ["LOCKOUT_FRACTION", "STARVATION_RATIO", "AdapterResult", "SimulationResult",
+           "summarize", "weighted_percentile"]
 
 STARVATION_RATIO = 0.9
+#: A starved adapter served less than this fraction of its offered tokens is locked out.
+LOCKOUT_FRACTION = 0.1
 
 
 def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
@@ -52,6 +57,24 @@ class AdapterResult:
     ttft_p99_s: float
     starved: bool
 
+    @property
+    def served_fraction(self) -> float:
+        """Tokens processed over tokens offered (1.0 when nothing was offered).
+
+        Examples
+        --------
+        >>> a = AdapterResult(name="a", requests=2, finished=0, offered_tps=10.0,
+        ...                   served_tps=0.5, waiting_at_end=2, max_wait_s=9.0,
+        ...                   ttft_p99_s=9.0, starved=True)
+        >>> a.served_fraction, a.locked_out
+        (0.05, True)
+        """
+        return self.served_tps / self.offered_tps if self.offered_tps > 0 else 1.0
+
+    @property
+    def locked_out(self) -> bool:
+        return self.starved and self.served_fraction < LOCKOUT_FRACTION
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimulationResult:
@@ -82,6 +105,11 @@ class SimulationResult:
     wall_seconds: float
     clipped_lengths: int
     adapters: list[AdapterResult]
+
+    @property
+    def locked_out_adapters(self) -> list[str]:
+        """Starved adapters that were served almost nothing (see ``LOCKOUT_FRACTION``)."""
+        return [a.name for a in self.adapters if a.locked_out]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
