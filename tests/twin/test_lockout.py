@@ -12,8 +12,6 @@ the whole run, as on the real CPU server (issue 26).
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +22,6 @@ from twin.request import Request, RequestStatus
 from twin.results import SimulationResult
 from twin.scenario import parse_scenario
 from twin.simulation import simulate
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def cpu_run(adapters: int, rate: float, seed: int) -> SimulationResult:
@@ -117,25 +113,3 @@ def test_a_resident_adapter_keeps_its_slot_while_one_of_its_requests_runs() -> N
     step(engine)  # A's last request ended: C gets A's slot
     assert a1.is_finished and c1.status is RequestStatus.RUNNING
     assert c1.first_scheduled_ns == a2.finish_ns
-
-
-VLLM_PYTHON = os.environ.get("LORAFLEET_VLLM_PYTHON", str(ROOT / ".venv-vllm/bin/python"))
-TINY_MODEL = Path(os.environ.get("LORAFLEET_TINY_MODEL_DIR", ROOT / ".cache/tiny-llama"))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not (Path(VLLM_PYTHON).exists() and (TINY_MODEL / "base").exists()),
-                    reason="needs the vLLM venv and the tiny model (make vllm-env)")
-def test_the_twin_schedules_as_vllms_own_scheduler() -> None:
-    """Step for step against vLLM 0.32's ``Scheduler`` class (bench/scheduler_lockstep.py)."""
-    from bench.scheduler_lockstep import SLOW, Case, run_cases
-
-    cases = [Case(name="lockout", adapters=3, rate=30.0, seed=1, coefficients=SLOW,
-                  duration_s=12.0),
-             Case(name="kv-bound", adapters=3, rate=60.0, num_blocks=12, seed=6,
-                  duration_s=8.0)]
-    rows = run_cases(cases, VLLM_PYTHON, str(TINY_MODEL / "base"))
-    for row in rows:
-        assert row["identical"], row
-    assert min(rows[0]["served_fraction_twin"].values()) < 0.05
-    assert rows[1]["preemptions"] > 0
