@@ -20,13 +20,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.control.plane import ControlPlane
-
 from gateway.control.lifecycle import background, sync_worker
 from gateway.fleet.kube import ActuatorError, discovery_for
 from gateway.fleet.metrics import ReplanTrigger
 from gateway.fleet.registry import WorkerStatus
+
+if TYPE_CHECKING:
+    from gateway.control.plane import ControlPlane
 
 __all__ = ["discover_once", "discovery"]
 

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-if TYPE_CHECKING:
-    from gateway.control.plane import ControlPlane
-
 from gateway.fleet.scrape import WorkerGauges, read_gauges
 from planner import OnlineLatency, Target, WindowObservation, WorkerWindow
+
+if TYPE_CHECKING:
+    from gateway.control.plane import ControlPlane
 
 __all__ = ["Learner"]
 

@@ -22,9 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-if TYPE_CHECKING:
-    from gateway.control.plane import ControlPlane
-
 from gateway.config import GatewayConfig, PlacementMode
 from gateway.control.planning import InitialPlan, from_planner, round_robin
 from gateway.fleet.lora_api import LoraCallError, list_adapters, load_adapter, unload_adapter
@@ -32,6 +29,9 @@ from gateway.fleet.registry import WorkerStatus
 from gateway.fleet.worker_settings import engine_from, fetch_settings
 from twin.errors import ConfigError
 from twin.routing import BASE_MODEL
+
+if TYPE_CHECKING:
+    from gateway.control.plane import ControlPlane
 
 __all__ = ["background", "bootstrap", "health_checks", "make_plan", "sync_worker"]
 

@@ -34,13 +34,13 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.control.plane import ControlPlane
-
 from gateway.fleet.lora_api import LoraCallError, load_adapter, unload_adapter
 from gateway.fleet.metrics import MigrationOutcome
 from planner import Migration
 from twin.routing import BASE_MODEL, Placement, WorkerPlacement
+
+if TYPE_CHECKING:
+    from gateway.control.plane import ControlPlane
 
 __all__ = ["MigrationReport", "Releases", "execute", "fold", "releases_ctx", "settled"]
 

@@ -12,15 +12,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.control.plane import ControlPlane
-
 from gateway.control import planning_process, triggers
 from gateway.control.learning import SCRAPE_INTERVAL_S
 from gateway.control.lifecycle import background
 from gateway.control.replan_job import measure_baselines
 from gateway.control.replanner import DOWN_CHECK_S, Replanner
 from gateway.fleet.metrics import ReplanTrigger
+
+if TYPE_CHECKING:
+    from gateway.control.plane import ControlPlane
 
 __all__ = ["adopt_baselines", "replanning", "run"]
 

@@ -26,9 +26,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from gateway.control.plane import ControlPlane
-
 from gateway.config.engine import fallback_engine
 from gateway.control import planning_process
 from gateway.control.learning import Learner
@@ -45,6 +42,9 @@ from gateway.fleet.kube import actuator_for
 from gateway.fleet.metrics import MigrationOutcome, ReplanTrigger
 from gateway.fleet.registry import WorkerStatus
 from planner import AdapterDemand, RunningWorker, Stability
+
+if TYPE_CHECKING:
+    from gateway.control.plane import ControlPlane
 
 __all__ = ["Replanner"]
 

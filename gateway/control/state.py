@@ -40,9 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from gateway.control.plane import ControlPlane
-
 from gateway.config import AdapterEntry, AdapterOrigin
 from gateway.control.planning import InitialPlan
 from gateway.fleet.registry import Fleet
@@ -50,6 +47,9 @@ from planner import AdapterDemand, adapter_name_error, demand_error
 from twin.errors import ConfigError
 from twin.routing import Placement, WorkerPlacement
 from twin.specs import EngineConfig
+
+if TYPE_CHECKING:
+    from gateway.control.plane import ControlPlane
 
 __all__ = ["FileStateStore", "GatewayState", "StateKeeper", "StateStore", "keep_state",
            "persist", "snapshot"]

@@ -23,12 +23,12 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.control.plane import ControlPlane
-
 from gateway.control.replan_job import exit_with_parent
 from gateway.pretrained import target_path, train_target
 from planner import TARGET_SAMPLES, Target
+
+if TYPE_CHECKING:
+    from gateway.control.plane import ControlPlane
 
 __all__ = ["SurrogateSource", "TargetSurrogate", "target_training"]
 

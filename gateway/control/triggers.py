@@ -11,11 +11,11 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.control.plane import ControlPlane
-
 from gateway.fleet.registry import WorkerStatus
 from gateway.fleet.scrape import WorkerGauges
+
+if TYPE_CHECKING:
+    from gateway.control.plane import ControlPlane
 
 __all__ = ["down_holders", "export_rates", "starving", "surging", "unplaced_wanted"]
 
