@@ -10,7 +10,7 @@ dropping a request: load on the targets, switch routing once, drain the sources,
    hold up the next re-plan): each source waits, up to ``drain_timeout_s``, until it has no
    request in flight for an adapter it lost, checks that no later plan put it back, then
    unloads it. A source that does not drain in time keeps the adapter loaded (harmless:
-   vLLM's LRU evicts it) rather than failing a request. ``settled(plane)`` waits for them.
+   vLLM's LRU evicts it) rather than failing a request. ``Releases.settled`` waits for them.
 4. **Retire**: workers left empty are reported (highest-numbered first) and no longer count as
    GPUs in use.
 
@@ -42,7 +42,7 @@ from twin.routing import BASE_MODEL, Placement, WorkerPlacement
 if TYPE_CHECKING:
     from gateway.control.plane import ControlPlane
 
-__all__ = ["MigrationReport", "Releases", "execute", "fold", "releases_ctx", "settled"]
+__all__ = ["MigrationReport", "Releases", "execute", "fold", "releases_ctx"]
 
 logger = logging.getLogger(__name__)
 
@@ -276,15 +276,9 @@ class Releases:
 
 
 async def releases_ctx(plane: ControlPlane) -> AsyncIterator[None]:
-    """Background work (``running``): the background releases, cancelled at shutdown."""
-    plane.releases = Releases()
+    """Background work (``running``): the plane's releases, cancelled at shutdown."""
     yield
     await plane.releases.close()
-
-
-async def settled(plane: ControlPlane) -> None:
-    """Wait until the sources of past migrations have drained and unloaded."""
-    await plane.releases.settled()
 
 
 async def _unload_all(plane: ControlPlane, pairs: tuple[tuple[str, str], ...]) -> None:

@@ -70,7 +70,7 @@ class ControlPlane:
         self.guard = guard or StarvationGuard(GuardConfig(
             ttft_bound_s=cfg.ttft_bound_s / cfg.time_scale,
             relax_s=max(120.0, 2 * cfg.observe_window_s)))
-        self.role = Role(f"{cfg.host}:{cfg.port}")  # replaced by ``replicas.replica_role``
+        self.role = Role(f"{cfg.host}:{cfg.port}")  # with redis:, ``replica_role``'s
         self.releases = Releases()
         self.redis: aioredis.Redis | None = None  # with ``redis:``: ``replicas.redis_client``
         self.surrogate: TargetSurrogate | None = None  # ``target_training.target_training``
@@ -96,8 +96,3 @@ class ControlPlane:
     @replanner.setter
     def replanner(self, replanner: Replanner) -> None:
         self._replanner = replanner
-
-    @property
-    def leading(self) -> bool:
-        """Whether this replica acts on the fleet."""
-        return self.role.leading

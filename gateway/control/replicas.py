@@ -121,9 +121,8 @@ async def replica_role(plane: ControlPlane) -> AsyncIterator[None]:
                   "migrations, scaling), 0 on the others.", ["replica"],
                   registry=plane.metrics.registry)
     client = plane.redis
-    if cfg.redis is None or client is None:
-        plane.role = role = Role(f"{cfg.host}:{cfg.port}")
-        gauge.labels(role.name).set(1)
+    if cfg.redis is None or client is None:  # alone: the plane's own role, always leading
+        gauge.labels(plane.role.name).set(1)
         yield
         return
     lease = LeaderLease(client, cfg.redis)

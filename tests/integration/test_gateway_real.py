@@ -24,7 +24,6 @@ from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
 from gateway.config import AdapterEntry, GatewayConfig, PlacementMode, WorkerEndpoint
-from gateway.control.migrate import settled
 from gateway.control.planning import InitialPlan
 from gateway.fleet.lora_api import list_adapters, load_adapter, unload_adapter
 from gateway.server.app import create_app
@@ -179,7 +178,7 @@ async def _exercise(app: web.Application, server: TestServer,
     failed = traffic.failed
 
     _check(result, failed, fleet.holding())
-    await settled(app[CONTROL])  # the source drains and unloads in the background
+    await app[CONTROL].releases.settled()  # the source drains and unloads in the background
     on_w0 = await list_adapters(session, real_vllm.base_url, timeout=10)
     on_w1 = await list_adapters(session, second_vllm, timeout=10)
     assert set(MOVED) <= on_w0 and not set(MOVED) & on_w1  # loaded, then unloaded

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.control.migrate import execute, settled
+from gateway.control.migrate import execute
 from gateway.server.keys import CONTROL, FLEET, GATEWAY_METRICS
 from planner.migration import Migration, Step, StepKind
 from tests.gateway.server.factories import Stack, demands, gateway_stack
@@ -43,7 +43,7 @@ async def test_only_migrations_that_move_adapters_count(tmp_path: Path) -> None:
         # c moves to w1 and a is replicated there: one migration, two adapters moved
         moved = await execute(stack.app[CONTROL], migration({"w0": {"a": 0.5},
                                                     "w1": {"a": 0.5, "b": 1.0, "c": 1.0}}))
-        await settled(stack.app[CONTROL])
+        await stack.app[CONTROL].releases.settled()
         assert moved.moved == ("a", "c")
         assert fleet.holding() == {"w0": {"a"}, "w1": {"a", "b", "c"}}
         assert counts(stack) == (1, 2)

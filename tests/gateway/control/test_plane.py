@@ -58,7 +58,7 @@ async def plane_over_workers(folder: Path, names: list[str], shares: list[dict[s
 async def test_the_plane_installs_its_placement_on_the_workers(tmp_path: Path) -> None:
     async with plane_over_workers(tmp_path, ["a", "b"], [{"a": 1.0, "b": 1.0}, {}]) as (
             plane, urls):
-        assert plane.leading  # alone: no redis:, it always leads
+        assert plane.role.leading  # alone: no redis:, it always leads
         resident = await list_adapters(plane.session, urls[0], timeout=5)
         assert {"a", "b"} <= resident
         assert plane.fleet.holding() == {"w0": frozenset({"a", "b"}), "w1": frozenset()}

@@ -15,7 +15,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from gateway.control.migrate import fold, settled
+from gateway.control.migrate import fold
 from gateway.fleet.metrics import ReplanTrigger
 from gateway.fleet.registry import WorkerStatus
 from gateway.server.keys import CONTROL, FLEET
@@ -94,7 +94,7 @@ async def test_fresh_replan_under_load_moves_adapters_and_retires_workers(
         assert tally.ok > 50
         assert fleet.gpus_active == result["planned_gpus"] < 8
         assert result["migration"]["releasing"]
-        await settled(stack.app[CONTROL])  # the sources drain and unload in the background
+        await stack.app[CONTROL].releases.settled()  # the sources drain and unload
         retired = set(result["diff"]["retired"])
         for i, w in enumerate(fleet.workers):
             if w.endpoint.name in retired:  # nothing routed, nothing left loaded
